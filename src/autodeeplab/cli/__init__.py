@@ -1,0 +1,1 @@
+"""Command-line interface: the only place that knows about argv, printing and exit codes."""

@@ -1,0 +1,62 @@
+"""``autodeeplab`` entry point: builds the parser from the subcommand modules and maps errors to exit codes.
+
+Each subcommand lives in its own module of this package and exposes
+``register(subparsers) -> None``, which adds its parser and sets ``func=handler`` where
+``handler(args: argparse.Namespace) -> int | None``. User errors (:class:`AutoDeepLabError`) become one
+line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import AutoDeepLabError
+
+# Subcommand modules, in the order they appear in --help.
+COMMAND_MODULES: tuple[str, ...] = ("search", "decode")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (plus where to look), not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="autodeeplab",
+        description="Auto-DeepLab: hierarchical neural architecture search for semantic segmentation.",
+    )
+    parser.add_argument("--version", action="version", version=f"autodeeplab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except AutoDeepLabError as exc:
+        print(f"autodeeplab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"autodeeplab {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

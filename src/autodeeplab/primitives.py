@@ -1,0 +1,149 @@
+"""Candidate operations of the Auto-DeepLab cell (paper §3.1) as a name → factory table.
+
+Every factory has the signature ``factory(channels, stride, affine, dims) -> nn.Module`` and maps
+``[N, C, *S]`` to ``[N, C, *ceil(S / stride)]`` where ``S`` has ``dims`` spatial axes (2 for images,
+3 for volumes). The search cell and the found network build their ops from this one table.
+
+Definitions follow Google's released model (``deeplab/core/nas_cell.py``):
+- ``sep_conv_k``: [ReLU → depthwise k×k → pointwise 1×1 → BN] twice, the stride on the first depthwise.
+- ``atr_conv_k``: ReLU → dense k×k convolution with dilation 2 → BN (dense, not separable).
+- pools: 3×3, padding excluded from averages (TensorFlow ``SAME`` semantics). During search the
+  mixed op adds a BN without affine parameters after them (see :mod:`autodeeplab.cell`).
+- ``skip_connect``: identity; with stride 2, ReLU → 1×1 conv stride 2 → BN (as NASNet does), which
+  also works for odd sizes and volumes.
+- ``none``: zeros; the search cell never evaluates it since its contribution is exactly zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "atr_conv_3x3",
+    "atr_conv_5x5",
+)
+"""The 8 primitive names in the order used by α's second axis and by ``arch_params.json``."""
+
+POOL_PRIMITIVES: frozenset[str] = frozenset({"max_pool_3x3", "avg_pool_3x3"})
+
+
+def conv_nd(dims: int) -> type[nn.Module]:
+    """The convolution class for ``dims`` spatial dimensions."""
+    return _by_dims(dims, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def batch_norm_nd(dims: int) -> type[nn.Module]:
+    """The batch-norm class for ``dims`` spatial dimensions."""
+    return _by_dims(dims, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _by_dims(dims: int, one: type, two: type, three: type) -> type:
+    if dims not in (1, 2, 3):
+        raise ValueError(f"spatial dims must be 1, 2 or 3, got {dims}")
+    return {1: one, 2: two, 3: three}[dims]
+
+
+def resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Resample ``[N, C, *S]`` to ``[N, C, *size]`` with (bi/tri)linear interpolation.
+
+    The single resampling function of the package, so that search and retraining agree on it.
+    """
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.dim() - 2]
+    return nn.functional.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU → k×k conv (optionally dilated) → BN: ``[N, C_in, *S]`` → ``[N, C_out, *S/stride]``."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int = 1,
+        dilation: int = 1,
+        affine: bool = True,
+        dims: int = 2,
+    ) -> None:
+        padding = dilation * (kernel - 1) // 2
+        super().__init__(
+            nn.ReLU(inplace=False),
+            conv_nd(dims)(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
+            batch_norm_nd(dims)(c_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two stacked [ReLU → depthwise k×k → pointwise 1×1 → BN]; stride on the first depthwise."""
+
+    def __init__(self, c: int, kernel: int, stride: int = 1, affine: bool = True, dims: int = 2) -> None:
+        conv, bn, pad = conv_nd(dims), batch_norm_nd(dims), kernel // 2
+        layers: list[nn.Module] = []
+        for s in (stride, 1):
+            layers += [
+                nn.ReLU(inplace=False),
+                conv(c, c, kernel, stride=s, padding=pad, groups=c, bias=False),
+                conv(c, c, 1, bias=False),
+                bn(c, affine=affine),
+            ]
+        super().__init__(*layers)
+
+
+class Zero(nn.Module):
+    """The ``none`` op: zeros of the output shape (``[N, C, *ceil(S / stride)]``)."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        index = (slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)
+        return x[index].mul(0.0)
+
+
+def _pool(kind: str, c: int, stride: int, dims: int) -> nn.Module:
+    if kind == "max":
+        return _by_dims(dims, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)(3, stride=stride, padding=1)
+    avg = _by_dims(dims, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+    return avg(3, stride=stride, padding=1, count_include_pad=False)
+
+
+def _skip(c: int, stride: int, affine: bool, dims: int) -> nn.Module:
+    if stride == 1:
+        return nn.Identity()
+    return ReLUConvBN(c, c, 1, stride=stride, affine=affine, dims=dims)
+
+
+OpFactory = Callable[[int, int, bool, int], nn.Module]
+
+OPS: dict[str, OpFactory] = {
+    "none": lambda c, stride, affine, dims: Zero(stride),
+    "max_pool_3x3": lambda c, stride, affine, dims: _pool("max", c, stride, dims),
+    "avg_pool_3x3": lambda c, stride, affine, dims: _pool("avg", c, stride, dims),
+    "skip_connect": _skip,
+    "sep_conv_3x3": lambda c, stride, affine, dims: SepConv(c, 3, stride, affine, dims),
+    "sep_conv_5x5": lambda c, stride, affine, dims: SepConv(c, 5, stride, affine, dims),
+    "atr_conv_3x3": lambda c, stride, affine, dims: ReLUConvBN(c, c, 3, stride, 2, affine, dims),
+    "atr_conv_5x5": lambda c, stride, affine, dims: ReLUConvBN(c, c, 5, stride, 2, affine, dims),
+}
+assert tuple(OPS) == PRIMITIVES
+
+
+def build_op(name: str, channels: int, stride: int = 1, affine: bool = True, dims: int = 2) -> nn.Module:
+    """Build primitive ``name`` mapping ``[N, channels, *S]`` to ``[N, channels, *ceil(S/stride)]``."""
+    if name not in OPS:
+        raise KeyError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
+    return OPS[name](channels, stride, affine, dims)
