@@ -1,0 +1,242 @@
+"""The Auto-DeepLab supernet (paper §3, §4.1, §5.1): stem, L × levels trellis of search cells, ASPP heads.
+
+Node ``(l, s)`` (layer ``l``, level ``s``) computes paper Eq. 6::
+
+    ^sH^l = Σ_{s' ∈ {s-1, s, s+1}} β[l-1, s', s-s'+1] · Cell(resample(^{s'}H^{l-1}), ^sH^{l-2}; α)
+
+with one cell (one set of weights) per node shared by its incoming resolutions, α shared by every
+cell, and β normalised over each node's outgoing edges (Eq. 7). Resampling to a lower resolution is
+ReLU → 3×3 conv stride 2 → BN; to a higher one, bilinear ×2 (to the exact size of the target level)
+then ReLU → 1×1 conv → BN. Both produce the channel count of the target level's cell output
+(``B·F·2^s``) so that the three inputs of a node fit one cell. h^{l-2} comes from the same level two
+layers back, or, where that level does not exist yet, from the nearest level, resized.
+
+After layer L every level has an ASPP head (§5.1: 1×1 conv, 3×3 conv with rate 96/OS, image pooling)
+ending in class logits; the four logit maps are upsampled to the input size and summed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .cell import SearchCell
+from .primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
+from .topology import beta_mask, incoming_edges, nearest_level, node_levels, num_edges, output_stride
+
+
+@dataclass
+class SearchSpaceConfig:
+    """Shape of the supernet. Defaults are the paper's search setting (§5.1)."""
+
+    filter_multiplier: int = 8
+    """F: a block at level s has F·2^s channels."""
+    num_layers: int = 12
+    """L."""
+    num_blocks: int = 5
+    """B."""
+    num_levels: int = 4
+    """Output strides 4, 8, 16, 32."""
+    stem_channels: tuple[int, int, int] = (64, 64, 128)
+    """Widths of the three stem convs (strides 2, 1, 2)."""
+    aspp_rate_base: int = 96
+    """The ASPP head at output stride OS uses atrous rate aspp_rate_base / OS (paper: 96/s)."""
+    affine: bool = False
+    """Learnable BN scale/shift inside the mixed ops (DARTS: off during search)."""
+    arch_init_std: float = 1e-3
+    """α and β start as arch_init_std · N(0, 1)."""
+    spatial_dims: int = 2
+    """2 for images, 3 for volumes."""
+
+    def __post_init__(self) -> None:
+        self.stem_channels = tuple(self.stem_channels)  # YAML gives lists
+
+
+def normalize_alpha(alpha: torch.Tensor) -> torch.Tensor:
+    """α logits ``[E, P]`` → softmax weights over primitives, per edge (paper Eq. 2)."""
+    return torch.softmax(alpha, dim=-1)
+
+
+def normalize_beta(beta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """β logits ``[L, levels, 3]`` → weights: softmax over each node's valid outgoing edges (Eq. 7).
+
+    Invalid edges (``mask`` False) get exactly 0; rows of nodes that do not exist are all 0.
+    """
+    logits = beta.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(logits, dim=-1)
+    return torch.nan_to_num(weights, nan=0.0)  # rows with no valid edge: softmax of all -inf
+
+
+class Resample(nn.Module):
+    """Bring ``[N, c_in, *S_src]`` to level ``target``'s resolution and ``c_out`` channels.
+
+    ``direction`` -1: lower resolution (ReLU → 3×3 conv stride 2 → BN); +1: higher resolution
+    (resize ×2 to the exact target size, then ReLU → 1×1 → BN); 0: same level (1×1 only if the
+    channels differ, which happens only for the stem).
+    """
+
+    def __init__(self, c_in: int, c_out: int, direction: int, dims: int) -> None:
+        super().__init__()
+        self.direction = direction
+        if direction < 0:
+            self.conv = ReLUConvBN(c_in, c_out, 3, stride=2, dims=dims)
+        elif direction > 0 or c_in != c_out:
+            self.conv = ReLUConvBN(c_in, c_out, 1, dims=dims)
+        else:
+            self.conv = nn.Identity()
+
+    def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        if self.direction > 0:
+            x = resize(x, size)
+        return self.conv(x)
+
+
+class SearchASPP(nn.Module):
+    """Per-level search head (§5.1): [1×1 | 3×3 rate r | image pooling] → concat → 1×1 → logits.
+
+    The image-pooling branch uses a biased 1×1 conv without BN so that it trains at batch size 1.
+    ``[N, c_in, *S]`` → ``[N, num_classes, *S]``.
+    """
+
+    def __init__(self, c_in: int, width: int, num_classes: int, rate: int, dims: int) -> None:
+        super().__init__()
+        conv, bn = conv_nd(dims), batch_norm_nd(dims)
+        self.branch1 = nn.Sequential(conv(c_in, width, 1, bias=False), bn(width), nn.ReLU())
+        self.branch3 = nn.Sequential(
+            conv(c_in, width, 3, padding=rate, dilation=rate, bias=False), bn(width), nn.ReLU()
+        )
+        self.pool_conv = nn.Sequential(conv(c_in, width, 1, bias=True), nn.ReLU())
+        self.classifier = conv(3 * width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        pooled = self.pool_conv(pooled).expand(-1, -1, *x.shape[2:])
+        return self.classifier(torch.cat([self.branch1(x), self.branch3(x), pooled], dim=1))
+
+
+class SearchNetwork(nn.Module):
+    """The supernet. ``forward``: image ``[N, in_channels, *S]`` → logits ``[N, num_classes, *S]``."""
+
+    def __init__(self, config: SearchSpaceConfig, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        dims, conv, bn = c.spatial_dims, conv_nd(c.spatial_dims), batch_norm_nd(c.spatial_dims)
+        s0, s1, s2 = c.stem_channels
+        self.stem = nn.Sequential(
+            conv(in_channels, s0, 3, stride=2, padding=1, bias=False),
+            bn(s0),
+            nn.ReLU(),
+            conv(s0, s1, 3, stride=1, padding=1, bias=False),
+            bn(s1),
+            nn.ReLU(),
+            conv(s1, s2, 3, stride=2, padding=1, bias=False),
+            bn(s2),
+        )
+        self.cells = nn.ModuleDict()
+        self.resamplers = nn.ModuleDict()
+        for layer in range(1, c.num_layers + 1):
+            for level in node_levels(layer, c.num_levels):
+                c_out = self.out_channels(level)
+                for source, _ in incoming_edges(layer, level, c.num_levels):
+                    key = f"{layer}_{source}_{level}"
+                    c_src = self._channels_at(layer - 1, source)
+                    self.resamplers[key] = Resample(c_src, c_out, source - level, dims)
+                pp_level = nearest_level(layer - 2, level, c.num_levels)
+                self.cells[f"{layer}_{level}"] = SearchCell(
+                    self._channels_at(layer - 2, pp_level),
+                    c_out,
+                    c.filter_multiplier * 2**level,
+                    c.num_blocks,
+                    c.affine,
+                    dims,
+                )
+        self.heads = nn.ModuleList(
+            SearchASPP(
+                self.out_channels(level),
+                self.out_channels(level),
+                num_classes,
+                max(1, c.aspp_rate_base // output_stride(level)),
+                dims,
+            )
+            for level in range(c.num_levels)
+        )
+        edges, levels = num_edges(c.num_blocks), c.num_levels
+        self.alpha = nn.Parameter(c.arch_init_std * torch.randn(edges, len(PRIMITIVES)))
+        self.beta = nn.Parameter(c.arch_init_std * torch.randn(c.num_layers, levels, 3))
+        self.register_buffer("beta_mask", torch.from_numpy(beta_mask(c.num_layers, levels)), persistent=False)
+
+    def out_channels(self, level: int) -> int:
+        """Channels of a cell output at ``level``: B·F·2^level."""
+        return self.config.num_blocks * self.config.filter_multiplier * 2**level
+
+    def _channels_at(self, layer: int, level: int) -> int:
+        return self.config.stem_channels[-1] if layer <= 0 else self.out_channels(level)
+
+    # -- parameter groups: the bilevel optimisation moves these separately ------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """α ``[E, P]`` and β ``[L, levels, 3]`` logits."""
+        return [self.alpha, self.beta]
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter except α and β."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def alpha_weights(self) -> torch.Tensor:
+        """Softmax weights ``[E, P]``."""
+        return normalize_alpha(self.alpha)
+
+    def beta_weights(self) -> torch.Tensor:
+        """Normalised weights ``[L, levels, 3]`` with exact zeros on edges that do not exist."""
+        return normalize_beta(self.beta, self.beta_mask)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def level_sizes(self, stem_size: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Spatial size of every level: each stride-2 step gives ceil(n / 2), as the convs do."""
+        sizes = [tuple(stem_size)]
+        for _ in range(1, self.config.num_levels):
+            sizes.append(tuple((n + 1) // 2 for n in sizes[-1]))
+        return sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        stem = self.stem(x)
+        sizes = self.level_sizes(stem.shape[2:])
+        alpha, beta = self.alpha_weights(), self.beta_weights()
+        prev_prev: dict[int, torch.Tensor] = {0: stem}  # layer -1 is represented by the stem
+        prev: dict[int, torch.Tensor] = {0: stem}
+        for layer in range(1, c.num_layers + 1):
+            current = {}
+            for level in node_levels(layer, c.num_levels):
+                current[level] = self._node(layer, level, prev_prev, prev, sizes, alpha, beta)
+            prev_prev, prev = prev, current
+        logits = None
+        for level, h in prev.items():
+            out = resize(self.heads[level](h), x.shape[2:])
+            logits = out if logits is None else logits + out
+        return logits
+
+    def _node(
+        self,
+        layer: int,
+        level: int,
+        prev_prev: dict[int, torch.Tensor],
+        prev: dict[int, torch.Tensor],
+        sizes: list[tuple[int, ...]],
+        alpha: torch.Tensor,
+        beta: torch.Tensor,
+    ) -> torch.Tensor:
+        """Paper Eq. 6 for node ``(layer, level)`` → ``[N, B·F·2^level, *sizes[level]]``."""
+        cell = self.cells[f"{layer}_{level}"]
+        h_pp = prev_prev[nearest_level(layer - 2, level, self.config.num_levels)]
+        s0 = cell.preprocess0(resize(h_pp, sizes[level]))  # shared by the three incoming resolutions
+        out = None
+        for source, d in incoming_edges(layer, level, self.config.num_levels):
+            h_prev = self.resamplers[f"{layer}_{source}_{level}"](prev[source], sizes[level])
+            term = beta[layer - 1, source, d] * cell.blocks(s0, cell.preprocess1(h_prev), alpha)
+            out = term if out is None else out + term
+        return out
