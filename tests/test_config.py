@@ -1,0 +1,176 @@
+"""Typed configs: resolution order, YAML round trip, strict keys with suggestions, type errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from autodeeplab.config import (
+    config_from_dict,
+    config_keys,
+    config_to_dict,
+    dump_config_yaml,
+    load_config,
+    preset_names,
+    read_run_info,
+    register_presets,
+)
+from autodeeplab.errors import ConfigError
+
+
+@dataclass
+class DataCfg:
+    crop: tuple[int, int] = (321, 321)
+    root: Optional[str] = None  # noqa: UP045 -- Optional[...] must keep working for config authors
+    name: str = "synthetic"
+
+
+@dataclass
+class SearchCfg:
+    lr: float = 0.025
+    epochs: int = 40
+    amp: bool = False
+    mode: Literal["first", "second"] = "first"
+    levels: tuple[int, ...] = (4, 8, 16, 32)
+    tags: list[str] = field(default_factory=list)
+    out: Path = Path("runs")
+    weights: dict[str, float] = field(default_factory=dict)
+    limit: int | None = None
+
+
+@dataclass
+class RunCfg:
+    seed: int = 0
+    search: SearchCfg = field(default_factory=SearchCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+
+
+register_presets(RunCfg, {"paper": {}, "cpu": {"search.epochs": 2, "data": {"crop": [64, 64]}}})
+
+
+def _error(**kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(RunCfg, **kwargs)
+    return str(info.value)
+
+
+def test_defaults_are_the_dataclass_defaults():
+    assert load_config(RunCfg) == RunCfg()
+    assert preset_names(RunCfg) == ["paper", "cpu"]
+    assert load_config(RunCfg, preset="paper") == RunCfg()
+
+
+def test_resolution_order_defaults_preset_yaml_overrides(tmp_path):
+    yaml_file = tmp_path / "my.yaml"
+    yaml_file.write_text("search:\n  epochs: 5\n  lr: 0.5\ndata.name: camvid\n")
+    cfg = load_config(RunCfg, preset="cpu", yaml_path=yaml_file, overrides=["search.lr=1e-3", "seed=7"])
+    assert cfg.search.epochs == 5  # YAML beats preset
+    assert cfg.search.lr == 0.001  # override beats YAML; "1e-3" (a string to PyYAML) is accepted for a float
+    assert cfg.data.crop == (64, 64)  # preset beats default, list became a tuple
+    assert cfg.data.name == "camvid"  # dotted key inside a YAML file
+    assert cfg.seed == 7
+    assert cfg.search.mode == "first"  # untouched default
+
+
+def test_override_values_are_typed():
+    cfg = load_config(
+        RunCfg,
+        overrides=[
+            "data.name=123",  # a str field keeps the text
+            "data.root=null",
+            "search.limit=5",
+            "search.amp=true",
+            "search.tags=[a, b]",
+            "search.mode=second",
+            "search.out=/tmp/x",
+            "search.weights={a: 1, b: 2.5}",
+        ],
+    )
+    assert cfg.data.name == "123" and cfg.data.root is None
+    assert cfg.search.limit == 5 and cfg.search.amp is True and cfg.search.tags == ["a", "b"]
+    assert cfg.search.mode == "second" and cfg.search.out == Path("/tmp/x")
+    assert cfg.search.weights == {"a": 1.0, "b": 2.5}
+
+
+def test_yaml_round_trip_with_run_info(tmp_path):
+    cfg = load_config(RunCfg, preset="cpu", overrides=["search.tags=[x]", "search.lr=0.125", "data.root=/d"])
+    path = tmp_path / "config.yaml"
+    dump_config_yaml(cfg, path, extra={"autodeeplab_version": "0.1.0", "seed": 3})
+    assert load_config(RunCfg, yaml_path=path) == cfg
+    assert read_run_info(path) == {"autodeeplab_version": "0.1.0", "seed": 3}
+    assert config_from_dict(RunCfg, config_to_dict(cfg)) == cfg
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_unknown_key_in_yaml_names_file_and_suggests(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("serch:\n  lr: 0.1\n")
+    assert _error(yaml_path=path) == f"{path}: unknown key 'serch.lr' (did you mean 'search.lr'?)"
+    path.write_text("search:\n  epoch: 3\n")
+    assert _error(yaml_path=path) == f"{path}: unknown key 'search.epoch' (did you mean 'search.epochs'?)"
+
+
+def test_unknown_key_in_override_and_dict():
+    assert (
+        _error(overrides=["data.crp=1"])
+        == "override 'data.crp=1': unknown key 'data.crp' (did you mean 'data.crop'?)"
+    )
+    message = _error(overrides=["zzzz=1"])
+    assert message == "override 'zzzz=1': unknown key 'zzzz' (valid keys here: data, search, seed)"
+    with pytest.raises(
+        ConfigError, match=r"^x.yaml: unknown key 'search.lrr' \(did you mean 'search.lr'\?\)$"
+    ):
+        config_from_dict(RunCfg, {"search": {"lrr": 1.0}}, source="x.yaml")
+
+
+def test_wrong_types_name_the_key(tmp_path):
+    assert (
+        _error(overrides=["search.lr=abc"])
+        == "override 'search.lr=abc': search.lr: expected float, got 'abc' (str)"
+    )
+    assert _error(overrides=["search.epochs=2.5"]).endswith("search.epochs: expected int, got 2.5 (float)")
+    assert _error(overrides=["search.amp=1"]).endswith("search.amp: expected bool, got 1 (int)")
+    assert "search.mode: expected one of 'first', 'second', got 'third'" in _error(
+        overrides=["search.mode=third"]
+    )
+    assert "data.crop: expected a list of 2 values (int, int)" in _error(overrides=["data.crop=[1,2,3]"])
+    assert "data: expected a mapping of DataCfg settings" in _error(overrides=["data=3"])
+    path = tmp_path / "c.yaml"
+    path.write_text("search: {epochs: many}\n")
+    assert _error(yaml_path=path) == f"{path}: search.epochs: expected int, got 'many' (str)"
+
+
+def test_bad_files_presets_and_override_syntax(tmp_path):
+    assert _error(yaml_path=tmp_path / "none.yaml") == f"{tmp_path / 'none.yaml'}: no such config file"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search: [1\n")
+    assert _error(yaml_path=bad).startswith(f"{bad}: not valid YAML (")
+    bad.write_text("- 1\n- 2\n")
+    assert _error(yaml_path=bad) == f"{bad}: expected a mapping of settings at the top, got list"
+    assert _error(preset="cpx") == "preset 'cpx': unknown preset (did you mean 'cpu'? available: paper, cpu)"
+    assert _error(overrides=["seed"]).startswith("override 'seed': expected KEY=VALUE")
+    with pytest.raises(ConfigError, match=r"^preset 'broken': unknown key 'search.lrate'"):
+        register_presets(RunCfg, {"broken": {"search.lrate": 1}})
+    assert "broken" not in preset_names(RunCfg)
+
+
+def test_config_keys_lists_dotted_leaves():
+    keys = config_keys(RunCfg)
+    assert "search.lr" in keys and "data.crop" in keys and "seed" in keys and "search" not in keys
+    assert len(keys) == 1 + 9 + 3
+
+
+def test_post_init_errors_become_config_errors():
+    @dataclass
+    class Checked:
+        batch: int = 2
+
+        def __post_init__(self) -> None:
+            if self.batch < 1:
+                raise ValueError(f"batch must be at least 1, got {self.batch}")
+
+    with pytest.raises(ConfigError, match=r"^resolved config: batch must be at least 1, got 0$"):
+        load_config(Checked, overrides=["batch=0"])
