@@ -192,9 +192,17 @@ def _coerce_named(value: Any, tp: Any, key: str, source: str) -> Any:
 
 
 def _unknown_key(
-    candidates: Sequence[str], full_key: str, siblings: Sequence[str], source: str
+    candidates: Sequence[str], full_key: str, part: str, section: str, siblings: Sequence[str], source: str
 ) -> ConfigError:
-    close = difflib.get_close_matches(full_key, candidates, n=1, cutoff=0.6)
+    """The error for ``full_key``, whose component ``part`` is not one of ``siblings`` (under ``section``).
+
+    First the whole dotted key is matched (catches ``serch.lr`` -> ``search.lr``); the strict cutoff keeps a
+    shared ``search.`` prefix from making any two keys of a section look alike. Then the wrong component
+    alone is matched against its siblings.
+    """
+    close = difflib.get_close_matches(full_key, candidates, n=1, cutoff=0.85)
+    if not close:
+        close = [section + m for m in difflib.get_close_matches(part, siblings, n=1, cutoff=0.6)]
     hint = f"did you mean {close[0]!r}?" if close else "valid keys here: " + ", ".join(siblings)
     return ConfigError(f"{source}: unknown key {full_key!r} ({hint})")
 
@@ -224,13 +232,15 @@ def _flatten(
             dotted = ".".join(filter(None, [prefix, *parts[: i + 1]]))
             if part not in fields:
                 full = _first_leaf(".".join(filter(None, [prefix, *parts])), value)
-                raise _unknown_key(config_keys(root, True), full, sorted(fields), source)
+                section = ".".join(filter(None, [prefix, *parts[:i]]))
+                section = f"{section}." if section else ""
+                raise _unknown_key(config_keys(root, True), full, part, section, sorted(fields), source)
             tp = fields[part][1]
             path.append(part)
             if i < len(parts) - 1:
                 if not _is_config_class(tp):
                     full = ".".join(filter(None, [prefix, *parts]))
-                    raise _unknown_key(config_keys(root, True), full, [dotted], source)
+                    raise _unknown_key(config_keys(root, True), full, parts[i + 1], dotted, [], source)
                 current = tp
         dotted = ".".join(filter(None, [prefix, *path]))
         if _is_config_class(tp) and isinstance(value, Mapping):
@@ -291,7 +301,8 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], source: str = "confi
         dotted = f"{_prefix}{key}"
         if key not in fields:
             candidates = [f"{_prefix}{k}" for k in config_keys(cls, include_sections=True)]
-            raise _unknown_key(candidates, _first_leaf(dotted, value), sorted(fields), source)
+            full = _first_leaf(dotted, value)
+            raise _unknown_key(candidates, full, key, _prefix, sorted(fields), source)
         tp = fields[key][1]
         if _is_config_class(tp) and isinstance(value, Mapping):
             kwargs[key] = config_from_dict(tp, value, source, f"{dotted}.")
