@@ -122,7 +122,8 @@ def test_unknown_key_in_override_and_dict():
     assert message == "override 'zzzz=1': unknown key 'zzzz' (valid keys here: data, search, seed)"
     # A shared section prefix alone must not produce a suggestion.
     assert _error(overrides=["search={lr: 2, bogus: 1}"]).endswith(
-        "unknown key 'search.bogus' (valid keys here: amp, epochs, levels, limit, lr, mode, out, tags, weights)"
+        "unknown key 'search.bogus' (valid keys here: amp, epochs, levels, limit, lr, mode, out, tags, "
+        "weights)"
     )
     assert _error(overrides=["search.epcohs=1"]).endswith("(did you mean 'search.epochs'?)")
     with pytest.raises(
