@@ -114,9 +114,33 @@ class Zero(nn.Module):
         return x[index].mul(0.0)
 
 
+class AvgPool3dExcludePad(nn.Module):
+    """3×3×3 average pool that excludes padding, for volumes of any size.
+
+    ``nn.AvgPool3d`` refuses inputs smaller than the kernel even when padded (small MRI volumes at
+    output stride 32 are 1–2 voxels wide), so pad explicitly, sum-pool, and divide by the count of
+    real voxels in each window. Equal to ``nn.AvgPool3d(3, stride, 1, count_include_pad=False)``
+    wherever that one works.
+    """
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = nn.functional
+        padded = f.pad(x, (1, 1) * 3)
+        ones = f.pad(torch.ones_like(x[:1, :1]), (1, 1) * 3)
+        total = f.avg_pool3d(padded, 3, self.stride)
+        count = f.avg_pool3d(ones, 3, self.stride)
+        return total / count
+
+
 def _pool(kind: str, c: int, stride: int, dims: int) -> nn.Module:
     if kind == "max":
         return _by_dims(dims, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)(3, stride=stride, padding=1)
+    if dims == 3:
+        return AvgPool3dExcludePad(stride)
     avg = _by_dims(dims, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
     return avg(3, stride=stride, padding=1, count_include_pad=False)
 

@@ -1,0 +1,31 @@
+"""``autodeeplab decode``: arch_params.json → genotype.json (cell by top-2 inputs, path by Viterbi)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "decode",
+        help="decode arch_params.json into a genotype.json",
+        description="Decode softmax(alpha) and beta weights into a genotype (paper §4.3).",
+    )
+    p.add_argument("arch_params", help="an arch_params.json written by a search")
+    p.add_argument(
+        "--output", "-o", metavar="GENOTYPE.json", help="where to write the genotype (default: print)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..decode import decode, load_arch_params
+
+    alpha, beta, num_blocks = load_arch_params(args.arch_params)
+    genotype = decode(alpha, beta, num_blocks)
+    if args.output:
+        genotype.save(args.output)
+        print(f"{args.output}: {genotype.short()}")
+    else:
+        print(genotype.to_json(), end="")
+    return 0

@@ -1,0 +1,364 @@
+"""The bilevel architecture search (paper §4.2, §5.1): one readable loop with named helpers.
+
+Each weight step (SGD on a trainA batch) is followed, once the warm-up is over, by an architecture
+step (Adam on α and β with a trainB batch) — first-order DARTS. The two halves are a seeded random
+split of the training set, written to ``split.json`` and reused on resume. After each epoch the
+run directory gets ``arch_params.json``, a line of ``arch_history.jsonl``, the decoded
+``genotype.json``, a line of ``metrics.jsonl`` and a checkpoint that resumes the run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import config_to_dict, dump_config_yaml
+from .data import EvalTransform, TrainTransform, build_dataset
+from .decode import arch_params_to_dict, decode, save_arch_params
+from .errors import ConfigError, DataError
+from .evaluate import evaluate
+from .genotype import Genotype
+from .progress import Progress
+from .runs import GracefulInterrupt, RunDir, capture_rng_state, check_finite, restore_rng_state
+from .sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader, split_halves
+from .search_config import SearchConfig
+from .search_space import SearchNetwork
+
+STREAM_A, STREAM_B = 1, 2  # independent batch orders for trainA and trainB
+CHECKPOINT_FORMAT = "autodeeplab-search-1"
+
+
+@dataclass
+class SearchPosition:
+    """Where the loop stands; saved in every checkpoint so that a resume continues exactly here."""
+
+    epoch: int = 0
+    batch: int = 0  # weight steps done in this epoch
+    global_step: int = 0
+    b_cycle: int = 0
+    b_batch: int = 0
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    genotype: Genotype
+    interrupted: bool = False
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def run_search(
+    config: SearchConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> SearchResult:
+    """Search an architecture with ``config``, writing everything into ``run_dir``."""
+    config.validate()
+    run = RunDir(run_dir, resume=resume)
+    device = resolve_device(config.device)
+    train_a, train_b, val = build_search_data(config)
+    split = load_or_make_split(run, len(train_a), config)
+    torch.manual_seed(config.seed)
+    model = SearchNetwork(config.space, num_classes=train_a.num_classes).to(device)
+    weight_opt, arch_opt, scheduler = make_optimizers(model, config)
+    position = SearchPosition()
+    if resume:
+        position = restore_checkpoint(run, model, weight_opt, arch_opt, scheduler, echo)
+    else:
+        dump_config_yaml(
+            config, run.path / "config.yaml", {"autodeeplab_version": __version__, "seed": config.seed}
+        )
+    criterion = nn.CrossEntropyLoss(ignore_index=train_a.ignore_index)
+    b_stream = CyclingLoader(
+        train_b,
+        split["train_b"],
+        config.batch_size,
+        config.seed,
+        STREAM_B,
+        config.data.num_workers,
+        CyclePosition(position.b_cycle, position.b_batch),
+    )
+    steps = steps_per_epoch(len(split["train_a"]), config)
+    echo(
+        f"searching: {len(split['train_a'])} trainA / {len(split['train_b'])} trainB images, "
+        f"{steps} steps x {config.epochs} epochs, device {device}, run dir {run.path}"
+    )
+    with GracefulInterrupt() as stop:
+        while position.epoch < config.epochs:
+            epoch = position.epoch
+            searching_arch = epoch >= config.arch_start_epoch
+            progress = Progress(steps, f"epoch {epoch + 1}/{config.epochs}", quiet=quiet)
+            batches = epoch_loader(
+                train_a,
+                split["train_a"],
+                config.batch_size,
+                config.seed,
+                STREAM_A,
+                epoch,
+                position.batch,
+                config.data.num_workers,
+            )
+            w_loss = math.nan
+            for images, masks in _take(batches, steps - position.batch):
+                start = time.perf_counter()
+                w_loss = weight_step(
+                    model, images.to(device), masks.to(device), weight_opt, criterion, config.grad_clip
+                )
+                check_finite(w_loss, f"weight-step loss at epoch {epoch + 1} step {position.batch + 1}")
+                a_loss = math.nan
+                if searching_arch:
+                    b_images, b_masks = b_stream.next()
+                    a_loss = arch_step(model, b_images.to(device), b_masks.to(device), arch_opt, criterion)
+                    check_finite(
+                        a_loss, f"architecture-step loss at epoch {epoch + 1} step {position.batch + 1}"
+                    )
+                position.batch += 1
+                position.global_step += 1
+                position.b_cycle, position.b_batch = b_stream.position.cycle, b_stream.position.batch
+                rate = images.shape[0] * (2 if searching_arch else 1) / (time.perf_counter() - start)
+                progress.update(1, loss=w_loss, arch_loss=a_loss, lr=scheduler.get_last_lr()[0], img_s=rate)
+                if config.checkpoint_every and position.global_step % config.checkpoint_every == 0:
+                    save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config)
+                if stop.requested:
+                    progress.close()
+                    save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config)
+                    echo(
+                        f"interrupted: checkpoint saved; resume with `autodeeplab search --resume {run.path}`"
+                    )
+                    return SearchResult(run.path, current_genotype(model), interrupted=True)
+            progress.close()
+            scheduler.step()
+            position.epoch, position.batch = epoch + 1, 0
+            val_miou = validate(model, val, config, device)
+            genotype = record_epoch(run, model, epoch, val_miou, scheduler.get_last_lr()[0], w_loss)
+            echo(f"epoch {epoch + 1}/{config.epochs}: val mIoU {val_miou:.4f}  {genotype.short()}")
+            save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config)
+    genotype = current_genotype(model)
+    genotype.save(run.path / "genotype.json")
+    return SearchResult(run.path, genotype)
+
+
+def _take(iterable: Iterable, count: int) -> Iterator:
+    for i, item in enumerate(iterable):
+        if i >= count:
+            return
+        yield item
+
+
+# -- the two steps ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Temporarily stop gradients for ``parameters``: autograd then neither computes nor stores
+    anything for them, which is both the correctness guarantee (the step cannot move them) and a saving.
+    """
+    params = [p for p in parameters if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def weight_step(
+    model: SearchNetwork,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    grad_clip: float,
+) -> float:
+    """One SGD step on the network weights with a trainA batch; α and β do not move."""
+    model.train()
+    with frozen(model.arch_parameters()):
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(images), masks)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(list(model.weight_parameters()), grad_clip)
+        optimizer.step()
+    return float(loss.detach())
+
+
+def arch_step(
+    model: SearchNetwork,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+) -> float:
+    """One Adam step on α and β with a trainB batch (first order); the weights do not move."""
+    model.train()
+    with frozen(model.weight_parameters()):
+        optimizer.zero_grad(set_to_none=True)
+        loss = criterion(model(images), masks)
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+def make_optimizers(
+    model: SearchNetwork, config: SearchConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    weight_opt = torch.optim.SGD(
+        model.weight_parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    arch_opt = torch.optim.Adam(
+        model.arch_parameters(),
+        lr=config.arch_lr,
+        betas=config.arch_betas,
+        weight_decay=config.arch_weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        weight_opt, T_max=config.epochs, eta_min=config.lr_min
+    )
+    return weight_opt, arch_opt, scheduler
+
+
+# -- data -------------------------------------------------------------------------------------------
+def build_search_data(config: SearchConfig):
+    """trainA and trainB views (each with its own epoch counter for augmentation) and the val split."""
+    d = config.data
+    options = {}
+    if d.dataset == "synthetic":
+        options = {"size": d.synthetic_size, "seed": config.seed}
+    train_transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip)
+
+    def train_view():
+        n = {"num_samples": d.synthetic_train_samples} if d.dataset == "synthetic" else {}
+        return build_dataset(
+            d.dataset, d.root, d.train_split, transform=train_transform, seed=config.seed, **{**options, **n}
+        )
+
+    n_val = {"num_samples": d.synthetic_val_samples} if d.dataset == "synthetic" else {}
+    val = build_dataset(d.dataset, d.root, d.val_split, transform=EvalTransform(), **{**options, **n_val})
+    train_a, train_b = train_view(), train_view()
+    if len(train_a) < 2 * config.batch_size:
+        raise DataError(
+            f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "
+            f"{config.batch_size} in each of trainA and trainB"
+        )
+    return train_a, train_b, val
+
+
+def load_or_make_split(run: RunDir, num_samples: int, config: SearchConfig) -> dict:
+    """The trainA/trainB split: read from ``split.json`` when resuming, else drawn and written."""
+    path = run.path / "split.json"
+    if path.exists():
+        split = run.read_json("split.json")
+        if max(split["train_a"] + split["train_b"]) >= num_samples:
+            raise DataError(f"{path}: the split names images beyond the dataset's {num_samples}")
+        return split
+    train_a, train_b = split_halves(num_samples, config.seed)
+    split = {
+        "seed": config.seed,
+        "dataset": config.data.dataset,
+        "split": config.data.train_split,
+        "train_a": train_a,
+        "train_b": train_b,
+    }
+    run.write_json("split.json", split)
+    return split
+
+
+def steps_per_epoch(num_a: int, config: SearchConfig) -> int:
+    steps = batches_per_epoch(num_a, config.batch_size)
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+
+
+def validate(model: SearchNetwork, val, config: SearchConfig, device: torch.device) -> float:
+    result = evaluate(
+        model,
+        val,
+        val.num_classes,
+        val.class_names,
+        val.ignore_index,
+        device=device,
+        max_images=config.data.max_val_images,
+    )
+    return float(result.metrics.miou)
+
+
+# -- records and checkpoints ------------------------------------------------------------------------
+@torch.no_grad()
+def current_genotype(model: SearchNetwork) -> Genotype:
+    alpha, beta = model.alpha_weights().cpu().numpy(), model.beta_weights().cpu().numpy()
+    return decode(alpha, beta, model.config.num_blocks)
+
+
+@torch.no_grad()
+def record_epoch(
+    run: RunDir, model: SearchNetwork, epoch: int, val_miou: float, lr: float, loss: float
+) -> Genotype:
+    """Write the epoch's architecture files and metrics line; returns the decoded genotype."""
+    alpha, beta = model.alpha_weights().cpu().numpy(), model.beta_weights().cpu().numpy()
+    save_arch_params(run.path / "arch_params.json", alpha, beta)
+    run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **arch_params_to_dict(alpha, beta)})
+    genotype = decode(alpha, beta, model.config.num_blocks)
+    genotype.save(run.path / "genotype.json")
+    run.append_jsonl(
+        "metrics.jsonl",
+        {
+            "phase": "search",
+            "epoch": epoch + 1,
+            "train_loss": loss,
+            "val_miou": val_miou,
+            "lr": lr,
+            "genotype": genotype.short(),
+        },
+    )
+    return genotype
+
+
+def save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position: SearchPosition, config) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "autodeeplab_version": __version__,
+        "config": config_to_dict(config),
+        "model": model.state_dict(),
+        "weight_optimizer": weight_opt.state_dict(),
+        "arch_optimizer": arch_opt.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "position": vars(position).copy(),
+        "rng": capture_rng_state(),
+    }
+    run.checkpoints.save(state, f"epoch{position.epoch:04d}-step{position.global_step:08d}")
+
+
+def restore_checkpoint(run, model, weight_opt, arch_opt, scheduler, echo) -> SearchPosition:
+    loaded = run.checkpoints.load_latest(warn=echo)
+    if loaded is None:
+        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
+    state, path = loaded
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a search checkpoint (format {state.get('format')!r})")
+    model.load_state_dict(state["model"])
+    weight_opt.load_state_dict(state["weight_optimizer"])
+    arch_opt.load_state_dict(state["arch_optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+    position = SearchPosition(**state["position"])
+    echo(f"resuming from {path.name}: epoch {position.epoch + 1}, step {position.batch}")
+    return position
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: unknown device {name!r} (use auto, cpu or cuda[:i])") from None

@@ -1,0 +1,78 @@
+"""Every primitive keeps channels and maps spatial size S to ceil(S / stride), in 2D and 3D."""
+
+import math
+
+import pytest
+import torch
+
+from autodeeplab.primitives import OPS, PRIMITIVES, SepConv, build_op, resize
+
+
+def test_table_order_and_names():
+    assert PRIMITIVES == (
+        "none",
+        "max_pool_3x3",
+        "avg_pool_3x3",
+        "skip_connect",
+        "sep_conv_3x3",
+        "sep_conv_5x5",
+        "atr_conv_3x3",
+        "atr_conv_5x5",
+    )
+    assert tuple(OPS) == PRIMITIVES
+
+
+@pytest.mark.parametrize("name", PRIMITIVES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dims,size", [(2, (9, 12)), (3, (5, 6, 7))])
+def test_shape_and_stride(name, stride, dims, size):
+    x = torch.randn(2, 6, *size)
+    y = build_op(name, 6, stride, affine=True, dims=dims)(x)
+    assert y.shape == (2, 6, *(math.ceil(s / stride) for s in size))
+
+
+def test_none_is_zero_and_skip_is_identity():
+    x = torch.randn(1, 4, 7, 7)
+    assert torch.count_nonzero(build_op("none", 4)(x)) == 0
+    assert torch.equal(build_op("skip_connect", 4)(x), x)
+
+
+def test_sep_conv_structure_is_two_relu_dw_pw_bn_units():
+    op = SepConv(8, 5)
+    kinds = [type(m).__name__ for m in op]
+    assert kinds == ["ReLU", "Conv2d", "Conv2d", "BatchNorm2d"] * 2
+    assert op[1].groups == 8 and op[1].kernel_size == (5, 5)
+    assert op[2].kernel_size == (1, 1)
+
+
+def test_atrous_conv_is_dense_and_dilated():
+    op = build_op("atr_conv_5x5", 8)
+    conv = op[1]
+    assert conv.groups == 1 and conv.dilation == (2, 2) and conv.kernel_size == (5, 5)
+
+
+def test_avg_pool_excludes_padding():
+    x = torch.ones(1, 1, 4, 4)
+    assert torch.allclose(build_op("avg_pool_3x3", 1)(x), x)  # corners average 4 ones, not 4/9
+
+
+def test_3d_avg_pool_matches_torch_and_handles_tiny_volumes():
+    x = torch.randn(2, 3, 5, 6, 7)
+    for stride in (1, 2):
+        ref = torch.nn.AvgPool3d(3, stride, 1, count_include_pad=False)(x)
+        assert torch.allclose(build_op("avg_pool_3x3", 3, stride, dims=3)(x), ref, atol=1e-6)
+    tiny = torch.randn(1, 2, 1, 2, 1)
+    assert torch.allclose(
+        build_op("avg_pool_3x3", 2, 1, dims=3)(tiny), tiny.mean(dim=(2, 3, 4), keepdim=True).expand_as(tiny)
+    )
+
+
+def test_resize_identity_and_size():
+    x = torch.randn(1, 2, 5, 5)
+    assert resize(x, (5, 5)) is x
+    assert resize(x, (10, 9)).shape == (1, 2, 10, 9)
+
+
+def test_unknown_primitive():
+    with pytest.raises(KeyError, match="unknown primitive 'conv_7x7'"):
+        build_op("conv_7x7", 4)
