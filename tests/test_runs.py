@@ -1,0 +1,372 @@
+"""Run directories and checkpoints: atomic writes, rotation, corruption fallback, RNG state, signals, NaN."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autodeeplab import fileio
+from autodeeplab.errors import AutoDeepLabError, CheckpointError
+from autodeeplab.runs import (
+    CheckpointManager,
+    GracefulInterrupt,
+    NonFiniteError,
+    RunDir,
+    RunDirError,
+    capture_rng_state,
+    check_finite,
+    load_checkpoint,
+    maybe_tensorboard,
+    read_jsonl,
+    restore_rng_state,
+    resume_hint,
+    save_checkpoint,
+)
+
+
+def _state(value: float = 1.0) -> dict:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()  # creates momentum buffers: the state dict gets int keys
+    return {
+        "weights": torch.full((4, 5), value),
+        "half": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3),
+        "flags": torch.tensor([True, False]),
+        "optimizer": opt.state_dict(),
+        "position": {"epoch": 3, "step": 41, "lr": 0.025, "done": False, "note": None},
+        "split": {"train_a": [0, 2, 4], "train_b": [1, 3]},
+        "shape": (2, 3),
+        "ordered": OrderedDict(a=torch.zeros(1)),
+    }
+
+
+def _assert_same(a, b) -> None:
+    assert type(a) is type(b) or (isinstance(a, dict) and isinstance(b, dict))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            _assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_checkpoint_round_trip(tmp_path):
+    state = _state()
+    save_checkpoint(tmp_path / "c.pt", state)
+    _assert_same(load_checkpoint(tmp_path / "c.pt"), state)
+    # A plain torch.load (weights_only) still reads it: the format is just a tagged dict.
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert raw["format"] == "autodeeplab-checkpoint" and raw["version"] == 1
+
+
+def test_save_rejects_what_weights_only_cannot_load(tmp_path):
+    with pytest.raises(
+        TypeError, match=r"checkpoint state\['rng'\]\[0\]: numpy.ndarray cannot be loaded back"
+    ):
+        save_checkpoint(tmp_path / "c.pt", {"rng": [np.zeros(3)]})
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, _state(1.0))
+    before = path.read_bytes()
+
+    def crash(fd):  # the process dies after the bytes are written, before the rename
+        raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(fileio.os, "fsync", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, _state(2.0))
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert torch.equal(load_checkpoint(path)["weights"], torch.full((4, 5), 1.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+KILL_SCRIPT = """
+import sys, torch
+from autodeeplab.runs import CheckpointManager
+manager = CheckpointManager(sys.argv[1], keep=2)
+i = 0
+while True:
+    i += 1
+    manager.save({"i": i, "w": torch.full((500_000,), float(i))}, f"step{i:06d}")
+    print(f"saved {i}", flush=True)
+"""
+
+
+def test_sigkill_during_saves_leaves_a_loadable_newest_checkpoint(tmp_path):
+    script = tmp_path / "saver.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "ck")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for line in proc.stdout:
+            if line.strip() == "saved 3":
+                break
+        time.sleep(random.uniform(0.0, 0.05))  # anywhere inside a later write
+    finally:
+        proc.kill()
+        proc.wait()
+    warnings: list[str] = []
+    state, path = CheckpointManager(tmp_path / "ck", keep=2).load_latest(warn=warnings.append)
+    assert warnings == []
+    assert state["i"] >= 3 and torch.equal(state["w"], torch.full((500_000,), float(state["i"])))
+    assert path.name == f"{state['i']:06d}-step{state['i']:06d}.pt"
+
+
+def test_rotation_keeps_newest_and_ignores_temporaries(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=3)
+    assert manager.latest() is None and manager.load_latest() is None
+    for step in range(5):
+        manager.save({"step": step}, f"epoch0000-step{step:06d}")
+    names = [p.name for p in manager.paths()]
+    assert names == [f"{n:06d}-epoch0000-step{n - 1:06d}.pt" for n in (3, 4, 5)]
+    # A SIGKILL mid-write leaves a temporary file: never taken for a checkpoint, removed by the next save.
+    leftover = tmp_path / ".000006-epoch0000-step000005.pt.x1y2.tmp"
+    leftover.write_bytes(b"PK\x03\x04 half a zip")
+    assert manager.latest().name == "000005-epoch0000-step000004.pt"
+    manager.save({"step": 5}, "epoch0000-step000005")
+    assert not leftover.exists()
+    assert manager.load_latest()[0] == {"step": 5}
+    with pytest.raises(ValueError, match="checkpoint tag 'a/b'"):
+        manager.save({}, "a/b")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_corrupt_newest_falls_back_to_previous(tmp_path, damage):
+    manager = CheckpointManager(tmp_path, keep=3)
+    manager.save(_state(1.0), "a")
+    newest = manager.save(_state(2.0), "b")
+    data = bytearray(newest.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        # Inside the stored weights: torch's own reader does not notice this one; the digest does.
+        offset = bytes(data).find(torch.full((4, 5), 2.0).numpy().tobytes())
+        assert offset > 0
+        data[offset + 3] ^= 0x01
+    else:
+        data = bytearray()
+    newest.write_bytes(bytes(data))
+    warnings: list[str] = []
+    state, path = manager.load_latest(warn=warnings.append)
+    assert path.name == "000001-a.pt" and torch.equal(state["weights"], torch.full((4, 5), 1.0))
+    assert len(warnings) == 2
+    assert (
+        warnings[0].startswith(f"warning: {newest}: ")
+        and "moved it aside to 000002-b.pt.corrupt" in warnings[0]
+    )
+    assert warnings[1] == f"warning: falling back to the previous good checkpoint {path}"
+    assert (tmp_path / "000002-b.pt.corrupt").exists() and manager.latest() == path
+    # The next save continues the sequence after the good one.
+    assert manager.save({"x": 1}, "c").name == "000002-c.pt"
+
+
+def test_corrupt_messages_name_the_file(tmp_path):
+    path = tmp_path / "c.pt"
+    with pytest.raises(CheckpointError, match=rf"^{path}: no such checkpoint$"):
+        load_checkpoint(path)
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match=rf"^{path}: truncated or corrupt checkpoint \("):
+        load_checkpoint(path)
+    torch.save({"model": torch.zeros(2)}, path)  # a torch file, but not ours
+    with pytest.raises(CheckpointError, match=rf"^{path}: not an autodeeplab checkpoint$"):
+        load_checkpoint(path)
+    torch.save({"obj": Path("x")}, path)  # needs code execution to load
+    with pytest.raises(CheckpointError, match=rf"^{path}: refused to load: it holds objects that need code"):
+        load_checkpoint(path)
+    torch.save({"format": "autodeeplab-checkpoint", "version": 99, "state": {}}, path)
+    with pytest.raises(CheckpointError, match="format version 99 is newer"):
+        load_checkpoint(path)
+
+
+def test_all_corrupt_is_an_error(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save({"a": 1}, "a").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}: no loadable checkpoint \(all 1 are corrupt\)$"):
+        manager.load_latest(warn=lambda message: None)
+
+
+def _draws(g: torch.Generator) -> list:
+    return [
+        random.random(),
+        float(np.random.rand()),
+        torch.rand(2).tolist(),
+        torch.rand(2, generator=g).tolist(),
+    ]
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    with torch.random.fork_rng():
+        state = np.random.get_state()
+        try:
+            g = torch.Generator().manual_seed(5)
+            random.gauss(0, 1)  # a cached Gaussian is part of Python's state
+            save_checkpoint(tmp_path / "rng.pt", {"rng": capture_rng_state(generators={"loader": g})})
+            expected = _draws(g)
+            _draws(g)  # move every generator on
+            restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"], generators={"loader": g})
+            assert _draws(g) == expected
+            with pytest.raises(CheckpointError, match="no state for the random generator 'other'"):
+                restore_rng_state(capture_rng_state(), generators={"other": g})
+        finally:
+            np.random.set_state(state)
+
+
+def test_check_finite():
+    check_finite(0.5, "loss")
+    check_finite(torch.tensor([1.0, 2.0]), "loss")
+    with pytest.raises(
+        NonFiniteError, match=r"^loss became nan at epoch 3 step 41; the last good checkpoint"
+    ):
+        check_finite(float("nan"), "loss", epoch=3, step=41)
+    with pytest.raises(NonFiniteError, match=r"^arch loss became inf; "):
+        check_finite(torch.tensor([1.0, float("inf")]), "arch loss")
+    assert issubclass(NonFiniteError, AutoDeepLabError)
+
+
+def test_graceful_interrupt_in_process():
+    before = signal.getsignal(signal.SIGTERM)
+    with GracefulInterrupt(stream=open(os.devnull, "w")) as stop:  # noqa: SIM115
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)
+        assert stop.requested and stop.signal_name == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+LOOP_SCRIPT = """
+import sys, time, torch
+from autodeeplab.runs import RunDir, GracefulInterrupt, resume_hint, capture_rng_state, restore_rng_state
+run_path, mode, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.manual_seed(0)
+g = torch.Generator().manual_seed(1)
+run = RunDir(run_path, resume=mode == "resume")
+step, acc = 0, torch.zeros(3)
+found = run.checkpoints.load_latest(warn=lambda m: print(m, file=sys.stderr))
+if found:
+    state, _ = found
+    step, acc = state["step"], state["acc"]
+    restore_rng_state(state["rng"], generators={"loader": g})
+    run.filter_jsonl("metrics.jsonl", lambda r: r["step"] <= step)
+with GracefulInterrupt() as stop:
+    while step < total:
+        acc = acc * 0.5 + torch.rand(3, generator=g) + torch.rand(3)
+        step += 1
+        run.append_jsonl("metrics.jsonl", {"step": step, "acc": acc.tolist()})
+        print(f"step {step}", flush=True)
+        time.sleep(0.02)
+        if stop.requested:
+            state = {"step": step, "acc": acc, "rng": capture_rng_state({"loader": g})}
+            run.checkpoints.save(state, f"s{step}")
+            print(resume_hint("demo", run.path, stop.signal_name), file=sys.stderr)
+            sys.exit(3)
+run.write_json("result.json", {"step": step, "acc": acc.tolist()})
+"""
+
+
+def _expected(total: int) -> list[float]:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(1)
+        acc = torch.zeros(3)
+        for _ in range(total):
+            acc = acc * 0.5 + torch.rand(3, generator=g) + torch.rand(3)
+        return acc.tolist()
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_continues_exactly(tmp_path):
+    script, run_dir = tmp_path / "loop.py", tmp_path / "run"
+    script.write_text(textwrap.dedent(LOOP_SCRIPT))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir), "new", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if line.strip() == "step 4":
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "received SIGTERM: finishing the current step and saving a checkpoint" in err
+    assert (
+        f"stopped (SIGTERM); checkpoint saved in {run_dir}; resume with: autodeeplab demo --resume {run_dir}"
+        in err
+    )
+    state, _ = RunDir(run_dir, resume=True).checkpoints.load_latest()
+    stopped_at = state["step"]
+    assert stopped_at >= 4
+
+    total = stopped_at + 3
+    done = subprocess.run(
+        [sys.executable, str(script), str(run_dir), "resume", str(total)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    result = RunDir(run_dir, resume=True).read_json("result.json")
+    assert result["step"] == total
+    assert result["acc"] == _expected(total)  # bit-identical to an uninterrupted run
+    assert [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, total + 1))
+
+
+def test_run_dir(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_json("split.json", {"seed": 0, "train_a": [1, 2]})
+    assert run.read_json("split.json") == {"seed": 0, "train_a": [1, 2]}
+    assert run.checkpoints.directory == tmp_path / "run" / "checkpoints"
+    with pytest.raises(RunDirError, match=r"run directory exists and is not empty; resume it with --resume"):
+        RunDir(tmp_path / "run")
+    with pytest.raises(RunDirError, match=r"no such run directory to resume$"):
+        RunDir(tmp_path / "other", resume=True)
+    with pytest.raises(RunDirError, match=r"missing.json: missing from the run directory$"):
+        run.read_json("missing.json")
+    for step in range(4):
+        run.append_jsonl("metrics.jsonl", {"step": step, "loss": 1.0 / (step + 1)})
+    with open(run.file("metrics.jsonl"), "a") as f:
+        f.write('{"step": 4, "lo')  # a line torn by a kill
+    assert [r["step"] for r in run.read_jsonl("metrics.jsonl")] == [0, 1, 2, 3]
+    assert run.filter_jsonl("metrics.jsonl", lambda r: r["step"] < 2) == 2
+    assert run.read_jsonl("metrics.jsonl") == [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}]
+    run.file("bad.jsonl").write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(RunDirError, match=r"bad.jsonl: line 2 is not valid JSON$"):
+        run.read_jsonl("bad.jsonl")
+    assert RunDir(tmp_path / "run", resume=True).read_json("split.json")["seed"] == 0
+
+
+def test_resume_hint_and_tensorboard_fallback(tmp_path):
+    assert (
+        resume_hint("train", "runs/a")
+        == "stopped; checkpoint saved in runs/a; resume with: autodeeplab train --resume runs/a"
+    )
+    assert maybe_tensorboard(tmp_path, enabled=False) is None
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        notices: list[str] = []
+        assert maybe_tensorboard(tmp_path, enabled=True, warn=notices.append) is None
+        assert len(notices) == 1 and "tensorboard is not installed" in notices[0]
