@@ -1,0 +1,89 @@
+"""``autodeeplab data``: check a dataset for every problem at once; prepare a resized Cityscapes copy.
+
+``autodeeplab data check --dataset NAME --data-root PATH [--split S ...]`` prints one line per problem and
+exits 2 when there is any; a clean dataset gets one summary line and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..data import DATASET_NAMES, DEFAULT_DATASET
+
+    p = sub.add_parser(
+        "data",
+        help="check a dataset, or prepare a resized copy",
+        description="Dataset tools: find every broken file of a dataset; write a half-resolution Cityscapes.",
+    )
+    commands = p.add_subparsers(dest="data_command", metavar="ACTION")
+    commands.required = True
+
+    check = commands.add_parser(
+        "check",
+        help="scan a dataset and list every problem",
+        description="Decode every image and label of the chosen splits; report every problem, one per line.",
+    )
+    check.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASET_NAMES, help="dataset layout")
+    check.add_argument("--data-root", metavar="PATH", help="dataset folder (not for synthetic)")
+    check.add_argument(
+        "--split", action="append", metavar="SPLIT", help="split to check (repeatable; default: all splits)"
+    )
+    check.set_defaults(func=run_check)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="write a resized Cityscapes copy (e.g. the paper's half resolution)",
+        description="Resize Cityscapes once (images bilinear, labels nearest, as train ids) into a new folder"
+        " that is itself a Cityscapes root; re-running resumes.",
+    )
+    prepare.add_argument("--dataset", default="cityscapes", choices=("cityscapes",), help="dataset layout")
+    prepare.add_argument("--data-root", metavar="PATH", required=True, help="the full-resolution Cityscapes")
+    prepare.add_argument("--out", metavar="PATH", required=True, help="new (or empty) folder for the copy")
+    prepare.add_argument("--scale", type=float, default=0.5, help="resize factor (default 0.5: 512x1024)")
+    prepare.add_argument(
+        "--split", action="append", metavar="SPLIT", help="split to copy (repeatable; default: train and val)"
+    )
+    prepare.set_defaults(func=run_prepare)
+
+
+def _progress_printer():
+    """A progress callback that rewrites one stderr line, or ``None`` when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(split: str, done: int, total: int) -> None:
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r  {split}: {done}/{total}{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from ..data import check_dataset_report
+
+    report = check_dataset_report(args.dataset, args.data_root, args.split, progress=_progress_printer())
+    where = args.dataset if args.data_root is None else f"{args.dataset} at {args.data_root}"
+    counts = ", ".join(f"{split} {count}" for split, count in report.samples.items())
+    total = sum(report.samples.values())
+    for found in report.problems:
+        print(found)
+    if report.problems:
+        count = len(report.problems)
+        noun = "problem" if count == 1 else "problems"
+        print(f"{where}: {count} {noun} in {total} samples ({counts})", file=sys.stderr)
+        return 2
+    print(f"{where}: no problems in {total} samples ({counts})")
+    return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from ..data import prepare_cityscapes
+
+    splits = args.split or ("train", "val")
+    written = prepare_cityscapes(args.data_root, args.out, args.scale, splits, progress=_progress_printer())
+    print(f"{args.out}: wrote {written} files ({', '.join(splits)} at scale {args.scale:g})")
+    return 0

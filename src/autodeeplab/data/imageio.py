@@ -1,0 +1,81 @@
+"""Decoding images and label maps from disk with PIL, turning every failure into a :class:`DataProblem`.
+
+Images come back as ``uint8 [H, W, 3]`` RGB arrays. Label files come back as they are stored: ``[H, W]``
+integer class values for single-channel files (8-bit, palette or 16-bit), or ``uint8 [H, W, 3]`` for
+colour-coded labels; mapping raw values to train ids is :mod:`autodeeplab.data.labels`' job. Nothing here
+changes PIL's global settings: a truncated file stays an error instead of being silently padded.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .problems import DataProblemError, problem
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File endings read as images by the layouts that scan folders."""
+
+# Single-channel PIL modes whose pixel values are class values as they are.
+_INDEX_MODES = frozenset({"L", "P", "I", "I;16", "I;16B", "I;16L", "1"})
+_COLOUR_MODES = frozenset({"RGB", "RGBA"})
+
+
+def _open_decoded(path: Path, kind: str) -> Image.Image:
+    """Open and fully decode ``path`` (so that truncation shows up now, not in the middle of training)."""
+    if not path.is_file():
+        raise DataProblemError(problem(path, f"{kind} file not found"))
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataProblemError(problem(path, f"unreadable or truncated {kind} file ({reason})")) from None
+    return image
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``uint8 [H, W, 3]`` RGB (grey, palette and RGBA files are converted)."""
+    image = _open_decoded(Path(path), "image")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_label(path: str | Path, allow_colour: bool = False) -> np.ndarray:
+    """Decode a label file without interpreting it.
+
+    Returns ``[H, W]`` integers (``uint8`` for 8-bit/palette files, ``int32`` for 16-bit ones) as stored; with
+    ``allow_colour`` an RGB(A) label comes back as ``uint8 [H, W, 3]`` for colour decoding, otherwise it is a
+    problem, since reading an RGB picture as class indices would train on nonsense.
+    """
+    path = Path(path)
+    image = _open_decoded(path, "label")
+    if image.mode in _INDEX_MODES:
+        # Palette ('P') files give palette indices here, which is exactly the class index (VOC).
+        dtype = np.uint8 if image.mode in ("L", "P", "1") else np.int32
+        return np.asarray(image, dtype=dtype)
+    if image.mode in _COLOUR_MODES and allow_colour:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    expected = (
+        "single-channel class indices or RGB colours" if allow_colour else "single-channel class indices"
+    )
+    raise DataProblemError(problem(path, f"label file has PIL mode {image.mode!r}; expected {expected}"))
+
+
+def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
+    """Raise a problem naming both files when an image and its label differ in height or width."""
+    if image.shape[:2] != label.shape[:2]:
+        (ih, iw), (lh, lw) = image.shape[:2], label.shape[:2]
+        message = f"size mismatch: image {image_path.name} is {iw}x{ih} (WxH) but its label is {lw}x{lh}"
+        raise DataProblemError(problem(label_path, message))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a ``uint8 [H, W]`` or ``uint8 [H, W, 3]`` array (for writers that go through fileio)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
