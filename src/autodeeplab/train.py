@@ -1,0 +1,509 @@
+"""Retraining the found network from scratch (paper §5.2, Table 3) and the trained-model checkpoint.
+
+The loop: SGD with momentum, a poly learning-rate schedule ``lr · (1 - step/iterations)^power`` set every
+step, weight decay on convolution weights only (DeepLab's slim regulariser; BN and biases are not
+decayed), BN trained, random scale + crop + flip from the data layer, and Scheduled Drop Path through
+``net.set_drop_path_progress(step / iterations)``. The batch order is a pure function of (seed, epoch)
+(:mod:`autodeeplab.sampling`), so a resumed run sees exactly the batches it would have seen.
+
+A run directory holds::
+
+    config.yaml           the resolved TrainConfig (load it again with --config)
+    genotype.json         the architecture trained
+    metrics.jsonl         one line per logged step (loss, lr) and per evaluation (mIoU)
+    checkpoints/*.pt      training state for --resume (weights, optimiser, step, RNG), rotated
+    model.pt              the trained model: everything eval / predict / export need (see below)
+
+``model.pt`` is written at every checkpoint and at the end. It is a :func:`autodeeplab.runs.save_checkpoint`
+file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
+"model_format": 1, "autodeeplab_version", "model": net.config_dict(), "data": {dataset, class_names,
+palette, ignore_index}, "training": {step, iterations, metrics}, "weights": state_dict}``. Training-state
+checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .config import config_to_dict, dump_config_yaml, register_presets
+from .errors import AutoDeepLabError, CheckpointError, ConfigError, DataError
+from .evaluate import evaluate
+from .genotype import Genotype
+from .network import AutoDeepLabNet, NetworkConfig
+from .runs import (
+    GracefulInterrupt,
+    RunDir,
+    capture_rng_state,
+    check_finite,
+    load_checkpoint,
+    restore_rng_state,
+)
+from .runs import save_checkpoint as save_state
+from .sampling import batches_per_epoch, epoch_loader
+
+MODEL_KIND = "trained-model"
+STATE_KIND = "train-state"
+MODEL_FORMAT = 1
+MODEL_FILE = "model.pt"
+TRAIN_STREAM = 0  # the sampling stream id of the training batches
+
+
+@dataclass
+class TrainDataConfig:
+    """Where the training images come from and how they are augmented."""
+
+    dataset: str = "synthetic"
+    """A name from ``autodeeplab.data.DATASET_NAMES``; the paper's tables use ``cityscapes``."""
+    root: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    """Evaluated (single scale) every ``eval_every`` steps and at the end; None skips it."""
+    crop_size: int = 769
+    """Paper: 769×769 on Cityscapes (513 on PASCAL VOC and ADE20K)."""
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    num_workers: int = 2
+    eval_max_images: int | None = None
+    """Evaluate on the first N images only (None: the whole split)."""
+    synthetic_train_samples: int = 64
+    synthetic_eval_samples: int = 16
+    synthetic_size: tuple[int, int] = (64, 64)
+
+    def __post_init__(self) -> None:
+        self.scale_range = tuple(self.scale_range)
+        self.synthetic_size = tuple(self.synthetic_size)
+        if self.crop_size < 1:
+            raise ValueError(f"data.crop_size must be positive, got {self.crop_size}")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"data.scale_range must be 0 < low <= high, got {list(self.scale_range)}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainModelConfig:
+    """The network settings that training chooses (the class count comes from the dataset)."""
+
+    filter_multiplier: int = 20
+    """F: 20 / 32 / 48 = Auto-DeepLab-S / M / L."""
+    drop_path_keep_prob: float = 0.7
+    """Scheduled Drop Path's final keep probability of the deepest cell. The paper does not give it; 0.7 is
+    NASNet's ImageNet value, the method the paper cites. 1.0 switches drop path off."""
+    aspp_channels: int = 256
+    decoder_channels: int = 256
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; written to the run directory as ``config.yaml``.
+
+    Defaults are the paper's Cityscapes recipe (§5.2): 1.5M iterations, poly lr from 0.05 (power 0.9),
+    SGD momentum 0.9, crop 769. The paper gives neither batch size nor weight decay: we use batch 8 and
+    4e-5, DeepLab's Cityscapes batch and its default weight decay for the protocol the paper follows.
+    """
+
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    iterations: int = 1_500_000
+    batch_size: int = 8
+    lr: float = 0.05
+    lr_power: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+    """Evaluate every N steps (0: only at the end)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1)")
+
+
+CAMVID_ROOT = "../shared/data/camvid"
+"""Where this project keeps CamVid, relative to the repository root (override with --data-root)."""
+
+register_presets(
+    TrainConfig,
+    {
+        "paper": {},
+        # CamVid (360×480) on a 2-core laptop CPU in minutes: F=8 with slim heads, 192 crops, drop path off
+        # (too few steps for it to help).
+        "cpu": {
+            "data": {"dataset": "camvid", "root": CAMVID_ROOT, "crop_size": 192, "scale_range": [0.5, 1.5]},
+            "data.num_workers": 0,
+            "data.eval_max_images": 40,
+            "model": {"filter_multiplier": 8, "drop_path_keep_prob": 1.0, "aspp_channels": 64},
+            "model.decoder_channels": 64,
+            **{"iterations": 300, "batch_size": 4, "log_every": 10, "checkpoint_every": 100, "device": "cpu"},
+        },
+        # The built-in synthetic data, about a minute: the quick end-to-end check.
+        "tiny": {
+            "data": {"dataset": "synthetic", "crop_size": 64, "scale_range": [0.75, 1.25], "num_workers": 0},
+            "model": {"filter_multiplier": 4, "drop_path_keep_prob": 1.0, "aspp_channels": 32},
+            "model.decoder_channels": 32,
+            **{"iterations": 60, "batch_size": 4, "log_every": 10, "checkpoint_every": 30, "device": "cpu"},
+        },
+    },
+)
+
+
+# -- the trained-model checkpoint ---------------------------------------------------------------------
+@dataclass
+class TrainedInfo:
+    """What a trained model carries besides its weights."""
+
+    dataset: str
+    class_names: list[str]
+    palette: list[list[int]]
+    ignore_index: int
+    step: int = 0
+    iterations: int = 0
+    metrics: dict[str, Any] | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """Extra ``build_dataset`` options that evaluation needs to see the same data (synthetic size)."""
+    data_root: str | None = None
+    """The training data's folder (absolute), the default for ``eval``."""
+    autodeeplab_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def trained_record(model: AutoDeepLabNet, info: TrainedInfo) -> dict[str, Any]:
+    """The weights-only-safe record of a trained model (see the module docstring)."""
+    return {
+        "kind": MODEL_KIND,
+        "model_format": MODEL_FORMAT,
+        "autodeeplab_version": info.autodeeplab_version,
+        "model": model.config_dict(),
+        "data": {
+            "dataset": info.dataset,
+            "class_names": list(info.class_names),
+            "palette": [list(map(int, c)) for c in info.palette],
+            "ignore_index": info.ignore_index,
+            "options": dict(info.dataset_options),
+            "root": info.data_root,
+        },
+        "training": {"step": info.step, "iterations": info.iterations, "metrics": info.metrics},
+        "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def save_trained(path: str | os.PathLike[str], model: AutoDeepLabNet, info: TrainedInfo) -> None:
+    """Write a trained-model checkpoint atomically."""
+    save_state(path, trained_record(model, info))
+
+
+def load_trained(
+    path: str | os.PathLike[str], num_classes: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[AutoDeepLabNet, TrainedInfo]:
+    """Load ``model.pt`` (or a run directory holding one, or a training-state checkpoint), in eval mode.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, another format version, weights that do not
+            fit the recorded network, or ``num_classes`` given and different from the checkpoint's.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    state = load_checkpoint(path)
+    if state.get("kind") == STATE_KIND and isinstance(state.get("trained"), dict):
+        state = state["trained"]
+    if state.get("kind") != MODEL_KIND:
+        raise CheckpointError(f"{path}: not a trained-model checkpoint (kind {state.get('kind')!r})")
+    if state.get("model_format") != MODEL_FORMAT:
+        raise CheckpointError(
+            f"{path}: trained-model format {state.get('model_format')!r} (written by autodeeplab "
+            f"{state.get('autodeeplab_version')}) is not the format {MODEL_FORMAT} this version reads"
+        )
+    try:
+        data, training = state["data"], state["training"]
+        model = AutoDeepLabNet.from_config_dict(state["model"], source=str(path))
+        info = TrainedInfo(
+            dataset=str(data["dataset"]),
+            class_names=[str(n) for n in data["class_names"]],
+            palette=[list(c) for c in data["palette"]],
+            ignore_index=int(data["ignore_index"]),
+            step=int(training["step"]),
+            iterations=int(training["iterations"]),
+            metrics=training.get("metrics"),
+            dataset_options=dict(data.get("options") or {}),
+            data_root=data.get("root"),
+            autodeeplab_version=str(state.get("autodeeplab_version")),
+        )
+        model.load_state_dict(state["weights"])
+    except AutoDeepLabError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed trained-model checkpoint (missing or bad {exc})") from None
+    except RuntimeError as exc:  # load_state_dict: missing/unexpected keys or shape mismatches
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the network it describes ({first})") from None
+    if info.num_classes != model.config.num_classes:
+        raise CheckpointError(
+            f"{path}: {info.num_classes} class names for a {model.config.num_classes}-class model"
+        )
+    if num_classes is not None:
+        check_classes(path, info, num_classes, "the data")
+    return model.to(device).eval(), info
+
+
+def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: int, what: str) -> None:
+    """Raise :class:`CheckpointError` when ``what`` has another class count than the checkpoint."""
+    if num_classes != info.num_classes:
+        raise CheckpointError(
+            f"{path}: the checkpoint predicts {info.num_classes} classes ({info.dataset}) but {what} has "
+            f"{num_classes}"
+        )
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    step: int
+    metrics: dict[str, Any] | None
+    seconds: float
+    interrupted: bool = False
+
+
+def poly_lr(base_lr: float, step: int, iterations: int, power: float) -> float:
+    """The poly schedule: ``base_lr · (1 - step / iterations) ^ power`` (0 at the end)."""
+    return base_lr * max(0.0, 1.0 - step / iterations) ** power
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on convolution kernels (tensors with >1 dims) only."""
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def dataset_options(config: TrainConfig) -> dict[str, Any]:
+    """``build_dataset`` options shared by the training and evaluation splits (recorded in ``model.pt``)."""
+    d = config.data
+    return {"size": list(d.synthetic_size), "seed": config.seed} if d.dataset == "synthetic" else {}
+
+
+def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
+    """The augmented training split and the evaluation split (or None)."""
+    from .data import EvalTransform, TrainTransform, build_dataset
+
+    d = config.data
+    synthetic = d.dataset == "synthetic"
+    options = dataset_options(config)
+    n_train = {"num_samples": d.synthetic_train_samples} if synthetic else {}
+    transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip)
+    train = build_dataset(
+        d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
+    )
+    if batches_per_epoch(len(train), config.batch_size) == 0:
+        raise DataError(
+            f"{d.dataset} {d.train_split}: {len(train)} images cannot fill one batch of {config.batch_size}"
+        )
+    if d.eval_split is None:
+        return train, None
+    n_eval = {"num_samples": d.synthetic_eval_samples} if synthetic else {}
+    return train, build_dataset(
+        d.dataset, d.root, d.eval_split, transform=EvalTransform(), **options, **n_eval
+    )
+
+
+def build_model(genotype: Genotype, config: TrainConfig, num_classes: int) -> AutoDeepLabNet:
+    """The network to train, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    m = config.model
+    settings = NetworkConfig(
+        filter_multiplier=m.filter_multiplier,
+        num_classes=num_classes,
+        drop_path_keep_prob=m.drop_path_keep_prob,
+        aspp_channels=m.aspp_channels,
+        decoder_channels=m.decoder_channels,
+    )
+    return AutoDeepLabNet(genotype, settings)
+
+
+def training_batches(
+    train: Any, config: TrainConfig, step: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless ``(images [B, 3, h, w], masks [B, h, w])`` from global step ``step`` on, epoch after epoch."""
+    per_epoch = batches_per_epoch(len(train), config.batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    indices = list(range(len(train)))
+    workers = config.data.num_workers
+    while True:
+        loader = epoch_loader(
+            train, indices, config.batch_size, config.seed, TRAIN_STREAM, epoch, offset, workers
+        )
+        # Starting a DataLoader iterator draws a seed from torch's global RNG, which drop path also uses;
+        # a resumed run starts one more iterator than an uninterrupted one, so keep that draw off the stream.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(loader)
+        yield from batches
+        epoch, offset = epoch + 1, 0
+
+
+def run_training(
+    config: TrainConfig,
+    genotype: Genotype,
+    run_dir: str | os.PathLike[str],
+    resume: bool = False,
+    echo: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``genotype`` from scratch with ``config``, writing everything into ``run_dir``."""
+    run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
+    device = resolve_device(config.device)
+    train, val = build_train_data(config)
+    model = build_model(genotype, config, train.num_classes).to(device)
+    optimizer = make_optimizer(model, config)
+    palette = [list(c) for c in train.palette]
+    info = TrainedInfo(
+        config.data.dataset,
+        list(train.class_names),
+        palette,
+        train.ignore_index,
+        iterations=config.iterations,
+        dataset_options=dataset_options(config),
+        data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
+    )
+    if resume:
+        info.step, info.metrics = _restore(run, model, optimizer, echo)
+    else:
+        extra = {"autodeeplab_version": __version__, "seed": config.seed}
+        dump_config_yaml(config, run.file("config.yaml"), extra)
+        genotype.save(run.file("genotype.json"))
+    criterion = nn.CrossEntropyLoss(ignore_index=train.ignore_index)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    echo(
+        f"training: {len(train)} {config.data.dataset} images, {config.iterations} steps of "
+        f"{config.batch_size}, {millions:.2f}M parameters, device {device}, run dir {run.path}"
+    )
+    start, losses = time.perf_counter(), []
+    model.train()
+    with GracefulInterrupt() as stop:
+        for images, masks in training_batches(train, config, info.step):
+            if info.step >= config.iterations or stop.requested:
+                break
+            lr = poly_lr(config.lr, info.step, config.iterations, config.lr_power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.set_drop_path_progress(info.step / config.iterations)
+            loss = criterion(model(images.to(device)), masks.to(device))
+            # Stop before a non-finite loss reaches the weights: the last checkpoint stays good.
+            check_finite(loss.item(), "training loss", step=info.step + 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            info.step += 1
+            step, done = info.step, info.step == config.iterations
+            losses.append(loss.item())
+            if step % config.log_every == 0 or done:
+                mean, losses = sum(losses) / len(losses), []
+                run.append_jsonl("metrics.jsonl", {"step": step, "loss": mean, "lr": lr})
+                echo(f"step {step}/{config.iterations}  loss {mean:.4f}  lr {lr:.5f}  {_since(start)}")
+            if val is not None and (done or (config.eval_every and step % config.eval_every == 0)):
+                info.metrics = _evaluate(model, val, config, run, step, device, echo)
+            if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                _save(run, model, optimizer, info, config)
+    interrupted = stop.requested and info.step < config.iterations
+    if interrupted:
+        _save(run, model, optimizer, info, config)
+        echo(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
+    seconds = time.perf_counter() - start
+    return TrainResult(run.path, run.file(MODEL_FILE), info.step, info.metrics, seconds, interrupted)
+
+
+def _since(start: float) -> str:
+    return f"{time.perf_counter() - start:.0f}s"
+
+
+def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, echo) -> dict[str, Any]:
+    n = len(val) if config.data.eval_max_images is None else min(len(val), config.data.eval_max_images)
+    samples = (val[i] for i in range(n))
+    result = evaluate(model, samples, val.num_classes, val.class_names, val.ignore_index, device=device)
+    m = result.metrics
+    run.append_jsonl(
+        "metrics.jsonl",
+        {
+            "step": step,
+            "split": config.data.eval_split,
+            "images": n,
+            "miou": m.miou,
+            "pixel_accuracy": m.pixel_accuracy,
+        },
+    )
+    split = config.data.eval_split
+    echo(
+        f"step {step}: {split} mIoU {100 * m.miou:.2f}%  pixel acc {100 * m.pixel_accuracy:.2f}% ({n} images)"
+    )
+    return {"split": config.data.eval_split, "images": n, **m.to_dict()}
+
+
+def _save(run: RunDir, model: AutoDeepLabNet, optimizer, info: TrainedInfo, config: TrainConfig) -> None:
+    record = trained_record(model, info)
+    state = {
+        "kind": STATE_KIND,
+        "autodeeplab_version": __version__,
+        "config": config_to_dict(config),
+        "step": info.step,
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng_state(),
+        "trained": record,
+    }
+    run.checkpoints.save(state, f"step{info.step:08d}")
+    save_state(run.file(MODEL_FILE), record)
+
+
+def _restore(run: RunDir, model: AutoDeepLabNet, optimizer, echo) -> tuple[int, dict[str, Any] | None]:
+    loaded = run.checkpoints.load_latest(warn=echo)
+    if loaded is None:
+        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
+    state, path = loaded
+    if state.get("kind") != STATE_KIND:
+        raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
+    model.load_state_dict(state["trained"]["weights"])
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_state(state["rng"])
+    step = int(state["step"])
+    run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
+    echo(f"resuming from {path.name}: step {step}")
+    return step, state["trained"]["training"].get("metrics")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available else CPU; a CUDA request without CUDA is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
+    return torch.device(name)

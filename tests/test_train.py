@@ -1,0 +1,231 @@
+"""The retraining loop, its settings and the trained-model checkpoint (tiny synthetic runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from autodeeplab.config import load_config
+from autodeeplab.errors import CheckpointError, ConfigError
+from autodeeplab.evaluate import evaluate
+from autodeeplab.genotype import Genotype
+from autodeeplab.network import AutoDeepLabNet
+from autodeeplab.runs import RunDirError, load_checkpoint, save_checkpoint
+from autodeeplab.train import (
+    MODEL_FILE,
+    TrainConfig,
+    build_model,
+    build_train_data,
+    load_trained,
+    make_optimizer,
+    poly_lr,
+    run_training,
+)
+
+SMALL = Genotype(
+    network_path=(0, 0, 1, 1),
+    cell=((("sep_conv_3x3", 0), ("atr_conv_3x3", 1)), (("skip_connect", 2), ("max_pool_3x3", 0))),
+)
+TINY = [
+    "data.crop_size=32",
+    "data.synthetic_size=[32,32]",
+    "data.synthetic_train_samples=8",
+    "data.synthetic_eval_samples=2",
+    "model.filter_multiplier=4",
+    "model.aspp_channels=8",
+    "model.decoder_channels=8",
+    "iterations=6",
+    "batch_size=2",
+    "log_every=1",
+    "checkpoint_every=3",
+]
+
+
+def tiny_config(*extra: str) -> TrainConfig:
+    return load_config(TrainConfig, preset="tiny", overrides=[*TINY, *extra])
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_poly_schedule() -> None:
+    assert poly_lr(0.05, 0, 100, 0.9) == 0.05
+    assert poly_lr(0.05, 50, 100, 0.9) == pytest.approx(0.05 * 0.5**0.9)
+    assert poly_lr(0.05, 100, 100, 0.9) == 0.0
+
+
+def test_weight_decay_only_on_convolution_kernels() -> None:
+    model = build_model(SMALL, tiny_config(), num_classes=3)
+    decayed, plain = make_optimizer(model, tiny_config("weight_decay=0.001")).param_groups
+    assert decayed["weight_decay"] == 0.001 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 4 for p in decayed["params"])
+    bn = [m.weight for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.affine]
+    assert bn and all(any(p is q for q in plain["params"]) for p in bn)
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_paper_preset_is_the_papers_recipe() -> None:
+    config = load_config(TrainConfig, preset="paper")
+    assert (config.lr, config.lr_power, config.momentum) == (0.05, 0.9, 0.9)
+    assert config.iterations == 1_500_000 and config.data.crop_size == 769
+    assert config.data.scale_range == (0.5, 2.0) and config.data.flip
+    assert config.model.filter_multiplier == 20 and config.model.drop_path_keep_prob < 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("batch_size=-2", "batch_size must be a positive integer, got -2"),
+        ("data.crop_size=0", "data.crop_size must be positive, got 0"),
+        ("checkpoint_every=-1", "checkpoint_every must be >= 0 (0 = off), got -1"),
+        ("lr=0", "lr must be positive, got 0.0"),
+    ],
+)
+def test_bad_settings_are_config_errors_naming_the_field(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tiny_config(override)
+
+
+def test_training_writes_a_checkpoint_that_evaluates_to_the_recorded_metrics(tmp_path: Path) -> None:
+    config = tiny_config()
+    result = run_training(config, SMALL, tmp_path / "run", echo=quiet)
+    assert result.step == 6 and not result.interrupted
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "genotype.json",
+        "metrics.jsonl",
+        MODEL_FILE,
+    ]
+    assert Genotype.load(tmp_path / "run" / "genotype.json") == SMALL
+    model, info = load_trained(tmp_path / "run")  # a run directory works as well as model.pt
+    assert not model.training
+    assert info.step == 6 and info.dataset == "synthetic" and info.num_classes == model.config.num_classes
+    # checkpoint -> eval round trip: the reloaded model reproduces the metrics measured in training
+    _, val = build_train_data(config)
+    again = evaluate(model, (val[i] for i in range(len(val))), val.num_classes, val.class_names)
+    assert again.metrics.to_dict()["confusion"] == info.metrics["confusion"]
+    assert again.metrics.miou == pytest.approx(info.metrics["miou"])
+    # the training-state checkpoint holds the same model
+    newest = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    from_state, _ = load_trained(newest)
+    x = torch.randn(1, 3, 40, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(from_state(x), model(x), rtol=0, atol=0)
+
+
+def test_drop_path_progress_follows_the_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+    original = AutoDeepLabNet.set_drop_path_progress
+
+    def spy(self: AutoDeepLabNet, progress: float) -> None:
+        seen.append(progress)
+        original(self, progress)
+
+    monkeypatch.setattr(AutoDeepLabNet, "set_drop_path_progress", spy)
+    run_training(tiny_config("data.eval_split=null"), SMALL, tmp_path / "run", echo=quiet)
+    assert seen == [s / 6 for s in range(6)]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    config = tiny_config("data.eval_split=null", "model.drop_path_keep_prob=0.8")
+    straight = run_training(config, SMALL, tmp_path / "straight", echo=quiet)
+    assert not straight.interrupted
+
+    def interrupt_at_step_2(line: str) -> None:
+        if line.startswith("step 2/"):
+            os.kill(os.getpid(), signal.SIGINT)  # GracefulInterrupt: finish the step, checkpoint, stop
+
+    stopped = run_training(config, SMALL, tmp_path / "stopped", echo=interrupt_at_step_2)
+    assert stopped.interrupted and stopped.step == 2
+    resumed = run_training(config, SMALL, tmp_path / "stopped", resume=True, echo=quiet)
+    assert resumed.step == 6
+    a, _ = load_trained(tmp_path / "straight")
+    b, _ = load_trained(tmp_path / "stopped")
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(wa, wb, msg=name)
+    steps = [r["step"] for r in _jsonl(tmp_path / "stopped" / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # nothing logged twice
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_new_run_refuses_a_used_directory(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="run directory exists and is not empty"):
+        run_training(tiny_config(), SMALL, tmp_path / "run", echo=quiet)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+# -- bad checkpoints ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run_training(tiny_config("iterations=2", "data.eval_split=null"), SMALL, run, echo=quiet)
+    return run / MODEL_FILE
+
+
+def test_truncated_checkpoint(trained: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=f"^{bad}: truncated or corrupt checkpoint"):
+        load_trained(bad)
+
+
+def test_checkpoint_of_another_format_version(trained: Path, tmp_path: Path) -> None:
+    state = load_checkpoint(trained)
+    state["model_format"] = 99
+    state["autodeeplab_version"] = "9.0.0"
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, state)
+    with pytest.raises(CheckpointError) as info:
+        load_trained(other)
+    assert str(info.value) == (
+        f"{other}: trained-model format 99 (written by autodeeplab 9.0.0) is not the format 1 "
+        "this version reads"
+    )
+
+
+def test_weights_that_do_not_fit_the_recorded_genotype(trained: Path, tmp_path: Path) -> None:
+    state = load_checkpoint(trained)
+    state["model"]["genotype"]["network_path"] = [0, 1, 2, 2]
+    other = tmp_path / "mismatch.pt"
+    save_checkpoint(other, state)
+    with pytest.raises(CheckpointError, match=f"^{other}: weights do not fit the network it describes"):
+        load_trained(other)
+
+
+def test_class_count_that_differs_from_the_checkpoint(trained: Path) -> None:
+    _, info = load_trained(trained)
+    with pytest.raises(CheckpointError) as err:
+        load_trained(trained, num_classes=info.num_classes + 2)
+    assert str(err.value) == (
+        f"{trained}: the checkpoint predicts {info.num_classes} classes (synthetic) but the data has "
+        f"{info.num_classes + 2}"
+    )
+
+
+def test_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=f"^{tmp_path / 'nope.pt'}: no such checkpoint$"):
+        load_trained(tmp_path / "nope.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match=f"^{foreign}: not an autodeeplab checkpoint$"):
+        load_trained(foreign)
+    search_like = tmp_path / "search.pt"
+    save_checkpoint(search_like, {"format": "autodeeplab-search-1"})
+    with pytest.raises(CheckpointError, match=r"not a trained-model checkpoint \(kind None\)"):
+        load_trained(search_like)
