@@ -230,20 +230,17 @@ def make_optimizers(
 def build_search_data(config: SearchConfig):
     """trainA and trainB views (each with its own epoch counter for augmentation) and the val split."""
     d = config.data
-    options = {}
-    if d.dataset == "synthetic":
-        options = {"size": d.synthetic_size, "seed": config.seed}
     train_transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip)
 
-    def train_view():
-        n = {"num_samples": d.synthetic_train_samples} if d.dataset == "synthetic" else {}
-        return build_dataset(
-            d.dataset, d.root, d.train_split, transform=train_transform, seed=config.seed, **{**options, **n}
-        )
+    def open_split(split: str, transform, synthetic_samples: int):
+        options = {"seed": config.seed}
+        if d.dataset == "synthetic":
+            options.update(num_samples=synthetic_samples, size=d.synthetic_size)
+        return build_dataset(d.dataset, d.root, split, transform=transform, **options)
 
-    n_val = {"num_samples": d.synthetic_val_samples} if d.dataset == "synthetic" else {}
-    val = build_dataset(d.dataset, d.root, d.val_split, transform=EvalTransform(), **{**options, **n_val})
-    train_a, train_b = train_view(), train_view()
+    train_a = open_split(d.train_split, train_transform, d.synthetic_train_samples)
+    train_b = open_split(d.train_split, train_transform, d.synthetic_train_samples)
+    val = open_split(d.val_split, EvalTransform(), d.synthetic_val_samples)
     if len(train_a) < 2 * config.batch_size:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "

@@ -1,0 +1,140 @@
+"""The bilevel loop: each step moves only its own parameters; splits are disjoint; runs are reproducible."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from autodeeplab.config import load_config
+from autodeeplab.sampling import CyclePosition, CyclingLoader, epoch_order, split_halves
+from autodeeplab.search import arch_step, make_optimizers, run_search, weight_step
+from autodeeplab.search_config import SearchConfig
+from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    cfg = SearchSpaceConfig(filter_multiplier=2, num_layers=3, num_blocks=2, stem_channels=(4, 4, 8))
+    return SearchNetwork(cfg, num_classes=3)
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g)
+
+
+def snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def test_weight_step_moves_weights_not_architecture():
+    net = tiny_net()
+    cfg = SearchConfig()
+    w_opt, a_opt, _ = make_optimizers(net, cfg)
+    arch, weights = snapshot(net.arch_parameters()), snapshot(net.weight_parameters())
+    weight_step(net, *batch(), w_opt, nn.CrossEntropyLoss(), grad_clip=5.0)
+    assert all(torch.equal(a, b) for a, b in zip(arch, net.arch_parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(weights, net.weight_parameters(), strict=True))
+    assert all(p.grad is None for p in net.arch_parameters())  # not even computed
+    assert all(p.requires_grad for p in net.parameters())  # restored afterwards
+
+
+def test_arch_step_moves_architecture_not_weights():
+    net = tiny_net()
+    w_opt, a_opt, _ = make_optimizers(net, SearchConfig())
+    arch, weights = snapshot(net.arch_parameters()), snapshot(net.weight_parameters())
+    arch_step(net, *batch(1), a_opt, nn.CrossEntropyLoss())
+    assert all(torch.equal(a, b) for a, b in zip(weights, net.weight_parameters(), strict=True))
+    assert all(not torch.equal(a, b) for a, b in zip(arch, net.arch_parameters(), strict=True))
+    assert all(p.grad is None for p in net.weight_parameters())
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    a, b = split_halves(11, seed=3)
+    assert set(a).isdisjoint(b) and sorted(a + b) == list(range(11)) and len(a) == 6
+    assert split_halves(11, seed=3) == (a, b)
+    assert split_halves(11, seed=4) != (a, b)
+
+
+def test_epoch_order_depends_on_seed_stream_epoch_only():
+    idx = list(range(20))
+    assert epoch_order(idx, 0, 1, 5) == epoch_order(idx, 0, 1, 5)
+    assert epoch_order(idx, 0, 1, 5) != epoch_order(idx, 0, 1, 6)
+    assert epoch_order(idx, 0, 1, 5) != epoch_order(idx, 0, 2, 5)
+    assert sorted(epoch_order(idx, 0, 1, 5)) == idx
+
+
+def test_cycling_loader_resumes_where_it_stopped():
+    data = torch.utils.data.TensorDataset(torch.arange(10).float(), torch.arange(10))
+    full = CyclingLoader(data, list(range(10)), 3, seed=0, stream=2)
+    seen = [full.next()[1].tolist() for _ in range(7)]  # 3 batches per cycle: crosses two cycles
+    resumed = CyclingLoader(data, list(range(10)), 3, seed=0, stream=2, position=CyclePosition(1, 1))
+    assert [resumed.next()[1].tolist() for _ in range(3)] == seen[4:7]
+    assert full.position == CyclePosition(2, 1)
+
+
+def tiny_search_config(**overrides):
+    cfg = load_config(
+        SearchConfig,
+        preset="cpu",
+        overrides=[
+            "space.filter_multiplier=2",
+            "space.num_layers=3",
+            "space.num_blocks=2",
+            "space.stem_channels=[4,4,8]",
+            "data.crop_size=32",
+            "data.synthetic_size=[32,32]",
+            "data.synthetic_train_samples=8",
+            "data.synthetic_val_samples=2",
+            "batch_size=2",
+            "epochs=2",
+            "arch_start_epoch=1",
+            "steps_per_epoch=2",
+            "device=cpu",
+            *[f"{k}={v}" for k, v in overrides.items()],
+        ],
+    )
+    return cfg
+
+
+def test_seeded_search_is_reproducible(tmp_path):
+    losses = []
+    for name in ("a", "b"):
+        run_search(tiny_search_config(), tmp_path / name, quiet=True, echo=lambda s: None)
+        losses.append(
+            [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        )
+    assert [m["train_loss"] for m in losses[0]] == [m["train_loss"] for m in losses[1]]
+    a = json.loads((tmp_path / "a" / "arch_params.json").read_text())
+    b = json.loads((tmp_path / "b" / "arch_params.json").read_text())
+    assert a == b
+
+
+def test_search_run_directory_contents(tmp_path):
+    result = run_search(tiny_search_config(), tmp_path / "run", quiet=True, echo=lambda s: None)
+    run = tmp_path / "run"
+    for name in (
+        "config.yaml",
+        "split.json",
+        "arch_params.json",
+        "arch_history.jsonl",
+        "genotype.json",
+        "metrics.jsonl",
+    ):
+        assert (run / name).is_file(), name
+    split = json.loads((run / "split.json").read_text())
+    assert set(split["train_a"]).isdisjoint(split["train_b"]) and len(split["train_a"]) == 4
+    history = (run / "arch_history.jsonl").read_text().splitlines()
+    assert len(history) == 2
+    first, second = (json.loads(line) for line in history)
+    assert first["beta"] != second["beta"]  # epoch 2 ran architecture steps
+    assert result.genotype.num_layers == 3 and result.genotype.num_blocks == 2
+
+
+def test_reusing_a_run_directory_is_refused(tmp_path):
+    run_search(tiny_search_config(epochs=1), tmp_path / "run", quiet=True, echo=lambda s: None)
+    before = (tmp_path / "run" / "genotype.json").read_text()
+    with pytest.raises(Exception, match="run"):
+        run_search(tiny_search_config(epochs=1), tmp_path / "run", quiet=True, echo=lambda s: None)
+    assert (tmp_path / "run" / "genotype.json").read_text() == before
