@@ -1,0 +1,68 @@
+"""``autodeeplab predict``: label PNGs in the dataset's palette and overlays, for a person to look at."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from .evaluate import inference_settings
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment image files: label PNGs and overlays",
+        description="Segment images with a trained model. For each IMAGE writes NAME_label.png (class "
+        "indices, coloured with the dataset's palette) and NAME_overlay.png (the image blended with it).",
+    )
+    p.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="model.pt of a training run (or the run directory)"
+    )
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of images")
+    p.add_argument("--output", "-o", default="predictions", metavar="DIR", help="output folder")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S", help="image scales")
+    p.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    p.add_argument(
+        "--alpha", type=float, default=0.5, help="weight of the colours in the overlay, 0..1 (default 0.5)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
+    p.set_defaults(func=run)
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    """Files as given; a folder stands for its image files (sorted). A missing path is an error."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise ConfigError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            found.extend(inside)
+        else:
+            found.append(path)  # unreadable files are reported by predict_files before anything is written
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..predict import predict_files
+    from ..train import load_trained, resolve_device
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha: must be between 0 and 1, got {args.alpha}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output: {output} exists and is not a folder")
+    settings = inference_settings(args)
+    images = expand_images(args.images)
+    device = resolve_device(args.device)
+    model, info = load_trained(args.checkpoint, device=device)
+    written = predict_files(model, images, output, info.palette, settings, args.alpha, device)
+    for label, overlay in written:
+        print(f"{label}  {overlay}")
+    classes = ", ".join(info.class_names)
+    print(f"{len(written)} images segmented into {output} ({info.num_classes} classes: {classes})")
+    return 0
