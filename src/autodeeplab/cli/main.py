@@ -17,7 +17,16 @@ from .. import __version__
 from ..errors import AutoDeepLabError
 
 # Subcommand modules, in the order they appear in --help.
-COMMAND_MODULES: tuple[str, ...] = ("search", "decode", "data", "train", "evaluate", "predict", "export")
+COMMAND_MODULES: tuple[str, ...] = (
+    "search",
+    "decode",
+    "data",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "show",
+)
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,102 @@
+"""``autodeeplab show``: pictures and a text summary of a run directory, a genotype or arch_params file, or
+a built-in genotype (``paper``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..genotype import Genotype
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "show",
+        help="draw the found architecture (path, cell, alpha/beta history, curves) and summarise it",
+        description=(
+            "Render PNG pictures of an architecture and print a text summary. TARGET is a run directory "
+            "(everything it allows: network path with beta, cell, alpha/beta over the epochs, training "
+            "curves), a genotype.json or arch_params.json file, or a built-in genotype name such as 'paper'."
+        ),
+    )
+    p.add_argument("target", metavar="TARGET", help="RUN_DIR, GENOTYPE.json, arch_params.json or 'paper'")
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="DIR",
+        help="folder for the PNGs (default: RUN_DIR/plots, or NAME_plots beside a file or here)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="print the summary only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..decode import decode, load_arch_params
+    from ..errors import GenotypeError
+    from ..genotype import BUILTIN, Genotype
+    from ..plots import describe_genotype, plot_cell, plot_network_path, render_run
+
+    target = Path(args.target)
+    written: list[Path] = []
+    if args.target in BUILTIN and not target.exists():
+        genotype, beta = BUILTIN[args.target], None
+        default_out = Path(f"{args.target}_plots")
+    elif target.is_dir():
+        genotype = _run_genotype(target)
+        out = Path(args.output) if args.output else target / "plots"
+        if not args.no_plots:
+            written = render_run(target, out)
+        if genotype is None and not written:
+            raise GenotypeError(
+                f"{target}: nothing to show (no genotype.json, arch_params.json, arch_history.jsonl or "
+                "metrics.jsonl)"
+            )
+        _report(describe_genotype(genotype) if genotype else None, written)
+        return 0
+    elif target.is_file():
+        if _looks_like_arch_params(target):
+            alpha, beta, num_blocks = load_arch_params(target)
+            genotype = decode(alpha, beta, num_blocks)
+        else:
+            genotype, beta = Genotype.load(target), None
+        default_out = target.with_name(f"{target.stem}_plots")
+    else:
+        raise GenotypeError(
+            f"{args.target}: not a run directory, a genotype or arch_params file, or a built-in genotype "
+            f"({', '.join(BUILTIN)})"
+        )
+    if not args.no_plots:
+        out = Path(args.output) if args.output else default_out
+        written.append(plot_network_path(beta, genotype, out / "network_path.png"))
+        written.append(plot_cell(genotype, out / "cell.png"))
+    _report(describe_genotype(genotype), written)
+    return 0
+
+
+def _run_genotype(run_dir: Path) -> Genotype | None:
+    from ..decode import decode, load_arch_params
+    from ..genotype import Genotype
+
+    if (run_dir / "genotype.json").exists():
+        return Genotype.load(run_dir / "genotype.json")
+    if (run_dir / "arch_params.json").exists():
+        return decode(*load_arch_params(run_dir / "arch_params.json"))
+    return None
+
+
+def _looks_like_arch_params(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # let the genotype loader report the problem
+    return isinstance(data, dict) and "alpha" in data
+
+
+def _report(summary: str | None, written: list[Path]) -> None:
+    if summary:
+        print(summary)
+    for path in written:
+        print(f"wrote {path}")
