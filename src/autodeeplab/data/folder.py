@@ -8,8 +8,8 @@ Layout under the data root, either flat or with one sub-folder per split::
     splits/<split>.txt        optional, flat layout only: one stem per line
 
 Splits: the sub-folder names when images/ has sub-folders; otherwise the ``splits/*.txt`` files when present;
-otherwise ``all`` (every sample), ``val`` (every fifth sample in stem order: 4th, 9th, ...) and ``train`` (the
-rest), so that a plain folder can be searched and validated without further set-up.
+otherwise ``all`` (every sample), ``val`` (every fifth sample in stem order: the 5th, 10th, ...) and
+``train`` (the rest), so that a plain folder can be searched and validated without further set-up.
 
 Classes file (YAML or JSON)::
 

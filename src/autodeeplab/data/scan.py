@@ -65,4 +65,3 @@ def pair_by_key(
 
 def stem_key(path: Path) -> str:
     return path.stem
-

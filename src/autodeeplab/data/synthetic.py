@@ -6,7 +6,8 @@ Each image is a random Voronoi partition into cells of four texture classes, plu
 - every class is drawn as a sinusoidal grating between the same two colours (random per image) with a
   random phase, so every class has the same colour distribution: a per-pixel colour classifier cannot tell
   them apart;
-- ``background``, ``vertical``, ``diagonal`` differ in grating orientation, ``fine`` in frequency;
+- ``background`` (vertical stripes), ``horizontal``, ``diagonal`` differ in orientation, ``fine`` in
+  frequency;
 - ``object`` is a rectangle with its own grating (135°);
 - ``shadow`` is the band right below the object, painted with the *background* grating in phase with it:
   locally it is identical to background and only its position under the object tells it apart.
@@ -24,7 +25,7 @@ import numpy as np
 from ..errors import ConfigError
 from .base import SegmentationDataset, Transform
 
-CLASS_NAMES: tuple[str, ...] = ("background", "vertical", "diagonal", "fine", "object", "shadow")
+CLASS_NAMES: tuple[str, ...] = ("background", "horizontal", "diagonal", "fine", "object", "shadow")
 PALETTE: list[tuple[int, int, int]] = [
     (90, 90, 90),
     (230, 60, 60),

@@ -29,7 +29,9 @@ _PAD_RGB = tuple(round(m * 255.0) for m in IMAGENET_MEAN)
 
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """``uint8 [H, W, 3]`` RGB → ``float32 [3, H, W]`` as ``(x / 255 - mean) / std``, ImageNet statistics."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    if not (image.flags.writeable and image.flags.c_contiguous):
+        image = np.array(image)  # torch wants a writable, contiguous buffer (PIL's are read-only)
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float()
     return (tensor - _MEAN_255) / _STD_255
 
 
@@ -138,9 +140,14 @@ class TrainTransform:
         top = int(rng.integers(0, max(scaled_h, crop_h) - crop_h + 1))
         left = int(rng.integers(0, max(scaled_w, crop_w) - crop_w + 1))
         inner_h, inner_w = min(crop_h, scaled_h - top), min(crop_w, scaled_w - left)
-        # Source-pixel box of the window; exact scale factors so the box equals "resize all, then crop".
-        sy, sx = scaled_h / height, scaled_w / width
-        box = (left / sx, top / sy, (left + inner_w) / sx, (top + inner_h) / sy)
+        # Source-pixel box of the window, with the exact factors of the scaled size (not ``scale``) so that
+        # it samples the same source pixels as "resize all, then crop".
+        box = (
+            left * width / scaled_w,
+            top * height / scaled_h,
+            (left + inner_w) * width / scaled_w,
+            (top + inner_h) * height / scaled_h,
+        )
         window = np.asarray(Image.fromarray(image).resize((inner_w, inner_h), Image.BILINEAR, box=box))
         window_mask = np.asarray(Image.fromarray(mask).resize((inner_w, inner_h), Image.NEAREST, box=box))
         flipped = self.flip and rng.random() < 0.5
