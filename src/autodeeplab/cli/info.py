@@ -1,0 +1,102 @@
+"""``autodeeplab info``: parameter count and multiply-adds of the found network for a genotype.
+
+Examples::
+
+    autodeeplab info --variant S                       # paper genotype, F=20, 19 classes, 1024×2048
+    autodeeplab info --genotype runs/search1 --filter-multiplier 8 --num-classes 11 \\
+        --input-size 360 480 --json
+
+The network is built on PyTorch's ``meta`` device (shapes only), so even Auto-DeepLab-L at
+1024×2048 is counted in about a second; see :mod:`autodeeplab.complexity` for how we count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..complexity import count_multiply_adds, count_parameters, format_count
+from ..genotype import resolve_genotype
+from ..network import VARIANTS, AutoDeepLabNet, NetworkConfig
+
+DEFAULT_INPUT_SIZE = (1024, 2048)
+"""Paper Table 2 reports multiply-adds on 1024×2048 Cityscapes images."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "info",
+        help="parameters and multiply-adds of the found network",
+        description="Print the parameter count and multiply-adds of the network built from a genotype.",
+    )
+    parser.add_argument(
+        "--genotype",
+        default="paper",
+        help="'paper', a genotype.json file, or a search run directory (default: paper)",
+    )
+    width = parser.add_mutually_exclusive_group()
+    width.add_argument("--variant", choices=sorted(VARIANTS), help="Auto-DeepLab-S/M/L (F = 20/32/48)")
+    width.add_argument(
+        "--filter-multiplier",
+        type=_positive_int,
+        metavar="F",
+        help="filters per block at output stride 4 (default 20)",
+    )
+    parser.add_argument(
+        "--num-classes", type=_positive_int, default=19, metavar="N", help="classes (default 19)"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=_positive_int,
+        nargs=2,
+        default=list(DEFAULT_INPUT_SIZE),
+        metavar=("H", "W"),
+        help="input height and width for the multiply-adds (default 1024 2048)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    genotype = resolve_genotype(args.genotype)
+    if args.variant is not None:
+        filters = VARIANTS[args.variant]
+    elif args.filter_multiplier is not None:
+        filters = args.filter_multiplier
+    else:
+        filters = NetworkConfig.filter_multiplier
+    config = NetworkConfig(filter_multiplier=filters, num_classes=args.num_classes)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        net = AutoDeepLabNet(genotype, config)
+    height, width = args.input_size
+    params = count_parameters(net)
+    multiply_adds = count_multiply_adds(net, (1, config.in_channels, height, width))
+    report = {
+        "genotype": genotype.to_dict(),
+        "filter_multiplier": filters,
+        "num_classes": args.num_classes,
+        "input_size": [height, width],
+        "output_stride": net.output_stride,
+        "params": params,
+        "multiply_adds": multiply_adds,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"genotype       {genotype.short()}")
+    print(f"network        F={filters}, {args.num_classes} classes, final output stride {net.output_stride}")
+    print(f"parameters     {params:,} ({format_count(params)})")
+    print(f"multiply-adds  {multiply_adds:,} ({format_count(multiply_adds)}) at {height}x{width}, batch 1")
+    return 0
