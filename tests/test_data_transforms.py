@@ -149,3 +149,22 @@ def test_crop_larger_than_images_at_largest_scale_is_refused():
         "crop_size: 321x321 is larger than allowed: the images are 64x64 (HxW),"
         " 128x128 at the largest scale 2"
     )
+
+
+def test_jitter_is_brightness_then_contrast_then_saturation():
+    image = np.random.default_rng(3).integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+    mask = np.zeros((12, 16), np.uint8)
+    x, _ = TrainTransform((12, 16), scale_range=(1.0, 1.0), flip=False, jitter=0.3)(
+        image, mask, np.random.default_rng(9)
+    )
+    rng = np.random.default_rng(9)
+    rng.uniform(1.0, 1.0), rng.integers(0, 1), rng.integers(0, 1)  # scale, top, left
+    brightness, contrast, saturation = rng.uniform(0.7, 1.3, size=3)
+    luma = np.array([0.299, 0.587, 0.114])
+    step = image.astype(float) * brightness
+    mean_grey = (step @ luma).mean()
+    step = (step - mean_grey) * contrast + mean_grey
+    grey = step @ luma
+    step = grey[..., None] + (step - grey[..., None]) * saturation
+    expected = np.clip(np.rint(step), 0, 255)
+    assert np.abs(denormalize_image(x).astype(float) - expected).max() <= 1

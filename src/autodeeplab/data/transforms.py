@@ -21,24 +21,25 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 MAX_CROP_SIZE = 4096
 """Largest crop side accepted: larger is certainly a typo and would exhaust memory before failing."""
 
-_MEAN_255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
-_STD_255 = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0
+_MEAN_255 = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
+_INV_STD_255 = 1.0 / (np.array(IMAGENET_STD, dtype=np.float32) * 255.0)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 grey, for contrast and saturation
 # Image padding colour: the mean, so that padded pixels are 0 after normalisation.
 _PAD_RGB = tuple(round(m * 255.0) for m in IMAGENET_MEAN)
 
 
 def normalize_image(image: np.ndarray) -> torch.Tensor:
     """``uint8 [H, W, 3]`` RGB → ``float32 [3, H, W]`` as ``(x / 255 - mean) / std``, ImageNet statistics."""
-    if not (image.flags.writeable and image.flags.c_contiguous):
-        image = np.array(image)  # torch wants a writable, contiguous buffer (PIL's are read-only)
-    tensor = torch.from_numpy(image).permute(2, 0, 1).float()
-    return (tensor - _MEAN_255) / _STD_255
+    # numpy, not torch: elementwise numpy runs on one thread, which keeps data loading in the training
+    # process from competing with the model's intra-op threads.
+    scaled = (image.astype(np.float32) - _MEAN_255) * _INV_STD_255
+    return torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
 
 
 def denormalize_image(tensor: torch.Tensor) -> np.ndarray:
     """Inverse of :func:`normalize_image`: ``[3, H, W]`` → ``uint8 [H, W, 3]`` (rounded, clipped)."""
-    rgb = tensor.detach().cpu().float() * _STD_255 + _MEAN_255
-    return rgb.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    rgb = tensor.detach().cpu().float().permute(1, 2, 0).numpy() / _INV_STD_255 + _MEAN_255
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def _mask_tensor(mask: np.ndarray) -> torch.Tensor:
@@ -166,10 +167,12 @@ class TrainTransform:
     def _jitter(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Brightness, contrast and saturation factors from ``[1 - jitter, 1 + jitter]``, on ``[h, w, 3]``."""
         brightness, contrast, saturation = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, size=3)
-        pixels = window.astype(np.float32) * brightness
-        # ITU-R 601 luma, the usual grey for contrast and saturation.
-        grey = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        pixels = (pixels - grey.mean()) * contrast + grey.mean()
-        grey = (grey - grey.mean()) * contrast + grey.mean()
-        pixels = grey[..., None] + (pixels - grey[..., None]) * saturation
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        pixels = window.astype(np.float32)
+        grey = pixels[..., 0] * _LUMA[0] + pixels[..., 1] * _LUMA[1] + pixels[..., 2] * _LUMA[2]
+        # brightness p -> b p; contrast p -> c (p - m) + m around the mean grey m; saturation p -> g + s (p - g)
+        # around the pixel's grey g. All three are linear, so they fold into one pass: a p + (k g + offset).
+        scale = saturation * contrast * brightness
+        grey_weight = (1.0 - saturation) * contrast * brightness
+        offset = (1.0 - contrast) * brightness * float(grey.mean())
+        out = pixels * np.float32(scale) + (grey * np.float32(grey_weight) + np.float32(offset))[..., None]
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
