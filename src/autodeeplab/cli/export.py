@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import AutoDeepLabError, ConfigError
+from ..errors import ConfigError
 
 FORMATS = ("onnx",)
 DEFAULT_INPUT_SIZE = (513, 513)
@@ -50,12 +50,8 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise ConfigError(f"--output: {output} is a directory, not a file name")
-    try:
-        from ..export import export_onnx, onnx_parity
-    except ImportError as exc:  # onnx / onnxruntime are an optional extra
-        raise AutoDeepLabError(
-            f"export needs the onnx extra: pip install 'autodeeplab[onnx]' ({exc})"
-        ) from None
+    from ..export import export_onnx, onnx_parity  # ExportError says how to install onnx when missing
+
     model, info = load_trained(args.checkpoint, device="cpu")
     shape = (1, 3, height, width)
     export_onnx(model, output, shape)
