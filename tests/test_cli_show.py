@@ -1,0 +1,94 @@
+"""``autodeeplab show``: PNGs and a summary for the paper genotype, a search run, and genotype files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from autodeeplab.cli.main import main
+from autodeeplab.decode import arch_params_to_dict, decode
+from autodeeplab.genotype import PAPER
+from autodeeplab.plots import describe_genotype
+from autodeeplab.runs import RunDir
+from autodeeplab.topology import beta_mask, num_edges
+
+
+def _fake_search_run(path: Path, epochs: int = 2, layers: int = 4, blocks: int = 5) -> Path:
+    """The files a search leaves in its run directory, with random but valid α/β."""
+    rng = np.random.default_rng(0)
+    run = RunDir(path)
+    for epoch in range(1, epochs + 1):
+        alpha = rng.dirichlet(np.ones(8), size=num_edges(blocks))
+        beta = np.where(beta_mask(layers, 4), rng.random((layers, 4, 3)) + 0.1, 0.0)
+        beta /= np.maximum(beta.sum(axis=2, keepdims=True), 1e-12)
+        run.append_jsonl("arch_history.jsonl", {"epoch": epoch, **arch_params_to_dict(alpha, beta)})
+        run.append_jsonl(
+            "metrics.jsonl", {"phase": "search", "epoch": epoch, "train_loss": 1.0 / epoch, "lr": 0.02}
+        )
+    run.write_json("arch_params.json", arch_params_to_dict(alpha, beta))
+    decode(alpha, beta, blocks).save(run.file("genotype.json"))
+    return run.path
+
+
+def _png_ok(path: Path) -> bool:
+    with Image.open(path) as image:
+        return image.format == "PNG" and np.asarray(image.convert("L")).std() > 5
+
+
+def test_show_paper_renders_pngs_and_prints_summary(tmp_path, capsys):
+    assert main(["show", "paper", "--output", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(describe_genotype(PAPER) + "\n")
+    pngs = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in pngs] == ["cell.png", "network_path.png"]
+    assert all(p.stat().st_size > 10_000 and _png_ok(p) for p in pngs)
+    assert f"wrote {tmp_path / 'out' / 'cell.png'}" in out
+
+
+def test_show_search_run_renders_everything_into_its_plots(tmp_path, capsys):
+    run = _fake_search_run(tmp_path / "run")
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    names = ["network_path.png", "cell.png", "arch_history.png", "curves.png"]
+    assert [line.split("/")[-1] for line in out.splitlines() if line.startswith("wrote ")] == names
+    assert all(_png_ok(run / "plots" / name) for name in names)
+    assert "Cell (5 blocks" in out and "Network path (4 layers" in out
+
+
+def test_show_files_and_text_only(tmp_path, capsys):
+    run = _fake_search_run(tmp_path / "run")
+    assert main(["show", str(run / "genotype.json")]) == 0
+    assert sorted(p.name for p in (run / "genotype_plots").iterdir()) == ["cell.png", "network_path.png"]
+    assert main(["show", str(run / "arch_params.json"), "-o", str(tmp_path / "ap")]) == 0
+    assert _png_ok(tmp_path / "ap" / "network_path.png")
+    capsys.readouterr()
+    assert main(["show", str(run / "genotype.json"), "--no-plots", "-o", str(tmp_path / "none")]) == 0
+    assert not (tmp_path / "none").exists()
+    assert capsys.readouterr().out.startswith("Network path (4 layers")
+
+
+def test_show_errors_are_one_line(tmp_path, capsys):
+    assert main(["show", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"autodeeplab show: error: {tmp_path / 'missing'}: not a run directory, a genotype or arch_params "
+        "file, or a built-in genotype (paper)"
+    )
+    empty = RunDir(tmp_path / "empty").path
+    assert main(["show", str(empty)]) == 2
+    assert "nothing to show" in capsys.readouterr().err
+    bad = tmp_path / "g.json"
+    bad.write_text(
+        json.dumps(
+            {"version": 1, "network_path": [0, 2], "cell": [[["sep_conv_3x3", 0], ["skip_connect", 1]]]}
+        )
+    )
+    assert main(["show", str(bad)]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("network_path[1]: level 2 jumps more than one level from level 0 of the layer before")
+    )
