@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from .imageio import check_same_size, read_label, read_rgb
 from .labels import IGNORE_INDEX, Colour, LabelMap, decode_colours
 from .problems import DataProblem, DataProblemError, problem
+from .transforms import EvalTransform
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
 """``transform(image uint8 [H, W, 3], mask uint8 [H, W], rng) -> (float32 [3, h, w], int64 [h, w])``."""
@@ -99,8 +100,6 @@ class SegmentationDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from .transforms import EvalTransform  # transforms know nothing of datasets; import here, not above
-
         index = self._index(index)
         image, mask = self._load(index)
         transform = self.transform if self.transform is not None else EvalTransform()

@@ -169,8 +169,8 @@ class TrainTransform:
         brightness, contrast, saturation = rng.uniform(1.0 - self.jitter, 1.0 + self.jitter, size=3)
         pixels = window.astype(np.float32)
         grey = pixels[..., 0] * _LUMA[0] + pixels[..., 1] * _LUMA[1] + pixels[..., 2] * _LUMA[2]
-        # brightness p -> b p; contrast p -> c (p - m) + m around the mean grey m; saturation p -> g + s (p - g)
-        # around the pixel's grey g. All three are linear, so they fold into one pass: a p + (k g + offset).
+        # Brightness p -> b p; contrast p -> c (p - m) + m around the mean grey m; saturation
+        # p -> g + s (p - g) around the pixel's grey g. All linear: one pass computes a p + (k g + offset).
         scale = saturation * contrast * brightness
         grey_weight = (1.0 - saturation) * contrast * brightness
         offset = (1.0 - contrast) * brightness * float(grey.mean())
