@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from .decode import decode_cell, load_arch_params, viterbi_path
 from .fileio import atomic_write_bytes
@@ -389,7 +390,8 @@ def figure_arch_history(history: Sequence[Mapping[str, Any]]) -> Figure:
     ax_a.set_title(
         "α: strongest non-none op weight per edge\n(right: op chosen now; bold: edges kept)", fontsize=9
     )
-    fig.colorbar(image, ax=ax_a, location="bottom", fraction=0.025, pad=0.06, aspect=30)
+    # pad is a fraction of the axes height: keep about 0.6 inch for the epoch ticks and label.
+    fig.colorbar(image, ax=ax_a, location="bottom", fraction=0.025, pad=0.6 / (0.19 * rows), aspect=30)
     ax_b.imshow(colours, aspect="auto", interpolation="nearest", extent=(*extent, len(nodes) - 0.5, -0.5))
     ax_b.set_yticks(range(len(nodes)), [f"layer {l}, OS {output_stride(s)}" for l, s in nodes], fontsize=7)
     for row, node in enumerate(nodes):
@@ -453,6 +455,7 @@ def figure_curves(metrics: Sequence[Mapping[str, Any]]) -> Figure:
             marker = "o" if len(xs) <= 30 else None
             ax.plot(xs, ys, marker=marker, ms=3, lw=1.4, label=label)
             ax.set_xlabel(x_name)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if name == "learning rate" and all(y > 0 for s in series.values() for y in s[2]):
             ax.set_yscale("log")
         ax.set_title(name, fontsize=10)
