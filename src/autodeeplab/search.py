@@ -64,7 +64,9 @@ def run_search(
 ) -> SearchResult:
     """Search an architecture with ``config``, writing everything into ``run_dir``."""
     config.validate()
-    run = RunDir(run_dir, resume=resume)
+    run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
+    if resume and run.checkpoints.latest() is None:
+        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
     device = resolve_device(config.device)
     train_a, train_b, val = build_search_data(config)
     split = load_or_make_split(run, len(train_a), config)
@@ -346,6 +348,9 @@ def restore_checkpoint(run, model, weight_opt, arch_opt, scheduler, echo) -> Sea
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_state(state["rng"])
     position = SearchPosition(**state["position"])
+    # Epoch records written after this checkpoint would otherwise appear twice.
+    for name in ("metrics.jsonl", "arch_history.jsonl"):
+        run.filter_jsonl(name, lambda record: record.get("epoch", 0) <= position.epoch)
     echo(f"resuming from {path.name}: epoch {position.epoch + 1}, step {position.batch}")
     return position
 
