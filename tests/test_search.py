@@ -138,3 +138,21 @@ def test_reusing_a_run_directory_is_refused(tmp_path):
     with pytest.raises(Exception, match="run"):
         run_search(tiny_search_config(epochs=1), tmp_path / "run", quiet=True, echo=lambda s: None)
     assert (tmp_path / "run" / "genotype.json").read_text() == before
+
+
+def test_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import autodeeplab.search as search_module
+    from autodeeplab.runs import NonFiniteError
+
+    real_step, calls = search_module.weight_step, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real_step(*args, **kwargs)
+        return float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(search_module, "weight_step", poisoned)
+    with pytest.raises(NonFiniteError, match="weight-step loss became nan at epoch 2 step 1"):
+        run_search(tiny_search_config(), tmp_path / "run", quiet=True, echo=lambda s: None)
+    checkpoints = list((tmp_path / "run" / "checkpoints").glob("*.pt"))
+    assert len(checkpoints) == 1  # the one written at the end of epoch 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,14 @@ from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
 from .progress import Progress
-from .runs import GracefulInterrupt, RunDir, capture_rng_state, check_finite, restore_rng_state
+from .runs import (
+    GracefulInterrupt,
+    RunDir,
+    capture_rng_state,
+    check_finite,
+    maybe_tensorboard,
+    restore_rng_state,
+)
 from .sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader, split_halves
 from .search_config import SearchConfig
 from .search_space import SearchNetwork
@@ -95,6 +101,7 @@ def run_search(
         f"searching: {len(split['train_a'])} trainA / {len(split['train_b'])} trainB images, "
         f"{steps} steps x {config.epochs} epochs, device {device}, run dir {run.path}"
     )
+    tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=echo)
     with GracefulInterrupt() as stop:
         while position.epoch < config.epochs:
             epoch = position.epoch
@@ -112,23 +119,21 @@ def run_search(
             )
             w_loss = math.nan
             for images, masks in _take(batches, steps - position.batch):
-                start = time.perf_counter()
+                where = {"epoch": epoch + 1, "step": position.batch + 1}
                 w_loss = weight_step(
                     model, images.to(device), masks.to(device), weight_opt, criterion, config.grad_clip
                 )
-                check_finite(w_loss, f"weight-step loss at epoch {epoch + 1} step {position.batch + 1}")
-                a_loss = math.nan
+                check_finite(w_loss, "weight-step loss", **where)
+                seen, shown = images.shape[0], {"loss": w_loss, "lr": scheduler.get_last_lr()[0]}
                 if searching_arch:
                     b_images, b_masks = b_stream.next()
                     a_loss = arch_step(model, b_images.to(device), b_masks.to(device), arch_opt, criterion)
-                    check_finite(
-                        a_loss, f"architecture-step loss at epoch {epoch + 1} step {position.batch + 1}"
-                    )
+                    check_finite(a_loss, "architecture-step loss", **where)
+                    seen, shown["arch_loss"] = seen + b_images.shape[0], a_loss
                 position.batch += 1
                 position.global_step += 1
                 position.b_cycle, position.b_batch = b_stream.position.cycle, b_stream.position.batch
-                rate = images.shape[0] * (2 if searching_arch else 1) / (time.perf_counter() - start)
-                progress.update(1, loss=w_loss, arch_loss=a_loss, lr=scheduler.get_last_lr()[0], img_s=rate)
+                progress.update(1, images=seen, **shown)
                 if config.checkpoint_every and position.global_step % config.checkpoint_every == 0:
                     save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config)
                 if stop.requested:
@@ -142,7 +147,9 @@ def run_search(
             scheduler.step()
             position.epoch, position.batch = epoch + 1, 0
             val_miou = validate(model, val, config, device)
-            genotype = record_epoch(run, model, epoch, val_miou, scheduler.get_last_lr()[0], w_loss)
+            genotype = record_epoch(
+                run, model, epoch, val_miou, scheduler.get_last_lr()[0], w_loss, tensorboard
+            )
             echo(f"epoch {epoch + 1}/{config.epochs}: val mIoU {val_miou:.4f}  {genotype.short()}")
             save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config)
     genotype = current_genotype(model)
@@ -298,7 +305,7 @@ def current_genotype(model: SearchNetwork) -> Genotype:
 
 @torch.no_grad()
 def record_epoch(
-    run: RunDir, model: SearchNetwork, epoch: int, val_miou: float, lr: float, loss: float
+    run: RunDir, model: SearchNetwork, epoch: int, val_miou: float, lr: float, loss: float, tensorboard=None
 ) -> Genotype:
     """Write the epoch's architecture files and metrics line; returns the decoded genotype."""
     alpha, beta = model.alpha_weights().cpu().numpy(), model.beta_weights().cpu().numpy()
@@ -306,17 +313,15 @@ def record_epoch(
     run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **arch_params_to_dict(alpha, beta)})
     genotype = decode(alpha, beta, model.config.num_blocks)
     genotype.save(run.path / "genotype.json")
-    run.append_jsonl(
-        "metrics.jsonl",
-        {
-            "phase": "search",
-            "epoch": epoch + 1,
-            "train_loss": loss,
-            "val_miou": val_miou,
-            "lr": lr,
-            "genotype": genotype.short(),
-        },
-    )
+    record = {"phase": "search", "epoch": epoch + 1, "train_loss": loss, "val_miou": val_miou, "lr": lr}
+    run.append_jsonl("metrics.jsonl", {**record, "genotype": genotype.short()})
+    if tensorboard is not None:
+        for key in ("train_loss", "val_miou", "lr"):
+            tensorboard.add_scalar(f"search/{key}", record[key], epoch + 1)
+        tensorboard.add_histogram("search/alpha_weights", alpha, epoch + 1)
+        tensorboard.add_image("search/alpha", alpha[None] / alpha.max(), epoch + 1)
+        tensorboard.add_image("search/beta", beta.transpose(2, 1, 0) / max(beta.max(), 1e-12), epoch + 1)
+        tensorboard.flush()
     return genotype
 
 

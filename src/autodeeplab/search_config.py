@@ -66,6 +66,8 @@ class SearchConfig:
     checkpoint_every: int = 0
     """Also checkpoint every N weight steps inside an epoch (0: at epoch ends only)."""
     keep_checkpoints: int = 3
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the optional ``tensorboard`` extra)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
 
