@@ -16,13 +16,14 @@ A run directory holds::
 
 ``model.pt`` is written at every checkpoint and at the end. It is a :func:`autodeeplab.runs.save_checkpoint`
 file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
-"model_format": 1, "autodeeplab_version", "model": net.config_dict(), "data": {dataset, class_names,
-palette, ignore_index}, "training": {step, iterations, metrics}, "weights": state_dict}``. Training-state
+"model_format": 1, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields (dataset,
+class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
 checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from .errors import AutoDeepLabError, CheckpointError, ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
 from .network import AutoDeepLabNet, NetworkConfig
+from .progress import Progress
 from .runs import (
     GracefulInterrupt,
     RunDir,
@@ -199,15 +201,7 @@ def trained_record(model: AutoDeepLabNet, info: TrainedInfo) -> dict[str, Any]:
         "model_format": MODEL_FORMAT,
         "autodeeplab_version": info.autodeeplab_version,
         "model": model.config_dict(),
-        "data": {
-            "dataset": info.dataset,
-            "class_names": list(info.class_names),
-            "palette": [list(map(int, c)) for c in info.palette],
-            "ignore_index": info.ignore_index,
-            "options": dict(info.dataset_options),
-            "root": info.data_root,
-        },
-        "training": {"step": info.step, "iterations": info.iterations, "metrics": info.metrics},
+        "info": dataclasses.asdict(info),
         "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
 
@@ -242,25 +236,13 @@ def load_trained(
             f"{state.get('autodeeplab_version')}) is not the format {MODEL_FORMAT} this version reads"
         )
     try:
-        data, training = state["data"], state["training"]
         model = AutoDeepLabNet.from_config_dict(state["model"], source=str(path))
-        info = TrainedInfo(
-            dataset=str(data["dataset"]),
-            class_names=[str(n) for n in data["class_names"]],
-            palette=[list(c) for c in data["palette"]],
-            ignore_index=int(data["ignore_index"]),
-            step=int(training["step"]),
-            iterations=int(training["iterations"]),
-            metrics=training.get("metrics"),
-            dataset_options=dict(data.get("options") or {}),
-            data_root=data.get("root"),
-            autodeeplab_version=str(state.get("autodeeplab_version")),
-        )
+        info = TrainedInfo(**state["info"])
         model.load_state_dict(state["weights"])
     except AutoDeepLabError as exc:
         raise CheckpointError(str(exc)) from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: malformed trained-model checkpoint (missing or bad {exc})") from None
+        raise CheckpointError(f"{path}: malformed trained-model checkpoint ({exc})") from None
     except RuntimeError as exc:  # load_state_dict: missing/unexpected keys or shape mismatches
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit the network it describes ({first})") from None
@@ -378,39 +360,47 @@ def run_training(
     genotype: Genotype,
     run_dir: str | os.PathLike[str],
     resume: bool = False,
-    echo: Callable[[str], None] = print,
+    quiet: bool = False,
+    echo: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Train ``genotype`` from scratch with ``config``, writing everything into ``run_dir``."""
+    """Train ``genotype`` from scratch with ``config``, writing everything into ``run_dir``.
+
+    Shows a progress bar (loss, lr, images/s) unless ``quiet``; messages (start, evaluations, interrupt) go
+    to ``echo``, by default printed above the bar.
+    """
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
     device = resolve_device(config.device)
     train, val = build_train_data(config)
     model = build_model(genotype, config, train.num_classes).to(device)
     optimizer = make_optimizer(model, config)
-    palette = [list(c) for c in train.palette]
     info = TrainedInfo(
         config.data.dataset,
         list(train.class_names),
-        palette,
+        [list(c) for c in train.palette],
         train.ignore_index,
         iterations=config.iterations,
         dataset_options=dataset_options(config),
         data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
     )
+    bar = Progress(config.iterations, "training", quiet=quiet)
+    say = echo or (print if quiet else bar.log)  # quiet hides the bar, not the messages
     if resume:
-        info.step, info.metrics = _restore(run, model, optimizer, echo)
+        info.step, info.metrics = _restore(run, model, optimizer, say)
+        bar.n = info.step
     else:
         extra = {"autodeeplab_version": __version__, "seed": config.seed}
         dump_config_yaml(config, run.file("config.yaml"), extra)
         genotype.save(run.file("genotype.json"))
     criterion = nn.CrossEntropyLoss(ignore_index=train.ignore_index)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
-    echo(
-        f"training: {len(train)} {config.data.dataset} images, {config.iterations} steps of "
-        f"{config.batch_size}, {millions:.2f}M parameters, device {device}, run dir {run.path}"
+    say(
+        f"training {genotype.short()}: {len(train)} {config.data.dataset} images, "
+        f"{config.iterations} steps of {config.batch_size}, {millions:.2f}M parameters, device {device}, "
+        f"run dir {run.path}"
     )
     start, losses = time.perf_counter(), []
     model.train()
-    with GracefulInterrupt() as stop:
+    with GracefulInterrupt() as stop, bar:
         for images, masks in training_batches(train, config, info.step):
             if info.step >= config.iterations or stop.requested:
                 break
@@ -427,24 +417,21 @@ def run_training(
             info.step += 1
             step, done = info.step, info.step == config.iterations
             losses.append(loss.item())
+            bar.update(images=images.shape[0], loss=losses[-1], lr=lr)
             if step % config.log_every == 0 or done:
                 mean, losses = sum(losses) / len(losses), []
-                run.append_jsonl("metrics.jsonl", {"step": step, "loss": mean, "lr": lr})
-                echo(f"step {step}/{config.iterations}  loss {mean:.4f}  lr {lr:.5f}  {_since(start)}")
+                elapsed = round(time.perf_counter() - start, 1)
+                run.append_jsonl("metrics.jsonl", {"step": step, "loss": mean, "lr": lr, "seconds": elapsed})
             if val is not None and (done or (config.eval_every and step % config.eval_every == 0)):
-                info.metrics = _evaluate(model, val, config, run, step, device, echo)
+                info.metrics = _evaluate(model, val, config, run, step, device, say)
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 _save(run, model, optimizer, info, config)
     interrupted = stop.requested and info.step < config.iterations
     if interrupted:
         _save(run, model, optimizer, info, config)
-        echo(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
+        say(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
     seconds = time.perf_counter() - start
     return TrainResult(run.path, run.file(MODEL_FILE), info.step, info.metrics, seconds, interrupted)
-
-
-def _since(start: float) -> str:
-    return f"{time.perf_counter() - start:.0f}s"
 
 
 def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, echo) -> dict[str, Any]:
@@ -497,7 +484,7 @@ def _restore(run: RunDir, model: AutoDeepLabNet, optimizer, echo) -> tuple[int, 
     step = int(state["step"])
     run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
     echo(f"resuming from {path.name}: step {step}")
-    return step, state["trained"]["training"].get("metrics")
+    return step, state["trained"]["info"].get("metrics")
 
 
 def resolve_device(name: str) -> torch.device:
