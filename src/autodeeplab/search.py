@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .config import config_to_dict, dump_config_yaml
-from .data import EvalTransform, TrainTransform, build_dataset
+from .data import EvalTransform, TrainTransform, build_dataset, check_crop_size
 from .decode import arch_params_to_dict, decode, save_arch_params
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
@@ -150,7 +150,7 @@ def run_search(
             genotype = record_epoch(
                 run, model, epoch, val_miou, scheduler.get_last_lr()[0], w_loss, tensorboard
             )
-            echo(f"epoch {epoch + 1}/{config.epochs}: val mIoU {val_miou:.4f}  {genotype.short()}")
+            echo(f"epoch {epoch + 1}/{config.epochs}: val mIoU {100 * val_miou:.2f}%  {genotype.short()}")
             save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config)
     genotype = current_genotype(model)
     genotype.save(run.path / "genotype.json")
@@ -248,6 +248,7 @@ def build_search_data(config: SearchConfig):
         return build_dataset(d.dataset, d.root, split, transform=transform, **options)
 
     train_a = open_split(d.train_split, train_transform, d.synthetic_train_samples)
+    check_crop_size(d.crop_size, train_a.image_size, d.scale_range[1])
     train_b = open_split(d.train_split, train_transform, d.synthetic_train_samples)
     val = open_split(d.val_split, EvalTransform(), d.synthetic_val_samples)
     if len(train_a) < 2 * config.batch_size:

@@ -18,6 +18,7 @@ from ..errors import AutoDeepLabError
 
 # Subcommand modules, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
+    "run",
     "search",
     "decode",
     "data",
