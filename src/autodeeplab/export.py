@@ -84,6 +84,10 @@ def export_onnx(
         raise ExportError(
             f"input shape: expected four positive integers [N, C, H, W], got {list(input_shape)}"
         )
+    if path.is_dir():
+        raise ExportError(f"{path}: is a directory, not an ONNX file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ExportError(f"{path}: parent {path.parent} is not a directory")
     device = next(model.parameters()).device
     example = torch.zeros(tuple(input_shape), device=device)
     with _eval_mode(model), _quiet_exporter():
