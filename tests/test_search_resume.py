@@ -24,7 +24,7 @@ TINY = [
     "--set", "data.synthetic_train_samples=8",
     "--set", "data.synthetic_val_samples=2",
     "--set", "batch_size=2",
-    "--set", "epochs=3",
+    "--set", "epochs=5",
     "--set", "arch_start_epoch=1",
     "--set", "checkpoint_every=1",
     "--set", "keep_checkpoints=2",
@@ -70,7 +70,6 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kill_after_checkpoin
     assert proc.poll() is None, "the search finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "genotype.json").exists() or kill_after_checkpoints > 4
 
     resumed = subprocess.run(cli("--resume", str(killed)), env=env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -86,7 +85,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, kill_after_checkpoin
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
     # one metrics line per epoch, none duplicated by the resume
     epochs = [json.loads(line)["epoch"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
+    assert epochs == [1, 2, 3, 4, 5]
 
 
 def _global_steps(run: Path) -> int:
@@ -105,7 +104,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path):
     run = tmp_path / "run"
-    args = [a.replace("epochs=3", "epochs=50") for a in TINY]
+    args = [a.replace("epochs=5", "epochs=50") for a in TINY]
     pipe = subprocess.PIPE
     proc = subprocess.Popen(cli(*args, "-o", str(run)), env=env(), stdout=pipe, stderr=pipe, text=True)
     deadline = time.time() + 120
