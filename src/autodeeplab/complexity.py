@@ -12,6 +12,22 @@ How we count:
   taps of a convolution are counted like the others, as a dense convolution would compute them.
   The count is exact for the given input shape: forward hooks read the real output shapes.
 
+Against the paper's Table 2 (paper genotype, 19 classes; ``autodeeplab info --variant S|M|L``):
+
+=========  ==================  =============  =====================  ===============
+variant    parameters (ours)   paper          multiply-adds (ours)   paper
+=========  ==================  =============  =====================  ===============
+S (F=20)   10,147,171          10.15M         317.54B (-4.7%)        333.25B
+M (F=32)   21,622,195          21.62M         434.99B (-5.6%)        460.93B
+L (F=48)   44,424,435          44.42M         653.58B (-6.0%)        695.03B
+=========  ==================  =============  =====================  ===============
+
+The parameter counts agree to the paper's printed precision. The multiply-adds are 4.7–6.0% lower;
+the gap (15.7B / 25.9B / 41.4B) grows about linearly with F (0.79 / 0.81 / 0.86 B per unit of F), so
+it is not in the decoder (whose cost barely depends on F); counting one multiply-add per BN and ReLU
+output element would add only 1.2B for S (0.50B + 0.71B), so that convention does not explain it
+either. The paper does not say how it counts.
+
 The forward runs on PyTorch's ``meta`` device (shapes only, no arithmetic, no memory for
 activations) with the parameters swapped for meta tensors via ``torch.func.functional_call``, so
 counting Auto-DeepLab-L at 1024×2048 takes a second on a laptop and leaves the model untouched.
