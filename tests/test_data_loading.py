@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from test_data_layouts import write_camvid
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from autodeeplab.data import TrainTransform, build_dataset, search_split, set_epoch
-from autodeeplab.errors import ConfigError, DataError
+from autodeeplab.data import TrainTransform, build_dataset, set_epoch
+from autodeeplab.errors import DataError
+from autodeeplab.sampling import split_halves
 
 
 def synthetic(seed: int = 0, num_samples: int = 6):
@@ -56,7 +57,8 @@ def test_worker_counts_give_identical_batches(epoch):
 
 def test_set_epoch_reaches_through_subsets_to_workers():
     dataset = synthetic()
-    train_a, train_b = search_split(dataset, seed=0)
+    indices_a, _ = split_halves(len(dataset), seed=0)
+    train_a = Subset(dataset, indices_a)
     set_epoch(train_a, 2)
     assert dataset.epoch == 2
     reference = synthetic()
@@ -68,19 +70,6 @@ def test_set_epoch_reaches_through_subsets_to_workers():
         for x, y in zip(xb, yb, strict=True)
     ]
     assert same(got, expected)
-
-
-def test_search_split_is_disjoint_covering_and_deterministic():
-    dataset = synthetic(num_samples=11)
-    a, b = search_split(dataset, seed=4)
-    assert len(a.indices) == 6 and len(b.indices) == 5
-    assert sorted(a.indices + b.indices) == list(range(11))
-    assert search_split(dataset, seed=4)[0].indices == a.indices
-    assert search_split(dataset, seed=5)[0].indices != a.indices
-    with pytest.raises(
-        ConfigError, match=r"^search_split_fraction: must be strictly between 0 and 1, got 1.0$"
-    ):
-        search_split(dataset, fraction=1.0)
 
 
 def test_broken_file_in_a_worker_stops_with_one_line_naming_the_file(tmp_path):

@@ -13,7 +13,7 @@ from .labels import IGNORE_INDEX, LabelMap
 from .prepare import prepare_cityscapes
 from .problems import DataProblem, DataProblemError
 from .registry import DATASET_NAMES, DEFAULT_DATASET, build_dataset, dataset_class, dataset_options
-from .splits import search_split, set_epoch
+from .splits import set_epoch
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -47,6 +47,5 @@ __all__ = [
     "denormalize_image",
     "normalize_image",
     "prepare_cityscapes",
-    "search_split",
     "set_epoch",
 ]

@@ -1,29 +1,14 @@
-"""Splitting a training set into the two halves of the bilevel search, and epoch bookkeeping for wrappers.
+"""Epoch bookkeeping through dataset wrappers (Subset, ConcatDataset).
 
-The paper (§4.1) trains network weights on one half of the training images (trainA) and architecture
-parameters on the other (trainB). :func:`search_split` does this the same way for every dataset: a permutation
-drawn from ``seed`` cut at ``fraction``.
+The trainA/trainB split of the search is made once for every dataset by
+:func:`autodeeplab.sampling.split_halves` (indices, written to the run directory).
 """
 
 from __future__ import annotations
 
-import numpy as np
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from ..errors import ConfigError
 from .base import SegmentationDataset
-
-
-def search_split(dataset: Dataset, fraction: float = 0.5, seed: int = 0) -> tuple[Subset, Subset]:
-    """Two disjoint subsets (trainA, trainB) covering ``dataset``; trainA holds ``round(fraction * len)``."""
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"search_split_fraction: must be strictly between 0 and 1, got {fraction!r}")
-    size = len(dataset)  # type: ignore[arg-type]
-    first = round(fraction * size)
-    if first < 1 or first > size - 1:
-        raise ConfigError(f"search_split_fraction: {size} samples cannot be split in two non-empty parts")
-    order = np.random.default_rng([seed, size]).permutation(size)
-    return Subset(dataset, np.sort(order[:first]).tolist()), Subset(dataset, np.sort(order[first:]).tolist())
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:
