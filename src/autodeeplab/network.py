@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +192,7 @@ class FixedCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
     """Dense k×k conv (no bias: BN follows) → BN, as a list so the caller decides about the ReLU."""
     return [
         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
@@ -205,9 +206,9 @@ class Stem(nn.Module):
     def __init__(self, in_channels: int, channels: tuple[int, int, int]) -> None:
         super().__init__()
         c0, c1, c2 = channels
-        self.conv0 = nn.Sequential(*conv_bn_relu(in_channels, c0, 3, stride=2), nn.ReLU())
-        self.conv1 = nn.Sequential(*conv_bn_relu(c0, c1, 3))
-        self.conv2 = nn.Sequential(nn.ReLU(), *conv_bn_relu(c1, c2, 3, stride=2))
+        self.conv0 = nn.Sequential(*conv_bn(in_channels, c0, 3, stride=2), nn.ReLU())
+        self.conv1 = nn.Sequential(*conv_bn(c0, c1, 3))
+        self.conv2 = nn.Sequential(nn.ReLU(), *conv_bn(c1, c2, 3, stride=2))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h_minus1 = self.conv1(self.conv0(x))
@@ -340,14 +341,14 @@ class AutoDeepLabNet(nn.Module):
 
 
 def build_network(
-    genotype: Genotype | str = "paper", variant: str | None = None, **settings: Any
+    genotype: Genotype | str | os.PathLike[str] = "paper", variant: str | None = None, **settings: Any
 ) -> AutoDeepLabNet:
     """Build from a genotype (object, built-in name, ``genotype.json`` or run directory).
 
     ``variant`` ("S", "M", "L") sets the filter multiplier; ``settings`` are :class:`NetworkConfig`
     fields (validated like a config file's).
     """
-    if isinstance(genotype, str):
+    if isinstance(genotype, (str, os.PathLike)):
         genotype = resolve_genotype(genotype)
     if not isinstance(genotype, Genotype):
         raise GenotypeError(f"genotype: expected a Genotype or a name/path, got {type(genotype).__name__}")
