@@ -73,6 +73,8 @@ class TrainDataConfig:
     """Paper: 769×769 on Cityscapes (513 on PASCAL VOC and ADE20K)."""
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
+    jitter: float = 0.0
+    """Photometric jitter strength (brightness/contrast/saturation); the paper uses none."""
     num_workers: int = 2
     eval_max_images: int | None = None
     """Evaluate on the first N images only (None: the whole split)."""
@@ -305,7 +307,7 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     synthetic = d.dataset == "synthetic"
     options = dataset_options(config)
     n_train = {"num_samples": d.synthetic_train_samples} if synthetic else {}
-    transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip)
+    transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip, jitter=d.jitter)
     train = build_dataset(
         d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
     )
