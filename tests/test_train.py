@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from autodeeplab import train as train_module
 from autodeeplab.config import load_config
 from autodeeplab.errors import CheckpointError, ConfigError
 from autodeeplab.evaluate import evaluate
@@ -137,17 +138,20 @@ def test_drop_path_progress_follows_the_steps(tmp_path: Path, monkeypatch: pytes
     assert seen == [s / 6 for s in range(6)]
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tiny_config("data.eval_split=null", "model.drop_path_keep_prob=0.8")
     straight = run_training(config, SMALL, tmp_path / "straight", echo=quiet)
     assert not straight.interrupted
 
-    def interrupt_at_step_2(line: str) -> None:
-        if line.startswith("step 2/"):
-            os.kill(os.getpid(), signal.SIGINT)  # GracefulInterrupt: finish the step, checkpoint, stop
+    def poly_lr_then_sigint_at_step_2(base: float, step: int, iterations: int, power: float) -> float:
+        if step == 2:  # GracefulInterrupt: finish this step (the third), checkpoint, stop
+            os.kill(os.getpid(), signal.SIGINT)
+        return poly_lr(base, step, iterations, power)
 
-    stopped = run_training(config, SMALL, tmp_path / "stopped", echo=interrupt_at_step_2)
-    assert stopped.interrupted and stopped.step == 2
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "poly_lr", poly_lr_then_sigint_at_step_2)
+        stopped = run_training(config, SMALL, tmp_path / "stopped", echo=quiet)
+    assert stopped.interrupted and stopped.step == 3
     resumed = run_training(config, SMALL, tmp_path / "stopped", resume=True, echo=quiet)
     assert resumed.step == 6
     a, _ = load_trained(tmp_path / "straight")
