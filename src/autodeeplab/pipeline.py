@@ -26,7 +26,8 @@ from .genotype import Genotype
 from .predict import colorize, overlay, predict_image
 from .search import run_search
 from .search_config import SearchConfig
-from .train import TrainConfig, load_trained, run_training
+from .train import TrainConfig, run_training
+from .trained import load_trained
 
 PANEL_MIN_HEIGHT = 256
 

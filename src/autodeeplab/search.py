@@ -22,6 +22,7 @@ from . import __version__
 from .config import config_to_dict, dump_config_yaml
 from .data import EvalTransform, TrainTransform, build_dataset, check_crop_size
 from .decode import arch_params_to_dict, decode, save_arch_params
+from .device import resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
@@ -359,14 +360,3 @@ def restore_checkpoint(run, model, weight_opt, arch_opt, scheduler, echo) -> Sea
         run.filter_jsonl(name, lambda record: record.get("epoch", 0) <= position.epoch)
     echo(f"resuming from {path.name}: epoch {position.epoch + 1}, step {position.batch}")
     return position
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: unknown device {name!r} (use auto, cpu or cuda[:i])") from None

@@ -1,4 +1,4 @@
-"""Retraining the found network from scratch (paper §5.2, Table 3) and the trained-model checkpoint.
+"""Retraining the found network from scratch (paper §5.2, Table 3).
 
 The loop: SGD with momentum, a poly learning-rate schedule ``lr · (1 - step/iterations)^power`` set every
 step, weight decay on convolution weights only (DeepLab's slim regulariser; BN and biases are not
@@ -14,16 +14,11 @@ A run directory holds::
     checkpoints/*.pt      training state for --resume (weights, optimiser, step, RNG), rotated
     model.pt              the trained model: everything eval / predict / export need (see below)
 
-``model.pt`` is written at every checkpoint and at the end. It is a :func:`autodeeplab.runs.save_checkpoint`
-file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
-"model_format": 1, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields (dataset,
-class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
-checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind.
+The trained-model file is described in :mod:`autodeeplab.trained`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +31,8 @@ from torch import nn
 
 from . import __version__
 from .config import config_to_dict, dump_config_yaml, register_presets
-from .errors import AutoDeepLabError, CheckpointError, ConfigError, DataError
+from .device import resolve_device
+from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
 from .network import AutoDeepLabNet, NetworkConfig
@@ -46,16 +42,20 @@ from .runs import (
     RunDir,
     capture_rng_state,
     check_finite,
-    load_checkpoint,
     restore_rng_state,
 )
 from .runs import save_checkpoint as save_state
 from .sampling import batches_per_epoch, epoch_loader
+from .trained import (  # noqa: F401  (re-exported: the trained-model API used with training)
+    MODEL_FILE,
+    STATE_KIND,
+    TrainedInfo,
+    check_classes,
+    load_trained,
+    save_trained,
+    trained_record,
+)
 
-MODEL_KIND = "trained-model"
-STATE_KIND = "train-state"
-MODEL_FORMAT = 1
-MODEL_FILE = "model.pt"
 TRAIN_STREAM = 0  # the sampling stream id of the training batches
 
 
@@ -186,99 +186,6 @@ register_presets(
         },
     },
 )
-
-
-# -- the trained-model checkpoint ---------------------------------------------------------------------
-@dataclass
-class TrainedInfo:
-    """What a trained model carries besides its weights."""
-
-    dataset: str
-    class_names: list[str]
-    palette: list[list[int]]
-    ignore_index: int
-    step: int = 0
-    iterations: int = 0
-    metrics: dict[str, Any] | None = None
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    """Extra ``build_dataset`` options that evaluation needs to see the same data (synthetic size)."""
-    data_root: str | None = None
-    """The training data's folder (absolute), the default for ``eval``."""
-    autodeeplab_version: str = __version__
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-def trained_record(model: AutoDeepLabNet, info: TrainedInfo) -> dict[str, Any]:
-    """The weights-only-safe record of a trained model (see the module docstring)."""
-    return {
-        "kind": MODEL_KIND,
-        "model_format": MODEL_FORMAT,
-        "autodeeplab_version": info.autodeeplab_version,
-        "model": model.config_dict(),
-        "info": dataclasses.asdict(info),
-        "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-
-
-def save_trained(path: str | os.PathLike[str], model: AutoDeepLabNet, info: TrainedInfo) -> None:
-    """Write a trained-model checkpoint atomically."""
-    save_state(path, trained_record(model, info))
-
-
-def load_trained(
-    path: str | os.PathLike[str], num_classes: int | None = None, device: str | torch.device = "cpu"
-) -> tuple[AutoDeepLabNet, TrainedInfo]:
-    """Load ``model.pt`` (or a run directory holding one, or a training-state checkpoint), in eval mode.
-
-    Raises:
-        CheckpointError: missing, truncated or corrupt file, another format version, weights that do not
-            fit the recorded network, or ``num_classes`` given and different from the checkpoint's.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    state = load_checkpoint(path)
-    if state.get("kind") == STATE_KIND and isinstance(state.get("trained"), dict):
-        state = state["trained"]
-    if state.get("kind") != MODEL_KIND:
-        raise CheckpointError(f"{path}: not a trained-model checkpoint (kind {state.get('kind')!r})")
-    if state.get("model_format") != MODEL_FORMAT:
-        raise CheckpointError(
-            f"{path}: trained-model format {state.get('model_format')!r} (written by autodeeplab "
-            f"{state.get('autodeeplab_version')}) is not the format {MODEL_FORMAT} this version reads"
-        )
-    try:
-        model = AutoDeepLabNet.from_config_dict(state["model"], source=str(path))
-        info = TrainedInfo(**state["info"])
-        model.load_state_dict(state["weights"])
-    except AutoDeepLabError as exc:
-        raise CheckpointError(str(exc)) from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: malformed trained-model checkpoint ({exc})") from None
-    except RuntimeError as exc:  # load_state_dict: missing/unexpected keys or shape mismatches
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the network it describes ({first})") from None
-    if info.num_classes != model.config.num_classes:
-        raise CheckpointError(
-            f"{path}: {info.num_classes} class names for a {model.config.num_classes}-class model"
-        )
-    if num_classes is not None:
-        check_classes(path, info, num_classes, "the data")
-    return model.to(device).eval(), info
-
-
-def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: int, what: str) -> None:
-    """Raise :class:`CheckpointError` when ``what`` has another class count than the checkpoint."""
-    if num_classes != info.num_classes:
-        raise CheckpointError(
-            f"{path}: the checkpoint predicts {info.num_classes} classes ({info.dataset}) but {what} has "
-            f"{num_classes}"
-        )
 
 
 # -- the loop -------------------------------------------------------------------------------------------
@@ -502,12 +409,3 @@ def _restore(run: RunDir, model: AutoDeepLabNet, optimizer, echo) -> tuple[int, 
     run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
     echo(f"resuming from {path.name}: step {step}")
     return step, state["trained"]["info"].get("metrics")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available else CPU; a CUDA request without CUDA is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
-    return torch.device(name)

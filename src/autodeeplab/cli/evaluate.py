@@ -56,10 +56,11 @@ def inference_settings(args: argparse.Namespace):  # -> InferenceSettings
 
 def run(args: argparse.Namespace) -> int:
     from ..data import EvalTransform, build_dataset
+    from ..device import resolve_device
     from ..evaluate import evaluate
     from ..fileio import atomic_write_json
     from ..progress import Progress
-    from ..train import check_classes, load_trained, resolve_device
+    from ..trained import check_classes, load_trained
 
     if args.max_images is not None and args.max_images < 1:
         raise ConfigError(f"--max-images: must be a positive integer, got {args.max_images}")

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..train import load_trained
+    from ..trained import load_trained
 
     height, width = args.input_size
     if height < 1 or width < 1:

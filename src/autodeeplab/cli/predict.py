@@ -48,8 +48,9 @@ def expand_images(paths: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..device import resolve_device
     from ..predict import predict_files
-    from ..train import load_trained, resolve_device
+    from ..trained import load_trained
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha: must be between 0 and 1, got {args.alpha}")
