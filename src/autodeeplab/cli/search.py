@@ -6,9 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import load_config, preset_names
-from ..errors import ConfigError
 from ..search_config import SearchConfig
+from .common import add_run_arguments, resolve_run_config
 
 DEFAULT_PRESET = "cpu"
 
@@ -20,44 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search an architecture. With no arguments: a short search on the built-in synthetic "
         f"data (preset '{DEFAULT_PRESET}'); '--preset paper' gives the paper's setting.",
     )
-    p.add_argument(
-        "--preset", choices=preset_names(SearchConfig), help=f"named settings (default: {DEFAULT_PRESET})"
-    )
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML settings applied over the preset")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set epochs=10 --set space.filter_multiplier=8",
-    )
-    p.add_argument("--dataset", help="dataset name (synthetic, camvid, cityscapes, voc, ade20k, folder)")
-    p.add_argument("--data-root", help="dataset folder")
-    p.add_argument("--output", "-o", metavar="RUN_DIR", help="run directory (default: runs/search-<time>)")
-    p.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue an interrupted search from its last checkpoint"
-    )
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    add_run_arguments(p, SearchConfig, DEFAULT_PRESET, "--set epochs=10 --set space.filter_multiplier=8")
     p.set_defaults(func=run)
 
 
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
-    overrides = list(args.overrides)
-    if args.dataset:
-        overrides.append(f"data.dataset={args.dataset}")
-    if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
-    if args.resume:
-        if args.preset or args.config:
-            raise ConfigError("--resume takes the settings of the run itself; drop --preset/--config")
-        config_file = Path(args.resume) / "config.yaml"
-        if not config_file.exists():
-            raise ConfigError(f"{args.resume}: not a search run directory (no config.yaml)")
-        return load_config(SearchConfig, yaml_path=config_file, overrides=overrides)
-    return load_config(
-        SearchConfig, preset=args.preset or DEFAULT_PRESET, yaml_path=args.config, overrides=overrides
-    )
+    return resolve_run_config(args, SearchConfig, DEFAULT_PRESET, "search")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,8 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import load_config, preset_names
 from ..errors import ConfigError
+from .common import add_run_arguments, resolve_run_config
 
 DEFAULT_PRESET = "cpu"
 
@@ -28,48 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="paper|FILE|RUN_DIR",
         help="architecture: 'paper', a genotype.json, or a search run directory (required unless --resume)",
     )
-    p.add_argument(
-        "--preset", choices=preset_names(TrainConfig), help=f"named settings (default: {DEFAULT_PRESET})"
-    )
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML settings applied over the preset")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set iterations=500 --set model.filter_multiplier=20",
-    )
-    p.add_argument("--dataset", help="dataset name (synthetic, camvid, cityscapes, voc, ade20k, folder)")
-    p.add_argument("--data-root", help="dataset folder")
-    p.add_argument("--output", "-o", metavar="RUN_DIR", help="run directory (default: runs/train-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    add_run_arguments(p, TrainConfig, DEFAULT_PRESET, "--set iterations=500 --set model.filter_multiplier=20")
     p.set_defaults(func=run)
 
 
 def resolve_config(args: argparse.Namespace):  # -> TrainConfig (imported lazily: torch is slow to load)
     from ..train import TrainConfig
 
-    overrides = list(args.overrides)
-    if args.dataset:
-        overrides.append(f"data.dataset={args.dataset}")
-        if not args.data_root:
-            overrides.append("data.root=null")  # a preset's root belongs to the preset's dataset
-    if args.data_root:
-        overrides.append(f"data.root={args.data_root}")
-    if args.resume:
-        if args.preset or args.config or args.genotype:
-            raise ConfigError(
-                "--resume takes the settings of the run itself; drop --preset/--config/--genotype"
-            )
-        config_file = Path(args.resume) / "config.yaml"
-        if not config_file.exists():
-            raise ConfigError(f"{args.resume}: not a training run directory (no config.yaml)")
-        return load_config(TrainConfig, yaml_path=config_file, overrides=overrides)
-    return load_config(
-        TrainConfig, preset=args.preset or DEFAULT_PRESET, yaml_path=args.config, overrides=overrides
-    )
+    return resolve_run_config(args, TrainConfig, DEFAULT_PRESET, "training", exclusive=("genotype",))
 
 
 def run(args: argparse.Namespace) -> int:

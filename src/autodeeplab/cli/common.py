@@ -1,0 +1,66 @@
+"""Arguments and config resolution shared by the commands that start a run (``search``, ``train``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import load_config, preset_names
+from ..errors import ConfigError
+
+
+def add_run_arguments(
+    p: argparse.ArgumentParser, config_cls: type, default_preset: str, example: str
+) -> None:
+    """--preset/--config/--set/--dataset/--data-root/--output/--resume/--quiet for a run of ``config_cls``."""
+    p.add_argument(
+        "--preset", choices=preset_names(config_cls), help=f"named settings (default: {default_preset})"
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML settings applied over the preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one setting, e.g. {example}",
+    )
+    p.add_argument("--dataset", help="dataset name (synthetic, camvid, cityscapes, voc, ade20k, folder)")
+    p.add_argument("--data-root", help="dataset folder")
+    p.add_argument("--output", "-o", metavar="RUN_DIR", help="run directory (default: runs/<command>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+
+def resolve_run_config(
+    args: argparse.Namespace,
+    config_cls: type,
+    default_preset: str,
+    what: str,
+    exclusive: tuple[str, ...] = (),
+) -> Any:
+    """The run's settings: the run directory's ``config.yaml`` on resume, else preset < file < overrides.
+
+    ``--dataset``/``--data-root`` become ``data.dataset``/``data.root`` overrides; naming a dataset
+    without a root clears the preset's root (it belongs to the preset's dataset).
+    """
+    overrides = list(args.overrides)
+    if args.dataset:
+        overrides.append(f"data.dataset={args.dataset}")
+        if not args.data_root:
+            overrides.append("data.root=null")
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.resume:
+        given = [flag for flag in ("preset", "config", *exclusive) if getattr(args, flag, None)]
+        if given:
+            flags = "/".join(f"--{flag}" for flag in given)
+            raise ConfigError(f"--resume takes the settings of the run itself; drop {flags}")
+        config_file = Path(args.resume) / "config.yaml"
+        if not config_file.exists():
+            raise ConfigError(f"{args.resume}: not a {what} run directory (no config.yaml)")
+        return load_config(config_cls, yaml_path=config_file, overrides=overrides)
+    return load_config(
+        config_cls, preset=args.preset or default_preset, yaml_path=args.config, overrides=overrides
+    )
