@@ -156,3 +156,16 @@ def test_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path, 
         run_search(tiny_search_config(), tmp_path / "run", quiet=True, echo=lambda s: None)
     checkpoints = list((tmp_path / "run" / "checkpoints").glob("*.pt"))
     assert len(checkpoints) == 1  # the one written at the end of epoch 1
+
+
+def test_tensorboard_event_files_when_enabled(tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_search(tiny_search_config(tensorboard=True), tmp_path / "run", quiet=True, echo=lambda s: None)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    tags = events.Tags()
+    assert {"search/train_loss", "search/val_miou", "search/lr"} <= set(tags["scalars"])
+    assert "search/alpha_weights" in tags["histograms"]
+    assert {"search/alpha", "search/beta", "search/predictions/0"} <= set(tags["images"])
+    assert [e.step for e in events.Scalars("search/val_miou")] == [1, 2]

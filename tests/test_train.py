@@ -233,3 +233,15 @@ def test_missing_and_foreign_files(tmp_path: Path) -> None:
     save_checkpoint(search_like, {"format": "autodeeplab-search-1"})
     with pytest.raises(CheckpointError, match=r"not a trained-model checkpoint \(kind None\)"):
         load_trained(search_like)
+
+
+def test_tensorboard_scalars_and_prediction_panels(tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_training(tiny_config("tensorboard=true"), SMALL, tmp_path / "run", quiet=True, echo=quiet)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert {"train/loss", "train/lr", "train/val_miou"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    image = events.Images("train/predictions/0")[0]
+    assert (image.width, image.height) == (3 * 32, 32)  # image | truth | prediction

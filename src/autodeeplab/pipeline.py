@@ -23,7 +23,7 @@ from .data import EvalTransform, build_dataset
 from .evaluate import evaluate
 from .fileio import atomic_write_bytes, atomic_write_json
 from .genotype import Genotype
-from .predict import colorize, overlay, predict_image
+from .predict import DEFAULT_OVERLAY_ALPHA, prediction_panels
 from .search import run_search
 from .search_config import SearchConfig
 from .train import TrainConfig, run_training
@@ -73,28 +73,23 @@ def run_pipeline(
     echo(result.metrics.format_table())
 
     echo("== 4/4 predictions ==")
-    pictures = write_predictions(model, dataset, info.palette, out / "predictions", num_predictions)
+    pictures = write_predictions(model, dataset, out / "predictions", num_predictions)
     echo(f"{len(pictures)} prediction panels in {out / 'predictions'}")
     return PipelineResult(out, found.genotype, trained.model_path, result.metrics.to_dict(), pictures)
 
 
-def write_predictions(
-    model: torch.nn.Module, dataset: Any, palette: list, out_dir: Path, count: int
-) -> list[Path]:
-    """For the first ``count`` samples: label PNG, overlay, and an image | truth | prediction panel."""
+def write_predictions(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int) -> list[Path]:
+    """For the first ``count`` samples: an image | truth | prediction panel and an overlay PNG."""
     written = []
-    for index in range(min(count, len(dataset))):
-        image, truth = dataset.load_raw(index)
-        labels = predict_image(model, image)
-        name = f"sample{index:03d}"
-        truth_rgb = colorize(np.where(truth == dataset.ignore_index, 0, truth), palette)
-        truth_rgb[truth == dataset.ignore_index] = 0  # ignored pixels in black
-        panel = np.concatenate([image, truth_rgb, colorize(labels, palette)], axis=1)
+    for index, panel in enumerate(prediction_panels(model, dataset, count)):
+        image, _ = dataset.load_raw(index)
+        colours = panel[:, 2 * image.shape[1] :].astype(np.float32)  # the prediction, coloured
         zoom = max(1, PANEL_MIN_HEIGHT // panel.shape[0])  # small images: enlarge so a person can see them
         panel = panel.repeat(zoom, axis=0).repeat(zoom, axis=1)
-        for suffix, array in (("panel", panel), ("overlay", overlay(image, labels, palette))):
-            atomic_write_bytes(out_dir / f"{name}_{suffix}.png", _png(array))
-        written.append(out_dir / f"{name}_panel.png")
+        blended = (1 - DEFAULT_OVERLAY_ALPHA) * image.astype(np.float32) + DEFAULT_OVERLAY_ALPHA * colours
+        atomic_write_bytes(out_dir / f"sample{index:03d}_panel.png", _png(panel))
+        atomic_write_bytes(out_dir / f"sample{index:03d}_overlay.png", _png(blended))
+        written.append(out_dir / f"sample{index:03d}_panel.png")
     return written
 
 

@@ -15,6 +15,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,3 +161,39 @@ def predict_files(
         atomic_write_bytes(overlay_path, _png_bytes(Image.fromarray(blended)))
         written.append((label_path, overlay_path))
     return written
+
+
+def prediction_panels(
+    model: nn.Module, dataset: Any, count: int, device: str | torch.device = "cpu"
+) -> list[np.ndarray]:
+    """``image | ground truth | prediction`` strips ``uint8 [H, 3W, 3]`` for the first ``count`` samples.
+
+    ``dataset`` needs ``load_raw(i)``, ``palette`` and ``ignore_index``; ignored pixels are black. The
+    model is evaluated in eval mode and put back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    panels = []
+    try:
+        for index in range(min(count, len(dataset))):
+            image, truth = dataset.load_raw(index)
+            labels = predict_image(model, image, device=device)
+            void = truth == dataset.ignore_index
+            truth_rgb = colorize(np.where(void, 0, truth), dataset.palette)
+            truth_rgb[void] = 0
+            panels.append(np.concatenate([image, truth_rgb, colorize(labels, dataset.palette)], axis=1))
+    finally:
+        model.train(was_training)
+    return panels
+
+
+TENSORBOARD_PANELS = 2
+"""Validation samples shown as TensorBoard images at each evaluation."""
+
+
+def log_prediction_panels(
+    tensorboard: Any, tag: str, model: nn.Module, dataset: Any, step: int, device
+) -> None:
+    """Image | truth | prediction strips of the first samples of ``dataset`` as TensorBoard images."""
+    for index, panel in enumerate(prediction_panels(model, dataset, TENSORBOARD_PANELS, device)):
+        tensorboard.add_image(f"{tag}/{index}", panel, step, dataformats="HWC")

@@ -26,6 +26,7 @@ from .device import resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
+from .predict import log_prediction_panels
 from .progress import Progress
 from .runs import (
     GracefulInterrupt,
@@ -148,6 +149,8 @@ def run_search(
             scheduler.step()
             position.epoch, position.batch = epoch + 1, 0
             val_miou = validate(model, val, config, device)
+            if tensorboard is not None:
+                log_prediction_panels(tensorboard, "search/predictions", model, val, epoch + 1, device)
             genotype = record_epoch(
                 run, model, epoch, val_miou, scheduler.get_last_lr()[0], w_loss, tensorboard
             )

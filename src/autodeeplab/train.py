@@ -36,12 +36,14 @@ from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
 from .network import AutoDeepLabNet, NetworkConfig
+from .predict import log_prediction_panels
 from .progress import Progress
 from .runs import (
     GracefulInterrupt,
     RunDir,
     capture_rng_state,
     check_finite,
+    maybe_tensorboard,
     restore_rng_state,
 )
 from .runs import save_checkpoint as save_state
@@ -131,6 +133,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the optional ``tensorboard`` extra)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
 
@@ -322,6 +326,7 @@ def run_training(
         f"{config.iterations} steps of {config.batch_size}, {millions:.2f}M parameters, device {device}, "
         f"run dir {run.path}"
     )
+    tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=say)
     start, losses = time.perf_counter(), []
     model.train()
     with GracefulInterrupt() as stop, bar:
@@ -346,8 +351,15 @@ def run_training(
                 mean, losses = sum(losses) / len(losses), []
                 elapsed = round(time.perf_counter() - start, 1)
                 run.append_jsonl("metrics.jsonl", {"step": step, "loss": mean, "lr": lr, "seconds": elapsed})
+                if tensorboard is not None:
+                    tensorboard.add_scalar("train/loss", mean, step)
+                    tensorboard.add_scalar("train/lr", lr, step)
             if val is not None and (done or (config.eval_every and step % config.eval_every == 0)):
                 info.metrics = _evaluate(model, val, config, run, step, device, say)
+                if tensorboard is not None:
+                    tensorboard.add_scalar(f"train/{config.data.eval_split}_miou", info.metrics["miou"], step)
+                    log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
+                    tensorboard.flush()
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 _save(run, model, optimizer, info, config)
     interrupted = stop.requested and info.step < config.iterations
