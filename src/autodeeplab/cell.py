@@ -3,17 +3,90 @@
 Inputs and edges are numbered as in :mod:`autodeeplab.topology`. The cell output is the concatenation of the B
 block outputs: ``[N, B·C, *S]``.
 
+Two ways to evaluate a cell, with the same modules and parameters:
+
+- the reference path (:meth:`SearchCell.forward`, :meth:`SearchCell.blocks`): every op module called as
+  it is, one incoming resolution at a time — the definition, kept for tests and comparisons;
+- the fast path (:meth:`SearchCell.grouped_blocks`), exact as well: the G inputs h^{l-1} of a node run as
+  one batch ``[G·N, C, *S]`` with per-group batch norm (:mod:`autodeeplab.grouped_bn`); the edges that read
+  the shared h^{l-2} run once for all groups; optionally one ReLU per edge feeds all of its conv ops (each
+  conv op starts with a ReLU of the same input) and max pools keep no indices for the backward.
+
+Partial-channel connections (PC-DARTS, ``partial_channels`` K > 1, an approximation): each mixed op sees
+only the first C/K channels; the others bypass it, and a channel shuffle mixes the two parts so that every
+channel is searched over in some layer.
+
 The found network's fixed cell lives with the network (:mod:`autodeeplab.network`); both build their
 ops from the one table in :mod:`autodeeplab.primitives`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .primitives import POOL_PRIMITIVES, PRIMITIVES, ReLUConvBN, batch_norm_nd, build_op
+from .grouped_bn import batch_norm
+from .primitives import (
+    POOL_PRIMITIVES,
+    PRIMITIVES,
+    ReLUConvBN,
+    batch_norm_nd,
+    build_op,
+    max_pool_saving_input,
+)
 from .topology import edge_offset, num_edges
+
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+@dataclass(frozen=True)
+class EdgeOptions:
+    """Exact speed/memory choices of the fast path for one mixed-op evaluation."""
+
+    share_relu: bool = True
+    """Compute the ReLU that starts every conv op of an edge once (4 ReLUs → 1, and 1 saved tensor)."""
+    pool_without_indices: bool = True
+    """Max pools recompute their argmax in the backward instead of keeping an int64 index tensor."""
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[N, C, *S]`` → ``[N, C, *S]`` with channel ``g·(C/groups) + i`` moved to ``i·groups + g``."""
+    n, c = x.shape[:2]
+    return x.reshape(n, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+def run_sequence(
+    modules: nn.Sequential | list[nn.Module],
+    x: torch.Tensor,
+    groups: int = 1,
+    repeats: int = 1,
+    relu_x: torch.Tensor | None = None,
+    pool_without_indices: bool = False,
+) -> torch.Tensor:
+    """Apply ``modules`` in order to ``x`` ``[G·N, C, *S]`` the way the fast path needs it.
+
+    BatchNorms normalise each of the ``groups`` batch chunks on its own (and update their running
+    statistics ``repeats`` times per group, see :func:`autodeeplab.grouped_bn.batch_norm`); a leading
+    ReLU is replaced by ``relu_x`` when given (the edge's shared ReLU of ``x``).
+    """
+    for position, module in enumerate(modules):
+        if position == 0 and relu_x is not None and isinstance(module, nn.ReLU):
+            x = relu_x
+        elif isinstance(module, _BatchNorm):
+            x = batch_norm(x, module, groups, repeats)
+        elif pool_without_indices and isinstance(module, _MAX_POOLS):
+            x = max_pool_saving_input(x, module)
+        else:
+            x = module(x)
+    return x
+
+
+def _starts_with_relu(op: nn.Module) -> bool:
+    return isinstance(op, nn.Sequential) and len(op) > 0 and isinstance(op[0], nn.ReLU)
 
 
 class MixedOp(nn.Module):
@@ -21,28 +94,75 @@ class MixedOp(nn.Module):
 
     ``none`` is never evaluated: its output is zero, so dropping the term is exact and saves a
     full-size zero tensor per edge. Pools get a BN without affine parameters during search so that
-    their scale is comparable with the convolutions (DARTS convention).
+    their scale is comparable with the convolutions (DARTS convention). With ``partial_channels`` K > 1
+    the ops have C/K channels (PC-DARTS).
     """
 
-    def __init__(self, channels: int, affine: bool = False, dims: int = 2) -> None:
+    def __init__(self, channels: int, affine: bool = False, dims: int = 2, partial_channels: int = 1) -> None:
         super().__init__()
+        if partial_channels < 1 or channels % partial_channels:
+            raise ValueError(f"partial_channels {partial_channels} must divide the {channels} channels")
+        self.partial_channels = partial_channels
+        width = channels // partial_channels
         ops, indices = [], []
         for index, name in enumerate(PRIMITIVES):
             if name == "none":
                 continue
-            op = build_op(name, channels, 1, affine, dims)
+            op = build_op(name, width, 1, affine, dims)
             if name in POOL_PRIMITIVES:
-                op = nn.Sequential(op, batch_norm_nd(dims)(channels, affine=False))
+                op = nn.Sequential(op, batch_norm_nd(dims)(width, affine=False))
             ops.append(op)
             indices.append(index)
         self.ops = nn.ModuleList(ops)
         self.op_indices: tuple[int, ...] = tuple(indices)
+        self._relu_first: tuple[bool, ...] = tuple(_starts_with_relu(op) for op in ops)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[N, C, *S]``, ``weights``: ``[P]`` softmax weights → ``[N, C, *S]``."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        options: EdgeOptions | None = None,
+        groups: int = 1,
+        repeats: int = 1,
+    ) -> torch.Tensor:
+        """``x``: ``[G·N, C, *S]``, ``weights``: ``[P]`` softmax weights → ``[G·N, C, *S]``.
+
+        ``options`` None: the reference evaluation (each op module called as it is; ``groups`` and
+        ``repeats`` must be 1). Otherwise the fast path, with BN statistics per group of the batch.
+        """
+        k = self.partial_channels
+        if k > 1:
+            x, bypass = x.split([x.shape[1] // k, x.shape[1] - x.shape[1] // k], dim=1)
+        if options is None:
+            out = self._reference(x, weights)
+        else:
+            out = self._fast(x, weights, options, groups, repeats)
+        if k > 1:
+            out = channel_shuffle(torch.cat([out, bypass], dim=1), k)
+        return out
+
+    def _reference(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = None
         for index, op in zip(self.op_indices, self.ops, strict=True):
             term = weights[index] * op(x)
+            out = term if out is None else out + term
+        return out
+
+    def _fast(
+        self, x: torch.Tensor, weights: torch.Tensor, options: EdgeOptions, groups: int, repeats: int
+    ) -> torch.Tensor:
+        relu_x = F.relu(x) if options.share_relu else None
+        out = None
+        for index, op, relu_first in zip(self.op_indices, self.ops, self._relu_first, strict=True):
+            y = run_sequence(
+                op if isinstance(op, nn.Sequential) else [op],
+                x,
+                groups,
+                repeats,
+                relu_x if relu_first else None,
+                options.pool_without_indices,
+            )
+            term = weights[index] * y
             out = term if out is None else out + term
         return out
 
@@ -57,6 +177,7 @@ class SearchCell(nn.Module):
         num_blocks: B.
         affine: whether the BNs inside the mixed ops learn a scale and shift.
         dims: number of spatial dimensions (2 for images, 3 for volumes).
+        partial_channels: K of PC-DARTS (1: every channel goes through the mixed ops).
     """
 
     def __init__(
@@ -67,13 +188,16 @@ class SearchCell(nn.Module):
         num_blocks: int,
         affine: bool = False,
         dims: int = 2,
+        partial_channels: int = 1,
     ) -> None:
         super().__init__()
         self.num_blocks = num_blocks
         self.channels = channels
         self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, dims=dims)
         self.preprocess1 = ReLUConvBN(c_prev, channels, 1, dims=dims)
-        self.edges = nn.ModuleList(MixedOp(channels, affine, dims) for _ in range(num_edges(num_blocks)))
+        self.edges = nn.ModuleList(
+            MixedOp(channels, affine, dims, partial_channels) for _ in range(num_edges(num_blocks))
+        )
 
     @property
     def out_channels(self) -> int:
@@ -85,7 +209,7 @@ class SearchCell(nn.Module):
         return self.blocks(self.preprocess0(h_prev_prev), self.preprocess1(h_prev), alpha)
 
     def blocks(self, s0: torch.Tensor, s1: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        """Run the B blocks on already preprocessed inputs ``[N, channels, *S]`` each.
+        """Run the B blocks on already preprocessed inputs ``[N, channels, *S]`` each (reference path).
 
         Split out so that a caller can preprocess h^{l-2} once and reuse it for the three incoming
         resolutions of a node.
@@ -99,3 +223,34 @@ class SearchCell(nn.Module):
                 out = term if out is None else out + term
             states.append(out)
         return torch.cat(states[2:], dim=1)
+
+    def grouped_blocks(
+        self, s0: torch.Tensor, s1: torch.Tensor, alpha: torch.Tensor, groups: int, options: EdgeOptions
+    ) -> list[torch.Tensor]:
+        """The B block outputs for ``groups`` inputs h^{l-1} at once (fast path).
+
+        ``s0``: preprocessed h^{l-2} ``[N, C, *S]``, shared by every group; ``s1``: the preprocessed
+        h^{l-1} of each group stacked on the batch axis, ``[G·N, C, *S]``. Returns B tensors
+        ``[G·N, C, *S]``; group g of each equals what :meth:`blocks` computes for ``(s0, s1[g])``.
+
+        An edge reading ``s0`` gives the same output for every group, so it runs once (its BNs update
+        their running statistics G times, as the G reference calls would) and is broadcast.
+        """
+        n = s0.shape[0]
+        states = [s1]
+        outputs = []
+        for block in range(self.num_blocks):
+            first = edge_offset(block)
+            shared = self.edges[first](s0, alpha[first], options, repeats=groups)
+            out = None
+            for j, state in enumerate(states, start=1):
+                term = self.edges[first + j](state, alpha[first + j], options, groups=groups)
+                out = term if out is None else out + term
+            out = (out.unflatten(0, (groups, n)) + shared).flatten(0, 1)
+            states.append(out)
+            outputs.append(out)
+        return outputs
+
+    def preprocess(self, which: int, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """``preprocess0`` or ``preprocess1`` (``which``) on ``[G·N, c, *S]`` with per-group BN statistics."""
+        return run_sequence(self.preprocess0 if which == 0 else self.preprocess1, x, groups)

@@ -11,19 +11,29 @@ then ReLU → 1×1 conv → BN. Both produce the channel count of the target lev
 (``B·F·2^s``) so that the three inputs of a node fit one cell. h^{l-2} comes from the same level two
 layers back, or, where that level does not exist yet, from the nearest level, resized.
 
+Evaluation follows :class:`autodeeplab.execution.ExecutionConfig`: the reference path (each incoming
+resolution through the cell in turn, every op module called as it is) or the exact fast path (a node's
+inputs as one batch, see :mod:`autodeeplab.cell`), optionally channels-last and with activation
+checkpointing per node.
+
 After layer L every level has an ASPP head (§5.1: 1×1 conv, 3×3 conv with rate 96/OS, image pooling)
 ending in class logits; the four logit maps are upsampled to the input size and summed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from .cell import SearchCell
+from .cell import EdgeOptions, SearchCell
+from .errors import ConfigError
+from .execution import ExecutionConfig
+from .memory import note_held
 from .primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
 from .topology import beta_mask, incoming_edges, nearest_level, node_levels, num_edges, output_stride
 
@@ -50,6 +60,9 @@ class SearchSpaceConfig:
     """α and β start as arch_init_std · N(0, 1)."""
     spatial_dims: int = 2
     """2 for images, 3 for volumes."""
+    partial_channels: int = 1
+    """K of PC-DARTS partial-channel connections: 1/K of the channels go through each mixed op, the rest
+    bypass it (an approximation that saves memory and time; 1 = off, the paper)."""
 
     def __post_init__(self) -> None:
         self.stem_channels = tuple(self.stem_channels)  # YAML gives lists
@@ -118,12 +131,27 @@ class SearchASPP(nn.Module):
 
 
 class SearchNetwork(nn.Module):
-    """The supernet. ``forward``: image ``[N, in_channels, *S]`` → logits ``[N, num_classes, *S]``."""
+    """The supernet. ``forward``: image ``[N, in_channels, *S]`` → logits ``[N, num_classes, *S]``.
 
-    def __init__(self, config: SearchSpaceConfig, num_classes: int, in_channels: int = 3) -> None:
+    ``execution`` chooses how it is evaluated (default: the exact fast path); it changes no result.
+    """
+
+    def __init__(
+        self,
+        config: SearchSpaceConfig,
+        num_classes: int,
+        in_channels: int = 3,
+        execution: ExecutionConfig | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
+        self.execution = execution if execution is not None else ExecutionConfig()
         c = config
+        if c.partial_channels < 1 or c.filter_multiplier % c.partial_channels:
+            raise ConfigError(
+                f"space.partial_channels: {c.partial_channels} must be at least 1 and divide "
+                f"space.filter_multiplier ({c.filter_multiplier})"
+            )
         dims, conv, bn = c.spatial_dims, conv_nd(c.spatial_dims), batch_norm_nd(c.spatial_dims)
         s0, s1, s2 = c.stem_channels
         self.stem = nn.Sequential(
@@ -153,6 +181,7 @@ class SearchNetwork(nn.Module):
                     c.num_blocks,
                     c.affine,
                     dims,
+                    c.partial_channels,
                 )
         self.heads = nn.ModuleList(
             SearchASPP(
@@ -204,15 +233,19 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
+        if self.execution.uses_channels_last(x.device.type, x.dim() - 2):
+            x = x.contiguous(memory_format=torch.channels_last)  # the whole net follows its input's layout
         stem = self.stem(x)
         sizes = self.level_sizes(stem.shape[2:])
         alpha, beta = self.alpha_weights(), self.beta_weights()
         prev_prev: dict[int, torch.Tensor] = {0: stem}  # layer -1 is represented by the stem
         prev: dict[int, torch.Tensor] = {0: stem}
+        recompute = self.execution.checkpoint_cells and torch.is_grad_enabled()
         for layer in range(1, c.num_layers + 1):
             current = {}
             for level in node_levels(layer, c.num_levels):
-                current[level] = self._node(layer, level, prev_prev, prev, sizes, alpha, beta)
+                args = (layer, level, prev_prev, prev, sizes, alpha, beta)
+                current[level] = self._checkpointed_node(*args) if recompute else self._node(*args)
             prev_prev, prev = prev, current
         logits = None
         for level, h in prev.items():
@@ -232,11 +265,93 @@ class SearchNetwork(nn.Module):
     ) -> torch.Tensor:
         """Paper Eq. 6 for node ``(layer, level)`` → ``[N, B·F·2^level, *sizes[level]]``."""
         cell = self.cells[f"{layer}_{level}"]
-        h_pp = prev_prev[nearest_level(layer - 2, level, self.config.num_levels)]
-        s0 = cell.preprocess0(resize(h_pp, sizes[level]))  # shared by the three incoming resolutions
+        h_pp = resize(prev_prev[nearest_level(layer - 2, level, self.config.num_levels)], sizes[level])
+        sources = incoming_edges(layer, level, self.config.num_levels)
+        resampled = [self.resamplers[f"{layer}_{s}_{level}"](prev[s], sizes[level]) for s, _ in sources]
+        weights = [beta[layer - 1, s, d] for s, d in sources]
+        ex = self.execution
+        if not (ex.batch_node_inputs or ex.share_edge_relu or ex.pool_without_indices):
+            return self._reference_node(cell, h_pp, resampled, weights, alpha)
+        options = EdgeOptions(ex.share_edge_relu, ex.pool_without_indices)
+        s0 = cell.preprocess(0, h_pp)  # shared by the three incoming resolutions
+        if not ex.batch_node_inputs:  # one resolution at a time, the fast edges only
+            out = None
+            for h_prev, weight in zip(resampled, weights, strict=True):
+                blocks = cell.grouped_blocks(s0, cell.preprocess(1, h_prev), alpha, 1, options)
+                term = weight * torch.cat(blocks, dim=1)
+                out = term if out is None else out + term
+            return out
+        groups, n = len(sources), h_pp.shape[0]
+        s1 = cell.preprocess(1, torch.cat(resampled, dim=0) if groups > 1 else resampled[0], groups)
+        blocks = cell.grouped_blocks(s0, s1, alpha, groups, options)
+        # Σ_g β_g · concat(blocks_g) = concat(Σ_g β_g · blocks_g): weigh each block, then concatenate.
+        # Elementwise sums, not a reduction over the group axis: those keep the channels-last layout.
+        return torch.cat(
+            [_weighted_sum(weights, b.unflatten(0, (groups, n)).unbind(0)) for b in blocks], dim=1
+        )
+
+    @staticmethod
+    def _reference_node(
+        cell: SearchCell,
+        h_pp: torch.Tensor,
+        resampled: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        alpha: torch.Tensor,
+    ) -> torch.Tensor:
+        """Eq. 6 literally: each incoming resolution through the cell in turn (h^{l-2} preprocessed once)."""
+        s0 = cell.preprocess0(h_pp)
         out = None
-        for source, d in incoming_edges(layer, level, self.config.num_levels):
-            h_prev = self.resamplers[f"{layer}_{source}_{level}"](prev[source], sizes[level])
-            term = beta[layer - 1, source, d] * cell.blocks(s0, cell.preprocess1(h_prev), alpha)
+        for h_prev, weight in zip(resampled, weights, strict=True):
+            term = weight * cell.blocks(s0, cell.preprocess1(h_prev), alpha)
             out = term if out is None else out + term
         return out
+
+    def _checkpointed_node(self, layer: int, level: int, prev_prev, prev, sizes, alpha, beta) -> torch.Tensor:
+        """:meth:`_node` under activation checkpointing: its activations are recomputed in the backward.
+
+        The recomputation runs in training mode again, so the BatchNorm running statistics of the
+        node's modules are saved before it and restored after it (they are updated once, as without
+        checkpointing); random state is restored by ``checkpoint`` itself (the cells draw none anyway).
+        """
+        levels = self.config.num_levels
+        sources = [s for s, _ in incoming_edges(layer, level, levels)]
+        modules = [self.cells[f"{layer}_{level}"]]
+        modules += [self.resamplers[f"{layer}_{s}_{level}"] for s in sources]
+        note_held([prev_prev[nearest_level(layer - 2, level, levels)], *(prev[s] for s in sources)])
+        return checkpoint(
+            self._node,
+            layer,
+            level,
+            prev_prev,
+            prev,
+            sizes,
+            alpha,
+            beta,
+            use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(modules)),
+        )
+
+
+def _weighted_sum(weights: list[torch.Tensor], tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    out = None
+    for w, t in zip(weights, tensors, strict=True):
+        out = w * t if out is None else out + w * t
+    return out
+
+
+@contextlib.contextmanager
+def _running_stats_kept(modules: list[nn.Module]) -> Iterator[None]:
+    """Undo any change to the BatchNorm buffers of ``modules`` made inside the block."""
+    buffers = [
+        b for m in modules for name, b in m.named_buffers() if name.rsplit(".", 1)[-1] in _BN_STAT_BUFFERS
+    ]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in zip(buffers, saved, strict=True):
+                b.copy_(value)
+
+
+_BN_STAT_BUFFERS = frozenset({"running_mean", "running_var", "num_batches_tracked"})

@@ -1,0 +1,56 @@
+"""How the supernet is executed: speed and memory switches that do not change what is computed.
+
+Every switch here is exact (the same outputs, gradients and BatchNorm running statistics as the reference
+evaluation, up to float rounding) except ``precision`` (reduced-precision arithmetic, by choice). The
+approximation that does change the model, partial channels (PC-DARTS), is part of the search space
+(:class:`autodeeplab.search_space.SearchSpaceConfig`). Measured effects: ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+
+
+@dataclass
+class ExecutionConfig:
+    """Execution switches of the search supernet (defaults: the exact ones that are faster here)."""
+
+    batch_node_inputs: bool = True
+    """Run the up to three incoming resolutions of a node through its cell as one batch (per-group BN
+    statistics), and the edges reading the shared h^{l-2} once instead of once per resolution."""
+    share_edge_relu: bool = True
+    """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input)."""
+    pool_without_indices: bool = True
+    """Max pools recompute their argmax in the backward instead of keeping int64 indices."""
+    memory_format: MemoryFormat = "auto"
+    """``auto``: channels-last on CPU and under CUDA mixed precision (measured/known faster there),
+    contiguous for CUDA fp32."""
+    checkpoint_cells: bool = False
+    """Recompute each node's cell in the backward instead of keeping its activations (less memory,
+    about one extra forward of time). BatchNorm running statistics are not updated twice."""
+    precision: Precision = "fp32"
+    """``bf16``: autocast to bfloat16 (CPU and GPU); ``fp16``: autocast to float16 with a gradient
+    scaler (GPU only)."""
+    compile: bool = False
+    """``torch.compile`` each cell's fast path (optional; needs a working compiler toolchain)."""
+
+    def validate(self, device_type: str) -> None:
+        """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...), naming the field."""
+        if self.precision == "fp16" and device_type != "cuda":
+            raise ConfigError(
+                f"execution.precision: fp16 needs a CUDA device (running on {device_type}); use bf16"
+            )
+
+    def uses_channels_last(self, device_type: str, spatial_dims: int) -> bool:
+        """Whether 2D activations should be channels-last on ``device_type``."""
+        if spatial_dims != 2 or self.memory_format == "contiguous":
+            return False
+        if self.memory_format == "channels_last":
+            return True
+        return device_type == "cpu" or self.precision != "fp32"
