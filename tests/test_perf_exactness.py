@@ -15,12 +15,18 @@ from torch import nn
 from autodeeplab.cell import EdgeOptions, MixedOp, channel_shuffle
 from autodeeplab.execution import ExecutionConfig
 from autodeeplab.grouped_bn import batch_norm
+from autodeeplab.memory import SavedTensorCounter
 from autodeeplab.primitives import max_pool_saving_input
 from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
 
-REFERENCE = ExecutionConfig(
-    batch_node_inputs=False, share_edge_relu=False, pool_without_indices=False, memory_format="contiguous"
+OFF = dict(
+    batch_node_inputs=False,
+    share_edge_relu=False,
+    pool_without_indices=False,
+    fold_alpha_into_bn=False,
+    memory_format="contiguous",
 )
+REFERENCE = ExecutionConfig(**OFF)
 TOL = {"atol": 1e-9, "rtol": 1e-7}
 
 
@@ -59,18 +65,13 @@ def assert_same_state(net: SearchNetwork, ref: SearchNetwork) -> None:
 
 SWITCHES = {
     "all defaults": {},
-    "batched nodes only": dict(share_edge_relu=False, pool_without_indices=False, memory_format="contiguous"),
-    "shared relu only": dict(batch_node_inputs=False, pool_without_indices=False, memory_format="contiguous"),
-    "pool without indices only": dict(batch_node_inputs=False, share_edge_relu=False, memory_format="contiguous"),
-    "channels last only": dict(batch_node_inputs=False, share_edge_relu=False, pool_without_indices=False),
-    "checkpointing only": dict(
-        batch_node_inputs=False,
-        share_edge_relu=False,
-        pool_without_indices=False,
-        memory_format="contiguous",
-        checkpoint_cells=True,
-    ),
-    "all with checkpointing": dict(checkpoint_cells=True),
+    "batched nodes only": {**OFF, "batch_node_inputs": True},
+    "shared relu only": {**OFF, "share_edge_relu": True},
+    "pool without indices only": {**OFF, "pool_without_indices": True},
+    "alpha folded into bn only": {**OFF, "fold_alpha_into_bn": True},
+    "channels last only": {**OFF, "memory_format": "channels_last"},
+    "checkpointing only": {**OFF, "checkpoint_cells": True},
+    "all with checkpointing": {"checkpoint_cells": True},
 }
 
 
@@ -157,16 +158,30 @@ def test_max_pool_without_indices_has_the_same_gradient_and_saves_less():
     assert [t.dtype for t in saved] == [torch.float32]  # the input only, no int64 indices
 
 
-def test_mixed_op_fast_path_equals_reference_for_each_option():
+def mixed_op_run(op, x, logits, options):
+    x, logits = x.clone().requires_grad_(), logits.clone().requires_grad_()
+    with SavedTensorCounter(exclude=[*op.parameters(), *op.buffers()]) as counter:
+        out = op(x, torch.softmax(logits, 0), options)
+    out.square().sum().backward()
+    return out.detach(), x.grad, logits.grad, counter.total_bytes
+
+
+def test_mixed_op_fast_path_equals_reference_and_saves_less():
     torch.manual_seed(0)
-    op = MixedOp(4, affine=True).train()
-    weights = torch.softmax(torch.randn(8), 0)
-    x = torch.randn(2, 4, 11, 11)
-    ref_op = copy.deepcopy(op)
-    expected = ref_op(x, weights)
-    for options in (EdgeOptions(True, True), EdgeOptions(False, False), EdgeOptions(True, False)):
-        fast = copy.deepcopy(op)
-        assert torch.allclose(fast(x, weights, options), expected, atol=1e-6)
+    op = MixedOp(4, affine=True).double().train()
+    x, logits = torch.randn(2, 4, 11, 11, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    expected = mixed_op_run(copy.deepcopy(op), x, logits, None)
+    saved = {}
+    for flags in [(True, True, True), (False, False, False), (True, False, False), (False, False, True)]:
+        got = mixed_op_run(copy.deepcopy(op), x, logits, EdgeOptions(*flags))
+        for a, b in zip(got[:3], expected[:3], strict=True):
+            assert torch.allclose(a, b, **TOL)
+        saved[flags] = got[3]
+    unit = x.numel() * x.element_size()  # one activation of the edge's size
+    assert saved[(False, False, False)] == expected[3]
+    assert saved[(True, False, False)] == expected[3] - 3 * unit  # 4 ReLU outputs → 1
+    assert saved[(False, False, True)] == expected[3] - 6 * unit  # the 6 BN outputs weighted by α
+    assert saved[(True, True, True)] < saved[(True, False, False)] - 6 * unit  # and no int64 indices
 
 
 def test_channel_shuffle_interleaves_groups():

@@ -51,6 +51,9 @@ class EdgeOptions:
     """Compute the ReLU that starts every conv op of an edge once (4 ReLUs → 1, and 1 saved tensor)."""
     pool_without_indices: bool = True
     """Max pools recompute their argmax in the backward instead of keeping an int64 index tensor."""
+    fold_alpha_into_bn: bool = True
+    """Multiply each op's final BN output by its α weight inside the BN, which then recomputes that
+    output for α's gradient instead of keeping it (architecture steps only; one tensor per op)."""
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -152,17 +155,25 @@ class MixedOp(nn.Module):
         self, x: torch.Tensor, weights: torch.Tensor, options: EdgeOptions, groups: int, repeats: int
     ) -> torch.Tensor:
         relu_x = F.relu(x) if options.share_relu else None
+        # When α needs a gradient, fold each op's weight into its final BN so that the BN output is
+        # recomputed in the backward instead of kept (see grouped_bn._ScaledBatchNorm)
+        fold = options.fold_alpha_into_bn and weights.requires_grad
         out = None
         for index, op, relu_first in zip(self.op_indices, self.ops, self._relu_first, strict=True):
+            modules = list(op) if isinstance(op, nn.Sequential) else [op]
+            last_bn = fold and isinstance(modules[-1], _BatchNorm)
             y = run_sequence(
-                op if isinstance(op, nn.Sequential) else [op],
+                modules[:-1] if last_bn else modules,
                 x,
                 groups,
                 repeats,
                 relu_x if relu_first else None,
                 options.pool_without_indices,
             )
-            term = weights[index] * y
+            if last_bn:
+                term = batch_norm(y, modules[-1], groups, repeats, scale=weights[index])
+            else:
+                term = weights[index] * y
             out = term if out is None else out + term
         return out
 

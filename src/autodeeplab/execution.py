@@ -28,6 +28,9 @@ class ExecutionConfig:
     """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input)."""
     pool_without_indices: bool = True
     """Max pools recompute their argmax in the backward instead of keeping int64 indices."""
+    fold_alpha_into_bn: bool = True
+    """Each op's α weight multiplies inside its final BN, which recomputes its output for α's gradient
+    instead of keeping it (saves one activation per op in architecture steps)."""
     memory_format: MemoryFormat = "auto"
     """``auto``: channels-last on CPU and under CUDA mixed precision (measured/known faster there),
     contiguous for CUDA fp32."""

@@ -26,6 +26,7 @@ from .device import resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
+from .precision import autocast, backward_and_step
 from .predict import log_prediction_panels
 from .progress import Progress
 from .runs import (
@@ -79,7 +80,8 @@ def run_search(
     train_a, train_b, val = build_search_data(config)
     split = load_or_make_split(run, len(train_a), config)
     torch.manual_seed(config.seed)
-    model = SearchNetwork(config.space, num_classes=train_a.num_classes).to(device)
+    config.execution.validate(device.type)
+    model = SearchNetwork(config.space, train_a.num_classes, execution=config.execution).to(device)
     weight_opt, arch_opt, scheduler = make_optimizers(model, config)
     position = SearchPosition()
     if resume:
@@ -192,15 +194,17 @@ def weight_step(
     criterion: nn.Module,
     grad_clip: float,
 ) -> float:
-    """One SGD step on the network weights with a trainA batch; α and β do not move."""
+    """One SGD step on the network weights with a trainA batch; α and β do not move.
+
+    Runs in ``model.execution.precision`` (autocast; fp16 with a gradient scaler).
+    """
     model.train()
+    precision, device_type = model.execution.precision, images.device.type
     with frozen(model.arch_parameters()):
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(images), masks)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(list(model.weight_parameters()), grad_clip)
-        optimizer.step()
+        with autocast(precision, device_type):
+            loss = criterion(model(images), masks)
+        backward_and_step(loss, optimizer, precision, device_type, model.weight_parameters(), grad_clip)
     return float(loss.detach())
 
 
@@ -213,11 +217,12 @@ def arch_step(
 ) -> float:
     """One Adam step on α and β with a trainB batch (first order); the weights do not move."""
     model.train()
+    precision, device_type = model.execution.precision, images.device.type
     with frozen(model.weight_parameters()):
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(images), masks)
-        loss.backward()
-        optimizer.step()
+        with autocast(precision, device_type):
+            loss = criterion(model(images), masks)
+        backward_and_step(loss, optimizer, precision, device_type)
     return float(loss.detach())
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .config import register_presets
 from .errors import ConfigError
+from .execution import ExecutionConfig
 from .search_space import SearchSpaceConfig
 
 
@@ -70,6 +71,9 @@ class SearchConfig:
     """Also write TensorBoard event files (needs the optional ``tensorboard`` extra)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    """How the supernet runs (batched nodes, channels-last, checkpointing, precision); exact unless
+    ``execution.precision`` is reduced. See :mod:`autodeeplab.execution`."""
 
     def __post_init__(self) -> None:
         self.arch_betas = tuple(self.arch_betas)

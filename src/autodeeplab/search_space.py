@@ -270,9 +270,11 @@ class SearchNetwork(nn.Module):
         resampled = [self.resamplers[f"{layer}_{s}_{level}"](prev[s], sizes[level]) for s, _ in sources]
         weights = [beta[layer - 1, s, d] for s, d in sources]
         ex = self.execution
-        if not (ex.batch_node_inputs or ex.share_edge_relu or ex.pool_without_indices):
+        if not (
+            ex.batch_node_inputs or ex.share_edge_relu or ex.pool_without_indices or ex.fold_alpha_into_bn
+        ):
             return self._reference_node(cell, h_pp, resampled, weights, alpha)
-        options = EdgeOptions(ex.share_edge_relu, ex.pool_without_indices)
+        options = EdgeOptions(ex.share_edge_relu, ex.pool_without_indices, ex.fold_alpha_into_bn)
         s0 = cell.preprocess(0, h_pp)  # shared by the three incoming resolutions
         if not ex.batch_node_inputs:  # one resolution at a time, the fast edges only
             out = None
