@@ -1,0 +1,309 @@
+"""Search supernet benchmarks: iteration time and saved-activation bytes for each speed/memory means.
+
+Every measurement runs in a fresh subprocess (so that peak RSS and allocator state belong to it alone),
+prints one line and appends one JSON line to ``benchmarks/results_search.jsonl`` with the date, machine,
+load average, torch version, thread count and the exact command.
+
+    # a full search iteration (weight step + architecture step), per variant
+    python benchmarks/bench_search.py time --size 129 --variants reference exact
+    # activations kept for the backward (forward only: counted with saved_tensors_hooks), per variant
+    python benchmarks/bench_search.py memory --size 321 --variants reference exact checkpoint bf16
+    # how time and memory grow with the crop, F and L
+    python benchmarks/bench_search.py scaling --sizes 65 97 129 --filters 4 8 --layers 6 12
+    # `autodeeplab search --estimate` against a measurement at the same setting
+    python benchmarks/bench_search.py estimate --size 129
+
+Add ``--device cuda`` on a GPU machine (timings synchronise; ``torch.cuda.max_memory_allocated`` is recorded).
+The default setting is the paper's search supernet: F=8, L=12, B=5, 19 classes, batch 2, fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results_search.jsonl"
+GIB = 2**30
+
+OFF = {
+    "batch_node_inputs": False,
+    "share_edge_relu": False,
+    "pool_without_indices": False,
+    "fold_alpha_into_bn": False,
+    "memory_format": "contiguous",
+}
+# name -> (execution overrides, search-space overrides, freeze the other parameter group in each step)
+VARIANTS: dict[str, tuple[dict, dict, bool]] = {
+    "reference": (OFF, {}, True),
+    "reference_no_freeze": (OFF, {}, False),
+    "batched_nodes": ({**OFF, "batch_node_inputs": True}, {}, True),
+    "shared_relu": ({**OFF, "share_edge_relu": True}, {}, True),
+    "pool_without_indices": ({**OFF, "pool_without_indices": True}, {}, True),
+    "fold_alpha": ({**OFF, "fold_alpha_into_bn": True}, {}, True),
+    "channels_last": ({**OFF, "memory_format": "channels_last"}, {}, True),
+    "checkpoint_only": ({**OFF, "checkpoint_cells": True}, {}, True),
+    "bf16_only": ({**OFF, "precision": "bf16"}, {}, True),
+    "exact": ({}, {}, True),
+    "exact_no_freeze": ({}, {}, False),
+    "exact_contiguous": ({"memory_format": "contiguous"}, {}, True),
+    "checkpoint": ({"checkpoint_cells": True}, {}, True),
+    "bf16": ({"precision": "bf16"}, {}, True),
+    "bf16_checkpoint": ({"precision": "bf16", "checkpoint_cells": True}, {}, True),
+    "fp16": ({"precision": "fp16"}, {}, True),
+    "pc2": ({}, {"partial_channels": 2}, True),
+    "pc4": ({}, {"partial_channels": 4}, True),
+    "pc4_bf16": ({"precision": "bf16"}, {"partial_channels": 4}, True),
+}
+
+
+# -- worker side (runs in a subprocess) -------------------------------------------------------------
+def _setup(spec: dict):
+    import torch
+
+    from autodeeplab.execution import ExecutionConfig
+    from autodeeplab.search_config import SearchConfig
+    from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+
+    torch.set_num_threads(spec["threads"])
+    execution, space, _ = VARIANTS[spec["variant"]]
+    space = {"filter_multiplier": spec["filters"], "num_layers": spec["layers"], **space}
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    model = SearchNetwork(SearchSpaceConfig(**space), spec["classes"], execution=ExecutionConfig(**execution))
+    model = model.to(device)
+    size, batch = spec["size"], spec["batch"]
+    images = torch.randn(batch, 3, size, size, device=device)
+    masks = torch.randint(0, spec["classes"], (batch, size, size), device=device)
+    return torch, model, images, masks, SearchConfig(), device
+
+
+def _unfrozen_step(model, images, masks, optimizer, criterion, grad_clip: float = 0.0) -> float:
+    """A step that, like the public implementation, computes gradients for every parameter."""
+    from autodeeplab.precision import autocast, backward_and_step
+
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(model.execution.precision, images.device.type):
+        loss = criterion(model(images), masks)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    backward_and_step(loss, optimizer, model.execution.precision, images.device.type, params, grad_clip)
+    model.zero_grad(set_to_none=True)  # gradients of the other group are computed, then dropped
+    return float(loss)
+
+
+def worker_time(spec: dict) -> dict:
+    from torch import nn
+
+    from autodeeplab.memory import peak_rss_bytes
+    from autodeeplab.search import arch_step, make_optimizers, weight_step
+
+    torch, model, images, masks, config, device = _setup(spec)
+    weight_opt, arch_opt, _ = make_optimizers(model, config)
+    criterion = nn.CrossEntropyLoss()
+    freeze = VARIANTS[spec["variant"]][2]
+    w_step = weight_step if freeze else _unfrozen_step
+    a_step = arch_step if freeze else (lambda m, x, y, o, c: _unfrozen_step(m, x, y, o, c))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = []
+    for _ in range(spec["repeats"] + 1):  # the first is a warm-up
+        sync()
+        t0 = time.perf_counter()
+        w_step(model, images, masks, weight_opt, criterion, config.grad_clip)
+        sync()
+        t1 = time.perf_counter()
+        a_step(model, images, masks, arch_opt, criterion)
+        sync()
+        times.append((t1 - t0, time.perf_counter() - t1))
+    timed = times[1:]
+    result = {
+        "weight_step_s": round(statistics.median(t[0] for t in timed), 3),
+        "arch_step_s": round(statistics.median(t[1] for t in timed), 3),
+        "iteration_s": round(statistics.median(sum(t) for t in timed), 3),
+        "iteration_min_s": round(min(sum(t) for t in timed), 3),
+        "iterations_timed": len(timed),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+    if device.type == "cuda":
+        result["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+    return result
+
+
+def worker_memory(spec: dict) -> dict:
+    from torch import nn
+
+    from autodeeplab.estimate import count_saved
+    from autodeeplab.memory import SavedTensorCounter, peak_rss_bytes
+    from autodeeplab.precision import autocast
+
+    torch, model, images, masks, _, device = _setup(spec)
+    criterion = nn.CrossEntropyLoss()
+    result = {}
+    for step in ("weight", "arch"):
+        if VARIANTS[spec["variant"]][2]:
+            records = count_saved(model, images, masks, criterion, step)
+        else:  # nothing frozen: what a single forward of the public implementation keeps
+            model.train()
+            counter = SavedTensorCounter(exclude=[*model.parameters(), *model.buffers()])
+            with counter, autocast(model.execution.precision, device.type):
+                criterion(model(images), masks)
+            records = counter.records
+        result[f"saved_bytes_{step}_step"] = sum(r.nbytes for r in records)
+    result["saved_gib_max"] = round(max(result.values()) / GIB, 3)
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    return result
+
+
+def worker_estimate(spec: dict) -> dict:
+    import torch
+
+    from autodeeplab.config import load_config
+    from autodeeplab.estimate import estimate_search
+    from autodeeplab.search_config import SearchConfig
+
+    torch.set_num_threads(spec["threads"])
+    execution, space, _ = VARIANTS[spec["variant"]]
+    overrides = [
+        f"space.filter_multiplier={spec['filters']}",
+        f"space.num_layers={spec['layers']}",
+        f"data.crop_size={spec['size']}",
+        f"batch_size={spec['batch']}",
+        *[f"execution.{k}={v}" for k, v in execution.items()],
+        *[f"space.{k}={v}" for k, v in space.items()],
+    ]
+    config = load_config(SearchConfig, preset="paper", overrides=overrides)
+    e = estimate_search(config, torch.device(spec["device"]), measure_time=spec["repeats"] > 0)
+    return {
+        "predicted_saved_bytes_weight_step": e.saved_bytes_weight_step,
+        "predicted_saved_bytes_arch_step": e.saved_bytes_arch_step,
+        "predicted_iteration_s": None if e.iteration_seconds is None else round(e.iteration_seconds, 3),
+        "predicted_search_hours": None if e.search_hours is None else round(e.search_hours, 2),
+        "steps_per_epoch": e.steps_per_epoch,
+    }
+
+
+WORKERS = {"time": worker_time, "memory": worker_memory, "estimate": worker_estimate}
+
+
+# -- driver side ------------------------------------------------------------------------------------
+def run_worker(kind: str, spec: dict) -> dict:
+    """Run one measurement in a fresh interpreter and return its JSON result."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    cmd = [sys.executable, __file__, "_worker", kind, json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} {spec['variant']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def record(kind: str, spec: dict, result: dict, command: str, note: str, load_before: float) -> dict:
+    import torch
+
+    return {
+        "benchmark": f"search_{kind}",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"processor": platform.processor(), "cpu_count": os.cpu_count(), "device": spec["device"]},
+        "load_average_1min_before": round(load_before, 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__,
+        "command": command,
+        **spec,
+        "execution": VARIANTS[spec["variant"]][0],
+        "space_overrides": VARIANTS[spec["variant"]][1],
+        "frozen_other_group": VARIANTS[spec["variant"]][2],
+        **result,
+        "note": note,
+    }
+
+
+def describe(kind: str, r: dict) -> str:
+    head = f"{r['variant']:>22} {r['size']}px F={r['filters']} L={r['layers']} threads={r['threads']}"
+    load = f"(load {r['load_average_1min']})"
+    if kind == "time":
+        return (
+            f"{head}: iteration {r['iteration_s']:.2f} s (weight {r['weight_step_s']:.2f} + arch "
+            f"{r['arch_step_s']:.2f}), peak RSS {r['peak_rss_bytes'] / GIB:.2f} GiB {load}"
+        )
+    if kind == "memory":
+        return (
+            f"{head}: saved for backward: weight step {r['saved_bytes_weight_step'] / GIB:.3f} GiB, "
+            f"arch step {r['saved_bytes_arch_step'] / GIB:.3f} GiB"
+        )
+    return f"{head}: {json.dumps({k: v for k, v in r.items() if k.startswith('predicted')})}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        print(json.dumps(WORKERS[argv[1]](json.loads(argv[2]))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["time", "memory", "scaling", "estimate"])
+    parser.add_argument("--variants", nargs="+", default=["reference", "exact"], choices=list(VARIANTS))
+    parser.add_argument("--size", type=int, default=129, help="square crop side")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[65, 97, 129], help="crops for 'scaling'")
+    parser.add_argument("--filters", type=int, nargs="+", default=[8], help="F (several for 'scaling')")
+    parser.add_argument("--layers", type=int, nargs="+", default=[12], help="L (several for 'scaling')")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=19)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (and OMP_NUM_THREADS)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-time", action="store_true", help="'scaling'/'estimate': memory only")
+    parser.add_argument("--note", default="", help="free text stored with the figures (e.g. CPU contention)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *argv])
+    base = {"batch": args.batch, "classes": args.classes, "threads": args.threads, "device": args.device}
+    base["repeats"] = 0 if args.no_time else args.repeats
+    jobs: list[tuple[str, dict]] = []
+    if args.kind in ("time", "memory"):
+        for variant in args.variants:
+            spec = {**base, "variant": variant, "size": args.size}
+            jobs.append((args.kind, {**spec, "filters": args.filters[0], "layers": args.layers[0]}))
+    elif args.kind == "scaling":
+        for f in args.filters:
+            for layers in args.layers:
+                for size in args.sizes:
+                    for variant in args.variants:
+                        spec = {**base, "variant": variant, "size": size, "filters": f, "layers": layers}
+                        jobs.append(("memory", spec))
+                        if not args.no_time:
+                            jobs.append(("time", spec))
+    else:  # estimate: the prediction, then the measurements it predicts
+        for variant in args.variants:
+            spec = {**base, "variant": variant, "size": args.size}
+            spec.update(filters=args.filters[0], layers=args.layers[0])
+            jobs += [("estimate", spec), ("memory", spec)] + ([] if args.no_time else [("time", spec)])
+    for kind, spec in jobs:
+        load_before = os.getloadavg()[0]
+        result = record(kind, spec, run_worker(kind, spec), command, args.note, load_before)
+        print(describe(kind, result), flush=True)
+        append_line(args.output, json.dumps(result))  # as we go: a long run keeps what it measured
+    return 0
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to ``path`` through an atomic rewrite (a crash never leaves half a file)."""
+    from autodeeplab.fileio import atomic_write_text
+
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    atomic_write_text(path, old + line + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
