@@ -212,6 +212,12 @@ def _extrapolate(points: list[tuple[int, float]], crop: int) -> float:
     return t1 + slope * (crop**2 - c1**2)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    return f"{seconds / 3600:.1f} hours" if seconds < 72 * 3600 else f"{seconds / 86400:.1f} days"
+
+
 def format_estimate(e: SearchEstimate) -> str:
     """A few readable lines: memory, time per iteration, projected search time."""
     lines = [
@@ -230,7 +236,7 @@ def format_estimate(e: SearchEstimate) -> str:
         lines.append(
             f"  full search: {e.epochs} epochs x {e.steps_per_epoch} steps "
             f"(architecture steps from epoch {e.arch_start_epoch + 1}; {e.steps_note}): "
-            f"about {e.search_hours:.1f} hours without validation"
+            f"about {_duration(e.search_hours * 3600)} without validation"
         )
     elif e.iteration_seconds is not None and e.steps_per_epoch is None:
         lines.append("  full search: unknown epoch length (dataset not found; set steps_per_epoch)")

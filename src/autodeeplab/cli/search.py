@@ -20,6 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"data (preset '{DEFAULT_PRESET}'); '--preset paper' gives the paper's setting.",
     )
     add_run_arguments(p, SearchConfig, DEFAULT_PRESET, "--set epochs=10 --set space.filter_multiplier=8")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="predict this search's memory and time (a short calibration on this machine), print it and exit",
+    )
     p.set_defaults(func=run)
 
 
@@ -32,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from ..search import run_search
 
     config = resolve_config(args)
+    if args.estimate:
+        return print_estimate(config, quiet=args.quiet)
     run_dir = Path(args.resume or args.output or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S"))
     result = run_search(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
     if result.interrupted:
@@ -41,4 +48,15 @@ def run(args: argparse.Namespace) -> int:
     print(describe_genotype(result.genotype))
     if pictures:
         print("pictures: " + ", ".join(str(p) for p in pictures))
+    return 0
+
+
+def print_estimate(config: SearchConfig, quiet: bool = False) -> int:
+    """``--estimate``: print the predicted saved activations, peak memory, step times and search time."""
+    from ..device import resolve_device
+    from ..estimate import estimate_search, format_estimate
+
+    device = resolve_device(config.device)
+    estimate = estimate_search(config, device, echo=(lambda s: None) if quiet else print)
+    print(format_estimate(estimate))
     return 0

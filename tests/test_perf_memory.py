@@ -1,0 +1,137 @@
+"""Saved-activation accounting, what each memory means saves, precision, partial channels and --estimate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autodeeplab.cli.main import main
+from autodeeplab.errors import ConfigError
+from autodeeplab.estimate import count_saved, resolution_chain, scale_saved_bytes
+from autodeeplab.execution import ExecutionConfig
+from autodeeplab.memory import SavedTensorCounter
+from autodeeplab.search import make_optimizers, weight_step
+from autodeeplab.search_config import SearchConfig
+from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+
+REFERENCE = ExecutionConfig(
+    batch_node_inputs=False,
+    share_edge_relu=False,
+    pool_without_indices=False,
+    fold_alpha_into_bn=False,
+    memory_format="contiguous",
+)
+
+
+def tiny_net(execution: ExecutionConfig | None = None, **space) -> SearchNetwork:
+    torch.manual_seed(0)
+    cfg = dict(filter_multiplier=4, num_layers=3, num_blocks=2, stem_channels=(4, 4, 8))
+    return SearchNetwork(SearchSpaceConfig(**{**cfg, **space}), num_classes=3, execution=execution)
+
+
+def saved(net: SearchNetwork, size: int = 33, step: str = "weight") -> int:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3, size, size, generator=g), torch.randint(0, 3, (2, size, size), generator=g)
+    return sum(r.nbytes for r in count_saved(net, x, y, nn.CrossEntropyLoss(), step))
+
+
+def test_counter_deduplicates_storages_and_skips_parameters():
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    x = torch.randn(1, 2, 8, 8)
+    with SavedTensorCounter(exclude=conv.parameters()) as counter:
+        r = torch.relu(x.requires_grad_())  # saves its output
+        conv(r)  # saves the same tensor (its input) and its weight (excluded)
+    assert counter.total_bytes == r.numel() * 4
+    assert [rec.shape for rec in counter.records] == [(1, 2, 8, 8)]
+
+
+def test_resolution_chain_follows_stride_two_ceil():
+    assert resolution_chain(321, 7) == [321, 161, 81, 41, 21, 11, 6]
+    assert resolution_chain(97, 6) == [97, 49, 25, 13, 7, 4]
+
+
+@pytest.mark.parametrize("step", ["weight", "arch"])
+def test_saved_bytes_scale_from_a_calibration_crop(step):
+    net = tiny_net()
+    predicted = scale_saved_bytes(count_saved_records(net, 97, step), 97, 129)
+    assert abs(predicted - saved(net, 129, step)) / saved(net, 129, step) < 0.005
+
+
+def count_saved_records(net, size, step):
+    x, y = torch.randn(2, 3, size, size), torch.randint(0, 3, (2, size, size))
+    return count_saved(net, x, y, nn.CrossEntropyLoss(), step)
+
+
+@pytest.mark.parametrize("step", ["weight", "arch"])
+def test_fast_path_keeps_less_than_the_reference(step):
+    assert saved(tiny_net(), step=step) < 0.75 * saved(tiny_net(REFERENCE), step=step)
+
+
+def test_checkpointing_keeps_only_node_boundaries():
+    full = saved(tiny_net())
+    checkpointed = saved(tiny_net(ExecutionConfig(checkpoint_cells=True)))
+    assert checkpointed < 0.25 * full
+    assert checkpointed > 0  # the checkpoint's held inputs are counted (note_held)
+
+
+def test_bf16_keeps_about_half_and_trains():
+    net = tiny_net(ExecutionConfig(precision="bf16"))
+
+    def activations(records):  # batch-leading tensors: not the bf16 copies of the weights autocast keeps
+        return sum(r.nbytes for r in records if r.shape and r.shape[0] == 2)
+
+    half = activations(count_saved_records(net, 33, "weight"))
+    assert half < 0.55 * activations(count_saved_records(tiny_net(), 33, "weight"))
+    before = [p.detach().clone() for p in net.weight_parameters()]
+    w_opt, _, _ = make_optimizers(net, SearchConfig())
+    x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
+    loss = weight_step(net, x, y, w_opt, nn.CrossEntropyLoss(), grad_clip=5.0)
+    assert torch.isfinite(torch.tensor(loss))
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.weight_parameters(), strict=True))
+
+
+def test_fp16_needs_a_gpu():
+    with pytest.raises(
+        ConfigError, match=r"^execution.precision: fp16 needs a CUDA device \(running on cpu\)"
+    ):
+        ExecutionConfig(precision="fp16").validate("cpu")
+    ExecutionConfig(precision="bf16").validate("cpu")
+
+
+def test_partial_channels_shapes_memory_and_parameters():
+    full, partial = tiny_net(), tiny_net(partial_channels=2)
+    x = torch.randn(1, 3, 33, 33)
+    assert partial(x).shape == full(x).shape == (1, 3, 33, 33)
+    assert saved(partial) < 0.8 * saved(full)
+    assert partial.cells["1_0"].edges[0].ops[3][1].in_channels == 2  # sep conv on F/2 channels
+    assert sum(p.numel() for p in partial.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_partial_channels_must_divide_f():
+    with pytest.raises(ConfigError, match=r"^space.partial_channels: 3 must be at least 1 and divide"):
+        tiny_net(partial_channels=3)
+
+
+def test_estimate_cli_prints_prediction_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = [
+        "space.filter_multiplier=2",
+        "space.num_layers=2",
+        "space.num_blocks=2",
+        "space.stem_channels=[4,4,8]",
+        "data.crop_size=32",
+        "data.synthetic_size=[32,32]",
+        "data.synthetic_train_samples=8",
+        "batch_size=2",
+        "epochs=2",
+        "device=cpu",
+    ]
+    args = ["search", "--estimate", "--quiet"] + [part for s in tiny for part in ("--set", s)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "activations kept for backward: weight step" in out
+    assert "s per iteration" in out
+    assert "full search: 2 epochs x 2 steps" in out  # 8 images → trainA 4 → 2 batches of 2
+    assert list(tmp_path.iterdir()) == []
