@@ -169,3 +169,20 @@ def test_tensorboard_event_files_when_enabled(tmp_path):
     assert "search/alpha_weights" in tags["histograms"]
     assert {"search/alpha", "search/beta", "search/predictions/0"} <= set(tags["images"])
     assert [e.step for e in events.Scalars("search/val_miou")] == [1, 2]
+
+
+def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
+    """fp16 runs keep a loss scale per optimizer; a resumed run must continue with the same scale."""
+    from autodeeplab.precision import grad_scaler, load_scaler_states, scaler_states
+
+    net = tiny_net()
+    w_opt, a_opt, _ = make_optimizers(net, SearchConfig())
+    assert scaler_states({"weight": w_opt, "arch": a_opt}) == {}  # fp32/bf16: nothing to save
+    scaler = grad_scaler(w_opt, "cpu")
+    scaler.scale(torch.ones(()))  # the scale is created lazily by the first scaled loss
+    scaler.update(new_scale=1024.0)
+    saved = scaler_states({"weight": w_opt, "arch": a_opt})
+    assert set(saved) == {"weight"} and saved["weight"]["scale"] == 1024.0
+    fresh_w, fresh_a, _ = make_optimizers(tiny_net(), SearchConfig())
+    load_scaler_states({"weight": fresh_w, "arch": fresh_a}, saved, "cpu")
+    assert grad_scaler(fresh_w, "cpu").get_scale() == 1024.0

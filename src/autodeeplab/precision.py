@@ -59,3 +59,16 @@ def backward_and_step(
         nn.utils.clip_grad_norm_(list(clip_parameters), grad_clip)
     scaler.step(optimizer)
     scaler.update()
+
+
+def scaler_states(optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, dict]:
+    """The state of each optimizer's gradient scaler that exists (fp16 runs), for a checkpoint."""
+    return {name: _SCALERS[opt].state_dict() for name, opt in optimizers.items() if opt in _SCALERS}
+
+
+def load_scaler_states(
+    optimizers: dict[str, torch.optim.Optimizer], states: dict[str, dict], device_type: str
+) -> None:
+    """Restore the scalers saved by :func:`scaler_states` (resume continues with the same loss scale)."""
+    for name, state in states.items():
+        grad_scaler(optimizers[name], device_type).load_state_dict(state)

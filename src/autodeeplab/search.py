@@ -26,7 +26,7 @@ from .device import resolve_device
 from .errors import ConfigError, DataError
 from .evaluate import evaluate
 from .genotype import Genotype
-from .precision import autocast, backward_and_step
+from .precision import autocast, backward_and_step, load_scaler_states, scaler_states
 from .predict import log_prediction_panels
 from .progress import Progress
 from .runs import (
@@ -346,6 +346,7 @@ def save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position: Searc
         "scheduler": scheduler.state_dict(),
         "position": vars(position).copy(),
         "rng": capture_rng_state(),
+        "grad_scalers": scaler_states({"weight": weight_opt, "arch": arch_opt}),  # fp16 only
     }
     run.checkpoints.save(state, f"epoch{position.epoch:04d}-step{position.global_step:08d}")
 
@@ -362,6 +363,8 @@ def restore_checkpoint(run, model, weight_opt, arch_opt, scheduler, echo) -> Sea
     arch_opt.load_state_dict(state["arch_optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_state(state["rng"])
+    device_type = next(model.parameters()).device.type
+    load_scaler_states({"weight": weight_opt, "arch": arch_opt}, state.get("grad_scalers", {}), device_type)
     position = SearchPosition(**state["position"])
     # Epoch records written after this checkpoint would otherwise appear twice.
     for name in ("metrics.jsonl", "arch_history.jsonl"):
