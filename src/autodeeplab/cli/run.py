@@ -54,6 +54,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nfound architecture ({out / 'search' / 'genotype.json'}):")
     print(describe_genotype(result.genotype))
     print(f"trained model: {result.model_path}")
-    print(f"{args.eval_split} mIoU {result.metrics['miou']:.4f}; predictions: {out / 'predictions'}")
+    print(f"{args.eval_split} mIoU {100 * result.metrics['miou']:.2f}%; predictions: {out / 'predictions'}")
     print(f"done in {time.perf_counter() - start:.0f} s; everything is in {out}")
     return 0
