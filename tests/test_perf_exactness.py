@@ -21,6 +21,7 @@ from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
 
 OFF = dict(
     batch_node_inputs=False,
+    fuse_edges=False,
     share_edge_relu=False,
     pool_without_indices=False,
     fold_alpha_into_bn=False,
@@ -66,6 +67,9 @@ def assert_same_state(net: SearchNetwork, ref: SearchNetwork) -> None:
 SWITCHES = {
     "all defaults": {},
     "batched nodes only": {**OFF, "batch_node_inputs": True},
+    "fused edges only": {**OFF, "fuse_edges": True},
+    "partial channels fused": {"space": {"partial_channels": 2}},
+    "partial channels unfused": {"space": {"partial_channels": 2}, "fuse_edges": False},
     "shared relu only": {**OFF, "share_edge_relu": True},
     "pool without indices only": {**OFF, "pool_without_indices": True},
     "alpha folded into bn only": {**OFF, "fold_alpha_into_bn": True},
@@ -77,7 +81,8 @@ SWITCHES = {
 
 @pytest.mark.parametrize("switches", list(SWITCHES.values()), ids=list(SWITCHES))
 def test_switch_changes_no_result(switches):
-    ref = make_reference()
+    switches = dict(switches)
+    ref = make_reference(tiny_space(**switches.pop("space", {})))
     net = copy.deepcopy(ref)
     net.execution = ExecutionConfig(**switches)
     g = torch.Generator().manual_seed(1)

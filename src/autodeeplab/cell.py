@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .fused_edges import fused_mixed_ops
 from .grouped_bn import batch_norm
 from .primitives import (
     POOL_PRIMITIVES,
@@ -54,6 +55,9 @@ class EdgeOptions:
     fold_alpha_into_bn: bool = True
     """Multiply each op's final BN output by its α weight inside the BN, which then recomputes that
     output for α's gradient instead of keeping it (architecture steps only; one tensor per op)."""
+    fuse_edges: bool = True
+    """Evaluate all the edges that read one state together (:mod:`autodeeplab.fused_edges`); implies
+    the shared ReLU."""
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -247,6 +251,8 @@ class SearchCell(nn.Module):
         An edge reading ``s0`` gives the same output for every group, so it runs once (its BNs update
         their running statistics G times, as the G reference calls would) and is broadcast.
         """
+        if options.fuse_edges:
+            return self._fused_blocks(s0, s1, alpha, groups, options)
         n = s0.shape[0]
         states = [s1]
         outputs = []
@@ -260,6 +266,44 @@ class SearchCell(nn.Module):
             out = (out.unflatten(0, (groups, n)) + shared).flatten(0, 1)
             states.append(out)
             outputs.append(out)
+        return outputs
+
+    def _fused_blocks(
+        self, s0: torch.Tensor, s1: torch.Tensor, alpha: torch.Tensor, groups: int, options: EdgeOptions
+    ) -> list[torch.Tensor]:
+        """:meth:`grouped_blocks` state by state: every state's outgoing edges run as one fused call.
+
+        State j (0: h^{l-2}, 1: h^{l-1}, j ≥ 2: block j-2) feeds blocks max(0, j-1)..B-1; block b is
+        complete once state b+1 has been processed. Partial sums are kept as ``[G, N, C, *S]``.
+        """
+        n, k = s0.shape[0], self.edges[0].partial_channels
+        pending: list[torch.Tensor | None] = [None] * self.num_blocks
+        states, outputs = [s0, s1], []
+        for j in range(self.num_blocks + 1):
+            readers = range(max(0, j - 1), self.num_blocks)
+            indices = [edge_offset(b) + j for b in readers]
+            x = states[j]
+            width = x.shape[1] // k
+            fused = fused_mixed_ops(
+                x[:, :width] if k > 1 else x,
+                [self.edges[i] for i in indices],
+                alpha[indices],
+                1 if j == 0 else groups,
+                groups if j == 0 else 1,
+                options.pool_without_indices,
+                options.fold_alpha_into_bn,
+            )
+            for i, b in enumerate(readers):
+                term = fused[i]
+                if k > 1:
+                    term = channel_shuffle(torch.cat([term, x[:, width:]], dim=1), k)
+                term = term.unsqueeze(0) if j == 0 else term.unflatten(0, (groups, n))
+                pending[b] = term if pending[b] is None else pending[b] + term
+            if j >= 1:  # block j-1 has all its inputs
+                block = pending[j - 1].flatten(0, 1)
+                pending[j - 1] = None
+                states.append(block)
+                outputs.append(block)
         return outputs
 
     def preprocess(self, which: int, x: torch.Tensor, groups: int = 1) -> torch.Tensor:

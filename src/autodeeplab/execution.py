@@ -24,6 +24,9 @@ class ExecutionConfig:
     batch_node_inputs: bool = True
     """Run the up to three incoming resolutions of a node through its cell as one batch (per-group BN
     statistics), and the edges reading the shared h^{l-2} once instead of once per resolution."""
+    fuse_edges: bool = True
+    """Run all the edges that read one cell state as one call per primitive (10 convolutions per state
+    instead of per edge; pools and ReLU once per state). Needs ``batch_node_inputs``'s fast path."""
     share_edge_relu: bool = True
     """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input)."""
     pool_without_indices: bool = True
@@ -40,8 +43,6 @@ class ExecutionConfig:
     precision: Precision = "fp32"
     """``bf16``: autocast to bfloat16 (CPU and GPU); ``fp16``: autocast to float16 with a gradient
     scaler (GPU only)."""
-    compile: bool = False
-    """``torch.compile`` each cell's fast path (optional; needs a working compiler toolchain)."""
 
     def validate(self, device_type: str) -> None:
         """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...), naming the field."""

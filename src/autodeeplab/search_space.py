@@ -25,14 +25,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .cell import EdgeOptions, SearchCell
+from .cell import EdgeOptions, SearchCell, run_sequence
 from .errors import ConfigError
 from .execution import ExecutionConfig
+from .grouped_bn import running_stats_frozen
 from .memory import note_held
 from .primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
 from .topology import beta_mask, incoming_edges, nearest_level, node_levels, num_edges, output_stride
@@ -105,6 +107,12 @@ class Resample(nn.Module):
         if self.direction > 0:
             x = resize(x, size)
         return self.conv(x)
+
+    def fast(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """:meth:`forward` with the fast path's batch norm (honours frozen running statistics)."""
+        if self.direction > 0:
+            x = resize(x, size)
+        return run_sequence(self.conv, x) if isinstance(self.conv, nn.Sequential) else x
 
 
 class SearchASPP(nn.Module):
@@ -267,14 +275,14 @@ class SearchNetwork(nn.Module):
         cell = self.cells[f"{layer}_{level}"]
         h_pp = resize(prev_prev[nearest_level(layer - 2, level, self.config.num_levels)], sizes[level])
         sources = incoming_edges(layer, level, self.config.num_levels)
-        resampled = [self.resamplers[f"{layer}_{s}_{level}"](prev[s], sizes[level]) for s, _ in sources]
         weights = [beta[layer - 1, s, d] for s, d in sources]
-        ex = self.execution
-        if not (
-            ex.batch_node_inputs or ex.share_edge_relu or ex.pool_without_indices or ex.fold_alpha_into_bn
-        ):
+        resamplers = [self.resamplers[f"{layer}_{s}_{level}"] for s, _ in sources]
+        options = self._edge_options()
+        if options is None:
+            resampled = [r(prev[s], sizes[level]) for r, (s, _) in zip(resamplers, sources, strict=True)]
             return self._reference_node(cell, h_pp, resampled, weights, alpha)
-        options = EdgeOptions(ex.share_edge_relu, ex.pool_without_indices, ex.fold_alpha_into_bn)
+        ex = self.execution
+        resampled = [r.fast(prev[s], sizes[level]) for r, (s, _) in zip(resamplers, sources, strict=True)]
         s0 = cell.preprocess(0, h_pp)  # shared by the three incoming resolutions
         if not ex.batch_node_inputs:  # one resolution at a time, the fast edges only
             out = None
@@ -291,6 +299,14 @@ class SearchNetwork(nn.Module):
         return torch.cat(
             [_weighted_sum(weights, b.unflatten(0, (groups, n)).unbind(0)) for b in blocks], dim=1
         )
+
+    def _edge_options(self) -> EdgeOptions | None:
+        """The fast path's choices, or None for the reference path (every fast switch off)."""
+        ex = self.execution
+        options = EdgeOptions(
+            ex.share_edge_relu, ex.pool_without_indices, ex.fold_alpha_into_bn, ex.fuse_edges
+        )
+        return options if ex.batch_node_inputs or any(vars(options).values()) else None
 
     @staticmethod
     def _reference_node(
@@ -311,14 +327,19 @@ class SearchNetwork(nn.Module):
     def _checkpointed_node(self, layer: int, level: int, prev_prev, prev, sizes, alpha, beta) -> torch.Tensor:
         """:meth:`_node` under activation checkpointing: its activations are recomputed in the backward.
 
-        The recomputation runs in training mode again, so the BatchNorm running statistics of the
-        node's modules are saved before it and restored after it (they are updated once, as without
-        checkpointing); random state is restored by ``checkpoint`` itself (the cells draw none anyway).
+        The recomputation runs in training mode again and must not update the BatchNorm running
+        statistics a second time: the fast path freezes them during the recomputation (its batch norms
+        consult :func:`running_stats_frozen`), the reference path saves and restores the node's buffers.
+        Random state is restored by ``checkpoint`` itself (the cells draw none anyway).
         """
         levels = self.config.num_levels
         sources = [s for s, _ in incoming_edges(layer, level, levels)]
-        modules = [self.cells[f"{layer}_{level}"]]
-        modules += [self.resamplers[f"{layer}_{s}_{level}"] for s in sources]
+        if self._edge_options() is not None:
+            recompute_context = running_stats_frozen
+        else:
+            modules = [self.cells[f"{layer}_{level}"]]
+            modules += [self.resamplers[f"{layer}_{s}_{level}"] for s in sources]
+            recompute_context = partial(_running_stats_kept, modules)
         note_held([prev_prev[nearest_level(layer - 2, level, levels)], *(prev[s] for s in sources)])
         return checkpoint(
             self._node,
@@ -330,7 +351,7 @@ class SearchNetwork(nn.Module):
             alpha,
             beta,
             use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(modules)),
+            context_fn=lambda: (contextlib.nullcontext(), recompute_context()),
         )
 
 

@@ -1,0 +1,107 @@
+"""All the mixed ops that read one cell state, evaluated together (exact).
+
+In a search cell, a state (h^{l-2}, h^{l-1} or a block output) feeds one mixed op in every later block: up
+to B edges with the same input and their own weights. Evaluated one by one they cost 10 convolutions and 8
+batch norms each, mostly tiny calls whose fixed cost dominates at search sizes. Evaluated together:
+
+- the ReLU that starts each conv op, both pools and the identity are computed once: pools have no weights,
+  and in training mode the BN after a pool normalises with batch statistics, the same for every edge
+  (each edge's BN still records them in its running statistics);
+- each conv primitive is one convolution for all E edges: the atrous convs and the depthwise convs stack
+  their filters (a depthwise conv with E outputs per channel), the pointwise convs become one
+  block-diagonal 1×1 conv (the first of each sep conv reorders the channels from (channel, edge) to
+  (edge, channel) for free: its block-diagonal weight is column-permuted) or one grouped conv;
+- the E batch norms after a conv are one call over E·C channels.
+
+That is 10 convolutions per state instead of 10 per edge. Outputs, gradients and running statistics
+equal the edge-by-edge evaluation (tested); the filters are gathered from the edges' own modules at every
+call, so the parameters, ``state_dict`` and optimizers are untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .grouped_bn import multi_batch_norm, shared_batch_norm
+from .primitives import PRIMITIVES, max_pool_saving_input
+
+_ATROUS = ("atr_conv_3x3", "atr_conv_5x5")
+_SEPARABLE = ("sep_conv_3x3", "sep_conv_5x5")
+_POOLS = ("max_pool_3x3", "avg_pool_3x3")
+
+
+def _op(edge: nn.Module, name: str) -> nn.Module:
+    return edge.ops[edge.op_indices.index(PRIMITIVES.index(name))]
+
+
+def _stack_edges(t: torch.Tensor, edges: int) -> torch.Tensor:
+    """``[G·N, E·C, *S]`` (edge-major channels) → a ``[E, G·N, C, *S]`` view."""
+    return t.unflatten(1, (edges, t.shape[1] // edges)).movedim(1, 0)
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -> torch.Tensor:
+    conv = F.conv2d if x.dim() == 4 else F.conv3d
+    return conv(x, weight, None, like.stride, like.padding, like.dilation, groups)
+
+
+def _atrous(relu_x, edges, name, groups, repeats, scale):
+    ops = [_op(e, name) for e in edges]  # ReLU → conv → BN
+    weight = torch.cat([op[1].weight for op in ops]) if len(ops) > 1 else ops[0][1].weight
+    z = _conv(relu_x, weight, ops[0][1], 1)
+    return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
+
+
+def _separable(relu_x, edges, name, groups, repeats, scale):
+    ops = [_op(e, name) for e in edges]  # [ReLU → dw → pw → BN] × 2
+    e, c = len(ops), relu_x.shape[1]
+    spatial = (1,) * (relu_x.dim() - 2)
+    # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
+    dw = torch.stack([op[1].weight for op in ops], dim=1).reshape(c * e, 1, *ops[0][1].weight.shape[2:])
+    z = _conv(relu_x, dw, ops[0][1], c)
+    # block-diagonal pointwise, columns permuted from (edge, channel) to the (channel, edge) input order
+    pw = torch.block_diag(*[op[2].weight.reshape(c, c) for op in ops]) if e > 1 else ops[0][2].weight
+    pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
+    z = _conv(z, pw, ops[0][2], 1)
+    z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
+    z = _conv(z, torch.cat([op[5].weight for op in ops]), ops[0][5], e * c)
+    z = _conv(z, torch.cat([op[6].weight for op in ops]), ops[0][6], e)
+    return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
+
+
+def fused_mixed_ops(
+    x: torch.Tensor,
+    edges: list[nn.Module],
+    weights: torch.Tensor,
+    groups: int = 1,
+    repeats: int = 1,
+    pool_without_indices: bool = True,
+    fold_alpha_into_bn: bool = True,
+) -> torch.Tensor:
+    """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → ``[E, G·N, C, *S]``.
+
+    ``edges``: E :class:`autodeeplab.cell.MixedOp` of C channels (no partial channels here: the caller
+    slices); ``weights``: ``[E, P]`` softmax weights. ``groups``/``repeats`` as in
+    :mod:`autodeeplab.grouped_bn`. ``fold_alpha_into_bn``: when α needs a gradient, the conv ops' weights
+    multiply inside their last BN (which then keeps no output for the backward).
+    """
+    e = len(edges)
+    # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32
+    column = {name: weights[:, PRIMITIVES.index(name)].to(x.dtype) for name in PRIMITIVES}
+    broadcast = (e,) + (1,) * x.dim()
+    fold = fold_alpha_into_bn and weights.requires_grad
+    relu_x = F.relu(x)
+    out = column["skip_connect"].reshape(broadcast) * x
+    for name in _POOLS:
+        seq = _op(edges[0], name)  # pool → affine-free BN
+        pooled = max_pool_saving_input(x, seq[0]) if pool_without_indices and name == _POOLS[0] else seq[0](x)
+        y = shared_batch_norm(pooled, [_op(edge, name)[1] for edge in edges], groups, repeats)
+        out = out + column[name].reshape(broadcast) * y
+    for name in _ATROUS + _SEPARABLE:
+        run = _atrous if name in _ATROUS else _separable
+        y = run(relu_x, edges, name, groups, repeats, column[name] if fold else None)
+        if not fold:
+            y = y * column[name].repeat_interleave(x.shape[1]).reshape((1, -1) + (1,) * (x.dim() - 2))
+        out = out + _stack_edges(y, e)
+    return out
