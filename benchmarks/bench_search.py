@@ -37,6 +37,7 @@ GIB = 2**30
 
 OFF = {
     "batch_node_inputs": False,
+    "fuse_edges": False,
     "share_edge_relu": False,
     "pool_without_indices": False,
     "fold_alpha_into_bn": False,
@@ -47,6 +48,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "reference": (OFF, {}, True),
     "reference_no_freeze": (OFF, {}, False),
     "batched_nodes": ({**OFF, "batch_node_inputs": True}, {}, True),
+    "fused_edges": ({**OFF, "fuse_edges": True}, {}, True),
     "shared_relu": ({**OFF, "share_edge_relu": True}, {}, True),
     "pool_without_indices": ({**OFF, "pool_without_indices": True}, {}, True),
     "fold_alpha": ({**OFF, "fold_alpha_into_bn": True}, {}, True),
@@ -56,6 +58,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "exact": ({}, {}, True),
     "exact_no_freeze": ({}, {}, False),
     "exact_contiguous": ({"memory_format": "contiguous"}, {}, True),
+    "exact_unfused": ({"fuse_edges": False}, {}, True),
     "checkpoint": ({"checkpoint_cells": True}, {}, True),
     "bf16": ({"precision": "bf16"}, {}, True),
     "bf16_checkpoint": ({"precision": "bf16", "checkpoint_cells": True}, {}, True),
@@ -145,10 +148,15 @@ def worker_time(spec: dict) -> dict:
 def worker_memory(spec: dict) -> dict:
     from torch import nn
 
-    from autodeeplab.estimate import count_saved
+    from autodeeplab.estimate import count_saved, scale_saved_bytes
     from autodeeplab.memory import SavedTensorCounter, peak_rss_bytes
     from autodeeplab.precision import autocast
 
+    calibration, target = spec.get("scaled_from"), spec["size"]
+    if (
+        calibration
+    ):  # count at a small crop, scale each tensor by its resolution's area (autodeeplab.estimate)
+        spec = {**spec, "size": calibration}
     torch, model, images, masks, _, device = _setup(spec)
     criterion = nn.CrossEntropyLoss()
     result = {}
@@ -161,7 +169,10 @@ def worker_memory(spec: dict) -> dict:
             with counter, autocast(model.execution.precision, device.type):
                 criterion(model(images), masks)
             records = counter.records
-        result[f"saved_bytes_{step}_step"] = sum(r.nbytes for r in records)
+        total = sum(r.nbytes for r in records)
+        if calibration:
+            total = scale_saved_bytes(records, calibration, target)
+        result[f"saved_bytes_{step}_step"] = total
     result["saved_gib_max"] = round(max(result.values()) / GIB, 3)
     result["peak_rss_bytes"] = peak_rss_bytes()
     return result
@@ -251,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(WORKERS[argv[1]](json.loads(argv[2]))))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["time", "memory", "scaling", "estimate"])
+    parser.add_argument("kind", choices=["time", "memory", "scaling", "estimate", "table"])
     parser.add_argument("--variants", nargs="+", default=["reference", "exact"], choices=list(VARIANTS))
     parser.add_argument("--size", type=int, default=129, help="square crop side")
     parser.add_argument("--sizes", type=int, nargs="+", default=[65, 97, 129], help="crops for 'scaling'")
@@ -263,13 +274,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations after one warm-up")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-time", action="store_true", help="'scaling'/'estimate': memory only")
+    parser.add_argument(
+        "--scaled-from",
+        type=int,
+        default=0,
+        metavar="CROP",
+        help="memory: count at this crop and scale per resolution (exact up to odd-size rounding; "
+        "see autodeeplab.estimate) instead of a full-size forward",
+    )
     parser.add_argument("--note", default="", help="free text stored with the figures (e.g. CPU contention)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
 
+    if args.kind == "table":
+        print(markdown_tables(args.output))
+        return 0
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *argv])
     base = {"batch": args.batch, "classes": args.classes, "threads": args.threads, "device": args.device}
     base["repeats"] = 0 if args.no_time else args.repeats
+    if args.scaled_from:
+        base["scaled_from"] = args.scaled_from
     jobs: list[tuple[str, dict]] = []
     if args.kind in ("time", "memory"):
         for variant in args.variants:
@@ -295,6 +319,39 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(kind, result), flush=True)
         append_line(args.output, json.dumps(result))  # as we go: a long run keeps what it measured
     return 0
+
+
+def markdown_tables(path: Path) -> str:
+    """The latest figure of each setting in ``path`` as markdown tables (for benchmarks/README.md)."""
+    latest: dict[tuple, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        key = (r["benchmark"], r["variant"], r["size"], r["filters"], r["layers"], r["threads"], r["device"])
+        latest[(*key, r.get("scaled_from"))] = r
+    rows = {"search_time": [], "search_memory": []}
+    for (bench, variant, size, f, layers, threads, device, _), r in latest.items():
+        setting = f"| {variant} | {size} | {f} | {layers} | {device}, {threads} thr |"
+        if bench == "search_time":
+            rows[bench].append(
+                f"{setting} {r['iteration_s']:.2f} | {r['weight_step_s']:.2f} | {r['arch_step_s']:.2f} "
+                f"| {r['peak_rss_bytes'] / GIB:.2f} | {r['load_average_1min_before']} |"
+            )
+        elif bench == "search_memory":
+            how = f"scaled from {r['scaled_from']}" if r.get("scaled_from") else "direct"
+            weight, arch = r["saved_bytes_weight_step"] / GIB, r["saved_bytes_arch_step"] / GIB
+            rows[bench].append(f"{setting} {weight:.3f} | {arch:.3f} | {how} |")
+    head = "| variant | crop | F | L | device |"
+    return "\n".join(
+        [
+            head + " iteration s | weight step s | arch step s | peak RSS GiB | load before |",
+            "|---" * 10 + "|",
+            *rows["search_time"],
+            "",
+            head + " saved GiB, weight step | saved GiB, arch step | counted |",
+            "|---" * 8 + "|",
+            *rows["search_memory"],
+        ]
+    )
 
 
 def append_line(path: Path, line: str) -> None:

@@ -9,8 +9,10 @@ Two ways to evaluate a cell, with the same modules and parameters:
   it is, one incoming resolution at a time — the definition, kept for tests and comparisons;
 - the fast path (:meth:`SearchCell.grouped_blocks`), exact as well: the G inputs h^{l-1} of a node run as
   one batch ``[G·N, C, *S]`` with per-group batch norm (:mod:`autodeeplab.grouped_bn`); the edges that read
-  the shared h^{l-2} run once for all groups; optionally one ReLU per edge feeds all of its conv ops (each
-  conv op starts with a ReLU of the same input) and max pools keep no indices for the backward.
+  the shared h^{l-2} run once for all groups; by default all the edges that read one state run as one
+  fused call (:mod:`autodeeplab.fused_edges`); otherwise edge by edge, optionally with one ReLU per edge
+  for all of its conv ops. Max pools can keep no indices for the backward, and the α weights can be
+  folded into the ops' last BN (:class:`EdgeOptions`).
 
 Partial-channel connections (PC-DARTS, ``partial_channels`` K > 1, an approximation): each mixed op sees
 only the first C/K channels; the others bypass it, and a channel shuffle mixes the two parts so that every

@@ -28,7 +28,8 @@ class ExecutionConfig:
     """Run all the edges that read one cell state as one call per primitive (10 convolutions per state
     instead of per edge; pools and ReLU once per state). Needs ``batch_node_inputs``'s fast path."""
     share_edge_relu: bool = True
-    """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input)."""
+    """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input); the fused
+    edges share one ReLU per state anyway."""
     pool_without_indices: bool = True
     """Max pools recompute their argmax in the backward instead of keeping int64 indices."""
     fold_alpha_into_bn: bool = True
