@@ -60,6 +60,12 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "exact_contiguous": ({"memory_format": "contiguous"}, {}, True),
     "exact_unfused": ({"fuse_edges": False}, {}, True),
     "checkpoint": ({"checkpoint_cells": True}, {}, True),
+    "checkpoint_levels01": ({"checkpoint_cells": True, "checkpoint_levels": [0, 1]}, {}, True),
+    "bf16_checkpoint_levels01": (
+        {"precision": "bf16", "checkpoint_cells": True, "checkpoint_levels": [0, 1]},
+        {},
+        True,
+    ),
     "bf16": ({"precision": "bf16"}, {}, True),
     "bf16_checkpoint": ({"precision": "bf16", "checkpoint_cells": True}, {}, True),
     "fp16": ({"precision": "fp16"}, {}, True),

@@ -76,6 +76,7 @@ SWITCHES = {
     "channels last only": {**OFF, "memory_format": "channels_last"},
     "checkpointing only": {**OFF, "checkpoint_cells": True},
     "all with checkpointing": {"checkpoint_cells": True},
+    "checkpointing levels 0 and 2": {"checkpoint_cells": True, "checkpoint_levels": (0, 2)},
 }
 
 

@@ -41,9 +41,16 @@ class ExecutionConfig:
     checkpoint_cells: bool = False
     """Recompute each node's cell in the backward instead of keeping its activations (less memory,
     about one extra forward of time). BatchNorm running statistics are not updated twice."""
+    checkpoint_levels: tuple[int, ...] = (0, 1, 2, 3)
+    """With ``checkpoint_cells``: the levels whose nodes are checkpointed. A level-s node keeps about
+    2^-s of level 0's activations for the same compute, so (0, 1) keeps most of the saving for about
+    half the recomputation."""
     precision: Precision = "fp32"
     """``bf16``: autocast to bfloat16 (CPU and GPU); ``fp16``: autocast to float16 with a gradient
     scaler (GPU only)."""
+
+    def __post_init__(self) -> None:
+        self.checkpoint_levels = tuple(self.checkpoint_levels)  # YAML gives lists
 
     def validate(self, device_type: str) -> None:
         """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...), naming the field."""

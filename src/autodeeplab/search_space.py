@@ -253,7 +253,10 @@ class SearchNetwork(nn.Module):
             current = {}
             for level in node_levels(layer, c.num_levels):
                 args = (layer, level, prev_prev, prev, sizes, alpha, beta)
-                current[level] = self._checkpointed_node(*args) if recompute else self._node(*args)
+                if recompute and level in self.execution.checkpoint_levels:
+                    current[level] = self._checkpointed_node(*args)
+                else:
+                    current[level] = self._node(*args)
             prev_prev, prev = prev, current
         logits = None
         for level, h in prev.items():
