@@ -15,13 +15,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
 from torch.utils.data import DataLoader
 
 from autodeeplab.data import TrainTransform, build_dataset
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "benchmark": "data_pipeline",
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "machine": {"processor": platform.processor(), "cpu_count": os.cpu_count()},
+                "machine": machine_info(),
                 "load_average_1min": round(os.getloadavg()[0], 2),
                 "torch": torch.__version__,
                 "command": command,

@@ -23,13 +23,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results_search.jsonl"
@@ -146,9 +147,40 @@ def worker_time(spec: dict) -> dict:
         "iterations_timed": len(timed),
         "peak_rss_bytes": peak_rss_bytes(),
     }
-    if device.type == "cuda":
+    if (
+        device.type == "cuda"
+    ):  # the peak of the whole process: model, optimizer state, warm-up and timed steps
         result["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["cuda_max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
+        result["cuda_max_memory_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    projection = paper_projection(spec, result["weight_step_s"], result["arch_step_s"])
+    if projection is not None:
+        result["projected_paper_search"] = projection
     return result
+
+
+def paper_projection(spec: dict, weight_step_s: float, arch_step_s: float) -> dict | None:
+    """The paper's full search (40 epochs, 2,975 Cityscapes images in halves, batch 2, architecture steps
+    from epoch 20) at these step times, when ``spec`` is the paper's setting (321 crop, batch 2, F=8, L=12);
+    steps only: no validation, no data loading. None for any other setting, where it would mislead."""
+    from autodeeplab.estimate import SearchSchedule, projected_search_seconds
+
+    paper = {"size": 321, "batch": 2, "filters": 8, "layers": 12}
+    if any(spec.get(k) != v for k, v in paper.items()):
+        return None
+    schedule = SearchSchedule()
+    seconds = projected_search_seconds(
+        weight_step_s, arch_step_s, schedule.steps_per_epoch, schedule.epochs, schedule.arch_start_epoch
+    )
+    return {
+        "hours": round(seconds / 3600, 3),
+        "train_images": schedule.train_images,
+        "batch_size": schedule.batch_size,
+        "epochs": schedule.epochs,
+        "arch_start_epoch": schedule.arch_start_epoch,
+        "weight_steps_per_epoch": schedule.steps_per_epoch,
+        "excludes": "validation, data loading, checkpoints",
+    }
 
 
 def worker_memory(spec: dict) -> dict:
@@ -232,7 +264,7 @@ def record(kind: str, spec: dict, result: dict, command: str, note: str, load_be
     return {
         "benchmark": f"search_{kind}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"processor": platform.processor(), "cpu_count": os.cpu_count(), "device": spec["device"]},
+        "machine": machine_info(spec["device"]),
         "load_average_1min_before": round(load_before, 2),
         "load_average_1min": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
@@ -289,17 +321,24 @@ def main(argv: list[str] | None = None) -> int:
         "see autodeeplab.estimate) instead of a full-size forward",
     )
     parser.add_argument("--note", default="", help="free text stored with the figures (e.g. CPU contention)")
+    parser.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="mark the records as a check that the command runs (not a figure; 'table' leaves them out)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
 
     if args.kind == "table":
-        print(markdown_tables(args.output))
+        print(markdown_tables(args.output) + "\n\n" + scaling_tables(args.output))
         return 0
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *argv])
     base = {"batch": args.batch, "classes": args.classes, "threads": args.threads, "device": args.device}
     base["repeats"] = 0 if args.no_time else args.repeats
     if args.scaled_from:
         base["scaled_from"] = args.scaled_from
+    if args.smoke_test:
+        base["smoke_test"] = True
     jobs: list[tuple[str, dict]] = []
     if args.kind in ("time", "memory"):
         for variant in args.variants:
@@ -311,9 +350,13 @@ def main(argv: list[str] | None = None) -> int:
                 for size in args.sizes:
                     for variant in args.variants:
                         spec = {**base, "variant": variant, "size": size, "filters": f, "layers": layers}
+                        spec["series"] = "scaling"
+                        timed = {k: v for k, v in spec.items() if k != "scaled_from"}
+                        if size <= spec.get("scaled_from", 0):  # a direct count is exact and no dearer
+                            spec.pop("scaled_from")
                         jobs.append(("memory", spec))
                         if not args.no_time:
-                            jobs.append(("time", spec))
+                            jobs.append(("time", timed))
     else:  # estimate: the prediction, then the measurements it predicts
         for variant in args.variants:
             spec = {**base, "variant": variant, "size": args.size}
@@ -327,15 +370,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def markdown_tables(path: Path) -> str:
-    """The latest figure of each setting in ``path`` as markdown tables (for benchmarks/README.md)."""
+def latest_records(path: Path) -> dict[tuple, dict]:
+    """The latest record of each setting in ``path`` (benchmark, variant, sizes, threads, device, how
+    counted, series), in the order the settings first appear. Smoke tests are left out."""
     latest: dict[tuple, dict] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
+        if r.get("smoke_test"):
+            continue
         key = (r["benchmark"], r["variant"], r["size"], r["filters"], r["layers"], r["threads"], r["device"])
-        latest[(*key, r.get("scaled_from"))] = r
+        latest[(*key, r.get("scaled_from"), r.get("series"))] = r
+    return latest
+
+
+def markdown_tables(path: Path) -> str:
+    """The latest figure of each setting in ``path`` as markdown tables (for benchmarks/README.md)."""
+    latest = {k: r for k, r in latest_records(path).items() if r.get("series") is None}
     rows = {"search_time": [], "search_memory": []}
-    for (bench, variant, size, f, layers, threads, device, _), r in latest.items():
+    for (bench, variant, size, f, layers, threads, device, _, _), r in latest.items():
         setting = f"| {variant} | {size} | {f} | {layers} | {device}, {threads} thr |"
         if bench == "search_time":
             rows[bench].append(
@@ -358,6 +410,32 @@ def markdown_tables(path: Path) -> str:
             *rows["search_memory"],
         ]
     )
+
+
+def scaling_tables(path: Path) -> str:
+    """The ``scaling`` series as two pivot tables (rows: F, L, crop; columns: variants): saved GiB of
+    the larger step, and iteration seconds where timed."""
+    latest = [r for r in latest_records(path).values() if r.get("series") == "scaling"]
+    out = []
+    for bench, title, value in (
+        ("search_memory", "saved GiB (larger step)", lambda r: f"{r['saved_gib_max']:.3f}"),
+        ("search_time", "iteration s", lambda r: f"{r['iteration_s']:.2f}"),
+    ):
+        records = [r for r in latest if r["benchmark"] == bench]
+        if not records:
+            continue
+        variants = list(dict.fromkeys(r["variant"] for r in records))
+        cells: dict[tuple, dict[str, str]] = {}
+        for r in records:
+            cells.setdefault((r["filters"], r["layers"], r["size"]), {})[r["variant"]] = value(r)
+        out += [
+            f"| F | L | crop | {' | '.join(f'{v}: {title}' for v in variants)} |",
+            "|---" * (3 + len(variants)) + "|",
+        ]
+        for (f, layers, size), row in sorted(cells.items()):
+            out.append(f"| {f} | {layers} | {size} | {' | '.join(row.get(v, '') for v in variants)} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def append_line(path: Path, line: str) -> None:

@@ -2,9 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from autodeeplab.cli.main import main
+from autodeeplab.data.synthetic import CLASS_NAMES, PALETTE
 
 TINY_SEARCH = [
     "space.filter_multiplier=2",
@@ -59,7 +62,13 @@ def test_pipeline_cli_end_to_end(tmp_path, capsys):
     assert (out / "search" / "genotype.json").is_file() and (out / "train" / "model.pt").is_file()
     result = json.loads((out / "eval.json").read_text())
     assert 0 <= result["miou"] <= 1 and result["split"] == "test"
-    assert len(list((out / "predictions").glob("*_panel.png"))) == 4
+    names = sorted(p.name for p in (out / "predictions").iterdir())
+    assert names == [f"sample{i:03d}_{kind}.png" for i in range(4) for kind in ("label", "overlay", "panel")]
+    for i in range(4):
+        with Image.open(out / "predictions" / f"sample{i:03d}_label.png") as label:
+            assert label.mode == "P" and label.size == (32, 32)  # the synthetic images, 32x32
+            assert label.getpalette()[:3] == list(PALETTE[0])  # the dataset's colours
+            assert np.asarray(label).max() < len(CLASS_NAMES)  # class indices, nothing else
 
 
 @pytest.mark.parametrize(

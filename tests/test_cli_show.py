@@ -11,8 +11,8 @@ from PIL import Image
 from autodeeplab.cli.main import main
 from autodeeplab.decode import arch_params_to_dict, decode
 from autodeeplab.genotype import PAPER
-from autodeeplab.plots import describe_genotype
-from autodeeplab.runs import RunDir
+from autodeeplab.plots import DPI, describe_genotype, figure_arch_history
+from autodeeplab.runs import RunDir, read_jsonl
 from autodeeplab.topology import beta_mask, num_edges
 
 
@@ -92,3 +92,31 @@ def test_show_errors_are_one_line(tmp_path, capsys):
         .err.strip()
         .endswith("network_path[1]: level 2 jumps more than one level from level 0 of the layer before")
     )
+
+
+def test_show_one_epoch_search_draws_a_chart_per_edge_and_node(tmp_path, capsys):
+    run = _fake_search_run(tmp_path / "run", epochs=1, layers=12)
+    assert main(["show", str(run), "-o", str(tmp_path / "out")]) == 0
+    assert "wrote " + str(tmp_path / "out" / "arch_history.png") in capsys.readouterr().out
+    records = read_jsonl(run / "arch_history.jsonl")
+    fig = figure_arch_history(records)
+    assert len([ax for ax in fig.axes if ax.get_gid() == "alpha-edge"]) == num_edges(5)
+    assert len([ax for ax in fig.axes if ax.get_gid() == "beta-node"]) == 1 + 2 + 3 + 4 * 9
+    width, height = fig.get_size_inches() * DPI
+    with Image.open(tmp_path / "out" / "arch_history.png") as image:  # tight bbox trims margins only
+        assert 0.8 * width <= image.width <= 1.05 * width and 0.8 * height <= image.height <= 1.05 * height
+    assert _png_ok(tmp_path / "out" / "arch_history.png")
+
+
+def test_show_broken_history_is_one_line_and_writes_nothing(tmp_path, capsys):
+    run = _fake_search_run(tmp_path / "run", epochs=1)
+    other = _fake_search_run(tmp_path / "other", epochs=1, layers=5)
+    lines = (run / "arch_history.jsonl").read_text() + (other / "arch_history.jsonl").read_text()
+    (run / "arch_history.jsonl").write_text(lines)
+    assert main(["show", str(run)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"autodeeplab show: error: {run / 'arch_history.jsonl'}: record 2: alpha [20, 8] / beta [5, 4, 3] "
+        "differ from the first record's [20, 8] / [4, 4, 3]"
+    )
+    assert "Traceback" not in captured.err and not (run / "plots").exists()

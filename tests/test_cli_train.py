@@ -223,3 +223,13 @@ def test_bad_inference_flags(run_dir: Path, capsys: pytest.CaptureFixture[str]) 
     assert one_line_error(capsys, "eval") == "--scales: scales must be positive, got [1.0, -0.5]"
     assert main(["eval", str(run_dir), "--max-images", "0"]) == 2
     assert one_line_error(capsys, "eval") == "--max-images: must be a positive integer, got 0"
+
+
+def test_crop_larger_than_the_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--genotype", "paper", "--preset", "tiny", "-o", str(out), "-q"]
+    assert main([*args, "--set", "data.crop_size=100"]) == 2  # tiny: 64x64 images, scales up to 1.25
+    message = one_line_error(capsys, "train")
+    assert message.startswith("crop_size: 100x100 is larger than allowed: the images are")
+    assert message.endswith("64x64 (HxW), 80x80 at the largest scale 1.25")
+    assert not out.exists()  # nothing left behind: the same -o works once the crop is fixed

@@ -180,3 +180,62 @@ def test_post_init_errors_become_config_errors():
 
     with pytest.raises(ConfigError, match=r"^resolved config: batch must be at least 1, got 0$"):
         load_config(Checked, overrides=["batch=0"])
+
+
+def _real_presets() -> list[tuple[type, str]]:
+    from autodeeplab.search_config import SearchConfig
+    from autodeeplab.train import TrainConfig
+
+    return [(cls, name) for cls in (SearchConfig, TrainConfig) for name in preset_names(cls)]
+
+
+@pytest.mark.parametrize(("cls", "preset"), _real_presets(), ids=lambda v: getattr(v, "__name__", v))
+def test_every_real_preset_round_trips_through_yaml(tmp_path, cls, preset):
+    config = load_config(cls, preset=preset)
+    dump_config_yaml(config, tmp_path / "config.yaml", {"autodeeplab_version": "x", "seed": 0})
+    again = load_config(cls, yaml_path=tmp_path / "config.yaml")
+    assert again == config and config_to_dict(again) == config_to_dict(config)
+
+
+def test_real_presets_exist():
+    names = {(cls.__name__, name) for cls, name in _real_presets()}
+    assert {("SearchConfig", "paper"), ("SearchConfig", "cpu"), ("TrainConfig", "paper")} <= names
+    assert {("TrainConfig", "cpu"), ("TrainConfig", "tiny")} <= names
+
+
+def test_resume_changes_outside_the_allowed_keys_are_refused(tmp_path):
+    from autodeeplab.config import check_resume_changes, config_changes, record_resume_changes
+
+    stored = config_to_dict(RunCfg())
+    longer = load_config(RunCfg, overrides=["search.epochs=60", "data.root=/moved"])
+    assert config_changes(stored, config_to_dict(longer)) == [
+        ("search.epochs", 40, 60),
+        ("data.root", None, "/moved"),
+    ]
+    allowed = {"search.epochs", "data.root"}
+    changes = check_resume_changes(stored, longer, allowed, "--resume r")
+    assert changes == [("search.epochs", 40, 60), ("data.root", None, "/moved")]
+    other = load_config(RunCfg, overrides=["search.epochs=60", "data.crop=[64,64]"])
+    with pytest.raises(ConfigError) as info:
+        check_resume_changes(stored, other, allowed, "--resume r")
+    assert str(info.value) == (
+        "--resume r: data.crop cannot change on resume (the run has [321, 321], now [64, 64]); only "
+        "data.root, search.epochs may change"
+    )
+    # a key the stored config lacks (written by an older version) is not a change
+    assert check_resume_changes({"seed": 0}, RunCfg(), set(), "x") == []
+    path = tmp_path / "config.yaml"
+    dump_config_yaml(RunCfg(), path, {"seed": 0})
+    record_resume_changes(longer, path, changes, "000003-step.pt")
+    record_resume_changes(longer, path, [], "000004-step.pt")
+    assert load_config(RunCfg, yaml_path=path) == longer
+    assert read_run_info(path) == {
+        "seed": 0,
+        "resumed_with": [
+            {
+                "checkpoint": "000003-step.pt",
+                "changed": {"search.epochs": [40, 60], "data.root": [None, "/moved"]},
+            },
+            {"checkpoint": "000004-step.pt", "changed": {}},
+        ],
+    }

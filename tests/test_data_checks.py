@@ -54,11 +54,37 @@ def test_orphans_in_a_plain_folder(tmp_path):
     ]
 
 
+def test_split_list_entry_with_neither_image_nor_mask_in_a_plain_folder(tmp_path):
+    root = write_folder(tmp_path, count=3)
+    (root / "splits").mkdir()
+    list_file = root / "splits" / "mine.txt"
+    list_file.write_text("img0\n\nghost\nimg2\n")  # line 3 names a sample that is not there
+    expected = f"{list_file}: line 3: 'ghost' has neither image nor label"
+    assert messages(check_dataset("folder", root)) == [expected]
+    with pytest.raises(DataError) as info:  # training and search refuse the split at once, same line
+        build_dataset("folder", root, "mine")
+    assert str(info.value) == expected
+    listed = build_dataset("folder", root, "mine", strict=False)
+    assert [p.stem for p, _ in listed.samples] == ["img0", "img2"]
+
+
 def test_size_mismatch(tmp_path):
     root = write_camvid(tmp_path)
     label = root / "trainannot" / "train_002.png"
     save(label, np.zeros((H + 1, W), np.uint8))
     expected = f"{label}: size mismatch: image train_002.png is {W}x{H} (WxH) but its label is {W}x{H + 1}"
+    assert messages(check_dataset("camvid", root)) == [expected]
+    assert lazy_message(build_dataset("camvid", root, "train"), "train_002.png") == expected
+
+
+def test_size_mismatch_and_values_outside_the_class_set_are_both_reported(tmp_path):
+    root = write_camvid(tmp_path)
+    label = root / "trainannot" / "train_002.png"
+    save(label, np.full((H + 1, W), 40, np.uint8))
+    expected = (
+        f"{label}: size mismatch: image train_002.png is {W}x{H} (WxH) but its label is {W}x{H + 1};"
+        " label values 40 are outside the class set (expected 0..10, or 11 (ignore))"
+    )
     assert messages(check_dataset("camvid", root)) == [expected]
     assert lazy_message(build_dataset("camvid", root, "train"), "train_002.png") == expected
 

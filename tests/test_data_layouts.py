@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from autodeeplab.data import IGNORE_INDEX, build_dataset
+from autodeeplab.data import IGNORE_INDEX, base, build_dataset, check_crop_size
 from autodeeplab.data.cityscapes import LABEL_ID_TO_TRAIN_ID
 from autodeeplab.data.labels import bit_palette
 from autodeeplab.errors import ConfigError
@@ -34,7 +34,7 @@ def save(path: Path, array: np.ndarray, mode: str | None = None, palette: list |
     return path
 
 
-def write_camvid(root: Path, counts: dict[str, int] | None = None) -> Path:
+def write_camvid(root: Path, counts: dict[str, int] | None = None, h: int = H, w: int = W) -> Path:
     """CamVid SegNet layout; label of sample i in a split is (i + col) % 12 per column (values 0..11)."""
     for split, count in (counts or {"train": 3, "val": 2, "test": 1}).items():
         lines = []
@@ -42,8 +42,8 @@ def write_camvid(root: Path, counts: dict[str, int] | None = None) -> Path:
         (root / f"{split}annot").mkdir(exist_ok=True)
         for i in range(count):
             name = f"{split}_{i:03d}.png"
-            save(root / split / name, rgb(i))
-            label = ((np.arange(W)[None, :] + i) % 12 * np.ones((H, 1))).astype(np.uint8)
+            save(root / split / name, rgb(i, h, w))
+            label = ((np.arange(w)[None, :] + i) % 12 * np.ones((h, 1))).astype(np.uint8)
             save(root / f"{split}annot" / name, label)
             lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}")
         (root / f"{split}.txt").write_text("\n".join(reversed(lines)) + "\n")  # list order != sorted order
@@ -188,6 +188,40 @@ def test_voc_uses_segmentation_class_aug_when_present(tmp_path):
     root = write_voc(tmp_path, aug=True)
     assert (build_dataset("voc", root, "val").load_raw(0)[1] == 7).all()
     assert build_dataset("voc", root, "val", augmented=False).load_raw(0)[1].max() == 255
+
+
+def test_voc_crop_check_uses_the_largest_image_of_the_split(tmp_path):
+    """VOC images are at most 500x500: the paper's 513 crop at scale 2.0 fits, a 3000 crop is refused."""
+    root = write_voc(tmp_path)
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sample_id, (h, w) in zip(VOC_IDS[:2], [(500, 333), (375, 500)], strict=True):
+        Image.fromarray(rgb(0, h, w)).save(voc / "JPEGImages" / f"{sample_id}.jpg")
+        save(
+            voc / "SegmentationClass" / f"{sample_id}.png", np.zeros((h, w), np.uint8), "P", bit_palette(256)
+        )
+    data = build_dataset("voc", root, "train")
+    assert data.image_size == (500, 500)  # largest height and largest width, from the JPEG headers
+    check_crop_size(513, data.image_size, 2.0)
+    with pytest.raises(ConfigError) as info:
+        check_crop_size(3000, data.image_size, 2.0)
+    assert str(info.value) == (
+        "crop_size: 3000x3000 is larger than allowed: the images are at most 500x500 (HxW),"
+        " 1000x1000 at the largest scale 2"
+    )
+    assert build_dataset("voc", root, "val").image_size == (4, 6)  # each split its own
+
+
+def test_image_size_of_layouts_whose_sizes_vary_is_read_from_headers_once(tmp_path, monkeypatch):
+    assert build_dataset("ade20k", write_ade20k(tmp_path / "ade"), "train").image_size == (2, 4)
+    root = write_folder(tmp_path / "folder", count=3)  # 3x4 images, and one 5x2
+    save(root / "images" / "img2.png", rgb(2, 5, 2))
+    save(root / "masks" / "img2.png", np.zeros((5, 2), np.uint8))
+    folder = build_dataset("folder", root, "all")
+    opened = []
+    real_read_size = base.read_size
+    monkeypatch.setattr(base, "read_size", lambda path: opened.append(path) or real_read_size(path))
+    assert folder.image_size == (5, 4)  # the largest height of one image, the largest width of others
+    assert folder.image_size == (5, 4) and len(opened) == 3  # one header per image, read once
 
 
 # -- ADE20K -----------------------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def test_crop_larger_than_images_at_largest_scale_is_refused():
     with pytest.raises(ConfigError) as info:
         check_crop_size(321, (64, 64), 2.0)
     assert str(info.value) == (
-        "crop_size: 321x321 is larger than allowed: the images are 64x64 (HxW),"
+        "crop_size: 321x321 is larger than allowed: the images are at most 64x64 (HxW),"
         " 128x128 at the largest scale 2"
     )
 

@@ -126,6 +126,7 @@ def test_arch_params_round_trip_and_decode(tmp_path):
     "mutate,message",
     [
         (lambda d: d.update(version=3), "version: expected 1"),
+        (lambda d: d.update(version=True), "version: expected 1, got True"),
         (lambda d: d.update(gamma=1), "unknown key 'gamma'"),
         (lambda d: d["alpha"].pop(), "19 edges is not B"),
         (lambda d: d["alpha"][0].__setitem__(0, 5.0), r"alpha\[0\]: weights do not sum to 1"),

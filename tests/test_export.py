@@ -13,9 +13,19 @@ pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 import onnx  # noqa: E402
 
-from autodeeplab.export import INPUT_NAME, OUTPUT_NAME, ExportError, export_onnx, onnx_parity, run_onnx  # noqa: E402
+from autodeeplab.export import (  # noqa: E402
+    DYNAMO_MIN_TORCH,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportError,
+    dynamo_exporter_available,
+    export_onnx,
+    onnx_parity,
+    run_onnx,
+)
 from autodeeplab.genotype import Genotype  # noqa: E402
 from autodeeplab.network import AutoDeepLabNet, NetworkConfig  # noqa: E402
+from autodeeplab.primitives import AtrousConv  # noqa: E402
 
 PARITY_TOLERANCE = 1e-4
 SHAPE = (1, 3, 65, 97)  # odd sizes, so resizes are not plain ×2
@@ -50,6 +60,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[AutoDeepLabNet, 
         for _ in range(3):
             net(torch.randn(2, *SHAPE[1:]))
     net.eval()
+    # The graph holds the released strided atrous op (resize with aligned corners, then a plain conv).
+    assert any(isinstance(m, AtrousConv) and m.stride == 2 for m in net.modules())
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     assert export_onnx(net, path, SHAPE) == path
     return net, path
@@ -77,6 +89,45 @@ def test_graph_interface(exported: tuple[AutoDeepLabNet, Path]) -> None:
     dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert dims == [1, 5, SHAPE[2], SHAPE[3]]
     assert not net.training  # export left the mode as it found it
+
+
+def _old_torch_export(calls: list[dict]):
+    """``torch.onnx.export`` as torch < 2.5 has it: no ``dynamo`` argument (passing one is a TypeError)."""
+    real = torch.onnx.export
+
+    def export(model, args, f, input_names=None, output_names=None, opset_version=None, verbose=False):
+        calls.append({"opset_version": opset_version})
+        return real(
+            model,
+            args,
+            f,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset_version,
+            verbose=verbose,
+            dynamo=False,
+        )
+
+    return export
+
+
+def test_torch_without_the_dynamo_exporter_falls_back_with_parity(
+    exported: tuple[AutoDeepLabNet, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net, _ = exported
+    assert dynamo_exporter_available()  # this torch (the pin) has it
+    calls: list[dict] = []
+    monkeypatch.setattr(torch.onnx, "export", _old_torch_export(calls))
+    assert not dynamo_exporter_available()
+    path = export_onnx(net, tmp_path / "old.onnx", SHAPE)
+    assert calls == [{"opset_version": 17}]
+    x = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(1))
+    assert onnx_parity(net, path, x) < PARITY_TOLERANCE
+    with pytest.raises(
+        ExportError, match=rf"exporter 'dynamo' needs torch>={DYNAMO_MIN_TORCH} \(installed: "
+    ):
+        export_onnx(net, tmp_path / "new.onnx", SHAPE, exporter="dynamo")
+    assert not (tmp_path / "new.onnx").exists()
 
 
 def test_export_restores_training_mode(tmp_path: Path) -> None:

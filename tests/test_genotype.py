@@ -50,6 +50,8 @@ def _cell_with(block, pair, value):
     [
         (_with(extra=1), "unknown key 'extra'"),
         (_with(version=2), "version: expected 1"),
+        (_with(version=True), "version: expected 1, got True"),
+        (_with(version="1"), "version: expected 1, got '1'"),
         (_with(network_path=[0, 2, 2]), r"network_path\[1\]: level 2 jumps more than one level"),
         (_with(network_path=[2, 2]), r"network_path\[0\]: level 2 jumps more than one level from the stem"),
         (_with(network_path=[0, 1, 2, 3, 4]), r"network_path\[4\]: level must be an integer in 0..3"),

@@ -15,13 +15,14 @@ from autodeeplab.heads import aspp_rates_for_stride
 from autodeeplab.network import (
     VARIANTS,
     AutoDeepLabNet,
+    FixedCell,
     NetworkConfig,
     build_network,
     drop_path,
     low_level_layer_index,
     scheduled_keep_prob,
 )
-from autodeeplab.primitives import PRIMITIVES
+from autodeeplab.primitives import PRIMITIVES, AtrousConv
 
 # Tiny widths: shapes do not depend on them, and the forward passes stay cheap.
 TINY = {
@@ -101,10 +102,25 @@ def test_strides_only_on_cell_inputs_of_reduction_cells() -> None:
     for cell, level in zip(net.cells, PAPER.network_path, strict=True):
         sources = [source for block in PAPER.cell for _, source in block]
         for op, source in zip(cell.ops, sources, strict=True):
-            strides = {m.stride[0] for m in op.modules() if isinstance(m, nn.Conv2d)}
             expected = 2 if level > previous and source < 2 else 1
+            if isinstance(op, AtrousConv):
+                # The released strided atrous op resizes, then convolves with stride 1 and no dilation.
+                assert op.stride == expected and op[1].stride == (1, 1)
+                assert op[1].dilation == ((1, 1) if expected == 2 else (2, 2))
+                continue
+            strides = {m.stride[0] for m in op.modules() if isinstance(m, nn.Conv2d)}
             assert max(strides) == expected
         previous = level
+
+
+def test_downward_cell_outputs_match_for_odd_sizes() -> None:
+    """Every stride-2 op of a downward cell (atrous included) yields ceil(S/2), so blocks can be summed."""
+    cell = FixedCell(PAPER.cell, 8, 8, 8, reduction=True).eval()
+    for size in ((7, 9), (5, 5), (1, 3)):
+        x = torch.randn(1, 8, *size)
+        with torch.no_grad():
+            out = cell(x, x)
+        assert out.shape == (1, 40, *(-(-s // 2) for s in size))
 
 
 def test_prev_prev_projection_only_when_channels_differ() -> None:

@@ -80,10 +80,13 @@ SWITCHES = {
 }
 
 
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "no affine (search default)"])
 @pytest.mark.parametrize("switches", list(SWITCHES.values()), ids=list(SWITCHES))
-def test_switch_changes_no_result(switches):
+def test_switch_changes_no_result(switches, affine):
     switches = dict(switches)
-    ref = make_reference(tiny_space(**switches.pop("space", {})))
+    ref = make_reference(tiny_space(affine=affine, **switches.pop("space", {})))
+    if not affine:  # the mixed ops' BNs really have no parameters (their pools' BNs never do)
+        assert ref.cells["1_0"].edges[0].ops[3][-1].weight is None
     net = copy.deepcopy(ref)
     net.execution = ExecutionConfig(**switches)
     g = torch.Generator().manual_seed(1)

@@ -141,3 +141,43 @@ def test_estimate_cli_prints_prediction_and_creates_nothing(tmp_path, capsys, mo
     assert "s per iteration" in out
     assert "full search: 2 epochs x 2 steps" in out  # 8 images → trainA 4 → 2 batches of 2
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        ((7,), r"level 7 does not exist \(levels are 0\.\.3 with space\.num_levels=4\)$"),
+        ((-1,), r"level -1 does not exist"),
+        ((0, 0), r"\[0, 0\] lists a level twice$"),
+        ((), r"empty, so checkpoint_cells would checkpoint nothing"),
+    ],
+)
+def test_checkpoint_levels_are_validated_against_the_levels(levels, message):
+    execution = ExecutionConfig(checkpoint_cells=True, checkpoint_levels=levels)
+    with pytest.raises(ConfigError, match=r"^execution\.checkpoint_levels: " + message):
+        tiny_net(execution, num_levels=4)
+    with pytest.raises(ConfigError, match=r"^execution\.checkpoint_levels: "):
+        execution.validate("cpu", num_levels=4)
+
+
+def test_checkpoint_levels_default_to_all_levels_of_any_supernet():
+    execution = ExecutionConfig(checkpoint_cells=True)
+    net = tiny_net(execution, num_levels=3)  # the default is valid whatever num_levels is
+    assert [execution.checkpoints_level(s) for s in range(3)] == [True, True, True]
+    assert ExecutionConfig(checkpoint_cells=True, checkpoint_levels=[0, 2]).checkpoints_level(1) is False
+    assert ExecutionConfig(checkpoint_levels=[0]).checkpoints_level(0) is False  # checkpointing off
+    assert saved(net) < 0.25 * saved(tiny_net(num_levels=3))
+    with pytest.raises(ConfigError, match=r"level 3 does not exist \(levels are 0\.\.2 with"):
+        tiny_net(ExecutionConfig(checkpoint_levels=[3]), num_levels=3)  # wrong even while unused
+
+
+def test_cli_reports_a_bad_checkpoint_level_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["search", "--estimate-no-time", "--set", "device=cpu", "--set", "execution.checkpoint_levels=[7]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "autodeeplab search: error: execution.checkpoint_levels: level 7 does not exist "
+        "(levels are 0..3 with space.num_levels=4)"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
-from autodeeplab.primitives import OPS, PRIMITIVES, SepConv, build_op, resize
+from autodeeplab.primitives import OPS, PRIMITIVES, ReLUConvBN, SepConv, build_op, resize, strided_size
 
 
 def test_table_order_and_names():
@@ -49,6 +50,46 @@ def test_atrous_conv_is_dense_and_dilated():
     op = build_op("atr_conv_5x5", 8)
     conv = op[1]
     assert conv.groups == 1 and conv.dilation == (2, 2) and conv.kernel_size == (5, 5)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("dims,size", [(2, (9, 12)), (3, (5, 6, 7))])
+def test_strided_atrous_is_resize_then_undilated_conv(kernel, dims, size):
+    """Released ``nas_cell.py``, stride 2: ReLU → resize to ceil(S/2), corners aligned → k×k, rate 1 → BN."""
+    torch.manual_seed(0)
+    op = build_op(f"atr_conv_{kernel}x{kernel}", 4, 2, affine=True, dims=dims).eval()
+    with torch.no_grad():
+        op[2].running_mean.uniform_(-1, 1)  # a non-trivial BN, so that it is seen to be applied
+        op[2].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 4, *size)
+    half = tuple(math.ceil(s / 2) for s in size)
+    mode = "bilinear" if dims == 2 else "trilinear"
+    resized = F.interpolate(torch.relu(x), size=half, mode=mode, align_corners=True)
+    conv = F.conv2d if dims == 2 else F.conv3d
+    expected = op[2](conv(resized, op[1].weight, padding=kernel // 2))
+    assert op[1].dilation == (1,) * dims and op[1].stride == (1,) * dims
+    torch.testing.assert_close(op(x), expected, rtol=0, atol=1e-6)
+    # Not the strided dilated conv it replaces (same weights, different maths).
+    dilated = op[2](conv(torch.relu(x), op[1].weight, stride=2, padding=kernel - 1, dilation=2))
+    assert dilated.shape == expected.shape and not torch.allclose(dilated, expected, atol=1e-3)
+
+
+def test_strided_atrous_keeps_the_parameters_and_keys_of_a_dilated_conv():
+    for kernel in (3, 5):
+        new = build_op(f"atr_conv_{kernel}x{kernel}", 6, 2)
+        old = ReLUConvBN(6, 6, kernel, 2, 2)
+        assert {k: v.shape for k, v in new.state_dict().items()} == {
+            k: v.shape for k, v in old.state_dict().items()
+        }
+        stride1 = build_op(f"atr_conv_{kernel}x{kernel}", 6, 1)
+        x = torch.randn(1, 6, 7, 8)
+        torch.testing.assert_close(stride1(x), stride1[2](stride1[1](torch.relu(x))))
+        assert stride1[1].dilation == (2, 2)
+
+
+def test_strided_size_is_ceil_half_like_tensorflow_scale_dimension():
+    for n in range(1, 40):
+        assert strided_size((n,), 2) == (math.ceil(n / 2),) == (int((n - 1) * 0.5 + 1),)
 
 
 def test_avg_pool_excludes_padding():

@@ -86,3 +86,16 @@ def test_quiet_prints_nothing_but_counts():
         bar.log("hidden")
     assert out.getvalue() == ""
     assert bar.n == 1 and bar.images == 2 and bar.metrics == {"loss": 1.0}
+
+
+def test_a_resumed_bar_starts_at_its_offset_and_times_only_new_steps():
+    clock, out = FakeClock(), io.StringIO()
+    bar = Progress(100, "training", stream=out, clock=clock, is_tty=False, start=90)
+    assert bar.n == 90
+    for _ in range(5):
+        clock.now += 2.0  # 2 s per step since the resume
+        bar.update()
+    bar.close()
+    # 5 steps in 10 s: 0.5 it/s and 10 s for the 5 left (a rate over all 95 steps would claim 9.5 it/s)
+    assert out.getvalue().splitlines()[-1] == "training  95% 95/100 [0:00:10<0:00:10] 0.5 it/s"
+    assert out.getvalue().splitlines()[0] == "training  91% 91/100 [0:00:02<0:00:18] 0.5 it/s"

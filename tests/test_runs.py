@@ -370,3 +370,86 @@ def test_resume_hint_and_tensorboard_fallback(tmp_path):
         notices: list[str] = []
         assert maybe_tensorboard(tmp_path, enabled=True, warn=notices.append) is None
         assert len(notices) == 1 and "tensorboard is not installed" in notices[0]
+
+
+def test_checkpoint_cut_anywhere_is_truncated_or_corrupt_and_falls_back(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=3)
+    manager.save({"weights": torch.full((64, 64), 1.0)}, "a")
+    newest = manager.save({"weights": torch.full((64, 64), 2.0)}, "b")  # 16 KB of tensor data
+    data = newest.read_bytes()
+    cuts = [*range(1, 8), *range(64, len(data), 211)]
+    raised_oserror = False  # torch reports some cuts (a few KB in) as OSError(EINVAL): not a disk problem
+    for cut in cuts:
+        newest.write_bytes(data[:cut])
+        try:
+            torch.load(newest, weights_only=True)
+        except OSError:
+            raised_oserror = True
+        except Exception:  # noqa: S110 -- the other ways torch fails on bad bytes
+            pass
+        with pytest.raises(CheckpointError, match=rf"^{newest}: truncated or corrupt checkpoint \("):
+            load_checkpoint(newest)
+    assert raised_oserror, "no cut hit torch's OSError path; the test no longer covers it"
+    warnings: list[str] = []
+    state, path = manager.load_latest(warn=warnings.append)
+    assert path.name == "000001-a.pt" and torch.equal(state["weights"], torch.full((64, 64), 1.0))
+    assert "truncated or corrupt checkpoint" in warnings[0]
+
+
+def test_graceful_interrupt_does_nothing_in_a_forked_child():
+    """DataLoader workers are forked inside the block: a Ctrl-C reaches them too, only the parent acts."""
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork")
+    read_end, write_end = os.pipe()
+    with GracefulInterrupt(stream=os.fdopen(write_end, "w")) as stop:
+        pid = os.fork()
+        if pid == 0:  # the child: two signals, neither printed nor raised
+            code = 0
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)
+                code = 1 if stop.requested else 0
+            except KeyboardInterrupt:
+                code = 2
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)  # the parent still handles it
+        time.sleep(0.01)
+        assert stop.requested
+    with os.fdopen(read_end) as lines:
+        os.set_blocking(read_end, False)
+        printed = lines.read()
+    assert printed.count("received SIGINT") == 1
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path):
+    from autodeeplab.errors import DataError
+
+    def fail_in(run: RunDir, error: Exception) -> None:
+        with pytest.raises(type(error)), run.removed_if_unstarted():
+            run.write_json("split.json", {"train_a": [0]})
+            (run.path / "plots").mkdir()
+            (run.path / "plots" / "x.png").write_bytes(b"png")
+            raise error
+
+    fail_in(RunDir(tmp_path / "new" / "run"), DataError("bad image"))
+    assert not (tmp_path / "new" / "run").exists() and (tmp_path / "new").is_dir()
+    (tmp_path / "empty").mkdir()
+    fail_in(RunDir(tmp_path / "empty"), DataError("bad image"))
+    assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())  # it existed: kept
+    # kept: a programming error, a run with a checkpoint, a resumed run
+    fail_in(RunDir(tmp_path / "bug"), RuntimeError("bug"))
+    assert (tmp_path / "bug" / "split.json").exists()
+    started = RunDir(tmp_path / "started")
+    started.checkpoints.save({"step": 1}, "s1")
+    fail_in(started, DataError("bad image"))
+    assert (tmp_path / "started" / "split.json").exists() and started.checkpoints.latest() is not None
+    (tmp_path / "resumed").mkdir()
+    (tmp_path / "resumed" / "config.yaml").write_text("mine")
+    resumed = RunDir(tmp_path / "resumed", resume=True)
+    with pytest.raises(DataError), resumed.removed_if_unstarted():
+        raise DataError("bad image")
+    assert (tmp_path / "resumed" / "config.yaml").read_text() == "mine"

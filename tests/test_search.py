@@ -186,3 +186,28 @@ def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     fresh_w, fresh_a, _ = make_optimizers(tiny_net(), SearchConfig())
     load_scaler_states({"weight": fresh_w, "arch": fresh_a}, saved, "cpu")
     assert grad_scaler(fresh_w, "cpu").get_scale() == 1024.0
+
+
+def test_metrics_hold_the_epoch_means_of_both_losses(tmp_path, monkeypatch):
+    import autodeeplab.search as search_module
+
+    weight_losses, arch_losses = [], []
+    real_w, real_a = search_module.weight_step, search_module.arch_step
+
+    def spy_w(*args, **kwargs):
+        weight_losses.append(real_w(*args, **kwargs))
+        return weight_losses[-1]
+
+    def spy_a(*args, **kwargs):
+        arch_losses.append(real_a(*args, **kwargs))
+        return arch_losses[-1]
+
+    monkeypatch.setattr(search_module, "weight_step", spy_w)
+    monkeypatch.setattr(search_module, "arch_step", spy_a)
+    run_search(tiny_search_config(), tmp_path / "run", quiet=True, echo=lambda s: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(weight_losses) == 4 and len(arch_losses) == 2  # 2 steps x 2 epochs, arch steps in epoch 2
+    assert records[0]["train_loss"] == pytest.approx(sum(weight_losses[:2]) / 2, rel=1e-12)
+    assert "arch_loss" not in records[0]  # the warm-up epoch runs no architecture step
+    assert records[1]["train_loss"] == pytest.approx(sum(weight_losses[2:]) / 2, rel=1e-12)
+    assert records[1]["arch_loss"] == pytest.approx(sum(arch_losses) / 2, rel=1e-12)

@@ -104,7 +104,11 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path):
     run = tmp_path / "run"
-    args = [a.replace("epochs=5", "epochs=50") for a in TINY]
+    # checkpoint_every=0: epoch ends write the only other checkpoints, at position batch 0; a checkpoint
+    # in the middle of an epoch can only be the one the signal wrote.
+    args = [
+        a.replace("epochs=5", "epochs=50").replace("checkpoint_every=1", "checkpoint_every=0") for a in TINY
+    ]
     pipe = subprocess.PIPE
     proc = subprocess.Popen(cli(*args, "-o", str(run)), env=env(), stdout=pipe, stderr=pipe, text=True)
     deadline = time.time() + 120
@@ -115,4 +119,7 @@ def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert f"--resume {run}" in stdout + stderr
-    assert list((run / "checkpoints").glob("*.pt"))
+    assert stderr.count("received SIGTERM") == 1
+    newest = sorted((run / "checkpoints").glob("*.pt"))[-1]
+    position = load_checkpoint(newest)["position"]
+    assert position["batch"] >= 1 and position["epoch"] >= 1, position  # mid-epoch: written by the signal

@@ -81,6 +81,7 @@ def test_paper_preset_is_the_papers_recipe() -> None:
     assert config.iterations == 1_500_000 and config.data.crop_size == 769
     assert config.data.scale_range == (0.5, 2.0) and config.data.flip
     assert config.model.filter_multiplier == 20 and config.model.drop_path_keep_prob < 1.0
+    assert config.data.dataset == "cityscapes"  # the paper's data, not the built-in synthetic set
 
 
 @pytest.mark.parametrize(
@@ -139,7 +140,9 @@ def test_drop_path_progress_follows_the_steps(tmp_path: Path, monkeypatch: pytes
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tiny_config("data.eval_split=null", "model.drop_path_keep_prob=0.8")
+    # checkpoint_every=0: the only checkpoint before the end is the one the signal writes; evaluation on
+    # (every 2 steps, before and after the stop) must not disturb the resumed run either.
+    config = tiny_config("checkpoint_every=0", "eval_every=2", "model.drop_path_keep_prob=0.8")
     straight = run_training(config, SMALL, tmp_path / "straight", echo=quiet)
     assert not straight.interrupted
 
@@ -152,14 +155,45 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch
         patch.setattr(train_module, "poly_lr", poly_lr_then_sigint_at_step_2)
         stopped = run_training(config, SMALL, tmp_path / "stopped", echo=quiet)
     assert stopped.interrupted and stopped.step == 3
+    written = sorted((tmp_path / "stopped" / "checkpoints").glob("*.pt"))
+    assert [load_checkpoint(p)["step"] for p in written] == [3]  # written by the signal, mid-run
     resumed = run_training(config, SMALL, tmp_path / "stopped", resume=True, echo=quiet)
     assert resumed.step == 6
-    a, _ = load_trained(tmp_path / "straight")
-    b, _ = load_trained(tmp_path / "stopped")
+    a, info_a = load_trained(tmp_path / "straight")
+    b, info_b = load_trained(tmp_path / "stopped")
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-        torch.testing.assert_close(wa, wb, msg=name)
-    steps = [r["step"] for r in _jsonl(tmp_path / "stopped" / "metrics.jsonl")]
-    assert steps == [1, 2, 3, 4, 5, 6]  # nothing logged twice
+        torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=name)
+    assert info_a.metrics == info_b.metrics
+    records = _jsonl(tmp_path / "stopped" / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # nothing logged twice
+    assert [r["step"] for r in records if "miou" in r] == [2, 4, 6]
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autodeeplab.runs import NonFiniteError
+
+    real_forward, calls = AutoDeepLabNet.forward, []
+
+    def poisoned(self: AutoDeepLabNet, x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        out = real_forward(self, x)
+        return out * float("nan") if len(calls) == 5 else out  # the fifth step's loss becomes NaN
+
+    monkeypatch.setattr(AutoDeepLabNet, "forward", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(
+        NonFiniteError, match=r"^training loss became nan at step 5; the last good checkpoint"
+    ):
+        run_training(tiny_config("data.eval_split=null", "checkpoint_every=2"), SMALL, run, echo=quiet)
+    checkpoints = sorted((run / "checkpoints").glob("*.pt"))
+    assert [load_checkpoint(p)["step"] for p in checkpoints] == [2, 4]
+    model, info = load_trained(run / MODEL_FILE)  # model.pt is the step-4 one, not a NaN model
+    newest, _ = load_trained(checkpoints[-1])
+    assert info.step == 4
+    for (name, w), w4 in zip(model.state_dict().items(), newest.state_dict().values(), strict=True):
+        assert torch.isfinite(w.float()).all() and torch.equal(w, w4), name
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -139,7 +139,7 @@ def validate_arch_params(data: Any, source: str) -> tuple[np.ndarray, np.ndarray
     for key in ("version", "primitives", "alpha", "beta"):
         if key not in data:
             raise GenotypeError(f"{source}: missing key {key!r}")
-    if data["version"] != ARCH_PARAMS_VERSION:
+    if type(data["version"]) is not int or data["version"] != ARCH_PARAMS_VERSION:  # true == 1 in Python
         raise GenotypeError(f"{source}: version: expected {ARCH_PARAMS_VERSION}, got {data['version']!r}")
     if list(data["primitives"]) != list(PRIMITIVES):
         raise GenotypeError(f"{source}: primitives: expected {list(PRIMITIVES)}")

@@ -38,6 +38,35 @@ KNOWN_TRAIN_IMAGES = {("cityscapes", "train"): 2975, ("camvid", "train"): 367, (
 """Training-split sizes used when the dataset is not on this machine (for the projected search time)."""
 
 
+@dataclass(frozen=True)
+class SearchSchedule:
+    """How many steps of each kind a search makes: the paper's by default (§5.1: 40 epochs over
+    Cityscapes' 2,975 training images split into two halves, batch 2, architecture steps from epoch 20)."""
+
+    train_images: int = KNOWN_TRAIN_IMAGES[("cityscapes", "train")]
+    batch_size: int = 2
+    epochs: int = 40
+    arch_start_epoch: int = 20
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Weight steps per epoch: full batches of trainA (the larger half, like ``split_halves``)."""
+        return batches_per_epoch((self.train_images + 1) // 2, self.batch_size)
+
+
+def projected_search_seconds(
+    weight_step_seconds: float,
+    arch_step_seconds: float,
+    steps_per_epoch: int,
+    epochs: int,
+    arch_start_epoch: int,
+) -> float:
+    """Wall time of a search's steps (no validation, no data loading): a weight step every step of every
+    epoch, an architecture step after each from epoch ``arch_start_epoch`` (0-based) on."""
+    arch_epochs = max(epochs - arch_start_epoch, 0)
+    return steps_per_epoch * (epochs * weight_step_seconds + arch_epochs * arch_step_seconds)
+
+
 def resolution_chain(size: int, count: int = 8) -> list[int]:
     """Side of each resolution for an input side ``size``: input, then every stride-2 step (ceil)."""
     chain = [size]
@@ -106,9 +135,12 @@ class SearchEstimate:
         """Weight steps every epoch, architecture steps from ``arch_start_epoch`` on; no validation."""
         if self.iteration_seconds is None or self.steps_per_epoch is None:
             return None
-        arch_epochs = max(self.epochs - self.arch_start_epoch, 0)
-        seconds = self.steps_per_epoch * (
-            self.epochs * self.weight_step_seconds + arch_epochs * self.arch_step_seconds
+        seconds = projected_search_seconds(
+            self.weight_step_seconds,
+            self.arch_step_seconds,
+            self.steps_per_epoch,
+            self.epochs,
+            self.arch_start_epoch,
         )
         return seconds / 3600
 
@@ -166,7 +198,7 @@ def estimate_search(
 
     The supernet's weights are random: memory and time do not depend on their values.
     """
-    config.execution.validate(device.type)
+    config.execution.validate(device.type, config.space.num_levels)
     classes, images, note = _dataset_facts(config)
     torch.manual_seed(config.seed)
     model = SearchNetwork(config.space, classes, execution=config.execution).to(device)
@@ -232,6 +264,8 @@ def format_estimate(e: SearchEstimate) -> str:
             f"  time: weight step {e.weight_step_seconds:.2f} s + architecture step "
             f"{e.arch_step_seconds:.2f} s = {e.iteration_seconds:.2f} s per iteration"
         )
+    if e.iteration_seconds is None:
+        lines.append("  time: not measured (memory-only estimate; --estimate times a few steps)")
     if e.search_hours is not None:
         lines.append(
             f"  full search: {e.epochs} epochs x {e.steps_per_epoch} steps "

@@ -10,24 +10,39 @@ equal single-scale inference bit for bit.
 
 The optional sliding window (for images too large for memory) runs the network on overlapping tiles
 of at most ``window`` pixels and averages the probabilities where tiles overlap.
+
+:class:`EvalConfig` holds the settings of an evaluation (split, inference, image count, device) as a
+typed config of :mod:`autodeeplab.config`, with presets ``cpu`` (single scale, no flip: the default)
+and ``paper`` (scales 0.5 .. 1.75 + flip, the paper's test-set inference). Results are written as
+JSON by :func:`write_eval_json`, marked with :data:`EVAL_JSON_KIND` so that a later evaluation knows
+which files it may replace.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import __version__
+from .config import config_to_dict, register_presets
+from .fileio import atomic_write_json
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .primitives import resize
 
 DEFAULT_WINDOW_OVERLAP = 1.0 / 3.0
 """Fraction of a sliding-window tile shared with its neighbour (DeepLab/PSPNet use about a third)."""
+
+EVAL_JSON_KIND = "autodeeplab-eval"
+"""The ``kind`` of every results JSON this package writes."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,55 @@ class InferenceSettings:
             raise ValueError(f"window_overlap must be in [0, 1), got {self.window_overlap}")
 
 
-PAPER_MULTI_SCALE = InferenceSettings(scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True)
+PAPER_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+"""The paper's multi-scale inference (with flip) for its test-set tables, as in DeepLab."""
+
+PAPER_MULTI_SCALE = InferenceSettings(scales=PAPER_SCALES, flip=True)
+
+
+@dataclass
+class EvalConfig:
+    """Everything an evaluation depends on besides the checkpoint; recorded in the results JSON.
+
+    Defaults are single-scale inference without flip (the paper's validation-set figures); the
+    ``paper`` preset is its multi-scale + flip test-set inference.
+    """
+
+    split: str = "val"
+    dataset: str | None = None
+    """Dataset name; ``None``: the one the model was trained on."""
+    data_root: str | None = None
+    """Dataset folder; ``None``: the training run's folder (when the dataset is the training one)."""
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    window: tuple[int, int] | None = None
+    """Sliding-window tile ``[h, w]`` for images too large for memory; ``None``: whole images."""
+    window_overlap: float = DEFAULT_WINDOW_OVERLAP
+    max_images: int | None = None
+    """Evaluate the first N images only; ``None``: the whole split."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda[:i]``."""
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(self.scales)
+        self.window = tuple(self.window) if self.window is not None else None
+        if not self.split:
+            raise ValueError("split must not be empty")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be a positive integer, got {self.max_images}")
+        self.inference_settings()  # its checks name the scales / window problem
+
+    def inference_settings(self) -> InferenceSettings:
+        """The inference part of these settings."""
+        return InferenceSettings(self.scales, self.flip, self.window, self.window_overlap)
+
+
+EVAL_PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},  # the defaults: one forward pass per image
+    "paper": {"scales": list(PAPER_SCALES), "flip": True},
+}
+DEFAULT_EVAL_PRESET = "cpu"
+register_presets(EvalConfig, EVAL_PRESETS)
 
 
 @torch.no_grad()
@@ -147,7 +210,10 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Results as JSON types: kind and package version first, then ``extra``, settings, metrics."""
         return {
+            "kind": EVAL_JSON_KIND,
+            "autodeeplab_version": __version__,
             **self.extra,
             "num_images": self.num_images,
             "seconds": round(self.seconds, 3),
@@ -202,3 +268,31 @@ def evaluate(
     finally:
         model.train(was_training)
     return EvalResult(cm.compute(class_names), done, time.perf_counter() - start, settings)
+
+
+_LEGACY_EVAL_KEYS = frozenset({"checkpoint", "num_images", "scales", "confusion", "miou"})
+"""Keys of the results JSON written before it carried a ``kind`` (also ours, also replaceable)."""
+
+
+def is_eval_json(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a results JSON written by this package (so a new evaluation may replace it)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    return data.get("kind") == EVAL_JSON_KIND or ("kind" not in data and set(data) >= _LEGACY_EVAL_KEYS)
+
+
+def write_eval_json(
+    path: str | os.PathLike[str], result: EvalResult, config: EvalConfig | None = None
+) -> None:
+    """Write ``result`` (plus the resolved ``config`` under ``"config"``) as JSON atomically.
+
+    The caller decides whether ``path`` may be replaced (see :func:`is_eval_json`).
+    """
+    data = result.to_dict()
+    if config is not None:
+        data["config"] = config_to_dict(config)
+    atomic_write_json(path, data)

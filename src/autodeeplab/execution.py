@@ -41,23 +41,54 @@ class ExecutionConfig:
     checkpoint_cells: bool = False
     """Recompute each node's cell in the backward instead of keeping its activations (less memory,
     about one extra forward of time). BatchNorm running statistics are not updated twice."""
-    checkpoint_levels: tuple[int, ...] = (0, 1, 2, 3)
-    """With ``checkpoint_cells``: the levels whose nodes are checkpointed. A level-s node keeps about
-    2^-s of level 0's activations for the same compute, so (0, 1) keeps most of the saving for about
-    half the recomputation."""
+    checkpoint_levels: tuple[int, ...] | None = None
+    """With ``checkpoint_cells``: the levels whose nodes are checkpointed (None: all). A level-s node
+    keeps about 2^-s of level 0's activations for the same compute, so (0, 1) keeps most of the saving
+    for about half the recomputation. Levels that do not exist are refused (:meth:`check_levels`)."""
     precision: Precision = "fp32"
     """``bf16``: autocast to bfloat16 (CPU and GPU); ``fp16``: autocast to float16 with a gradient
     scaler (GPU only)."""
 
     def __post_init__(self) -> None:
-        self.checkpoint_levels = tuple(self.checkpoint_levels)  # YAML gives lists
+        if self.checkpoint_levels is not None:
+            self.checkpoint_levels = tuple(self.checkpoint_levels)  # YAML gives lists
 
-    def validate(self, device_type: str) -> None:
-        """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...), naming the field."""
+    def validate(self, device_type: str, num_levels: int | None = None) -> None:
+        """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...) or, when given, with
+        ``num_levels`` levels, naming the field."""
         if self.precision == "fp16" and device_type != "cuda":
             raise ConfigError(
                 f"execution.precision: fp16 needs a CUDA device (running on {device_type}); use bf16"
             )
+        if num_levels is not None:
+            self.check_levels(num_levels)
+
+    def check_levels(self, num_levels: int) -> None:
+        """Reject ``checkpoint_levels`` that name no level of a supernet with ``num_levels`` levels.
+
+        A level that does not exist would silently checkpoint nothing there (the user asked for a
+        memory saving and would not get it), so it is an error, not a no-op.
+        """
+        if self.checkpoint_levels is None:
+            return
+        valid = f"levels are 0..{num_levels - 1} with space.num_levels={num_levels}"
+        for level in self.checkpoint_levels:
+            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < num_levels:
+                raise ConfigError(f"execution.checkpoint_levels: level {level!r} does not exist ({valid})")
+        if len(set(self.checkpoint_levels)) != len(self.checkpoint_levels):
+            raise ConfigError(
+                f"execution.checkpoint_levels: {list(self.checkpoint_levels)} lists a level twice"
+            )
+        if self.checkpoint_cells and not self.checkpoint_levels:
+            raise ConfigError(
+                f"execution.checkpoint_levels: empty, so checkpoint_cells would checkpoint nothing ({valid})"
+            )
+
+    def checkpoints_level(self, level: int) -> bool:
+        """Whether the nodes at ``level`` are checkpointed."""
+        if not self.checkpoint_cells:
+            return False
+        return self.checkpoint_levels is None or level in self.checkpoint_levels
 
     def uses_channels_last(self, device_type: str, spatial_dims: int) -> bool:
         """Whether 2D activations should be channels-last on ``device_type``."""

@@ -1,8 +1,10 @@
 """ONNX export of a segmentation model and a parity check in onnxruntime.
 
-The graph is exported with PyTorch's ``torch.export``-based ONNX exporter for one fixed input shape
-``[N, C, H, W]``: the found network computes the size of every level from the input size, so the
-resize targets become constants of the graph. Export again for another input size. The model is
+The graph is exported with PyTorch's ``torch.export``-based ONNX exporter (``dynamo=True``, torch >= 2.5)
+for one fixed input shape ``[N, C, H, W]``: the found network computes the size of every level from the
+input size, so the resize targets become constants of the graph. Older torch (the package allows
+``torch>=2.3``) has no ``dynamo`` argument; there the TorchScript-based exporter is used, which gives the
+same parity (a test exports with both). Export again for another input size. The model is
 exported in eval mode (BN running statistics, no drop path, no dropout); its mode is restored after.
 
 The graph has one input ``image`` (``[N, C, H, W]`` float32) and one output ``logits``
@@ -12,12 +14,14 @@ The graph has one input ``image`` (``[N, C, H, W]`` float32) and one output ``lo
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,6 +32,13 @@ from .fileio import atomic_write_bytes
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+TORCHSCRIPT_OPSET = 17
+"""Opset for the TorchScript-based exporter when none is asked for (bilinear Resize with every
+coordinate mode; supported by every onnxruntime the ``onnx`` extra allows)."""
+DYNAMO_MIN_TORCH = "2.5"
+"""First torch release whose ``torch.onnx.export`` takes ``dynamo=True``."""
+
+Exporter = Literal["auto", "dynamo", "torchscript"]
 
 
 class ExportError(AutoDeepLabError):
@@ -67,18 +78,55 @@ def _require(module: str) -> None:
         ) from None
 
 
+def dynamo_exporter_available() -> bool:
+    """Whether this torch's ``torch.onnx.export`` accepts ``dynamo=True`` (torch >= 2.5)."""
+    try:
+        return "dynamo" in inspect.signature(torch.onnx.export).parameters
+    except (TypeError, ValueError):  # a signature that cannot be inspected: assume the old exporter
+        return False
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset_version: int | None, dynamo: bool) -> bytes:
+    """The serialised ONNX model of ``model`` traced on ``example`` ``[N, C, H, W]`` (eval mode, quiet)."""
+    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME], "verbose": False}
+    with _eval_mode(model), _quiet_exporter():
+        if dynamo:
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset_version, **names)
+            return program.model_proto.SerializeToString()
+        buffer = io.BytesIO()
+        # dynamo=False is passed only where the argument exists (it is the default before torch 2.9).
+        extra = {"dynamo": False} if dynamo_exporter_available() else {}
+        torch.onnx.export(
+            model, (example,), buffer, opset_version=opset_version or TORCHSCRIPT_OPSET, **names, **extra
+        )
+        return buffer.getvalue()
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
     input_shape: Sequence[int],
     opset_version: int | None = None,
+    exporter: Exporter = "auto",
 ) -> Path:
     """Export ``model`` for inputs of ``input_shape`` (``[N, C, H, W]``) to the ONNX file ``path``.
 
     Returns the path written. ``opset_version`` ``None`` lets the exporter pick its default.
+    ``exporter``: ``"dynamo"`` (``torch.export``-based, torch >= 2.5), ``"torchscript"`` (the older
+    tracer), or ``"auto"``: dynamo where this torch has it, else TorchScript.
     """
     _require("onnx")
-    _require("onnxscript")
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ExportError(f"exporter: expected auto, dynamo or torchscript, got {exporter!r}")
+    has_dynamo = dynamo_exporter_available()
+    if exporter == "dynamo" and not has_dynamo:
+        raise ExportError(
+            f"exporter 'dynamo' needs torch>={DYNAMO_MIN_TORCH} (installed: {torch.__version__}); "
+            "use exporter 'torchscript' or upgrade torch"
+        )
+    dynamo = exporter == "dynamo" or (exporter == "auto" and has_dynamo)
+    if dynamo:
+        _require("onnxscript")
     path = Path(path)
     if len(input_shape) != 4 or not all(isinstance(s, int) and s > 0 for s in input_shape):
         raise ExportError(
@@ -90,17 +138,7 @@ def export_onnx(
         raise ExportError(f"{path}: parent {path.parent} is not a directory")
     device = next(model.parameters()).device
     example = torch.zeros(tuple(input_shape), device=device)
-    with _eval_mode(model), _quiet_exporter():
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset_version,
-            verbose=False,
-        )
-    data = program.model_proto.SerializeToString()
+    data = _onnx_bytes(model, example, opset_version, dynamo)
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:

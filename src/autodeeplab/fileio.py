@@ -1,16 +1,52 @@
 """Small file helpers shared by every module that writes user-visible files.
 
 Everything the package writes goes through :func:`atomic_write_bytes` so that a crash or a kill
-never leaves a half-written file where a good one was.
+never leaves a half-written file where a good one was. ``tempfile.mkstemp`` creates its file with mode
+0600; the file gets the mode an ordinary ``open(path, "w")`` would have given it (``0o666 & ~umask``)
+before the rename, or keeps the mode of the file it replaces.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
+
+DEFAULT_FILE_MODE = 0o666
+"""Mode of a new file before the umask, as ``open()`` creates it."""
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    Linux reports it in ``/proc/self/status`` (since 4.7). Elsewhere the only way is to set and restore
+    it; a lock keeps two of our own threads from racing on that.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    """The mode a rewrite of ``path`` should have: the existing file's, else ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return DEFAULT_FILE_MODE & ~current_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -23,6 +59,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

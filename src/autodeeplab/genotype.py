@@ -96,7 +96,7 @@ class Genotype:
         for key in ("version", "network_path", "cell"):
             if key not in data:
                 raise GenotypeError(f"{source}: missing key {key!r}")
-        if data["version"] != FORMAT_VERSION:
+        if type(data["version"]) is not int or data["version"] != FORMAT_VERSION:  # true == 1 in Python
             raise GenotypeError(f"{source}: version: expected {FORMAT_VERSION}, got {data['version']!r}")
         path = _validate_path(data["network_path"], source, num_levels)
         cell = _validate_cell(data["cell"], source)

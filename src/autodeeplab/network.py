@@ -6,8 +6,10 @@ Structure (following Google's released ``hnasnet``, ``deeplab/core/nas_network.p
   The stem output (output stride 4) is h^{0}; the second conv's BN output (output stride 2) is h^{-1}.
 - One :class:`FixedCell` per layer along ``genotype.network_path``; the cell at level ``s`` has
   ``F·2^s`` filters per block and concatenates its blocks to ``B·F·2^s`` channels (B = 5 blocks).
-  A cell one level down runs the ops that read the cell inputs with stride 2; a cell one level up
-  first upsamples its input bilinearly to the level's size. ReLU after the last cell.
+  A cell one level down runs the ops that read the cell inputs with stride 2 (a strided atrous op
+  resizes to half size and then convolves without dilation, as the released model does; see
+  :class:`autodeeplab.primitives.AtrousConv`); a cell one level up first upsamples its input
+  bilinearly to the level's size. ReLU after the last cell.
 - Head (:mod:`autodeeplab.heads`): ASPP on the last cell, DeepLabv3+ decoder with the output of
   layer 3 (output stride 4) as low-level features, bilinear upsampling of the logits to the input.
 

@@ -5,28 +5,33 @@ Each phase writes its own run directory under the pipeline's folder::
     OUT/search/      the search run (genotype.json, arch_params.json, plots/, ...)
     OUT/train/       the retraining run (model.pt and its checkpoints)
     OUT/eval.json    metrics of the trained model on the evaluation split
-    OUT/predictions/ label PNGs, overlays and image | truth | prediction panels for a few samples
+    OUT/predictions/ for a few samples: sampleNNN_label.png (palette PNG of the predicted classes),
+                     sampleNNN_overlay.png and sampleNNN_panel.png (image | truth | prediction)
+
+Every setting, split name and crop size the phases will use is checked before the search starts
+(:func:`check_pipeline_inputs`), so a typo fails in a second with one line instead of after the search and
+the training, and nothing is written.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .data import EvalTransform, build_dataset
-from .evaluate import evaluate
-from .fileio import atomic_write_bytes, atomic_write_json
+from .data import EvalTransform, build_dataset, check_split
+from .evaluate import EvalConfig, evaluate, write_eval_json
+from .fileio import atomic_write_bytes
 from .genotype import Genotype
-from .predict import DEFAULT_OVERLAY_ALPHA, prediction_panels
-from .search import run_search
+from .predict import DEFAULT_OVERLAY_ALPHA, label_image, overlay, predict_image, prediction_panels
+from .search import build_search_data, run_search
 from .search_config import SearchConfig
-from .train import TrainConfig, run_training
+from .train import TrainConfig, build_train_data, dataset_options, run_training
 from .trained import load_trained
 
 PANEL_MIN_HEIGHT = 256
@@ -51,7 +56,12 @@ def run_pipeline(
     quiet: bool = False,
     echo: Callable[[str], None] = print,
 ) -> PipelineResult:
-    """Search with ``search_config``, retrain the result with ``train_config``, evaluate and predict."""
+    """Search with ``search_config``, retrain the result with ``train_config``, evaluate and predict.
+
+    Bad settings, split names, crop sizes or dataset layouts raise before anything is written (see
+    :func:`check_pipeline_inputs`).
+    """
+    check_pipeline_inputs(search_config, train_config, eval_split)
     out = Path(out_dir)
     echo("== 1/4 search ==")
     found = run_search(search_config, out / "search", quiet=quiet, echo=echo)
@@ -69,7 +79,8 @@ def run_pipeline(
     dataset = build_dataset(info.dataset, info.data_root, eval_split, EvalTransform(), **info.dataset_options)
     result = evaluate(model, dataset, dataset.num_classes, dataset.class_names, dataset.ignore_index)
     result.extra = {"checkpoint": str(trained.model_path), "dataset": info.dataset, "split": eval_split}
-    atomic_write_json(out / "eval.json", result.to_dict())
+    eval_config = EvalConfig(split=eval_split, dataset=info.dataset, data_root=info.data_root or None)
+    write_eval_json(out / "eval.json", result, eval_config)
     echo(result.metrics.format_table())
 
     echo("== 4/4 predictions ==")
@@ -78,24 +89,56 @@ def run_pipeline(
     return PipelineResult(out, found.genotype, trained.model_path, result.metrics.to_dict(), pictures)
 
 
+def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig, eval_split: str) -> None:
+    """Refuse, before anything runs or is written, what would otherwise fail after search and training.
+
+    In order: the search settings; every split name the phases use (against the splits the dataset offers,
+    naming the setting: ``search data.val_split``, ``train data.eval_split``, ``eval_split``...); then each
+    split is listed as its phase will list it (wrong layouts, missing files, too few images for a batch) and
+    the crop sizes are checked against the image sizes at the largest random scale. Listing decodes no
+    pixels (crop checks of layouts whose image sizes vary read file headers only): a small cost next to a
+    search. Broken pixels are still met lazily, with the same one-line messages as ``data check``.
+    """
+    search_config.validate()
+    s, t = search_config.data, train_config.data
+    requests = [
+        ("search data.train_split", s.dataset, s.root, s.train_split),
+        ("search data.val_split", s.dataset, s.root, s.val_split),
+        ("train data.train_split", t.dataset, t.root, t.train_split),
+        ("train data.eval_split", t.dataset, t.root, t.eval_split),
+        ("eval_split", t.dataset, t.root, eval_split),  # evaluation uses the training data
+    ]
+    for field, name, root, split in requests:
+        if split is not None:  # train data.eval_split may be None: no evaluation during training
+            check_split(name, root, split, field)
+    build_search_data(search_config)  # each lists its splits and checks its crop size
+    build_train_data(train_config)
+    build_dataset(t.dataset, t.root, eval_split, EvalTransform(), **dataset_options(train_config))
+
+
 def write_predictions(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int) -> list[Path]:
-    """For the first ``count`` samples: an image | truth | prediction panel and an overlay PNG."""
+    """For the first ``count`` samples: a palette label PNG, an overlay, an image | truth | prediction panel.
+
+    The label PNG (:func:`autodeeplab.predict.label_image`, as ``autodeeplab predict`` writes) holds the
+    predicted class indices with the dataset's palette. Returns the panels' paths.
+    """
     written = []
     for index, panel in enumerate(prediction_panels(model, dataset, count)):
         image, _ = dataset.load_raw(index)
-        colours = panel[:, 2 * image.shape[1] :].astype(np.float32)  # the prediction, coloured
+        # prediction_panels keeps only colours; the label PNG needs the classes (one more forward pass).
+        labels = predict_image(model, image)
         zoom = max(1, PANEL_MIN_HEIGHT // panel.shape[0])  # small images: enlarge so a person can see them
         panel = panel.repeat(zoom, axis=0).repeat(zoom, axis=1)
-        blended = (1 - DEFAULT_OVERLAY_ALPHA) * image.astype(np.float32) + DEFAULT_OVERLAY_ALPHA * colours
-        atomic_write_bytes(out_dir / f"sample{index:03d}_panel.png", _png(panel))
-        atomic_write_bytes(out_dir / f"sample{index:03d}_overlay.png", _png(blended))
-        written.append(out_dir / f"sample{index:03d}_panel.png")
+        name = f"sample{index:03d}"
+        atomic_write_bytes(out_dir / f"{name}_label.png", _png(label_image(labels, dataset.palette)))
+        blended = overlay(image, labels, dataset.palette, DEFAULT_OVERLAY_ALPHA)
+        atomic_write_bytes(out_dir / f"{name}_overlay.png", _png(Image.fromarray(blended)))
+        atomic_write_bytes(out_dir / f"{name}_panel.png", _png(Image.fromarray(panel)))
+        written.append(out_dir / f"{name}_panel.png")
     return written
 
 
-def _png(array: np.ndarray) -> bytes:
-    import io
-
+def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8)).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()

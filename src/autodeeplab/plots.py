@@ -4,8 +4,9 @@
   drawn with a width ∝ β and the decoded path over it (paper Fig. 3, left).
 - :func:`plot_cell`: the cell as a graph: h^{l-2}, h^{l-1}, the blocks, the concatenated output; edges
   coloured and labelled by their op (Fig. 3, right).
-- :func:`plot_arch_history`: α per edge (strongest non-``none`` weight) and β per node over the epochs.
-- :func:`plot_curves`: losses, mIoU and learning rate from ``metrics.jsonl``.
+- :func:`plot_arch_history`: α per edge and β per node over the epochs, as small line charts, and
+  :func:`plot_curves`: losses, mIoU and learning rate (both in :mod:`autodeeplab.plots_history`,
+  re-exported here).
 - :func:`render_run`: all of these that a run directory allows, into ``run_dir/plots``.
 - :func:`describe_genotype`: the text summary printed next to the pictures.
 
@@ -16,63 +17,58 @@ from node ``(l, s)`` to ``(l+1, s+d-1)`` (see :mod:`autodeeplab.topology`), α `
 
 from __future__ import annotations
 
-import io
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 
 from .decode import decode_cell, load_arch_params, viterbi_path
-from .fileio import atomic_write_bytes
 from .genotype import DEFAULT_NUM_LEVELS, Genotype
+from .plots_common import (
+    DPI,
+    EDGE_COLOR,
+    INPUT_NAMES,
+    OP_STYLE,
+    PATH_COLOR,
+    input_name,
+    new_figure,
+    op_style,
+    save_png,
+)
+from .plots_history import (
+    arch_history,
+    curve_series,
+    figure_arch_history,
+    figure_curves,
+    plot_arch_history,
+    plot_curves,
+)
 from .primitives import PRIMITIVES
 from .runs import read_jsonl
-from .topology import edge_offset, node_exists, num_edges, output_stride
+from .topology import node_exists, output_stride
 
-DPI = 130
-PATH_COLOR = "#d62728"
-EDGE_COLOR = "#4c72b0"
+__all__ = [
+    "DPI",
+    "MAX_EDGE_WIDTH",
+    "OP_STYLE",
+    "describe_genotype",
+    "figure_arch_history",
+    "figure_cell",
+    "figure_curves",
+    "figure_network_path",
+    "plot_arch_history",
+    "plot_cell",
+    "plot_curves",
+    "plot_network_path",
+    "render_run",
+]
+
 MAX_EDGE_WIDTH = 7.0  # points, for β = 1
-OP_STYLE = {  # primitive -> (display name, colour)
-    "none": ("none", "#000000"),
-    "max_pool_3x3": ("max pool 3×3", "#8c564b"),
-    "avg_pool_3x3": ("avg pool 3×3", "#e377c2"),
-    "skip_connect": ("skip", "#2ca02c"),
-    "sep_conv_3x3": ("sep 3×3", "#1f77b4"),
-    "sep_conv_5x5": ("sep 5×5", "#17becf"),
-    "atr_conv_3x3": ("atrous 3×3", "#ff7f0e"),
-    "atr_conv_5x5": ("atrous 5×5", "#d62728"),
-}
-INPUT_NAMES = ("h^{l-2}", "h^{l-1}")
-
-
-def _figure(size: tuple[float, float]) -> Figure:
-    """A figure of ``size`` inches on its own Agg canvas (no pyplot, no global backend change)."""
-    fig = Figure(figsize=size, dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    atomic_write_bytes(out_png, buffer.getvalue())
-    return Path(out_png)
-
-
-def _op_style(op: str) -> tuple[str, str]:
-    return OP_STYLE.get(op, (op, "#000000"))
-
-
-def _input_name(index: int) -> str:
-    return INPUT_NAMES[index] if index < 2 else f"block {index - 2}"
 
 
 def describe_genotype(genotype: Genotype) -> str:
@@ -87,7 +83,7 @@ def describe_genotype(genotype: Genotype) -> str:
         f"Cell ({genotype.num_blocks} blocks; output = concatenation of all blocks):",
     ]
     for i, block in enumerate(genotype.cell):
-        ops = " + ".join(f"{op}({_input_name(idx)})" for op, idx in block)
+        ops = " + ".join(f"{op}({input_name(idx)})" for op, idx in block)
         lines.append(f"  block {i}: {ops}")
     lines.append(f"Short form: {genotype.short()}")
     return "\n".join(lines)
@@ -101,7 +97,7 @@ def plot_network_path(
     title: str | None = None,
 ) -> Path:
     """Draw the trellis with β as edge widths (``beta`` ``[L, levels, 3]`` or None) and the path over it."""
-    return _save(figure_network_path(beta, genotype_or_path, title), out_png)
+    return save_png(figure_network_path(beta, genotype_or_path, title), out_png)
 
 
 def figure_network_path(
@@ -118,7 +114,7 @@ def figure_network_path(
                 f"beta: expected [{num_layers}, levels, 3] for this path, got {list(beta.shape)}"
             )
         levels = beta.shape[1]
-    fig = _figure((max(6.0, 0.62 * num_layers + 2.2), 1.0 + 0.8 * levels))
+    fig = new_figure((max(6.0, 0.62 * num_layers + 2.2), 1.0 + 0.8 * levels))
     ax = fig.add_subplot()
     for layer in range(num_layers):
         for level in range(levels):
@@ -156,7 +152,8 @@ def figure_network_path(
             handles.append(
                 Line2D([], [], color=EDGE_COLOR, lw=0.4 + MAX_EDGE_WIDTH * weight, label=f"β = {weight:g}")
             )
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    legend = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False, "fontsize": 8}
+    ax.legend(handles=handles, handlelength=2.6, handletextpad=1.0, **legend)  # room for the widest line
     default = "Network-level architecture" + (" (edge width ∝ β)" if beta is not None else "")
     ax.set_title(title or default, fontsize=10)
     return fig
@@ -169,7 +166,9 @@ COLUMN_GAP, ROW_GAP = 2.3, 1.25
 NODE_HALF = (0.42, 0.2)  # half width/height of a node box, inches
 LABEL_CHAR, LABEL_PAD, LABEL_HALF_HEIGHT = 0.062, 0.06, 0.12  # op label size, inches (8 pt text)
 BENDS = (0.15, -0.15, 0.3, -0.3, 0.45, -0.45)  # arc3 "rad" candidates, gentlest first
-LABEL_SPOTS = (0.5, 0.4, 0.6, 0.3, 0.7, 0.22, 0.78)  # where along an edge its label may go
+LABEL_SPOTS = tuple(sorted(np.linspace(0.15, 0.85, 15).round(3), key=lambda t: abs(t - 0.5)))  # middle first
+LABEL_GAP = 0.04  # inches kept clear around a label, from other labels and from other edges
+EDGE_SAMPLES = np.linspace(0.0, 1.0, 81)  # points per edge curve when testing what a label covers
 
 
 def _cell_layout(cell: Sequence[Sequence[tuple[str, int]]]) -> dict[int, np.ndarray]:
@@ -202,7 +201,7 @@ def _inside(point: np.ndarray, centre: np.ndarray, half: tuple[float, float]) ->
 
 def plot_cell(genotype: Genotype, out_png: str | os.PathLike[str], title: str | None = None) -> Path:
     """Draw the cell: inputs, blocks, the concatenated output; edges coloured and labelled by their op."""
-    return _save(figure_cell(genotype, title), out_png)
+    return save_png(figure_cell(genotype, title), out_png)
 
 
 def figure_cell(genotype: Genotype, title: str | None = None) -> Figure:
@@ -212,7 +211,7 @@ def figure_cell(genotype: Genotype, title: str | None = None) -> Figure:
     xs = [p[0] for p in positions.values()]
     ys = [p[1] for p in positions.values()]
     extent = (min(xs) - 0.8, max(xs) + 0.8, min(ys) - 0.6, max(ys) + 0.6)  # inches around the node centres
-    fig = _figure((extent[1] - extent[0], extent[3] - extent[2]))
+    fig = new_figure((extent[1] - extent[0], extent[3] - extent[2]))
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
@@ -230,37 +229,45 @@ def figure_cell(genotype: Genotype, title: str | None = None) -> Figure:
         boxes[node] = ax.text(
             x, y, text, ha="center", va="center", fontsize=10, zorder=4, bbox=box, gid="cell-node"
         )
+    # All edges are routed first, so that each label can then be put where no other edge runs through it
+    # (a label on a crossing reads as belonging to either edge).
+    curves: list[tuple[np.ndarray, np.ndarray, float]] = []  # (start, end, rad) of every edge
     for node in range(2, output):  # every block feeds the concatenation
         rad = _least_crossing_bend(positions, node, output, prefer_sign=1)
         _arrow(ax, boxes, node, output, rad, "concat-edge", color="#999999", lw=0.9, linestyle="--")
-    taken = [(centre, np.array(NODE_HALF)) for centre in positions.values()]
-    used_ops: list[str] = []
+        curves.append((positions[node], positions[output], rad))
+    op_edges: list[tuple[str, int, float]] = []  # (op, curve index, rad)
     for i, block in enumerate(genotype.cell):
-        target = positions[i + 2]
         for k, (op, idx) in enumerate(block):
-            start = positions[idx]
             # The two inputs of a block bow to opposite sides, unless that runs through a node.
             rad = _least_crossing_bend(positions, idx, i + 2, prefer_sign=1 if k == 0 else -1)
-            name, color = _op_style(op)
-            _arrow(ax, boxes, idx, i + 2, rad, "op-edge", color=color, lw=2.0)
-            half = np.array([LABEL_CHAR * len(name) / 2 + LABEL_PAD, LABEL_HALF_HEIGHT])
-            spot = _label_spot(start, target, rad, half, taken)
-            taken.append((spot, half))
-            ax.text(
-                *spot,
-                name,
-                fontsize=8,
-                ha="center",
-                va="center",
-                color=color,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": color, "lw": 0.6},
-                zorder=7,
-                gid="op-label",
-            )
-            if op not in used_ops:
-                used_ops.append(op)
+            _arrow(ax, boxes, idx, i + 2, rad, "op-edge", color=op_style(op)[1], lw=2.0)
+            op_edges.append((op, len(curves), rad))
+            curves.append((positions[idx], positions[i + 2], rad))
+    samples = [np.array([_arc_point(a, b, r, t) for t in EDGE_SAMPLES]) for a, b, r in curves]
+    taken = [(centre, np.array(NODE_HALF)) for centre in positions.values()]
+    used_ops: list[str] = []
+    for op, index, rad in op_edges:
+        name, color = op_style(op)
+        half = np.array([LABEL_CHAR * len(name) / 2 + LABEL_PAD, LABEL_HALF_HEIGHT])
+        others = np.concatenate([points for j, points in enumerate(samples) if j != index])
+        spot = _label_spot(*curves[index][:2], rad, half, taken, others)
+        taken.append((spot, half + LABEL_GAP))
+        ax.text(
+            *spot,
+            name,
+            fontsize=8,
+            ha="center",
+            va="center",
+            color=color,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": color, "lw": 0.6},
+            zorder=7,
+            gid="op-label",
+        )
+        if op not in used_ops:
+            used_ops.append(op)
     used_ops.sort(key=lambda op: PRIMITIVES.index(op) if op in PRIMITIVES else len(PRIMITIVES))
-    legend = [Patch(color=_op_style(op)[1], label=_op_style(op)[0]) for op in used_ops]
+    legend = [Patch(color=op_style(op)[1], label=op_style(op)[0]) for op in used_ops]
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     blocks = f"{genotype.num_blocks} block" + ("s" if genotype.num_blocks != 1 else "")
     ax.set_title(title or f"Cell ({blocks})", fontsize=10)
@@ -290,178 +297,26 @@ def _arrow(ax: Any, boxes: dict, source: int, target: int, rad: float, gid: str,
     ax.annotate("", xy=end, xytext=start, arrowprops=props, zorder=6, gid=gid)
 
 
-def _label_spot(start: np.ndarray, end: np.ndarray, rad: float, half: np.ndarray, taken: list) -> np.ndarray:
-    """The spot along the edge where a label box of ``half`` size overlaps the ``taken`` boxes least.
+def _label_spot(
+    start: np.ndarray, end: np.ndarray, rad: float, half: np.ndarray, taken: list, others: np.ndarray
+) -> np.ndarray:
+    """The spot along the edge for a label box of ``half`` size: overlapping the ``taken`` boxes least, then
+    covering the fewest points of ``others`` (``[N, 2]`` samples of the other edges).
 
-    ``taken`` holds ``(centre, half size)`` of the node boxes and the labels placed so far; the first spot
-    without any overlap wins, in the order of :data:`LABEL_SPOTS` (the middle of the edge first).
+    ``taken`` holds ``(centre, half size)`` of the node boxes and the labels placed so far; ties go to the
+    earlier spot of :data:`LABEL_SPOTS` (the middle of the edge first).
     """
 
-    def overlap(spot: np.ndarray) -> float:
+    def cost(spot: np.ndarray) -> tuple[float, int]:
         area = 0.0
         for centre, other in taken:
             dx, dy = half + other - np.abs(spot - centre)
             area += max(dx, 0.0) * max(dy, 0.0)
-        return area
+        crossed = int(np.all(np.abs(others - spot) < half + LABEL_GAP, axis=1).sum())
+        return round(area, 6), crossed
 
     spots = [_arc_point(start, end, rad, t) for t in LABEL_SPOTS]
-    return min(spots, key=overlap)  # min keeps the first of equal values: the most central clear spot
-
-
-# -- how α and β evolved ----------------------------------------------------------------------------------
-def _edge_names(num_blocks: int) -> list[str]:
-    def name(i: int) -> str:
-        return f"${INPUT_NAMES[i]}$" if i < 2 else f"block {i - 2}"
-
-    return [f"block {b} ← {name(i)}" for b in range(num_blocks) for i in range(b + 2)]
-
-
-def _beta_nodes(num_layers: int, levels: int) -> list[tuple[int, int]]:
-    """Nodes ``(layer, level)`` that have outgoing edges, i.e. the rows of β that mean something."""
-    return [
-        (layer, level)
-        for layer in range(num_layers)
-        for level in range(levels)
-        if node_exists(layer, level, levels)
-    ]
-
-
-def plot_arch_history(history: Sequence[Mapping[str, Any]], out_png: str | os.PathLike[str]) -> Path:
-    """α and β over the epochs from ``arch_history.jsonl`` records (see :func:`figure_arch_history`)."""
-    return _save(figure_arch_history(history), out_png)
-
-
-def figure_arch_history(history: Sequence[Mapping[str, Any]]) -> Figure:
-    """α and β over the epochs from ``arch_history.jsonl`` records ``{"epoch", "alpha", "beta"}``.
-
-    ``alpha`` is ``[E, P]`` and ``beta`` ``[L, levels, 3]`` per record, as in ``arch_params.json``.
-
-    Left: per edge, the weight of its strongest non-``none`` op (the edge strength used in decoding), with
-    the op the last epoch would pick; the edges that the last epoch keeps are in bold. Right: per node, the
-    three outgoing β weights as a colour (red = towards the finer level, green = same level, blue = towards
-    the coarser level); the nodes of the last epoch's decoded path are in bold.
-    """
-    records = [r for r in history if "alpha" in r and "beta" in r]
-    if not records:
-        raise ValueError("arch history: no records with alpha and beta")
-    primitives = records[-1].get("primitives", PRIMITIVES)
-    epochs = [r.get("epoch", i) for i, r in enumerate(records)]
-    alpha = np.array([r["alpha"] for r in records], dtype=np.float64)  # [T, E, P]
-    beta = np.array([r["beta"] for r in records], dtype=np.float64)  # [T, L, levels, 3]
-    keep = [j for j, name in enumerate(primitives) if name != "none"]
-    num_blocks = next((b for b in range(1, 64) if num_edges(b) == alpha.shape[1]), None)
-    if num_blocks is None:
-        raise ValueError(f"arch history: {alpha.shape[1]} alpha rows is not B(B+3)/2 for any block count B")
-    strength = alpha[:, :, keep].max(axis=2).T  # [E, T]
-    final_ops = [primitives[keep[int(j)]] for j in alpha[-1][:, keep].argmax(axis=1)]
-    chosen = {
-        edge_offset(b) + idx
-        for b, block in enumerate(decode_cell(alpha[-1], num_blocks, primitives))
-        for _, idx in block
-    }
-    _, num_layers, levels, _ = beta.shape
-    nodes = _beta_nodes(num_layers, levels)
-    colours = np.stack([beta[:, layer, level, :] for layer, level in nodes])  # [nodes, T, 3] as RGB
-    path = viterbi_path(beta[-1])
-    on_path = {(0, 0)} | {(layer + 1, level) for layer, level in enumerate(path[:-1])}
-
-    rows = max(len(strength), len(nodes))
-    heatmap_width = min(0.35 * len(epochs), 5.0) + 1.0  # inches; the tick labels need about 1.8 more each
-    fig = _figure((2 * heatmap_width + 6.5, 0.19 * rows + 1.8))
-    ax_a, ax_b = fig.subplots(1, 2, gridspec_kw={"wspace": 0.75})
-    extent = (min(epochs) - 0.5, max(epochs) + 0.5)
-    image = ax_a.imshow(
-        strength,
-        aspect="auto",
-        cmap="viridis",
-        vmin=0,
-        vmax=1,
-        interpolation="nearest",
-        extent=(*extent, len(strength) - 0.5, -0.5),
-    )
-    names = _edge_names(num_blocks)
-    ax_a.set_yticks(range(len(strength)), names, fontsize=7)
-    right = ax_a.secondary_yaxis("right")
-    right.set_yticks(range(len(strength)), [_op_style(op)[0] for op in final_ops], fontsize=7)
-    for edge in chosen:
-        ax_a.get_yticklabels()[edge].set_fontweight("bold")
-        right.get_yticklabels()[edge].set_fontweight("bold")
-    ax_a.set_xlabel("epoch")
-    ax_a.set_title(
-        "α: strongest non-none op weight per edge\n(right: op chosen now; bold: edges kept)", fontsize=9
-    )
-    # pad is a fraction of the axes height: keep about 0.6 inch for the epoch ticks and label.
-    fig.colorbar(image, ax=ax_a, location="bottom", fraction=0.025, pad=0.6 / (0.19 * rows), aspect=30)
-    ax_b.imshow(colours, aspect="auto", interpolation="nearest", extent=(*extent, len(nodes) - 0.5, -0.5))
-    ax_b.set_yticks(range(len(nodes)), [f"layer {l}, OS {output_stride(s)}" for l, s in nodes], fontsize=7)
-    for row, node in enumerate(nodes):
-        if node in on_path:
-            ax_b.get_yticklabels()[row].set_fontweight("bold")
-    ax_b.set_xlabel("epoch")
-    ax_b.set_title("β: outgoing weights per node (bold: on the decoded path)", fontsize=9)
-    legend = [
-        Patch(color=(1, 0, 0), label="→ finer (OS ÷ 2)"),
-        Patch(color=(0, 1, 0), label="→ same OS"),
-        Patch(color=(0, 0, 1), label="→ coarser (OS × 2)"),
-    ]
-    ax_b.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=7)
-    for ax in (ax_a, ax_b):
-        ax.set_xticks(
-            epochs if len(epochs) <= 12 else np.linspace(min(epochs), max(epochs), 6).round().astype(int)
-        )
-    return fig
-
-
-# -- training curves --------------------------------------------------------------------------------------
-def _series(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[str, list, list]]]:
-    """``panel -> label -> (x name, xs, ys)``: losses, mIoU and learning rate from metrics records."""
-    panels: dict[str, dict[str, tuple[str, list, list]]] = {"loss": {}, "mIoU": {}, "learning rate": {}}
-    for index, record in enumerate(metrics):
-        x_name = "step" if "step" in record else "epoch" if "epoch" in record else "record"
-        x = record.get(x_name, index)
-        prefix = " ".join(str(record[k]) for k in ("phase", "split") if isinstance(record.get(k), str))
-        for key, value in record.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            if key == "loss" or key.endswith("_loss"):
-                panel = "loss"
-            elif "miou" in key.lower():
-                panel = "mIoU"
-            elif key == "lr" or key.endswith("_lr"):
-                panel = "learning rate"
-            else:
-                continue
-            label = f"{prefix} {key}".strip()
-            _, xs, ys = panels[panel].setdefault(label, (x_name, [], []))
-            xs.append(x)
-            ys.append(value)
-    return {name: series for name, series in panels.items() if series}
-
-
-def plot_curves(metrics: Sequence[Mapping[str, Any]], out_png: str | os.PathLike[str]) -> Path:
-    """Losses, mIoU and learning rate from ``metrics.jsonl`` records, one panel each, over step or epoch."""
-    return _save(figure_curves(metrics), out_png)
-
-
-def figure_curves(metrics: Sequence[Mapping[str, Any]]) -> Figure:
-    """The figure of :func:`plot_curves`; one axes per panel, titled ``loss``, ``mIoU``, ``learning rate``."""
-    panels = _series(metrics)
-    if not panels:
-        raise ValueError("metrics: no loss, mIoU or learning-rate values to plot")
-    fig = _figure((4.2 * len(panels) + 0.6, 3.4))
-    axes = np.atleast_1d(fig.subplots(1, len(panels), gridspec_kw={"wspace": 0.35}))
-    for ax, (name, series) in zip(axes, panels.items(), strict=True):
-        for label, (x_name, xs, ys) in series.items():
-            marker = "o" if len(xs) <= 30 else None
-            ax.plot(xs, ys, marker=marker, ms=3, lw=1.4, label=label)
-            ax.set_xlabel(x_name)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if name == "learning rate" and all(y > 0 for s in series.values() for y in s[2]):
-            ax.set_yscale("log")
-        ax.set_title(name, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
-    return fig
+    return min(spots, key=cost)  # min keeps the first of equal costs: the most central clear spot
 
 
 # -- a whole run directory --------------------------------------------------------------------------------
@@ -482,13 +337,17 @@ def render_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] 
             genotype = Genotype(network_path=viterbi_path(beta), cell=decode_cell(alpha, num_blocks))
         elif beta.shape[0] != genotype.num_layers:
             beta = None  # a genotype from elsewhere: draw its path alone
+    # Every input is read and checked before the first picture is written: a broken file is a one-line
+    # error naming it, and leaves the pictures of an earlier render as they were.
+    history_file = run_dir / "arch_history.jsonl"
+    records = [r for r in read_jsonl(history_file) if "alpha" in r and "beta" in r]
+    history = arch_history(records, str(history_file)) if records else None
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     if genotype is not None:
         written.append(plot_network_path(beta, genotype, out / "network_path.png"))
         written.append(plot_cell(genotype, out / "cell.png"))
-    history = [r for r in read_jsonl(run_dir / "arch_history.jsonl") if "alpha" in r and "beta" in r]
-    if history:
+    if history is not None:
         written.append(plot_arch_history(history, out / "arch_history.png"))
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
-    if _series(metrics):
+    if curve_series(metrics):
         written.append(plot_curves(metrics, out / "curves.png"))
     return written

@@ -6,7 +6,11 @@ Every factory has the signature ``factory(channels, stride, affine, dims) -> nn.
 
 Definitions follow Google's released model (``deeplab/core/nas_cell.py``):
 - ``sep_conv_k``: [ReLU → depthwise k×k → pointwise 1×1 → BN] twice, the stride on the first depthwise.
-- ``atr_conv_k``: ReLU → dense k×k convolution with dilation 2 → BN (dense, not separable).
+- ``atr_conv_k``: ReLU → dense k×k convolution with dilation 2 → BN (dense, not separable). With
+  stride 2 (the found network's downward cells) the released model does not stride the dilated conv:
+  it resizes the ReLU output bilinearly to ``ceil(S/2)`` (``scale_dimension(n, 0.5)``, corners
+  aligned like its ``resize_bilinear``), then applies the k×k conv *without* dilation
+  (:class:`AtrousConv`). Same parameters, same output size as the other stride-2 ops.
 - pools: 3×3, padding excluded from averages (TensorFlow ``SAME`` semantics). During search the
   mixed op adds a BN without affine parameters after them (see :mod:`autodeeplab.cell`).
 - ``skip_connect``: identity; with stride 2, ReLU → 1×1 conv stride 2 → BN (as NASNet does), which
@@ -53,15 +57,26 @@ def _by_dims(dims: int, one: type, two: type, three: type) -> type:
     return {1: one, 2: two, 3: three}[dims]
 
 
-def resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = False) -> torch.Tensor:
     """Resample ``[N, C, *S]`` to ``[N, C, *size]`` with (bi/tri)linear interpolation.
 
     The single resampling function of the package, so that search and retraining agree on it.
+    ``align_corners=True`` maps corner pixels onto corner pixels (TensorFlow's
+    ``resize_bilinear(align_corners=True)``, which the released model's strided atrous op uses).
     """
     if tuple(x.shape[2:]) == tuple(size):
         return x
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.dim() - 2]
-    return nn.functional.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+    return nn.functional.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
+
+
+def strided_size(size: tuple[int, ...] | torch.Size, stride: int) -> tuple[int, ...]:
+    """Spatial size after a stride-``stride`` op: ``ceil(n / stride)`` per axis.
+
+    What a padded strided conv or pool of the package produces, and what TensorFlow's
+    ``scale_dimension(n, 1/stride) = int((n - 1) / stride + 1)`` gives for the released model's resize.
+    """
+    return tuple((n - 1) // stride + 1 for n in size)
 
 
 class ReLUConvBN(nn.Sequential):
@@ -99,6 +114,34 @@ class SepConv(nn.Sequential):
                 bn(c, affine=affine),
             ]
         super().__init__(*layers)
+
+
+class AtrousConv(nn.Sequential):
+    """The ``atr_conv_k`` op: ``[N, C, *S]`` → ``[N, C, *ceil(S / stride)]`` (released ``nas_cell.py``).
+
+    Stride 1: ReLU → k×k conv, dilation 2 → BN. Stride > 1: ReLU → (bi/tri)linear resize to
+    ``ceil(S / stride)`` with aligned corners → k×k conv, dilation 1 → BN. The modules are
+    ``[ReLU, conv, BN]`` either way, so parameters and state-dict keys match :class:`ReLUConvBN`'s.
+    """
+
+    def __init__(self, c: int, kernel: int, stride: int = 1, affine: bool = True, dims: int = 2) -> None:
+        dilation = 2 if stride == 1 else 1  # the released op never combines a stride with a dilation
+        super().__init__(
+            nn.ReLU(inplace=False),
+            conv_nd(dims)(c, c, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=False),
+            batch_norm_nd(dims)(c, affine=affine),
+        )
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu, conv, bn = self[0], self[1], self[2]
+        x = relu(x)
+        if self.stride > 1:
+            x = resize(x, strided_size(x.shape[2:], self.stride), align_corners=True)
+        return bn(conv(x))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride} (resize, then undilated conv)" if self.stride > 1 else ""
 
 
 class Zero(nn.Module):
@@ -201,8 +244,8 @@ OPS: dict[str, OpFactory] = {
     "skip_connect": _skip,
     "sep_conv_3x3": lambda c, stride, affine, dims: SepConv(c, 3, stride, affine, dims),
     "sep_conv_5x5": lambda c, stride, affine, dims: SepConv(c, 5, stride, affine, dims),
-    "atr_conv_3x3": lambda c, stride, affine, dims: ReLUConvBN(c, c, 3, stride, 2, affine, dims),
-    "atr_conv_5x5": lambda c, stride, affine, dims: ReLUConvBN(c, c, 5, stride, 2, affine, dims),
+    "atr_conv_3x3": lambda c, stride, affine, dims: AtrousConv(c, 3, stride, affine, dims),
+    "atr_conv_5x5": lambda c, stride, affine, dims: AtrousConv(c, 5, stride, affine, dims),
 }
 assert tuple(OPS) == PRIMITIVES
 

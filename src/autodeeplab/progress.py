@@ -10,7 +10,9 @@ Usage::
 On an interactive terminal the line ``search epoch 3/40  37% 37/100 [0:00:37<0:01:02] loss 0.51 lr 0.02
 4.1 img/s`` is redrawn in place (at most every ``redraw_s`` seconds); when the stream is not a terminal (a
 log file, CI) the same text is written as one line every ``log_every_s`` seconds, after the first step and
-at the end. Rates and the ETA are averages since the bar started. Metrics show their latest value.
+at the end. Rates and the ETA are averages since the bar started: a resumed loop passes ``start`` (the
+steps already done before this process), which the bar shows but does not count as done in its time.
+Metrics show their latest value.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ def format_metric(value: Any) -> str:
 class Progress:
     """A progress display for ``total`` steps (None when unknown) labelled ``desc``.
 
-    ``stream`` defaults to ``sys.stderr`` at construction time. ``clock`` and ``is_tty`` exist for tests.
+    ``start``: steps done before the bar started (a resumed run); the bar begins there, and rates and the
+    ETA count only the steps done since. ``stream`` defaults to ``sys.stderr`` at construction time.
+    ``clock`` and ``is_tty`` exist for tests.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Progress:
         redraw_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         is_tty: bool | None = None,
+        start: int = 0,
     ) -> None:
         self.total = total
         self.desc = desc
@@ -69,7 +74,8 @@ class Progress:
             isatty = getattr(self.stream, "isatty", None)
             is_tty = bool(isatty and isatty())
         self.is_tty = is_tty
-        self.n = 0
+        self.n = start
+        self._start_n = start
         self.images = 0
         self.metrics: dict[str, Any] = {}
         self._start = clock()
@@ -82,20 +88,21 @@ class Progress:
     def line(self) -> str:
         """The current status as one line of text."""
         elapsed = self._clock() - self._start
+        done = self.n - self._start_n  # steps timed by this bar
         parts = [self.desc]
         if self.total:
             percent = int(100 * self.n / self.total)
-            remaining = elapsed / self.n * (self.total - self.n) if self.n else float("nan")
+            remaining = elapsed / done * (self.total - self.n) if done > 0 else float("nan")
             parts.append(f"{percent:3d}% {self.n}/{self.total}")
             parts.append(f"[{format_duration(elapsed)}<{format_duration(remaining)}]")
         else:
             parts.append(f"{self.n} [{format_duration(elapsed)}]")
         parts.extend(f"{key} {format_metric(value)}" for key, value in self.metrics.items())
-        if self.n and elapsed > 0:
+        if done > 0 and elapsed > 0:
             if self.images:
                 parts.append(f"{self.images / elapsed:.3g} img/s")
             else:
-                parts.append(f"{self.n / elapsed:.3g} it/s")
+                parts.append(f"{done / elapsed:.3g} it/s")
         return " ".join(parts)
 
     # -- updates --------------------------------------------------------------------------------------------

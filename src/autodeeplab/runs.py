@@ -29,6 +29,8 @@ clocks or tag spelling), keeps the newest ``keep``, and on load moves a corrupt 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -37,11 +39,12 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import struct
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -58,6 +61,7 @@ CHECKPOINT_SUFFIX = ".pt"
 CORRUPT_SUFFIX = ".corrupt"
 _CKPT_NAME = re.compile(r"^(\d{6,})-(.+)\.pt$")
 _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format is a zip archive
 
 
 class NonFiniteError(AutoDeepLabError):
@@ -124,6 +128,16 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:160]
 
 
+def _cut_inside_zip_magic(path: Path) -> bool:
+    """A file of 1-3 bytes that begins like a zip (what torch.save writes): a checkpoint cut off at once."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except OSError:
+        return False
+    return 0 < len(head) < len(_ZIP_MAGIC) and _ZIP_MAGIC.startswith(head)
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` without executing pickled code.
 
@@ -142,9 +156,17 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         # From the path, not from bytes in memory: torch reads a file several times faster.
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
+        if exc.errno is None or exc.errno == errno.EINVAL:
+            # torch's zip reader reports a cut-off file as OSError(EINVAL) or with no errno at all; the file
+            # exists and is not empty, so it is the bytes that are wrong, not the file system.
+            detail = exc.strerror or _first_line(exc)
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({detail})") from None
         raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
-        if isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc):
+        # A zip cut off inside its first bytes is read as a legacy pickle and refused by the weights-only
+        # unpickler too; that one is truncated, not foreign.
+        refused = isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc)
+        if refused and not _cut_inside_zip_magic(path):
             raise CheckpointError(
                 f"{path}: refused to load: it holds objects that need code execution (not an autodeeplab "
                 "checkpoint)"
@@ -295,7 +317,9 @@ class GracefulInterrupt:
     Inside the block, the first signal sets :attr:`requested` (and :attr:`signal_name`) and prints one line
     to ``stream``; the loop then finishes its step, saves a checkpoint and exits with :func:`resume_hint`.
     A second signal raises :class:`KeyboardInterrupt` at once. The previous handlers come back on exit.
-    Outside the main thread (where Python cannot install handlers) it does nothing.
+    Outside the main thread (where Python cannot install handlers) it does nothing. Processes forked inside
+    the block (DataLoader workers) inherit the handler; there it does nothing, so one Ctrl-C prints one line
+    and only the main process checkpoints (workers simply end with their parent's iterator).
     """
 
     SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
@@ -305,8 +329,11 @@ class GracefulInterrupt:
         self.signal_name: str | None = None
         self._stream = stream
         self._previous: dict[signal.Signals, Any] = {}
+        self._pid: int | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a forked child (a loader worker): its parent handles the signal
+            return
         name = signal.Signals(signum).name
         if self.requested:
             raise KeyboardInterrupt(f"second {name}: stopping without a checkpoint")
@@ -320,6 +347,7 @@ class GracefulInterrupt:
         )
 
     def __enter__(self) -> GracefulInterrupt:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -367,11 +395,15 @@ class RunDir:
     """A run's folder: JSON/JSONL files written safely, and its :attr:`checkpoints`.
 
     A new run refuses a folder that exists and is not empty (so that two runs never mix their files);
-    ``resume=True`` requires the folder to exist.
+    ``resume=True`` requires the folder to exist. A new run that stops on a user error before its first
+    checkpoint removes what it wrote (see :meth:`removed_if_unstarted`), so the same command can run again.
     """
 
     def __init__(self, path: str | os.PathLike[str], resume: bool = False, keep_checkpoints: int = 3) -> None:
         self.path = Path(path)
+        self.fresh = not resume
+        """A new run: the folder was empty or absent, so everything in it is this run's."""
+        self._created = False
         if resume:
             if not self.path.is_dir():
                 raise RunDirError(f"{self.path}: no such run directory to resume")
@@ -383,11 +415,37 @@ class RunDir:
                     f"{self.path}: run directory exists and is not empty; resume it with --resume "
                     f"{self.path} or choose another output directory"
                 )
+            self._created = not self.path.exists()
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise RunDirError(f"{self.path}: cannot create run directory ({exc.strerror})") from None
         self.checkpoints = CheckpointManager(self.path / "checkpoints", keep=keep_checkpoints)
+
+    @contextlib.contextmanager
+    def removed_if_unstarted(self) -> Iterator[None]:
+        """Undo a new run that fails on a user error (bad data, config, NaN) before its first checkpoint.
+
+        Without this, its ``config.yaml``/``split.json`` would block the same ``-o`` ("not empty") while
+        ``--resume`` has nothing to resume. Only a fresh run's folder is touched (it was empty or absent at
+        the start, so everything in it is this run's); a resumed run and a run with a checkpoint keep it all.
+        """
+        try:
+            yield
+        except AutoDeepLabError:
+            if self.fresh and self.checkpoints.latest() is None:
+                self._remove_contents()
+            raise
+
+    def _remove_contents(self) -> None:
+        for child in list(self.path.iterdir()) if self.path.is_dir() else []:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     def file(self, name: str) -> Path:
         """The path of ``name`` inside the run directory."""

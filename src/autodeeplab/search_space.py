@@ -160,6 +160,7 @@ class SearchNetwork(nn.Module):
                 f"space.partial_channels: {c.partial_channels} must be at least 1 and divide "
                 f"space.filter_multiplier ({c.filter_multiplier})"
             )
+        self.execution.check_levels(c.num_levels)
         dims, conv, bn = c.spatial_dims, conv_nd(c.spatial_dims), batch_norm_nd(c.spatial_dims)
         s0, s1, s2 = c.stem_channels
         self.stem = nn.Sequential(
@@ -248,12 +249,12 @@ class SearchNetwork(nn.Module):
         alpha, beta = self.alpha_weights(), self.beta_weights()
         prev_prev: dict[int, torch.Tensor] = {0: stem}  # layer -1 is represented by the stem
         prev: dict[int, torch.Tensor] = {0: stem}
-        recompute = self.execution.checkpoint_cells and torch.is_grad_enabled()
+        recompute = torch.is_grad_enabled()  # under no_grad there is no backward to recompute for
         for layer in range(1, c.num_layers + 1):
             current = {}
             for level in node_levels(layer, c.num_levels):
                 args = (layer, level, prev_prev, prev, sizes, alpha, beta)
-                if recompute and level in self.execution.checkpoint_levels:
+                if recompute and self.execution.checkpoints_level(level):
                     current[level] = self._checkpointed_node(*args)
                 else:
                     current[level] = self._node(*args)

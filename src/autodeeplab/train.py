@@ -32,7 +32,7 @@ from torch import nn
 from . import __version__
 from .config import config_to_dict, dump_config_yaml, register_presets
 from .device import resolve_device
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import DataError
 from .evaluate import evaluate
 from .genotype import Genotype
 from .network import AutoDeepLabNet, NetworkConfig
@@ -44,7 +44,6 @@ from .runs import (
     capture_rng_state,
     check_finite,
     maybe_tensorboard,
-    restore_rng_state,
 )
 from .runs import save_checkpoint as save_state
 from .sampling import batches_per_epoch, epoch_loader
@@ -54,19 +53,35 @@ from .trained import (  # noqa: F401  (re-exported: the trained-model API used w
     TrainedInfo,
     check_classes,
     load_trained,
+    load_training_state,
+    restore_training_state,
     save_trained,
     trained_record,
 )
 
 TRAIN_STREAM = 0  # the sampling stream id of the training batches
+RESUMABLE_KEYS = frozenset(
+    {
+        "iterations",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "device",
+        "data.root",
+        "data.num_workers",
+    }
+)
+"""Settings that ``--resume`` may change: the run's length (``--set iterations=N`` extends it; the poly
+schedule then follows the new length from the resumed step on), checkpointing and logging, loader workers
+(batches do not depend on them), the device and the data's location. Anything else is refused."""
 
 
 @dataclass
 class TrainDataConfig:
     """Where the training images come from and how they are augmented."""
 
-    dataset: str = "synthetic"
-    """A name from ``autodeeplab.data.DATASET_NAMES``; the paper's tables use ``cityscapes``."""
+    dataset: str = "cityscapes"
+    """A name from ``autodeeplab.data.DATASET_NAMES``; the paper's recipe is Cityscapes (give its root)."""
     root: str | None = None
     train_split: str = "train"
     eval_split: str | None = "val"
@@ -130,6 +145,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 1000
+    """Write a checkpoint (and ``model.pt``) every N iterations and at the end (0: at the end only); on
+    SIGINT/SIGTERM one is written at once. Training counts iterations, not epochs (the paper gives a number
+    of iterations), so there are no epoch-end checkpoints."""
     keep_checkpoints: int = 3
     eval_every: int = 0
     """Evaluate every N steps (0: only at the end)."""
@@ -227,7 +245,7 @@ def dataset_options(config: TrainConfig) -> dict[str, Any]:
 
 def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     """The augmented training split and the evaluation split (or None)."""
-    from .data import EvalTransform, TrainTransform, build_dataset
+    from .data import EvalTransform, TrainTransform, build_dataset, check_crop_size
 
     d = config.data
     synthetic = d.dataset == "synthetic"
@@ -237,6 +255,7 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     train = build_dataset(
         d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
     )
+    check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
     if batches_per_epoch(len(train), config.batch_size) == 0:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train)} images cannot fill one batch of {config.batch_size}"
@@ -297,6 +316,15 @@ def run_training(
     to ``echo``, by default printed above the bar.
     """
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
+    with run.removed_if_unstarted():
+        return _train(config, genotype, run, resume, quiet, echo)
+
+
+def _train(
+    config: TrainConfig, genotype: Genotype, run: RunDir, resume: bool, quiet: bool, echo
+) -> TrainResult:
+    # The checkpoint first: a resume with settings that do not fit it stops before any data is read.
+    loaded = load_training_state(run, config, RESUMABLE_KEYS, echo or print) if resume else None
     device = resolve_device(config.device)
     train, val = build_train_data(config)
     model = build_model(genotype, config, train.num_classes).to(device)
@@ -310,11 +338,13 @@ def run_training(
         dataset_options=dataset_options(config),
         data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
     )
-    bar = Progress(config.iterations, "training", quiet=quiet)
+    if loaded is not None:
+        info.step, info.metrics = restore_training_state(run, loaded, model, optimizer, info)
+    # The bar starts at the resumed step; its rates and ETA count only this process's steps.
+    bar = Progress(config.iterations, "training", quiet=quiet, start=info.step)
     say = echo or (print if quiet else bar.log)  # quiet hides the bar, not the messages
-    if resume:
-        info.step, info.metrics = _restore(run, model, optimizer, say)
-        bar.n = info.step
+    if loaded is not None:
+        say(f"resuming from {loaded[1].name}: step {info.step}")
     else:
         extra = {"autodeeplab_version": __version__, "seed": config.seed}
         dump_config_yaml(config, run.file("config.yaml"), extra)
@@ -405,19 +435,3 @@ def _save(run: RunDir, model: AutoDeepLabNet, optimizer, info: TrainedInfo, conf
     }
     run.checkpoints.save(state, f"step{info.step:08d}")
     save_state(run.file(MODEL_FILE), record)
-
-
-def _restore(run: RunDir, model: AutoDeepLabNet, optimizer, echo) -> tuple[int, dict[str, Any] | None]:
-    loaded = run.checkpoints.load_latest(warn=echo)
-    if loaded is None:
-        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
-    state, path = loaded
-    if state.get("kind") != STATE_KIND:
-        raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
-    model.load_state_dict(state["trained"]["weights"])
-    optimizer.load_state_dict(state["optimizer"])
-    restore_rng_state(state["rng"])
-    step = int(state["step"])
-    run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
-    echo(f"resuming from {path.name}: step {step}")
-    return step, state["trained"]["info"].get("metrics")

@@ -4,13 +4,15 @@
 file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
 "model_format": 1, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields (dataset,
 class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
-checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind.
+checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind; they are
+read back for ``--resume`` by :func:`load_training_state` and :func:`restore_training_state`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import AutoDeepLabError, CheckpointError
+from .config import check_resume_changes, record_resume_changes
+from .errors import AutoDeepLabError, CheckpointError, ConfigError
 from .network import AutoDeepLabNet
-from .runs import load_checkpoint
+from .runs import RunDir, load_checkpoint, restore_rng_state
 from .runs import save_checkpoint as save_state
 
 MODEL_KIND = "trained-model"
@@ -119,3 +122,65 @@ def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: 
             f"{path}: the checkpoint predicts {info.num_classes} classes ({info.dataset}) but {what} has "
             f"{num_classes}"
         )
+
+
+# -- training-state checkpoints (resume) ---------------------------------------------------------------
+def load_training_state(
+    run: RunDir, config: Any, allowed: Collection[str], echo: Callable[[str], None]
+) -> tuple[dict[str, Any], Path]:
+    """The newest good training checkpoint, once ``config`` is known to fit it.
+
+    Only the ``allowed`` keys (``train.RESUMABLE_KEYS``) may differ from the checkpoint's settings; such
+    changes are written to ``config.yaml`` (``run_info.resumed_with``). Any other change is a one-line
+    :class:`ConfigError`.
+    """
+    loaded = run.checkpoints.load_latest(warn=echo)
+    if loaded is None:
+        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
+    state, path = loaded
+    if state.get("kind") != STATE_KIND:
+        raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
+    changes = check_resume_changes(state.get("config", {}), config, allowed, f"--resume {run.path}")
+    if config.iterations < int(state["step"]):
+        raise ConfigError(
+            f"--resume {run.path}: iterations {config.iterations} is less than the {state['step']} steps done"
+        )
+    if changes:
+        record_resume_changes(config, run.file("config.yaml"), changes, path.name)
+        echo("resuming with " + ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes))
+    return state, path
+
+
+def restore_training_state(
+    run: RunDir, loaded: tuple[dict[str, Any], Path], model: AutoDeepLabNet, optimizer: Any, info: TrainedInfo
+) -> tuple[int, dict[str, Any] | None]:
+    """Put a checkpoint's weights, optimiser and RNG states back; ``(step, last metrics)``.
+
+    The data must have the checkpoint's classes (``data.root`` may move, so it is checked here, not by the
+    config comparison); weights that do not fit are a one-line :class:`CheckpointError`.
+    """
+    state, path = loaded
+    try:
+        saved = TrainedInfo(**state["trained"]["info"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: malformed training checkpoint ({exc})") from None
+    check_classes(path, saved, info.num_classes, f"{info.dataset} {run_data_split(state)}")
+    if saved.class_names != info.class_names:
+        raise CheckpointError(
+            f"{path}: the checkpoint's classes {saved.class_names} differ from the data's {info.class_names}"
+        )
+    try:
+        model.load_state_dict(state["trained"]["weights"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:  # shapes, missing keys, parameter groups
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: does not fit this training's network ({first})") from None
+    restore_rng_state(state["rng"])
+    step = int(state["step"])
+    run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
+    return step, saved.metrics
+
+
+def run_data_split(state: dict[str, Any]) -> str:
+    """The training split named in a checkpoint's settings (for messages)."""
+    return str(state.get("config", {}).get("data", {}).get("train_split", "train"))

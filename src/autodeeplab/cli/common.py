@@ -44,11 +44,17 @@ def resolve_run_config(
 
     ``--dataset``/``--data-root`` become ``data.dataset``/``data.root`` overrides; naming a dataset
     without a root clears the preset's root (it belongs to the preset's dataset).
+
+    On resume the overrides apply over the run's ``config.yaml``; the run itself (``run_search`` /
+    ``run_training``) then compares the result with its checkpoint's settings and refuses, in one line, a
+    change outside its ``RESUMABLE_KEYS`` (the run length, checkpointing, workers, device, data root);
+    allowed changes are written back to ``config.yaml`` under ``run_info.resumed_with``.
     """
     overrides = list(args.overrides)
     if args.dataset:
         overrides.append(f"data.dataset={args.dataset}")
-        if not args.data_root:
+        # On resume the run's root stays (a change of dataset is refused by the run anyway).
+        if not args.data_root and not args.resume:
             overrides.append("data.root=null")
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")

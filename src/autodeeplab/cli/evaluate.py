@@ -1,33 +1,74 @@
-"""``autodeeplab eval``: mIoU, per-class IoU and pixel accuracy of a trained model over a dataset split."""
+"""``autodeeplab eval``: mIoU, per-class IoU and pixel accuracy of a trained model over a dataset split.
+
+Settings are an :class:`~autodeeplab.evaluate.EvalConfig`, resolved as
+``defaults < --preset < --config FILE.yaml < --set KEY=VALUE < the shortcut flags`` (``--split``,
+``--scales``, ``--flip``, ...). The results are printed as a table and written as JSON: to ``--json OUT``,
+or by default beside the checkpoint as ``eval-<split>.json``. A file there that this package did not
+write is never replaced (the JSON is then skipped, with a note); ``--no-json`` writes nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
 
-DEFAULT_SPLIT = "val"
+# Shortcut flags and the EvalConfig field each one sets (flags win over preset, file and --set).
+FLAG_FIELDS: dict[str, str] = {
+    "split": "split",
+    "dataset": "dataset",
+    "data_root": "data_root",
+    "scales": "scales",
+    "flip": "flip",
+    "window": "window",
+    "max_images": "max_images",
+    "device": "device",
+}
+DEFAULT_JSON_NAME = "eval-{split}.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..config import preset_names
+    from ..evaluate import DEFAULT_EVAL_PRESET, EvalConfig
+
     p = sub.add_parser(
         "eval",
         help="evaluate a trained model (mIoU, per-class IoU, pixel accuracy)",
         description="Evaluate a trained model over a whole split: one confusion matrix, the ignore label "
-        "excluded. Single scale by default; --scales and --flip give multi-scale inference (the paper's "
-        "test-set tables use 0.5 0.75 1 1.25 1.5 1.75 with --flip). Prints a table; --json writes it.",
+        "excluded. Single scale by default; --preset paper (or --scales and --flip) gives the paper's "
+        "multi-scale + flip inference (0.5 .. 1.75). Prints a table and writes it as JSON, by default "
+        "beside the checkpoint as eval-<split>.json.",
     )
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="model.pt of a training run (or the run directory)"
     )
+    p.add_argument(
+        "--preset",
+        choices=preset_names(EvalConfig),
+        help=f"named settings (default: {DEFAULT_EVAL_PRESET}; paper = multi-scale + flip)",
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML settings applied over the preset")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set scales=[0.75,1,1.25] --set window=[513,513]",
+    )
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-root", help="dataset folder (default: the training run's)")
-    p.add_argument("--split", default=DEFAULT_SPLIT, help=f"split to evaluate (default: {DEFAULT_SPLIT})")
+    p.add_argument("--split", help="split to evaluate (default: val)")
+    p.add_argument("--scales", type=float, nargs="+", metavar="S", help="image scales (default: 1)")
     p.add_argument(
-        "--scales", type=float, nargs="+", default=[1.0], metavar="S", help="image scales (default: 1)"
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="also average the horizontally flipped images (--no-flip: do not)",
     )
-    p.add_argument("--flip", action="store_true", help="also average the horizontally flipped images")
     p.add_argument(
         "--window",
         type=int,
@@ -36,47 +77,119 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="sliding-window inference with tiles of H×W (for images too large for memory)",
     )
     p.add_argument("--max-images", type=int, metavar="N", help="evaluate the first N images only")
-    p.add_argument("--json", metavar="OUT", help="write the results as JSON to this file")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
+    p.add_argument("--device", help="auto, cpu or cuda[:i] (default: auto)")
+    p.add_argument(
+        "--json", metavar="OUT", help="write the results JSON here (default: beside the checkpoint)"
+    )
+    p.add_argument("--no-json", action="store_true", help="print the table only, write no JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=run)
 
 
 def inference_settings(args: argparse.Namespace):  # -> InferenceSettings
-    """The --scales/--flip/--window flags as :class:`InferenceSettings` (bad values: one-line errors)."""
+    """The --scales/--flip/--window flags as :class:`InferenceSettings` (bad values: one-line errors).
+
+    Used by ``predict``; flags that are absent or ``None`` take the single-scale defaults.
+    """
     from ..evaluate import InferenceSettings
 
+    scales = getattr(args, "scales", None) or [1.0]
     window = getattr(args, "window", None)
     try:
-        return InferenceSettings(tuple(args.scales), args.flip, tuple(window) if window else None)
+        return InferenceSettings(
+            tuple(scales), bool(getattr(args, "flip", False)), tuple(window) if window else None
+        )
     except ValueError as exc:
         flag = "--window" if "window" in str(exc) else "--scales"
         raise ConfigError(f"{flag}: {exc}") from None
 
 
+def resolve_eval_config(args: argparse.Namespace):  # -> EvalConfig (imported lazily with torch)
+    """defaults < --preset < --config < --set < shortcut flags; each bad flag is named in its error."""
+    from ..config import load_config
+    from ..evaluate import DEFAULT_EVAL_PRESET, EvalConfig
+
+    if getattr(args, "max_images", None) is not None and args.max_images < 1:
+        raise ConfigError(f"--max-images: must be a positive integer, got {args.max_images}")
+    config = load_config(
+        EvalConfig,
+        preset=getattr(args, "preset", None) or DEFAULT_EVAL_PRESET,
+        yaml_path=getattr(args, "config", None),
+        overrides=getattr(args, "overrides", ()),
+    )
+    for flag, name in FLAG_FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        value = tuple(value) if isinstance(value, list) else value
+        try:
+            config = dataclasses.replace(config, **{name: value})
+        except ValueError as exc:
+            raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
+    return config
+
+
+def checkpoint_file(checkpoint: str | Path) -> Path:
+    """The file a checkpoint argument names (a run directory stands for its ``model.pt``)."""
+    from ..trained import MODEL_FILE
+
+    path = Path(checkpoint)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+def default_json_path(checkpoint: str | Path, split: str) -> Path:
+    """``eval-<split>.json`` in the checkpoint's folder (the split made safe as a file name)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", split)
+    return checkpoint_file(checkpoint).parent / DEFAULT_JSON_NAME.format(split=safe)
+
+
+def json_target(args: argparse.Namespace, split: str) -> tuple[Path | None, str | None]:
+    """(where to write the results JSON, or None; why it is not written, for a one-line note).
+
+    ``--json OUT`` that names a folder or a file this package did not write is an error before anything
+    runs; the default location is skipped with a note instead, since nobody asked for it.
+    """
+    from ..evaluate import is_eval_json
+
+    if args.no_json:
+        if args.json:
+            raise ConfigError("--json and --no-json contradict each other; give one")
+        return None, None
+    if args.json:
+        path = Path(args.json)
+        if path.is_dir():
+            raise ConfigError(f"--json: {args.json} is a directory, not a file name")
+        if path.exists() and not is_eval_json(path):
+            raise ConfigError(
+                f"--json: {args.json} exists and is not an autodeeplab eval result; not overwriting it"
+            )
+        return path, None
+    path = default_json_path(args.checkpoint, split)
+    if path.exists() and not is_eval_json(path):
+        return None, f"{path} exists and is not an autodeeplab eval result; not overwriting it"
+    return path, None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import EvalTransform, build_dataset
     from ..device import resolve_device
-    from ..evaluate import evaluate
-    from ..fileio import atomic_write_json
+    from ..evaluate import evaluate, write_eval_json
     from ..progress import Progress
     from ..trained import check_classes, load_trained
 
-    if args.max_images is not None and args.max_images < 1:
-        raise ConfigError(f"--max-images: must be a positive integer, got {args.max_images}")
-    settings = inference_settings(args)
-    if args.json and Path(args.json).is_dir():
-        raise ConfigError(f"--json: {args.json} is a directory, not a file name")
-    device = resolve_device(args.device)
+    config = resolve_eval_config(args)
+    settings = config.inference_settings()
+    json_path, skipped = json_target(args, config.split)
+    device = resolve_device(config.device)
     model, info = load_trained(args.checkpoint, device=device)
-    name = args.dataset or info.dataset
+    name = config.dataset or info.dataset
     same = name == info.dataset
-    root = args.data_root or (info.data_root if same else None)
+    root = config.data_root or (info.data_root if same else None)
     options = info.dataset_options if same else {}
-    dataset = build_dataset(name, root, args.split, transform=EvalTransform(), **options)
-    check_classes(args.checkpoint, info, dataset.num_classes, f"{name} {args.split}")
-    total = len(dataset) if args.max_images is None else min(len(dataset), args.max_images)
-    with Progress(total, f"eval {name} {args.split}", quiet=args.quiet) as bar:
+    dataset = build_dataset(name, root, config.split, transform=EvalTransform(), **options)
+    check_classes(args.checkpoint, info, dataset.num_classes, f"{name} {config.split}")
+    total = len(dataset) if config.max_images is None else min(len(dataset), config.max_images)
+    with Progress(total, f"eval {name} {config.split}", quiet=args.quiet) as bar:
         result = evaluate(
             model,
             (dataset[i] for i in range(total)),
@@ -87,14 +200,28 @@ def run(args: argparse.Namespace) -> int:
             device=device,
             progress=lambda done: bar.update(images=1),
         )
-    result.extra = {"checkpoint": str(args.checkpoint), "dataset": name, "split": args.split}
+    result.extra = {
+        "checkpoint": str(checkpoint_file(args.checkpoint).resolve()),
+        "dataset": name,
+        "data_root": str(Path(root).resolve()) if root else None,
+        "split": config.split,
+    }
     scales = " ".join(f"{s:g}" for s in settings.scales)
     print(
-        f"{args.checkpoint}: {name} {args.split}, {result.num_images} images, scales {scales}"
+        f"{args.checkpoint}: {name} {config.split}, {result.num_images} images, scales {scales}"
         f"{' + flip' if settings.flip else ''}, {result.seconds:.1f}s"
     )
     print(result.metrics.format_table())
-    if args.json:
-        atomic_write_json(args.json, result.to_dict())
-        print(f"results written to {args.json}")
+    if json_path is not None:
+        try:
+            write_eval_json(json_path, result, config)
+        except OSError as exc:
+            reason = f"cannot write {json_path} ({exc.strerror or exc})"
+            if args.json:  # asked for explicitly: a failure, though the table above is printed
+                raise ConfigError(f"--json: {reason}") from None
+            skipped = f"{reason}; give --json OUT to write elsewhere"
+        else:
+            print(f"results written to {json_path}")
+    if skipped:
+        print(f"note: results JSON not written: {skipped}", file=sys.stderr)
     return 0

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..search_config import SearchConfig
 from .common import add_run_arguments, resolve_run_config
 
@@ -25,6 +26,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="predict this search's memory and time (a short calibration on this machine), print it and exit",
     )
+    p.add_argument(
+        "--estimate-no-time",
+        action="store_true",
+        help="like --estimate, memory only: no timed calibration steps (seconds even at the paper's size)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="with --estimate: torch threads for the calibration (default: torch's, as the search uses; "
+        "time the way the search will run)",
+    )
     p.set_defaults(func=run)
 
 
@@ -36,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from ..plots import describe_genotype, render_run
     from ..search import run_search
 
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads: must be at least 1, got {args.threads}")
     config = resolve_config(args)
-    if args.estimate:
-        return print_estimate(config, quiet=args.quiet)
+    if args.estimate or args.estimate_no_time:
+        return print_estimate(
+            config, quiet=args.quiet, measure_time=not args.estimate_no_time, threads=args.threads
+        )
     run_dir = Path(args.resume or args.output or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S"))
     result = run_search(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
     if result.interrupted:
@@ -51,12 +68,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_estimate(config: SearchConfig, quiet: bool = False) -> int:
-    """``--estimate``: print the predicted saved activations, peak memory, step times and search time."""
+def print_estimate(
+    config: SearchConfig, quiet: bool = False, measure_time: bool = True, threads: int | None = None
+) -> int:
+    """``--estimate``: print the predicted saved activations, peak memory, step times and search time.
+
+    ``measure_time`` False skips the timed calibration steps (memory only: one forward per step kind at
+    a small crop). ``threads`` sets torch's intra-op threads for the calibration, restored afterwards.
+    """
+    import torch
+
     from ..device import resolve_device
     from ..estimate import estimate_search, format_estimate
 
     device = resolve_device(config.device)
-    estimate = estimate_search(config, device, echo=(lambda s: None) if quiet else print)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        echo = (lambda s: None) if quiet else print
+        estimate = estimate_search(config, device, measure_time=measure_time, echo=echo)
+    finally:
+        torch.set_num_threads(before)
     print(format_estimate(estimate))
+    if measure_time and device.type == "cpu":
+        print(f"  (timed with {threads or before} CPU thread(s); --threads N to time with another count)")
     return 0

@@ -12,7 +12,14 @@ from .checks import CheckReport, check_dataset, check_dataset_report
 from .labels import IGNORE_INDEX, LabelMap
 from .prepare import prepare_cityscapes
 from .problems import DataProblem, DataProblemError
-from .registry import DATASET_NAMES, DEFAULT_DATASET, build_dataset, dataset_class, dataset_options
+from .registry import (
+    DATASET_NAMES,
+    DEFAULT_DATASET,
+    build_dataset,
+    check_split,
+    dataset_class,
+    dataset_options,
+)
 from .splits import set_epoch
 from .transforms import (
     IMAGENET_MEAN,
@@ -42,6 +49,7 @@ __all__ = [
     "check_crop_size",
     "check_dataset",
     "check_dataset_report",
+    "check_split",
     "dataset_class",
     "dataset_options",
     "denormalize_image",

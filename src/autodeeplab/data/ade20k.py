@@ -50,13 +50,13 @@ def _resolve_root(root: Path) -> Path:
 
 
 class ADE20KDataset(PairedFilesDataset):
-    """ADE20K SceneParsing. Image sizes vary."""
+    """ADE20K SceneParsing. Image sizes vary: ``image_size`` is the largest of the split's (file headers)."""
 
     name = "ade20k"
     splits = tuple(SPLIT_FOLDERS)
     class_names = CLASS_NAMES
     palette = bit_palette(len(CLASS_NAMES) + 1)[1:]
-    image_size = None
+    image_size = property(PairedFilesDataset.largest_image_size)  # sizes vary: the largest listed
     label_map = LabelMap(
         {OTHER: IGNORE_INDEX} | {k + 1: k for k in range(len(CLASS_NAMES))},
         f"1..{len(CLASS_NAMES)}, or {OTHER} (other, ignored)",

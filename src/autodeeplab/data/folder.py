@@ -19,6 +19,8 @@ Classes file (YAML or JSON)::
     ignore_colour: [255, 255, 255]             # optional: the "unlabelled" colour of RGB masks
 
 Masks are single-channel PNGs of class values (8 or 16 bit), or RGB pictures when ``colours`` is given.
+Image sizes may vary: crop sizes are checked against the largest image of the split (from the file headers).
+A stem in a split list with neither an image nor a mask is a problem (list file and line), never skipped.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class FolderDataset(PairedFilesDataset):
     """Images + masks matched by stem, classes from a classes file (see the module docstring)."""
 
     name = "folder"
-    image_size = None
+    image_size = property(PairedFilesDataset.largest_image_size)  # sizes vary: the largest listed
     layout = (
         "a plain folder: <root>/images/ and <root>/masks/ (files matched by stem, optionally in per-split"
         " sub-folders) and <root>/classes.yaml (or classes.json)"
@@ -115,25 +117,34 @@ class FolderDataset(PairedFilesDataset):
             return [], [self.wrong_layout(mask_dir)]
         images, problems = files_by_key(image_dir, IMAGE_SUFFIXES, stem_key)
         masks, more = files_by_key(mask_dir, IMAGE_SUFFIXES, stem_key)
+        missing: list[DataProblem] = []
         if not nested:
-            keep = self._flat_split_stems(sorted(images.keys() | masks.keys()))
+            keep, missing = self._flat_split_stems(images.keys() | masks.keys())
             images = {k: v for k, v in images.items() if k in keep}
             masks = {k: v for k, v in masks.items() if k in keep}
         samples, orphans = pair_by_key(
             images, masks, lambda k: mask_dir / f"{k}.png", lambda k: image_dir / f"{k}.*"
         )
-        return samples, problems + more + orphans
+        return samples, problems + more + missing + orphans
 
-    def _flat_split_stems(self, stems: list[str]) -> set[str]:
+    def _flat_split_stems(self, on_disk: set[str]) -> tuple[set[str], list[DataProblem]]:
+        """The stems of this split of a flat folder, and one problem per listed stem found on neither side."""
         list_file = self.root / "splits" / f"{self.split}.txt"
         if list_file.is_file():
-            return {
-                line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()
-            }
+            keep: set[str] = set()
+            missing = []
+            for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+                stem = line.strip()
+                if not stem:
+                    continue
+                keep.add(stem)
+                if stem not in on_disk:
+                    missing.append(problem(list_file, f"line {number}: {stem!r} has neither image nor label"))
+            return keep, missing
         if self.split == "all":
-            return set(stems)
-        in_val = {stem for i, stem in enumerate(stems) if i % VAL_EVERY == VAL_EVERY - 1}
-        return in_val if self.split == "val" else set(stems) - in_val
+            return set(on_disk), []
+        in_val = {stem for i, stem in enumerate(sorted(on_disk)) if i % VAL_EVERY == VAL_EVERY - 1}
+        return (in_val if self.split == "val" else on_disk - in_val), []
 
 
 def _parse_classes(spec: Any, path: Path) -> tuple[tuple[str, ...], list[Colour] | None, int, Colour | None]:

@@ -22,6 +22,8 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 # Single-channel PIL modes whose pixel values are class values as they are.
 _INDEX_MODES = frozenset({"L", "P", "I", "I;16", "I;16B", "I;16L", "1"})
 _COLOUR_MODES = frozenset({"RGB", "RGBA"})
+# What PIL raises for a file it cannot identify, a truncated one, or one too large to be an image.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _open_decoded(path: Path, kind: str) -> Image.Image:
@@ -31,10 +33,30 @@ def _open_decoded(path: Path, kind: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataProblemError(problem(path, f"unreadable or truncated {kind} file ({reason})")) from None
+    except _DECODE_ERRORS as exc:
+        raise _unreadable(path, kind, exc) from None
     return image
+
+
+def _unreadable(path: Path, kind: str, exc: Exception) -> DataProblemError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataProblemError(problem(path, f"unreadable or truncated {kind} file ({reason})"))
+
+
+def read_size(path: str | Path, kind: str = "image") -> tuple[int, int]:
+    """(H, W) of an image file from its header alone (no pixel decoding).
+
+    A file whose header cannot be read gets the same problem message as :func:`read_rgb` would give.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataProblemError(problem(path, f"{kind} file not found"))
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except _DECODE_ERRORS as exc:
+        raise _unreadable(path, kind, exc) from None
+    return height, width
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

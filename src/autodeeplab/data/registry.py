@@ -47,6 +47,12 @@ def dataset_options(name: str) -> tuple[str, ...]:
     return tuple(p for p in parameters if p not in _COMMON)
 
 
+def check_split(name: str, root: str | Path | None, split: str, field: str = "split") -> None:
+    """Refuse an unknown dataset ``name`` or a ``split`` it does not offer under ``root``, before any file
+    is listed: a :class:`ConfigError` naming ``field`` (e.g. ``data.val_split``) and the splits to choose."""
+    dataset_class(name).check_split_name(root, split, field)
+
+
 def build_dataset(
     name: str,
     root: str | Path | None,

@@ -69,10 +69,12 @@ def parse_crop_size(crop_size: int | tuple[int, int] | list[int]) -> tuple[int, 
 def check_crop_size(
     crop_size: int | tuple[int, int], image_size: tuple[int, int] | None, max_scale: float
 ) -> None:
-    """Refuse a crop that is larger than the (nominal) images even at the largest random scale.
+    """Refuse a crop that is larger than the images, in both height and width, even at the largest scale.
 
     Such a crop would be padding on every side of every sample: the model would mostly see ignore pixels.
-    ``image_size`` is (H, W); ``None`` (sizes differ per image) skips the check.
+    ``image_size`` is the (H, W) that bounds the images: their common size, or for layouts whose sizes vary
+    the largest height and width of the split (``SegmentationDataset.image_size``); ``None`` (not known)
+    skips the check.
     """
     crop_h, crop_w = parse_crop_size(crop_size)
     if image_size is None:
@@ -80,7 +82,7 @@ def check_crop_size(
     max_h, max_w = round(image_size[0] * max_scale), round(image_size[1] * max_scale)
     if crop_h > max_h and crop_w > max_w:
         raise ConfigError(
-            f"crop_size: {crop_h}x{crop_w} is larger than allowed: the images are"
+            f"crop_size: {crop_h}x{crop_w} is larger than allowed: the images are at most"
             f" {image_size[0]}x{image_size[1]} (HxW), {max_h}x{max_w} at the largest scale {max_scale:g}"
         )
 
