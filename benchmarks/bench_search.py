@@ -12,6 +12,9 @@ load average, torch version, thread count and the exact command.
     python benchmarks/bench_search.py scaling --sizes 65 97 129 --filters 4 8 --layers 6 12
     # `autodeeplab search --estimate` against a measurement at the same setting
     python benchmarks/bench_search.py estimate --size 129
+    # the recorded figures as markdown tables, and the scaling series as benchmarks/scaling_memory.png
+    python benchmarks/bench_search.py table
+    python benchmarks/bench_search.py plot
 
 Add ``--device cuda`` on a GPU machine (timings synchronise; ``torch.cuda.max_memory_allocated`` is recorded).
 The default setting is the paper's search supernet: F=8, L=12, B=5, 19 classes, batch 2, fp32.
@@ -31,6 +34,7 @@ import time
 from pathlib import Path
 
 from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
+from search_tables import markdown_tables, scaling_plot, scaling_tables
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results_search.jsonl"
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(WORKERS[argv[1]](json.loads(argv[2]))))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=["time", "memory", "scaling", "estimate", "table"])
+    parser.add_argument("kind", choices=["time", "memory", "scaling", "estimate", "table", "plot"])
     parser.add_argument("--variants", nargs="+", default=["reference", "exact"], choices=list(VARIANTS))
     parser.add_argument("--size", type=int, default=129, help="square crop side")
     parser.add_argument("--sizes", type=int, nargs="+", default=[65, 97, 129], help="crops for 'scaling'")
@@ -331,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.kind == "table":
         print(markdown_tables(args.output) + "\n\n" + scaling_tables(args.output))
+        return 0
+    if args.kind == "plot":
+        print(scaling_plot(args.output, args.output.with_name("scaling_memory.png")))
         return 0
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *argv])
     base = {"batch": args.batch, "classes": args.classes, "threads": args.threads, "device": args.device}
@@ -368,74 +375,6 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(kind, result), flush=True)
         append_line(args.output, json.dumps(result))  # as we go: a long run keeps what it measured
     return 0
-
-
-def latest_records(path: Path) -> dict[tuple, dict]:
-    """The latest record of each setting in ``path`` (benchmark, variant, sizes, threads, device, how
-    counted, series), in the order the settings first appear. Smoke tests are left out."""
-    latest: dict[tuple, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
-        if r.get("smoke_test"):
-            continue
-        key = (r["benchmark"], r["variant"], r["size"], r["filters"], r["layers"], r["threads"], r["device"])
-        latest[(*key, r.get("scaled_from"), r.get("series"))] = r
-    return latest
-
-
-def markdown_tables(path: Path) -> str:
-    """The latest figure of each setting in ``path`` as markdown tables (for benchmarks/README.md)."""
-    latest = {k: r for k, r in latest_records(path).items() if r.get("series") is None}
-    rows = {"search_time": [], "search_memory": []}
-    for (bench, variant, size, f, layers, threads, device, _, _), r in latest.items():
-        setting = f"| {variant} | {size} | {f} | {layers} | {device}, {threads} thr |"
-        if bench == "search_time":
-            rows[bench].append(
-                f"{setting} {r['iteration_s']:.2f} | {r['weight_step_s']:.2f} | {r['arch_step_s']:.2f} "
-                f"| {r['peak_rss_bytes'] / GIB:.2f} | {r['load_average_1min_before']} |"
-            )
-        elif bench == "search_memory":
-            how = f"scaled from {r['scaled_from']}" if r.get("scaled_from") else "direct"
-            weight, arch = r["saved_bytes_weight_step"] / GIB, r["saved_bytes_arch_step"] / GIB
-            rows[bench].append(f"{setting} {weight:.3f} | {arch:.3f} | {how} |")
-    head = "| variant | crop | F | L | device |"
-    return "\n".join(
-        [
-            head + " iteration s | weight step s | arch step s | peak RSS GiB | load before |",
-            "|---" * 10 + "|",
-            *rows["search_time"],
-            "",
-            head + " saved GiB, weight step | saved GiB, arch step | counted |",
-            "|---" * 8 + "|",
-            *rows["search_memory"],
-        ]
-    )
-
-
-def scaling_tables(path: Path) -> str:
-    """The ``scaling`` series as two pivot tables (rows: F, L, crop; columns: variants): saved GiB of
-    the larger step, and iteration seconds where timed."""
-    latest = [r for r in latest_records(path).values() if r.get("series") == "scaling"]
-    out = []
-    for bench, title, value in (
-        ("search_memory", "saved GiB (larger step)", lambda r: f"{r['saved_gib_max']:.3f}"),
-        ("search_time", "iteration s", lambda r: f"{r['iteration_s']:.2f}"),
-    ):
-        records = [r for r in latest if r["benchmark"] == bench]
-        if not records:
-            continue
-        variants = list(dict.fromkeys(r["variant"] for r in records))
-        cells: dict[tuple, dict[str, str]] = {}
-        for r in records:
-            cells.setdefault((r["filters"], r["layers"], r["size"]), {})[r["variant"]] = value(r)
-        out += [
-            f"| F | L | crop | {' | '.join(f'{v}: {title}' for v in variants)} |",
-            "|---" * (3 + len(variants)) + "|",
-        ]
-        for (f, layers, size), row in sorted(cells.items()):
-            out.append(f"| {f} | {layers} | {size} | {' | '.join(row.get(v, '') for v in variants)} |")
-        out.append("")
-    return "\n".join(out)
 
 
 def append_line(path: Path, line: str) -> None:

@@ -204,7 +204,7 @@ def test_real_presets_exist():
 
 
 def test_resume_changes_outside_the_allowed_keys_are_refused(tmp_path):
-    from autodeeplab.config import check_resume_changes, config_changes, record_resume_changes
+    from autodeeplab.resume_changes import check_resume_changes, config_changes, record_resume_changes
 
     stored = config_to_dict(RunCfg())
     longer = load_config(RunCfg, overrides=["search.epochs=60", "data.root=/moved"])

@@ -79,7 +79,7 @@ def test_cpu_model_reads_proc_cpuinfo(tmp_path, monkeypatch):
 
 
 def test_scaling_table_pivots_the_series_and_skips_smoke_tests(tmp_path):
-    bench = bench_module("bench_search")
+    tables = bench_module("search_tables")
     base = {
         "variant": "exact",
         "filters": 8,
@@ -95,7 +95,7 @@ def test_scaling_table_pivots_the_series_and_skips_smoke_tests(tmp_path):
     ]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    table = bench.scaling_tables(path)
+    table = tables.scaling_tables(path)
     assert "| 8 | 12 | 65 | 0.433 |" in table
     assert "| 8 | 12 | 321 | 5.250 |" in table
     assert "9.000" not in table

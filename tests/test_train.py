@@ -232,7 +232,7 @@ def test_checkpoint_of_another_format_version(trained: Path, tmp_path: Path) -> 
     with pytest.raises(CheckpointError) as info:
         load_trained(other)
     assert str(info.value) == (
-        f"{other}: trained-model format 99 (written by autodeeplab 9.0.0) is not the format 1 "
+        f"{other}: trained-model format 99 (written by autodeeplab 9.0.0) is not the format 2 "
         "this version reads"
     )
 

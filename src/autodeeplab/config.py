@@ -38,7 +38,7 @@ import functools
 import re
 import types
 import typing
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
@@ -439,54 +439,3 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
 
 RESUMED_WITH_KEY = "resumed_with"
 """``run_info`` entry of a ``config.yaml``: the settings changed on each resume (a list of records)."""
-
-
-def config_changes(
-    old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
-) -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old value, new value)`` for each setting that differs between two
-    :func:`config_to_dict` mappings, in field order. Keys that only one side has (a config written by
-    another version) are not changes."""
-    changes: list[tuple[str, Any, Any]] = []
-    for key, value in new.items():
-        if key not in old:
-            continue
-        before = old[key]
-        if isinstance(value, Mapping) and isinstance(before, Mapping):
-            changes.extend(config_changes(before, value, f"{prefix}{key}."))
-        elif _plain(before) != _plain(value):
-            changes.append((f"{prefix}{key}", _plain(before), _plain(value)))
-    return changes
-
-
-def check_resume_changes(
-    stored: Mapping[str, Any], config: Any, allowed: Collection[str], source: str
-) -> list[tuple[str, Any, Any]]:
-    """The settings of ``config`` that differ from ``stored`` (the config a checkpoint was written with).
-
-    Returns the changes, all within ``allowed`` (keys that cannot alter the weights' meaning: run length,
-    checkpointing, workers, device, the data's location). Raises :class:`ConfigError` naming the first other
-    changed key with its old and new value: such a change would not fit the saved weights or would silently
-    break the exact resume.
-    """
-    changes = config_changes(stored, config_to_dict(config))
-    for key, old, new in changes:
-        if key not in allowed:
-            raise ConfigError(
-                f"{source}: {key} cannot change on resume (the run has {_short_repr(old)}, now "
-                f"{_short_repr(new)}); only {', '.join(sorted(allowed))} may change"
-            )
-    return changes
-
-
-def record_resume_changes(
-    cfg: Any, path: str | Path, changes: Sequence[tuple[str, Any, Any]], checkpoint: str
-) -> None:
-    """Rewrite ``config.yaml`` at ``path`` with the resolved ``cfg`` after a resume that changed
-    ``changes``, keeping its ``run_info`` and appending ``{"checkpoint", "changed": {key: [old, new]}}`` to
-    ``run_info.resumed_with``. Written atomically: a kill leaves the old or the new file, never half."""
-    path = Path(path)
-    info = read_run_info(path) if path.exists() else {}
-    history = list(info.get(RESUMED_WITH_KEY) or [])
-    history.append({"checkpoint": checkpoint, "changed": {key: [old, new] for key, old, new in changes}})
-    dump_config_yaml(cfg, path, {**info, RESUMED_WITH_KEY: history})

@@ -19,52 +19,37 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import check_resume_changes, config_to_dict, dump_config_yaml, record_resume_changes
+from .config import dump_config_yaml
 from .data import EvalTransform, TrainTransform, build_dataset, check_crop_size
-from .decode import arch_params_to_dict, decode, save_arch_params
+from .data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from .device import resolve_device
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import DataError
 from .evaluate import evaluate
 from .genotype import Genotype
-from .precision import autocast, backward_and_step, load_scaler_states, scaler_states
+from .precision import autocast, backward_and_step
 from .predict import log_prediction_panels
 from .progress import Progress
 from .runs import (
     GracefulInterrupt,
     RunDir,
-    capture_rng_state,
     check_finite,
     maybe_tensorboard,
-    restore_rng_state,
 )
-from .sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader, split_halves
+from .sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
 from .search_config import SearchConfig
 from .search_space import SearchNetwork
+from .search_state import (
+    SearchPosition,
+    current_genotype,
+    load_or_make_split,
+    load_resume_checkpoint,
+    record_epoch,
+    restore_checkpoint,
+    restore_split,
+    save_checkpoint,
+)
 
 STREAM_A, STREAM_B = 1, 2  # independent batch orders for trainA and trainB
-CHECKPOINT_FORMAT = "autodeeplab-search-1"
-
-
-RESUMABLE_KEYS = frozenset(
-    {"epochs", "checkpoint_every", "keep_checkpoints", "device", "data.root", "data.num_workers"}
-)
-"""Settings that ``--resume`` may change (``--set epochs=60`` extends a search; the data may move). Any
-other change would not fit the saved weights or would break the exact resume, and is refused."""
-
-
-@dataclass
-class SearchPosition:
-    """Where the loop stands; saved in every checkpoint so that a resume continues exactly here."""
-
-    epoch: int = 0
-    batch: int = 0  # weight steps done in this epoch
-    global_step: int = 0
-    b_cycle: int = 0
-    b_batch: int = 0
-    # The epoch's running loss sums, for its mean in metrics.jsonl (exact across a mid-epoch resume).
-    w_loss_sum: float = 0.0
-    a_loss_sum: float = 0.0
-    a_steps: int = 0
 
 
 @dataclass
@@ -98,12 +83,17 @@ def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) 
     loaded = load_resume_checkpoint(run, config, echo) if resume else None
     device = resolve_device(config.device)
     train_a, train_b, val = build_search_data(config)
+    if config.data.dataset == "cityscapes" and tuple(train_a.image_size or ()) == CITYSCAPES_FULL_SIZE:
+        echo(
+            "note: searching on full-resolution Cityscapes; the paper crops from half-resolution images "
+            "(make them once: autodeeplab data prepare --data-root ROOT --out HALF --scale 0.5)"
+        )
     if loaded is None:
         split = load_or_make_split(run, len(train_a), config)
     else:
         split = restore_split(run, loaded[0].get("split"), loaded[1], len(train_a), config, echo)
     torch.manual_seed(config.seed)
-    config.execution.validate(device.type)
+    config.execution.validate(device.type, config.space.num_levels)
     num_classes = train_a.num_classes
     model = SearchNetwork(config.space, num_classes, execution=config.execution).to(device)
     weight_opt, arch_opt, scheduler = make_optimizers(model, config)
@@ -306,57 +296,6 @@ def build_search_data(config: SearchConfig):
     return train_a, train_b, val
 
 
-def load_or_make_split(run: RunDir, num_samples: int, config: SearchConfig) -> dict:
-    """The trainA/trainB split: read from ``split.json`` when resuming, else drawn and written."""
-    path = run.path / "split.json"
-    if path.exists():
-        split = run.read_json("split.json")
-        if max(split["train_a"] + split["train_b"]) >= num_samples:
-            raise DataError(f"{path}: the split names images beyond the dataset's {num_samples}")
-        return split
-    train_a, train_b = split_halves(num_samples, config.seed)
-    split = {
-        "seed": config.seed,
-        "dataset": config.data.dataset,
-        "split": config.data.train_split,
-        "train_a": train_a,
-        "train_b": train_b,
-    }
-    run.write_json("split.json", split)
-    return split
-
-
-def restore_split(
-    run: RunDir, saved: dict | None, checkpoint: Path, num_samples: int, config: SearchConfig, echo
-) -> dict:
-    """The trainA/trainB split of a resumed run: the checkpoint's, checked against ``split.json``.
-
-    ``split.json`` missing: written again from the checkpoint (the checkpoint is the authority, so nothing
-    is guessed). ``split.json`` different from the checkpoint's (edited by hand): refused, as the weights
-    were trained on the other split. A checkpoint of an older version without a split uses ``split.json``.
-    """
-    path = run.path / "split.json"
-    if saved is None:
-        if not path.exists():
-            raise CheckpointError(f"{path}: missing, and {checkpoint.name} holds no split to restore it from")
-        return load_or_make_split(run, num_samples, config)
-    saved = {key: list(value) if isinstance(value, list) else value for key, value in saved.items()}
-    if not path.exists():
-        run.write_json("split.json", saved)
-        echo(f"split.json was missing: restored it from {checkpoint.name}")
-    else:
-        on_disk = run.read_json("split.json")
-        halves = ("train_a", "train_b")
-        if not isinstance(on_disk, dict) or any(on_disk.get(k) != saved[k] for k in halves):
-            raise CheckpointError(
-                f"{path}: differs from the trainA/trainB split saved in {checkpoint.name}; put the "
-                "original back or delete split.json to have it restored from the checkpoint"
-            )
-    if max(saved["train_a"] + saved["train_b"]) >= num_samples:
-        raise DataError(f"{path}: the split names images beyond the dataset's {num_samples}")
-    return saved
-
-
 def steps_per_epoch(num_a: int, config: SearchConfig) -> int:
     steps = batches_per_epoch(num_a, config.batch_size)
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
@@ -373,141 +312,3 @@ def validate(model: SearchNetwork, val, config: SearchConfig, device: torch.devi
         max_images=config.data.max_val_images,
     )
     return float(result.metrics.miou)
-
-
-# -- records and checkpoints ------------------------------------------------------------------------
-@torch.no_grad()
-def current_genotype(model: SearchNetwork) -> Genotype:
-    alpha, beta = model.alpha_weights().cpu().numpy(), model.beta_weights().cpu().numpy()
-    return decode(alpha, beta, model.config.num_blocks)
-
-
-@torch.no_grad()
-def record_epoch(
-    run: RunDir,
-    model: SearchNetwork,
-    epoch: int,
-    val_miou: float,
-    lr: float,
-    losses: dict[str, float],
-    tensorboard=None,
-) -> Genotype:
-    """Write the epoch's architecture files and metrics line; returns the decoded genotype.
-
-    ``losses``: the epoch means, ``train_loss`` of the weight steps and ``arch_loss`` of the architecture
-    steps (absent in the warm-up epochs, which run none).
-    """
-    alpha, beta = model.alpha_weights().cpu().numpy(), model.beta_weights().cpu().numpy()
-    save_arch_params(run.path / "arch_params.json", alpha, beta)
-    run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **arch_params_to_dict(alpha, beta)})
-    genotype = decode(alpha, beta, model.config.num_blocks)
-    genotype.save(run.path / "genotype.json")
-    record = {"phase": "search", "epoch": epoch + 1, **losses, "val_miou": val_miou, "lr": lr}
-    run.append_jsonl("metrics.jsonl", {**record, "genotype": genotype.short()})
-    if tensorboard is not None:
-        for key in ("train_loss", "arch_loss", "val_miou", "lr"):
-            if key in record:
-                tensorboard.add_scalar(f"search/{key}", record[key], epoch + 1)
-        tensorboard.add_histogram("search/alpha_weights", alpha, epoch + 1)
-        tensorboard.add_image("search/alpha", alpha[None] / alpha.max(), epoch + 1)
-        tensorboard.add_image("search/beta", beta.transpose(2, 1, 0) / max(beta.max(), 1e-12), epoch + 1)
-        tensorboard.flush()
-    return genotype
-
-
-def save_checkpoint(
-    run,
-    model,
-    weight_opt,
-    arch_opt,
-    scheduler,
-    position: SearchPosition,
-    config,
-    split: dict,
-    num_classes: int,
-) -> None:
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "autodeeplab_version": __version__,
-        "config": config_to_dict(config),
-        "num_classes": num_classes,
-        "split": split,  # the trainA/trainB halves the weights were trained on (split.json is a copy)
-        "model": model.state_dict(),
-        "weight_optimizer": weight_opt.state_dict(),
-        "arch_optimizer": arch_opt.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "position": vars(position).copy(),
-        "rng": capture_rng_state(),
-        "grad_scalers": scaler_states({"weight": weight_opt, "arch": arch_opt}),  # fp16 only
-    }
-    run.checkpoints.save(state, f"epoch{position.epoch:04d}-step{position.global_step:08d}")
-
-
-def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dict, Path]:
-    """The newest good search checkpoint, once ``config`` is known to fit it (before any data is read).
-
-    Allowed changes (:data:`RESUMABLE_KEYS`) are written to ``config.yaml`` under ``run_info.resumed_with``.
-    """
-    loaded = run.checkpoints.load_latest(warn=echo)
-    if loaded is None:
-        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
-    state, path = loaded
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a search checkpoint (format {state.get('format')!r})")
-    changes = check_resume_changes(state.get("config", {}), config, RESUMABLE_KEYS, f"--resume {run.path}")
-    position = SearchPosition(**state["position"])
-    if config.epochs < position.epoch + (1 if position.batch else 0):
-        raise ConfigError(
-            f"--resume {run.path}: epochs {config.epochs} is less than the {position.epoch} epochs done"
-        )
-    if changes:
-        record_resume_changes(config, run.path / "config.yaml", changes, path.name)
-        echo("resuming with " + ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes))
-    return state, path
-
-
-def restore_checkpoint(
-    run, loaded: tuple[dict, Path], model, optimizers, num_classes: int, config: SearchConfig, echo
-) -> SearchPosition:
-    """Put the checkpoint's weights, ``optimizers`` (weight, arch, scheduler) and RNG states back; returns
-    the position. Raises :class:`CheckpointError` (one line) when the checkpoint does not fit."""
-    state, path = loaded
-    weight_opt, arch_opt, scheduler = optimizers
-    saved_classes = state.get("num_classes", num_classes)
-    if saved_classes != num_classes:
-        raise CheckpointError(
-            f"{path}: the checkpoint was searched on {saved_classes} classes but {config.data.dataset} "
-            f"{config.data.train_split} has {num_classes}"
-        )
-    try:
-        model.load_state_dict(state["model"])
-        weight_opt.load_state_dict(state["weight_optimizer"])
-        arch_opt.load_state_dict(state["arch_optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as exc:  # shapes, missing keys, parameter groups
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: does not fit this search's network ({first})") from None
-    if scheduler.T_max != config.epochs:
-        _stretch_schedule(scheduler, config.epochs)
-    restore_rng_state(state["rng"])
-    device_type = next(model.parameters()).device.type
-    load_scaler_states({"weight": weight_opt, "arch": arch_opt}, state.get("grad_scalers", {}), device_type)
-    position = SearchPosition(**state["position"])
-    # Epoch records written after this checkpoint would otherwise appear twice.
-    for name in ("metrics.jsonl", "arch_history.jsonl"):
-        run.filter_jsonl(name, lambda record: record.get("epoch", 0) <= position.epoch)
-    echo(f"resuming from {path.name}: epoch {position.epoch + 1}, step {position.batch}")
-    return position
-
-
-def _stretch_schedule(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, epochs: int) -> None:
-    """A resume that changed ``epochs``: continue the cosine schedule as if planned for ``epochs``.
-
-    The saved schedule is for the old length; the learning rate is set to the closed form of the new one
-    at the current epoch, from where the scheduler's own recursive steps follow the new curve.
-    """
-    scheduler.T_max = epochs
-    t, low = scheduler.last_epoch, scheduler.eta_min
-    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
-        group["lr"] = low + (base - low) * (1 + math.cos(math.pi * t / epochs)) / 2
-    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -106,6 +106,7 @@ class SearchConfig:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.data.num_workers}")
         if self.space.spatial_dims != 2:
             raise ConfigError("space.spatial_dims: only 2 (images) is supported by the search loop for now")
+        self.execution.check_levels(self.space.num_levels)  # before any data is read
         low, high = self.data.scale_range
         if not 0 < low <= high:
             raise ConfigError(

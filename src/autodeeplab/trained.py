@@ -20,15 +20,17 @@ from typing import Any
 import torch
 
 from . import __version__
-from .config import check_resume_changes, record_resume_changes
 from .errors import AutoDeepLabError, CheckpointError, ConfigError
 from .network import AutoDeepLabNet
+from .resume_changes import check_resume_changes, record_resume_changes
 from .runs import RunDir, load_checkpoint, restore_rng_state
 from .runs import save_checkpoint as save_state
 
 MODEL_KIND = "trained-model"
 STATE_KIND = "train-state"
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2
+"""2: strided atrous ops are resize → undilated conv (the released model); format-1 weights would load
+but compute something else, so they are refused."""
 MODEL_FILE = "model.pt"
 
 
