@@ -97,7 +97,9 @@ def random_genotype(seed: int) -> Genotype:
     )
 
 
-@pytest.mark.parametrize("genotype", [PAPER, random_genotype(1), random_genotype(2)], ids=["paper", "r1", "r2"])
+@pytest.mark.parametrize(
+    "genotype", [PAPER, random_genotype(1), random_genotype(2)], ids=["paper", "r1", "r2"]
+)
 @pytest.mark.parametrize("reduction", [False, True])
 def test_retraining_cell_assigns_ops_to_edges_in_genotype_order(genotype, reduction):
     """The k-th op module is the k-th (op, input) pair of the genotype, read block by block."""
@@ -108,7 +110,9 @@ def test_retraining_cell_assigns_ops_to_edges_in_genotype_order(genotype, reduct
         stride = 2 if reduction and source < 2 else 1
         reference = build_op(name, 4, stride=stride, affine=True, dims=2)
         assert type(module) is type(reference)
-        assert [tuple(p.shape) for p in module.parameters()] == [tuple(p.shape) for p in reference.parameters()]
+        assert [tuple(p.shape) for p in module.parameters()] == [
+            tuple(p.shape) for p in reference.parameters()
+        ]
 
 
 def test_retraining_cell_reads_the_inputs_the_genotype_names():

@@ -11,7 +11,8 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import RESUMED_WITH_KEY, _plain, _short_repr, config_to_dict, dump_config_yaml, read_run_info
+from .config import RESUMED_WITH_KEY, _plain, config_to_dict, dump_config_yaml, read_run_info
+from .config_schema import _short_repr
 from .errors import ConfigError
 
 
