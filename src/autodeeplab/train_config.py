@@ -137,7 +137,7 @@ register_presets(
     TrainConfig,
     {
         "paper": {},
-        # CamVid (360×480) on a 2-core CPU in about ten minutes (benchmarks/camvid_result.md: 22% test mIoU):
+        # CamVid (360×480) on a 2-core CPU in about ten minutes (benchmarks/camvid_result.md: 20% test mIoU):
         # F=8 with slim heads, 192 crops, about 9 epochs, drop path off (too few steps for it to help).
         "cpu": {
             "data": {"dataset": "camvid", "root": CAMVID_ROOT, **_CPU_DATA},
