@@ -10,13 +10,11 @@ from ..config import load_config, preset_names
 from ..errors import ConfigError
 
 
-def add_run_arguments(
-    p: argparse.ArgumentParser, config_cls: type, default_preset: str, example: str
+def add_settings_arguments(
+    p: argparse.ArgumentParser, config_cls: type, preset_help: str, example: str
 ) -> None:
-    """--preset/--config/--set/--dataset/--data-root/--output/--resume/--quiet for a run of ``config_cls``."""
-    p.add_argument(
-        "--preset", choices=preset_names(config_cls), help=f"named settings (default: {default_preset})"
-    )
+    """--preset/--config/--set: the typed settings of ``config_cls`` (preset < YAML file < overrides)."""
+    p.add_argument("--preset", choices=preset_names(config_cls), help=preset_help)
     p.add_argument("--config", metavar="FILE.yaml", help="YAML settings applied over the preset")
     p.add_argument(
         "--set",
@@ -26,6 +24,13 @@ def add_run_arguments(
         metavar="KEY=VALUE",
         help=f"override one setting, e.g. {example}",
     )
+
+
+def add_run_arguments(
+    p: argparse.ArgumentParser, config_cls: type, default_preset: str, example: str
+) -> None:
+    """--preset/--config/--set/--dataset/--data-root/--output/--resume/--quiet for a run of ``config_cls``."""
+    add_settings_arguments(p, config_cls, f"named settings (default: {default_preset})", example)
     p.add_argument("--dataset", help="dataset name (synthetic, camvid, cityscapes, voc, ade20k, folder)")
     p.add_argument("--data-root", help="dataset folder")
     p.add_argument("--output", "-o", metavar="RUN_DIR", help="run directory (default: runs/<command>-<time>)")

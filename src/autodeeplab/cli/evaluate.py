@@ -32,8 +32,8 @@ DEFAULT_JSON_NAME = "eval-{split}.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..config import preset_names
     from ..evaluate import DEFAULT_EVAL_PRESET, EvalConfig
+    from .common import add_settings_arguments
 
     p = sub.add_parser(
         "eval",
@@ -46,19 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "checkpoint", metavar="CHECKPOINT", help="model.pt of a training run (or the run directory)"
     )
-    p.add_argument(
-        "--preset",
-        choices=preset_names(EvalConfig),
-        help=f"named settings (default: {DEFAULT_EVAL_PRESET}; paper = multi-scale + flip)",
-    )
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML settings applied over the preset")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. --set scales=[0.75,1,1.25] --set window=[513,513]",
+    add_settings_arguments(
+        p,
+        EvalConfig,
+        f"named settings (default: {DEFAULT_EVAL_PRESET}; paper = multi-scale + flip)",
+        "--set scales=[0.75,1,1.25] --set window=[513,513]",
     )
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--data-root", help="dataset folder (default: the training run's)")
