@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_data_layouts import rgb, save, write_camvid, write_folder
+from tiny import SMALL, SUPERNET
 
 from autodeeplab.cli.main import main
 from autodeeplab.config import load_config
@@ -23,10 +24,7 @@ from autodeeplab.train import TrainConfig, TrainedInfo, build_model, save_traine
 SIDE = 32  # image height and width of the written datasets
 COUNTS = {"train": 8, "val": 2, "test": 1}  # 8 train images: trainA and trainB of 4, batches of 2
 TINY_SEARCH = [
-    "space.filter_multiplier=2",
-    "space.num_layers=3",
-    "space.num_blocks=2",
-    "space.stem_channels=[4,4,8]",
+    *SUPERNET,
     f"data.crop_size={SIDE}",
     "data.num_workers=0",
     "batch_size=2",
@@ -44,10 +42,6 @@ TINY_TRAIN = [
     "batch_size=2",
     "device=cpu",
 ]
-SMALL = Genotype(
-    network_path=(0, 0, 1, 1),
-    cell=((("sep_conv_3x3", 0), ("atr_conv_3x3", 1)), (("skip_connect", 2), ("avg_pool_3x3", 0))),
-)
 TOO_LARGE_CROP = 3000  # under the 4096 typo limit, far over CamVid's 480 px width at any preset's scale
 SPLITS = "(choose from: train, val, test)"
 

@@ -5,19 +5,14 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import SUPERNET, SYNTHETIC_SEARCH_DATA
 
 from autodeeplab.cli.main import main
 from autodeeplab.data.synthetic import CLASS_NAMES, PALETTE
 
 TINY_SEARCH = [
-    "space.filter_multiplier=2",
-    "space.num_layers=3",
-    "space.num_blocks=2",
-    "space.stem_channels=[4,4,8]",
-    "data.crop_size=32",
-    "data.synthetic_size=[32,32]",
-    "data.synthetic_train_samples=8",
-    "data.synthetic_val_samples=2",
+    *SUPERNET,
+    *SYNTHETIC_SEARCH_DATA,
     "batch_size=2",
     "epochs=2",
     "arch_start_epoch=1",

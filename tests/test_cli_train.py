@@ -8,23 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import SMALL, SMALL_HEADS
 
 from autodeeplab.cli.main import main
-from autodeeplab.genotype import Genotype
 from autodeeplab.train import load_trained
 
-SMALL = Genotype(
-    network_path=(0, 0, 1, 1),
-    cell=((("sep_conv_3x3", 0), ("atr_conv_3x3", 1)), (("skip_connect", 2), ("avg_pool_3x3", 0))),
-)
 TINY = [
     "data.crop_size=32",
     "data.synthetic_size=[32,32]",
     "data.synthetic_train_samples=4",
     "data.synthetic_eval_samples=3",
-    "model.filter_multiplier=4",
-    "model.aspp_channels=8",
-    "model.decoder_channels=8",
+    *SMALL_HEADS,
     "iterations=2",
     "batch_size=2",
 ]

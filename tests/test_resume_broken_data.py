@@ -4,37 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from test_data_layouts import write_camvid
+from tiny import SMALL_HEADS, SUPERNET
 
 from autodeeplab.cli.main import main
 
 SIZE = 32
 
 
-def write_camvid(root: Path) -> Path:
-    """CamVid's SegNet layout with 32x32 images (labels 0..11, 11 = void)."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("val", 2), ("test", 1)):
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir()
-        lines = []
-        for i in range(count):
-            name = f"{split}_{i:03d}.png"
-            Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / split / name)
-            label = (np.arange(SIZE * SIZE).reshape(SIZE, SIZE) % 12).astype(np.uint8)
-            Image.fromarray(label).save(root / f"{split}annot" / name)
-            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}")
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return root
-
-
 SEARCH = [
-    "space.filter_multiplier=2",
-    "space.num_layers=3",
-    "space.num_blocks=2",
-    "space.stem_channels=[4,4,8]",
+    *SUPERNET,
     "data.crop_size=32",
     "batch_size=2",
     "epochs=1",
@@ -44,9 +24,7 @@ SEARCH = [
 TRAIN = [
     "data.crop_size=32",
     "data.eval_split=null",
-    "model.filter_multiplier=4",
-    "model.aspp_channels=8",
-    "model.decoder_channels=8",
+    *SMALL_HEADS,
     "iterations=2",  # one pass over the 4 training images
     "batch_size=2",
 ]
@@ -60,7 +38,7 @@ TRAIN = [
 def test_broken_data_stops_in_one_line_and_the_same_command_runs_once_fixed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], settings: list[str]
 ) -> None:
-    root = write_camvid(tmp_path / "camvid")
+    root = write_camvid(tmp_path / "camvid", {"train": 4, "val": 2, "test": 1}, h=SIZE, w=SIZE)
     image = root / "train" / "train_002.png"
     good = image.read_bytes()
     image.write_bytes(good[:-40])  # a truncated PNG: found only when the loop reads it

@@ -9,40 +9,28 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from tiny import SMALL_HEADS, SUPERNET, SYNTHETIC_SEARCH_DATA
 
 from autodeeplab.cli.main import main
 from autodeeplab.config import load_config
-from autodeeplab.genotype import Genotype
 from autodeeplab.runs import load_checkpoint
 from autodeeplab.search import run_search
 from autodeeplab.search_config import SearchConfig
 from autodeeplab.train import load_trained
 
-SMALL = Genotype(
-    network_path=(0, 0, 1, 1),
-    cell=((("sep_conv_3x3", 0), ("atr_conv_3x3", 1)), (("skip_connect", 2), ("avg_pool_3x3", 0))),
-)
 TRAIN = [
     "data.crop_size=32",
     "data.synthetic_size=[32,32]",
     "data.synthetic_train_samples=4",
     "data.synthetic_eval_samples=2",
     "data.eval_split=null",
-    "model.filter_multiplier=4",
-    "model.aspp_channels=8",
-    "model.decoder_channels=8",
+    *SMALL_HEADS,
     "iterations=2",
     "batch_size=2",
 ]
 SEARCH = [
-    "space.filter_multiplier=2",
-    "space.num_layers=3",
-    "space.num_blocks=2",
-    "space.stem_channels=[4,4,8]",
-    "data.crop_size=32",
-    "data.synthetic_size=[32,32]",
-    "data.synthetic_train_samples=8",
-    "data.synthetic_val_samples=2",
+    *SUPERNET,
+    *SYNTHETIC_SEARCH_DATA,
     "batch_size=2",
     "arch_start_epoch=0",
     "steps_per_epoch=1",

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from tiny import SMALL_HEADS
 
 from autodeeplab.cli.main import main
 from autodeeplab.config import load_config
@@ -28,9 +29,7 @@ SETTINGS = [
     "data.synthetic_size=[32,32]",
     "data.synthetic_train_samples=6",
     "data.synthetic_eval_samples=2",
-    "model.filter_multiplier=4",
-    "model.aspp_channels=8",
-    "model.decoder_channels=8",
+    *SMALL_HEADS,
     "model.drop_path_keep_prob=0.8",  # drop path draws random numbers: the RNG state must resume too
     "iterations=40",
     "batch_size=2",

@@ -28,7 +28,7 @@ from .data import EvalTransform, build_dataset, check_split
 from .evaluate import EvalConfig, evaluate, write_eval_json
 from .fileio import atomic_write_bytes
 from .genotype import Genotype
-from .predict import DEFAULT_OVERLAY_ALPHA, label_image, overlay, predict_image, prediction_panels
+from .predict import DEFAULT_OVERLAY_ALPHA, label_image, overlay, predicted_samples, prediction_panel
 from .search import build_search_data, run_search
 from .search_config import SearchConfig
 from .train import TrainConfig, build_train_data, dataset_options, run_training
@@ -123,10 +123,8 @@ def write_predictions(model: torch.nn.Module, dataset: Any, out_dir: Path, count
     predicted class indices with the dataset's palette. Returns the panels' paths.
     """
     written = []
-    for index, panel in enumerate(prediction_panels(model, dataset, count)):
-        image, _ = dataset.load_raw(index)
-        # prediction_panels keeps only colours; the label PNG needs the classes (one more forward pass).
-        labels = predict_image(model, image)
+    for index, (image, truth, labels) in enumerate(predicted_samples(model, dataset, count)):
+        panel = prediction_panel(image, truth, labels, dataset)
         zoom = max(1, PANEL_MIN_HEIGHT // panel.shape[0])  # small images: enlarge so a person can see them
         panel = panel.repeat(zoom, axis=0).repeat(zoom, axis=1)
         name = f"sample{index:03d}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,28 +163,36 @@ def predict_files(
     return written
 
 
-def prediction_panels(
+def predicted_samples(
     model: nn.Module, dataset: Any, count: int, device: str | torch.device = "cpu"
-) -> list[np.ndarray]:
-    """``image | ground truth | prediction`` strips ``uint8 [H, 3W, 3]`` for the first ``count`` samples.
-
-    ``dataset`` needs ``load_raw(i)``, ``palette`` and ``ignore_index``; ignored pixels are black. The
-    model is evaluated in eval mode and put back in the mode it was in.
-    """
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(image uint8 [H, W, 3], truth int64 [H, W], predicted labels int64 [H, W])`` for the first
+    ``count`` samples of ``dataset`` (which needs ``load_raw(i)``). The model runs in eval mode and is put
+    back in the mode it was in."""
     was_training = model.training
     model.eval()
-    panels = []
     try:
         for index in range(min(count, len(dataset))):
             image, truth = dataset.load_raw(index)
-            labels = predict_image(model, image, device=device)
-            void = truth == dataset.ignore_index
-            truth_rgb = colorize(np.where(void, 0, truth), dataset.palette)
-            truth_rgb[void] = 0
-            panels.append(np.concatenate([image, truth_rgb, colorize(labels, dataset.palette)], axis=1))
+            yield image, truth, predict_image(model, image, device=device)
     finally:
         model.train(was_training)
-    return panels
+
+
+def prediction_panel(image: np.ndarray, truth: np.ndarray, labels: np.ndarray, dataset: Any) -> np.ndarray:
+    """``image | ground truth | prediction`` strip ``uint8 [H, 3W, 3]`` in ``dataset``'s palette; pixels with
+    its ``ignore_index`` are black in the truth."""
+    void = truth == dataset.ignore_index
+    truth_rgb = colorize(np.where(void, 0, truth), dataset.palette)
+    truth_rgb[void] = 0
+    return np.concatenate([image, truth_rgb, colorize(labels, dataset.palette)], axis=1)
+
+
+def prediction_panels(
+    model: nn.Module, dataset: Any, count: int, device: str | torch.device = "cpu"
+) -> list[np.ndarray]:
+    """:func:`prediction_panel` strips for the first ``count`` samples (see :func:`predicted_samples`)."""
+    return [prediction_panel(*sample, dataset) for sample in predicted_samples(model, dataset, count, device)]
 
 
 TENSORBOARD_PANELS = 2

@@ -7,13 +7,14 @@ recorded in ``config.yaml`` under ``run_info.resumed_with``.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import RESUMED_WITH_KEY, _plain, config_to_dict, dump_config_yaml, read_run_info
 from .config_schema import _short_repr
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 
 def config_changes(
@@ -65,3 +66,36 @@ def record_resume_changes(
     history = list(info.get(RESUMED_WITH_KEY) or [])
     history.append({"checkpoint": checkpoint, "changed": {key: [old, new] for key, old, new in changes}})
     dump_config_yaml(cfg, path, {**info, RESUMED_WITH_KEY: history})
+
+
+def latest_for_resume(run: Any, echo: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+    """``(state, path)`` of the newest good checkpoint of ``run`` (a :class:`~autodeeplab.runs.RunDir`);
+    a :class:`ConfigError` when there is none (``--resume`` of a run that never checkpointed)."""
+    loaded = run.checkpoints.load_latest(warn=echo)
+    if loaded is None:
+        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
+    return loaded
+
+
+def accept_resume_changes(
+    cfg: Any,
+    run_path: Path,
+    changes: Sequence[tuple[str, Any, Any]],
+    checkpoint: str,
+    echo: Callable[[str], None],
+) -> None:
+    """Record allowed ``changes`` (from :func:`check_resume_changes`) in ``config.yaml`` and say so."""
+    if changes:
+        record_resume_changes(cfg, Path(run_path) / "config.yaml", changes, checkpoint)
+        echo("resuming with " + ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes))
+
+
+@contextlib.contextmanager
+def checkpoint_must_fit(path: Path, what: str) -> Iterator[None]:
+    """Turn a ``load_state_dict`` failure inside the block (shapes, missing keys, parameter groups) into a
+    one-line :class:`CheckpointError`: ``<path>: does not fit this <what> (<first line of the error>)``."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path}: does not fit this {what} ({first})") from None

@@ -20,7 +20,12 @@ from .decode import arch_params_to_dict, decode, save_arch_params
 from .errors import CheckpointError, ConfigError, DataError
 from .genotype import Genotype
 from .precision import load_scaler_states, scaler_states
-from .resume_changes import check_resume_changes, record_resume_changes
+from .resume_changes import (
+    accept_resume_changes,
+    check_resume_changes,
+    checkpoint_must_fit,
+    latest_for_resume,
+)
 from .runs import RunDir, capture_rng_state, restore_rng_state
 from .sampling import split_halves
 from .search_config import SearchConfig
@@ -176,10 +181,7 @@ def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dic
 
     Allowed changes (:data:`RESUMABLE_KEYS`) are written to ``config.yaml`` under ``run_info.resumed_with``.
     """
-    loaded = run.checkpoints.load_latest(warn=echo)
-    if loaded is None:
-        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
-    state, path = loaded
+    state, path = latest_for_resume(run, echo)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a search checkpoint (format {state.get('format')!r})")
     changes = check_resume_changes(state.get("config", {}), config, RESUMABLE_KEYS, f"--resume {run.path}")
@@ -188,9 +190,7 @@ def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dic
         raise ConfigError(
             f"--resume {run.path}: epochs {config.epochs} is less than the {position.epoch} epochs done"
         )
-    if changes:
-        record_resume_changes(config, run.path / "config.yaml", changes, path.name)
-        echo("resuming with " + ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes))
+    accept_resume_changes(config, run.path, changes, path.name, echo)
     return state, path
 
 
@@ -207,14 +207,11 @@ def restore_checkpoint(
             f"{path}: the checkpoint was searched on {saved_classes} classes but {config.data.dataset} "
             f"{config.data.train_split} has {num_classes}"
         )
-    try:
+    with checkpoint_must_fit(path, "search's network"):
         model.load_state_dict(state["model"])
         weight_opt.load_state_dict(state["weight_optimizer"])
         arch_opt.load_state_dict(state["arch_optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as exc:  # shapes, missing keys, parameter groups
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: does not fit this search's network ({first})") from None
     if scheduler.T_max != config.epochs:
         _stretch_schedule(scheduler, config.epochs)
     restore_rng_state(state["rng"])

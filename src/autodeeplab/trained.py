@@ -22,7 +22,12 @@ import torch
 from . import __version__
 from .errors import AutoDeepLabError, CheckpointError, ConfigError
 from .network import AutoDeepLabNet
-from .resume_changes import check_resume_changes, record_resume_changes
+from .resume_changes import (
+    accept_resume_changes,
+    check_resume_changes,
+    checkpoint_must_fit,
+    latest_for_resume,
+)
 from .runs import RunDir, load_checkpoint, restore_rng_state
 from .runs import save_checkpoint as save_state
 
@@ -136,10 +141,7 @@ def load_training_state(
     changes are written to ``config.yaml`` (``run_info.resumed_with``). Any other change is a one-line
     :class:`ConfigError`.
     """
-    loaded = run.checkpoints.load_latest(warn=echo)
-    if loaded is None:
-        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
-    state, path = loaded
+    state, path = latest_for_resume(run, echo)
     if state.get("kind") != STATE_KIND:
         raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
     changes = check_resume_changes(state.get("config", {}), config, allowed, f"--resume {run.path}")
@@ -147,9 +149,7 @@ def load_training_state(
         raise ConfigError(
             f"--resume {run.path}: iterations {config.iterations} is less than the {state['step']} steps done"
         )
-    if changes:
-        record_resume_changes(config, run.file("config.yaml"), changes, path.name)
-        echo("resuming with " + ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes))
+    accept_resume_changes(config, run.path, changes, path.name, echo)
     return state, path
 
 
@@ -171,12 +171,9 @@ def restore_training_state(
         raise CheckpointError(
             f"{path}: the checkpoint's classes {saved.class_names} differ from the data's {info.class_names}"
         )
-    try:
+    with checkpoint_must_fit(path, "training's network"):
         model.load_state_dict(state["trained"]["weights"])
         optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:  # shapes, missing keys, parameter groups
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: does not fit this training's network ({first})") from None
     restore_rng_state(state["rng"])
     step = int(state["step"])
     run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
