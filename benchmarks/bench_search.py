@@ -46,6 +46,7 @@ OFF = {
     "share_edge_relu": False,
     "pool_without_indices": False,
     "fold_alpha_into_bn": False,
+    "pointwise_as_matmul": False,
     "memory_format": "contiguous",
 }
 # name -> (execution overrides, search-space overrides, freeze the other parameter group in each step)
@@ -58,12 +59,14 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "pool_without_indices": ({**OFF, "pool_without_indices": True}, {}, True),
     "fold_alpha": ({**OFF, "fold_alpha_into_bn": True}, {}, True),
     "channels_last": ({**OFF, "memory_format": "channels_last"}, {}, True),
+    "pointwise_matmul": ({**OFF, "memory_format": "channels_last", "pointwise_as_matmul": True}, {}, True),
     "checkpoint_only": ({**OFF, "checkpoint_cells": True}, {}, True),
     "bf16_only": ({**OFF, "precision": "bf16"}, {}, True),
     "exact": ({}, {}, True),
     "exact_no_freeze": ({}, {}, False),
     "exact_contiguous": ({"memory_format": "contiguous"}, {}, True),
     "exact_unfused": ({"fuse_edges": False}, {}, True),
+    "exact_no_matmul": ({"pointwise_as_matmul": False}, {}, True),
     "checkpoint": ({"checkpoint_cells": True}, {}, True),
     "checkpoint_levels01": ({"checkpoint_cells": True, "checkpoint_levels": [0, 1]}, {}, True),
     "bf16_checkpoint_levels01": (

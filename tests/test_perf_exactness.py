@@ -25,6 +25,7 @@ OFF = dict(
     share_edge_relu=False,
     pool_without_indices=False,
     fold_alpha_into_bn=False,
+    pointwise_as_matmul=False,
     memory_format="contiguous",
 )
 REFERENCE = ExecutionConfig(**OFF)
@@ -74,6 +75,7 @@ SWITCHES = {
     "pool without indices only": {**OFF, "pool_without_indices": True},
     "alpha folded into bn only": {**OFF, "fold_alpha_into_bn": True},
     "channels last only": {**OFF, "memory_format": "channels_last"},
+    "1x1 convs as matmuls only": {**OFF, "memory_format": "channels_last", "pointwise_as_matmul": True},
     "checkpointing only": {**OFF, "checkpoint_cells": True},
     "all with checkpointing": {"checkpoint_cells": True},
     "checkpointing levels 0 and 2": {"checkpoint_cells": True, "checkpoint_levels": (0, 2)},

@@ -21,6 +21,7 @@ REFERENCE = ExecutionConfig(
     share_edge_relu=False,
     pool_without_indices=False,
     fold_alpha_into_bn=False,
+    pointwise_as_matmul=False,
     memory_format="contiguous",
 )
 

@@ -33,6 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .fused_edges import fused_mixed_ops
 from .grouped_bn import batch_norm
+from .pointwise import apply_conv, is_pointwise
 from .primitives import (
     POOL_PRIMITIVES,
     PRIMITIVES,
@@ -60,6 +61,8 @@ class EdgeOptions:
     fuse_edges: bool = True
     """Evaluate all the edges that read one state together (:mod:`autodeeplab.fused_edges`); implies
     the shared ReLU."""
+    pointwise_matmul: bool = True
+    """1×1 convolutions of channels-last activations as matmuls (:mod:`autodeeplab.pointwise`)."""
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -75,12 +78,14 @@ def run_sequence(
     repeats: int = 1,
     relu_x: torch.Tensor | None = None,
     pool_without_indices: bool = False,
+    pointwise_matmul: bool = False,
 ) -> torch.Tensor:
     """Apply ``modules`` in order to ``x`` ``[G·N, C, *S]`` the way the fast path needs it.
 
     BatchNorms normalise each of the ``groups`` batch chunks on its own (and update their running
     statistics ``repeats`` times per group, see :func:`autodeeplab.grouped_bn.batch_norm`); a leading
-    ReLU is replaced by ``relu_x`` when given (the edge's shared ReLU of ``x``).
+    ReLU is replaced by ``relu_x`` when given (the edge's shared ReLU of ``x``); with
+    ``pointwise_matmul`` 1×1 convolutions of channels-last tensors run as matmuls.
     """
     for position, module in enumerate(modules):
         if position == 0 and relu_x is not None and isinstance(module, nn.ReLU):
@@ -89,6 +94,8 @@ def run_sequence(
             x = batch_norm(x, module, groups, repeats)
         elif pool_without_indices and isinstance(module, _MAX_POOLS):
             x = max_pool_saving_input(x, module)
+        elif pointwise_matmul and is_pointwise(module):
+            x = apply_conv(module, x, True)
         else:
             x = module(x)
     return x
@@ -175,6 +182,7 @@ class MixedOp(nn.Module):
                 repeats,
                 relu_x if relu_first else None,
                 options.pool_without_indices,
+                options.pointwise_matmul,
             )
             if last_bn:
                 term = batch_norm(y, modules[-1], groups, repeats, scale=weights[index])
@@ -294,6 +302,7 @@ class SearchCell(nn.Module):
                 groups if j == 0 else 1,
                 options.pool_without_indices,
                 options.fold_alpha_into_bn,
+                options.pointwise_matmul,
             )
             for i, b in enumerate(readers):
                 term = fused[i]
@@ -308,6 +317,9 @@ class SearchCell(nn.Module):
                 outputs.append(block)
         return outputs
 
-    def preprocess(self, which: int, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    def preprocess(
+        self, which: int, x: torch.Tensor, groups: int = 1, pointwise_matmul: bool = False
+    ) -> torch.Tensor:
         """``preprocess0`` or ``preprocess1`` (``which``) on ``[G·N, c, *S]`` with per-group BN statistics."""
-        return run_sequence(self.preprocess0 if which == 0 else self.preprocess1, x, groups)
+        modules = self.preprocess0 if which == 0 else self.preprocess1
+        return run_sequence(modules, x, groups, pointwise_matmul=pointwise_matmul)

@@ -35,6 +35,10 @@ class ExecutionConfig:
     fold_alpha_into_bn: bool = True
     """Each op's α weight multiplies inside its final BN, which recomputes its output for α's gradient
     instead of keeping it (saves one activation per op in architecture steps)."""
+    pointwise_as_matmul: bool = True
+    """1×1 convolutions (stride 1) of channels-last activations run as matrix products over the channel
+    axis (:mod:`autodeeplab.pointwise`): the same products without the convolution library's per-call
+    cost. Contiguous activations keep the convolution."""
     memory_format: MemoryFormat = "auto"
     """``auto``: channels-last on CPU and under CUDA mixed precision (measured/known faster there),
     contiguous for CUDA fp32."""

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .grouped_bn import multi_batch_norm, shared_batch_norm
+from .pointwise import pointwise_conv
 from .primitives import PRIMITIVES, max_pool_saving_input
 
 _ATROUS = ("atr_conv_3x3", "atr_conv_5x5")
@@ -36,9 +37,14 @@ def _op(edge: nn.Module, name: str) -> nn.Module:
     return edge.ops[edge.op_indices.index(PRIMITIVES.index(name))]
 
 
-def _stack_edges(t: torch.Tensor, edges: int) -> torch.Tensor:
-    """``[G·N, E·C, *S]`` (edge-major channels) → a ``[E, G·N, C, *S]`` view."""
-    return t.unflatten(1, (edges, t.shape[1] // edges)).movedim(1, 0)
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``[G·N, K, *S]`` → the ``[G·N, *S, K]`` view (contiguous for a channels-last ``t``)."""
+    return t.permute(0, *range(2, t.dim()), 1)
+
+
+def _edge_rows(t: torch.Tensor, edges: int) -> torch.Tensor:
+    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, *S, E, C]`` view."""
+    return _rows(t).unflatten(-1, (edges, t.shape[1] // edges))
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -> torch.Tensor:
@@ -53,7 +59,7 @@ def _atrous(relu_x, edges, name, groups, repeats, scale):
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
 
 
-def _separable(relu_x, edges, name, groups, repeats, scale):
+def _separable(relu_x, edges, name, groups, repeats, scale, matmul=False):
     ops = [_op(e, name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1]
     spatial = (1,) * (relu_x.dim() - 2)
@@ -63,10 +69,11 @@ def _separable(relu_x, edges, name, groups, repeats, scale):
     # block-diagonal pointwise, columns permuted from (edge, channel) to the (channel, edge) input order
     pw = torch.block_diag(*[op[2].weight.reshape(c, c) for op in ops]) if e > 1 else ops[0][2].weight
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
-    z = _conv(z, pw, ops[0][2], 1)
+    z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
     z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
     z = _conv(z, torch.cat([op[5].weight for op in ops]), ops[0][5], e * c)
-    z = _conv(z, torch.cat([op[6].weight for op in ops]), ops[0][6], e)
+    pw = torch.cat([op[6].weight for op in ops])  # grouped: edge i's C outputs read its C inputs
+    z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][6], e)
     return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
 
 
@@ -78,30 +85,43 @@ def fused_mixed_ops(
     repeats: int = 1,
     pool_without_indices: bool = True,
     fold_alpha_into_bn: bool = True,
-) -> torch.Tensor:
-    """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → ``[E, G·N, C, *S]``.
+    pointwise_matmul: bool = False,
+) -> list[torch.Tensor]:
+    """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → E tensors ``[G·N, C, *S]``.
 
     ``edges``: E :class:`autodeeplab.cell.MixedOp` of C channels (no partial channels here: the caller
     slices); ``weights``: ``[E, P]`` softmax weights. ``groups``/``repeats`` as in
     :mod:`autodeeplab.grouped_bn`. ``fold_alpha_into_bn``: when α needs a gradient, the conv ops' weights
-    multiply inside their last BN (which then keeps no output for the backward).
+    multiply inside their last BN (which then keeps no output for the backward). ``pointwise_matmul``:
+    the 1×1 convs of channels-last ``x`` as matmuls (:mod:`autodeeplab.pointwise`).
     """
     e = len(edges)
-    # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32
-    column = {name: weights[:, PRIMITIVES.index(name)].to(x.dtype) for name in PRIMITIVES}
-    broadcast = (e,) + (1,) * x.dim()
-    fold = fold_alpha_into_bn and weights.requires_grad
+    # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32; [E, 1] broadcasts
+    # over the [..., E, C] edge axis of the sum
+    column = {name: weights[:, PRIMITIVES.index(name)].to(x.dtype).unsqueeze(1) for name in PRIMITIVES}
+    # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
+    # grouped_bn), or as a product after it
+    fold = fold_alpha_into_bn or not weights.requires_grad
     relu_x = F.relu(x)
-    out = column["skip_connect"].reshape(broadcast) * x
-    for name in _POOLS:
+    # The sum is built as [G·N, *S, E, C]: for channels-last activations that is the memory order of the
+    # fused convs' [G·N, E·C, *S] outputs, so they add in as views, and each edge's gradient comes back
+    # channels-last (an [E, G·N, C, *S] sum would hand the convs' BNs strided gradients, their slow path).
+    out = None
+    for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
         seq = _op(edges[0], name)  # pool → affine-free BN
         pooled = max_pool_saving_input(x, seq[0]) if pool_without_indices and name == _POOLS[0] else seq[0](x)
         y = shared_batch_norm(pooled, [_op(edge, name)[1] for edge in edges], groups, repeats)
-        out = out + column[name].reshape(broadcast) * y
+        # training: one [G·N, C, *S] for every edge; evaluation: [E, G·N, C, *S] (running statistics)
+        y = _rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
+        out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
+    out = torch.addcmul(out, column["skip_connect"], _rows(x).unsqueeze(-2))
     for name in _ATROUS + _SEPARABLE:
-        run = _atrous if name in _ATROUS else _separable
-        y = run(relu_x, edges, name, groups, repeats, column[name] if fold else None)
-        if not fold:
-            y = y * column[name].repeat_interleave(x.shape[1]).reshape((1, -1) + (1,) * (x.dim() - 2))
-        out = out + _stack_edges(y, e)
-    return out
+        scale = column[name].squeeze(1) if fold else None
+        if name in _ATROUS:
+            y = _atrous(relu_x, edges, name, groups, repeats, scale)
+        else:
+            y = _separable(relu_x, edges, name, groups, repeats, scale, pointwise_matmul)
+        y = _edge_rows(y, e)
+        out = out + y if fold else torch.addcmul(out, column[name], y)
+    # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
+    return [t.permute(0, t.dim() - 1, *range(1, t.dim() - 1)) for t in out.unbind(-2)]

@@ -130,6 +130,16 @@ def _record(bns: Sequence[nn.Module], means: list[torch.Tensor], variances: list
         torch._foreach_lerp_([bn.running_var for bn in bns], variances, momentum)
 
 
+def _fold_constant_scale(scale, weight, bias, channels: int):
+    """A factor that needs no gradient (α in a weight step) folds into the affine transform,
+    ``s·(x̂·γ + β) = x̂·(γ·s) + β·s``, so that it costs no pass over the activation."""
+    s = scale.expand(channels) if scale.dim() == 0 else scale
+    s = s.to(torch.promote_types(s.dtype, torch.float32))  # BN parameters stay fp32 under bf16/fp16
+    if weight is None:  # no affine parameters: γ = 1, β = 0
+        return s, None, None
+    return weight * s, bias * s, None
+
+
 def _count(bns: Sequence[nn.Module], calls: int) -> None:
     with torch.no_grad():
         torch._foreach_add_([bn.num_batches_tracked for bn in bns], calls)
@@ -161,7 +171,8 @@ def multi_batch_norm(
 ) -> torch.Tensor:
     """E BatchNorm modules of C channels each on ``x`` ``[G·N, E·C, *S]`` (module i: channels i·C..i·C+C).
 
-    ``scale``: 0-dim, or ``[E]`` (one factor per module). Otherwise as :func:`batch_norm`.
+    ``scale``: 0-dim, or ``[E]`` (one factor per module); one that needs no gradient is folded into the
+    affine transform. Otherwise as :func:`batch_norm`.
     """
     if groups > 1 and repeats > 1:
         raise ValueError("batch_norm: groups and repeats cannot both exceed 1")
@@ -173,6 +184,8 @@ def multi_batch_norm(
     if first.affine:
         weight = torch.cat([bn.weight for bn in bns]) if len(bns) > 1 else first.weight
         bias = torch.cat([bn.bias for bn in bns]) if len(bns) > 1 else first.bias
+    if scale is not None and not scale.requires_grad:
+        weight, bias, scale = _fold_constant_scale(scale, weight, bias, x.shape[1])
     if not first.training and first.track_running_stats:
         mean = torch.cat([bn.running_mean for bn in bns]) if len(bns) > 1 else first.running_mean
         var = torch.cat([bn.running_var for bn in bns]) if len(bns) > 1 else first.running_var

@@ -33,7 +33,9 @@ _ACTIVE: contextvars.ContextVar[SavedTensorCounter | None] = contextvars.Context
 
 @dataclass(frozen=True)
 class SavedRecord:
-    """One distinct storage kept for backward: its size and the shape of the first tensor seen on it."""
+    """One distinct storage kept for backward: its size and the shape of the tensor that owns it (the
+    base of the first view seen on it, so that a permuted or flattened view still reports the
+    ``[N, C, *S]`` activation it was taken from)."""
 
     nbytes: int
     shape: tuple[int, ...]
@@ -66,7 +68,8 @@ class SavedTensorCounter:
         if key in self._excluded or key in self._records:
             return
         nbytes = t.untyped_storage().nbytes()
-        self._records[key] = SavedRecord(nbytes, tuple(t.shape), t.dtype)
+        owner = t._base if t._base is not None else t
+        self._records[key] = SavedRecord(nbytes, tuple(owner.shape), t.dtype)
         self._alive.append(t)
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:

@@ -108,11 +108,14 @@ class Resample(nn.Module):
             x = resize(x, size)
         return self.conv(x)
 
-    def fast(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-        """:meth:`forward` with the fast path's batch norm (honours frozen running statistics)."""
+    def fast(self, x: torch.Tensor, size: tuple[int, ...], pointwise_matmul: bool = False) -> torch.Tensor:
+        """:meth:`forward` with the fast path's batch norm (honours frozen running statistics); with
+        ``pointwise_matmul`` a 1×1 conv of channels-last ``x`` runs as a matmul."""
         if self.direction > 0:
             x = resize(x, size)
-        return run_sequence(self.conv, x) if isinstance(self.conv, nn.Sequential) else x
+        if not isinstance(self.conv, nn.Sequential):
+            return x
+        return run_sequence(self.conv, x, pointwise_matmul=pointwise_matmul)
 
 
 class SearchASPP(nn.Module):
@@ -286,17 +289,22 @@ class SearchNetwork(nn.Module):
             resampled = [r(prev[s], sizes[level]) for r, (s, _) in zip(resamplers, sources, strict=True)]
             return self._reference_node(cell, h_pp, resampled, weights, alpha)
         ex = self.execution
-        resampled = [r.fast(prev[s], sizes[level]) for r, (s, _) in zip(resamplers, sources, strict=True)]
-        s0 = cell.preprocess(0, h_pp)  # shared by the three incoming resolutions
+        matmul = options.pointwise_matmul
+        resampled = [
+            r.fast(prev[s], sizes[level], matmul) for r, (s, _) in zip(resamplers, sources, strict=True)
+        ]
+        s0 = cell.preprocess(0, h_pp, pointwise_matmul=matmul)  # shared by the three incoming resolutions
         if not ex.batch_node_inputs:  # one resolution at a time, the fast edges only
             out = None
             for h_prev, weight in zip(resampled, weights, strict=True):
-                blocks = cell.grouped_blocks(s0, cell.preprocess(1, h_prev), alpha, 1, options)
+                s1 = cell.preprocess(1, h_prev, pointwise_matmul=matmul)
+                blocks = cell.grouped_blocks(s0, s1, alpha, 1, options)
                 term = weight * torch.cat(blocks, dim=1)
                 out = term if out is None else out + term
             return out
         groups, n = len(sources), h_pp.shape[0]
-        s1 = cell.preprocess(1, torch.cat(resampled, dim=0) if groups > 1 else resampled[0], groups)
+        s1 = torch.cat(resampled, dim=0) if groups > 1 else resampled[0]
+        s1 = cell.preprocess(1, s1, groups, matmul)
         blocks = cell.grouped_blocks(s0, s1, alpha, groups, options)
         # Σ_g β_g · concat(blocks_g) = concat(Σ_g β_g · blocks_g): weigh each block, then concatenate.
         # Elementwise sums, not a reduction over the group axis: those keep the channels-last layout.
@@ -308,7 +316,11 @@ class SearchNetwork(nn.Module):
         """The fast path's choices, or None for the reference path (every fast switch off)."""
         ex = self.execution
         options = EdgeOptions(
-            ex.share_edge_relu, ex.pool_without_indices, ex.fold_alpha_into_bn, ex.fuse_edges
+            ex.share_edge_relu,
+            ex.pool_without_indices,
+            ex.fold_alpha_into_bn,
+            ex.fuse_edges,
+            ex.pointwise_as_matmul,
         )
         return options if ex.batch_node_inputs or any(vars(options).values()) else None
 

@@ -1,0 +1,157 @@
+"""1×1 convolutions of channels-last activations as matrix products over the channel axis (exact).
+
+A 1×1 convolution with stride 1 and no padding multiplies every pixel's channel vector by the same
+``[O, C]`` matrix. A channels-last ``[N, C, *S]`` tensor is, in memory, a ``[N·prod(S), C]`` matrix,
+so the convolution is one ``F.linear`` on a permuted view, and its backward two matrix products. For
+the small activations of the search supernet that skips most of oneDNN's per-call cost: measured on
+2 CPU cores, a 40→40-channel 1×1 conv on ``[6, 40, 33, 33]`` took 1.22 ms forward + backward as a
+convolution and 0.38 ms as a matmul (``benchmarks/README.md``). The result is channels-last, like the
+convolution's, and equal to it up to float rounding (the same products, summed in another order).
+
+A grouped 1×1 convolution (G groups) is a batched product: ``[G, N·prod(S), C/G] @ [G, C/G, O/G]``.
+
+Tensors that are not channels-last (CUDA fp32, volumes, the reference path) keep the convolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` ``[N, C, *S]`` (2 or 3 spatial axes) is laid out channels-last in memory."""
+    layout = _CHANNELS_LAST.get(x.dim())
+    return layout is not None and x.is_contiguous(memory_format=layout)
+
+
+def is_pointwise(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a 1×1 convolution with stride 1 and no padding (any groups, any bias)."""
+    return (
+        isinstance(conv, nn.modules.conv._ConvNd)
+        and not conv.transposed
+        and all(k == 1 for k in conv.kernel_size)
+        and all(s == 1 for s in conv.stride)
+        and all(p == 0 for p in conv.padding)
+        and conv.padding_mode == "zeros"
+    )
+
+
+def _to_rows(x: torch.Tensor) -> torch.Tensor:
+    """``[N, C, *S]`` → the ``[N, *S, C]`` view (contiguous when ``x`` is channels-last)."""
+    return x.permute(0, *range(2, x.dim()), 1)
+
+
+def _from_rows(y: torch.Tensor) -> torch.Tensor:
+    """``[N, *S, C]`` → the ``[N, C, *S]`` view (channels-last when ``y`` is contiguous)."""
+    return y.permute(0, y.dim() - 1, *range(1, y.dim() - 1))
+
+
+def _matmul(rows: torch.Tensor, weight: torch.Tensor, groups: int, out: torch.Tensor | None = None):
+    """``rows`` ``[..., C]`` times a 1×1 conv weight ``[O, C/groups]`` per group → ``[..., O]`` (into
+    ``out`` when given: a contiguous ``[..., O]`` tensor or view)."""
+    out_channels = weight.shape[0]
+    if groups == 1:
+        return torch.matmul(rows, weight.t(), out=out)
+    c_in = rows.shape[-1] // groups
+    z = rows.reshape(-1, groups, c_in).transpose(0, 1)  # [G, M, C/G]
+    w = weight.reshape(groups, out_channels // groups, c_in).transpose(1, 2)  # [G, C/G, O/G]
+    y = torch.bmm(z, w).transpose(0, 1)  # [M, G, O/G]
+    if out is None:
+        return y.reshape(*rows.shape[:-1], out_channels)
+    out.view(-1, groups, out_channels // groups).copy_(y)
+    return out
+
+
+class _PointwiseConv(torch.autograd.Function):
+    """The matmul form with its own backward, so that autograd keeps ``x`` itself (``[N, C, *S]``), as
+    the convolution does: the saved-activation accounting sees the same tensors either way."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int):
+        ctx.save_for_backward(x, weight)
+        ctx.groups, ctx.has_bias = groups, bias is not None
+        # the result is its own channels-last tensor, not a view of a [N, *S, O] one: what later
+        # saves it for a backward sees an [N, O, *S] tensor, as after a convolution
+        layout = _CHANNELS_LAST[x.dim()]
+        out = torch.empty(
+            (x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout
+        )
+        rows = _matmul(_to_rows(x), weight, groups, out=_to_rows(out))
+        if bias is not None:
+            rows.add_(bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        groups = ctx.groups
+        g = _to_rows(grad)  # [N, *S, O]
+        out_channels, c_in = weight.shape[0], weight.shape[1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
+            if groups == 1:
+                grad_x = _from_rows(torch.matmul(g, weight))
+            else:
+                grad_x = _from_rows(_grouped_input_grad(g, weight, groups))
+        if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
+            g2 = g.reshape(-1, out_channels)
+            x2 = _to_rows(x).reshape(-1, x.shape[1])
+            if groups == 1:
+                grad_w = g2.t().mm(x2)
+            else:
+                gg = g2.reshape(-1, groups, out_channels // groups).permute(1, 2, 0)  # [G, O/G, M]
+                xg = x2.reshape(-1, groups, c_in).transpose(0, 1)  # [G, M, C/G]
+                grad_w = torch.bmm(gg, xg).reshape(out_channels, c_in)
+            grad_w = grad_w.reshape(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.reshape(-1, out_channels).sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+def _grouped_input_grad(g: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``g`` ``[..., O]`` → ``[..., C]`` through the transposed grouped weight."""
+    out_channels, c_in = weight.shape[0], weight.shape[1]
+    gz = g.reshape(-1, groups, out_channels // groups).transpose(0, 1)  # [G, M, O/G]
+    w = weight.reshape(groups, out_channels // groups, c_in)  # [G, O/G, C/G]
+    return torch.bmm(gz, w).transpose(0, 1).reshape(*g.shape[:-1], c_in * groups)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast would run a convolution in on ``device_type``, or None when it is off."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def pointwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1
+) -> torch.Tensor:
+    """1×1 convolution of ``x`` ``[N, C, *S]`` with ``weight`` ``[O, C/groups, 1, ...]`` → ``[N, O, *S]``.
+
+    A matmul when ``x`` is channels-last (the result is channels-last too), the convolution otherwise.
+    Under autocast the operands are cast as autocast casts a convolution's.
+    """
+    if not is_channels_last(x):
+        return _CONV[x.dim()](x, weight, bias, 1, 0, 1, groups)
+    weight = weight.reshape(weight.shape[0], -1)
+    dtype = _autocast_dtype(x.device.type)
+    if dtype is None:
+        return _PointwiseConv.apply(x, weight, bias, groups)
+    x, weight = x.to(dtype), weight.to(dtype)
+    bias = None if bias is None else bias.to(dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        return _PointwiseConv.apply(x, weight, bias, groups)
+
+
+def apply_conv(conv: nn.Module, x: torch.Tensor, as_matmul: bool) -> torch.Tensor:
+    """``conv(x)``, through :func:`pointwise_conv` when ``as_matmul`` and ``conv`` is a plain 1×1 conv."""
+    if as_matmul and is_pointwise(conv) and is_channels_last(x):
+        return pointwise_conv(x, conv.weight, conv.bias, conv.groups)
+    return conv(x)

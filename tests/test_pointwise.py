@@ -1,0 +1,94 @@
+"""1×1 convolutions as matmuls (autodeeplab.pointwise) equal the convolution: outputs, gradients, layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autodeeplab.pointwise import apply_conv, is_channels_last, is_pointwise, pointwise_conv
+
+LAYOUTS = {4: torch.channels_last, 5: torch.channels_last_3d}
+TOL = {"atol": 1e-12, "rtol": 1e-10}
+
+
+def conv_nd(x, weight, bias, groups):
+    return {4: F.conv2d, 5: F.conv3d}[x.dim()](x, weight, bias, groups=groups)
+
+
+@pytest.mark.parametrize("spatial", [(7, 5), (3, 4, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pointwise_conv_equals_the_convolution(spatial, groups, bias, channels_last):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, *spatial, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=LAYOUTS[x.dim()])
+    w = torch.randn(9, 6 // groups, *(1,) * len(spatial), generator=g, dtype=torch.float64)
+    b = torch.randn(9, generator=g, dtype=torch.float64) if bias else None
+    grad_out = torch.randn(2, 9, *spatial, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (pointwise_conv, conv_nd):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        bs = b.clone().requires_grad_() if bias else None
+        y = fn(xs, ws, bs, groups)
+        y.backward(grad_out)
+        results.append((y, xs.grad, ws.grad, bs.grad if bias else None, y))
+    (y, gx, gw, gb, out), (y_ref, gx_ref, gw_ref, gb_ref, _) = results
+    assert y.shape == y_ref.shape == (2, 9, *spatial)
+    for a, r in [(y, y_ref), (gx, gx_ref), (gw, gw_ref)] + ([(gb, gb_ref)] if bias else []):
+        assert torch.allclose(a, r, **TOL)
+    # channels-last in, channels-last out, as the convolution does; the matmul path is only taken then
+    assert is_channels_last(out) == channels_last
+
+
+def test_only_plain_one_by_one_convs_qualify():
+    assert is_pointwise(nn.Conv2d(4, 8, 1, bias=False))
+    assert is_pointwise(nn.Conv3d(4, 8, 1, groups=2))
+    assert not is_pointwise(nn.Conv2d(4, 8, 3, padding=1))
+    assert not is_pointwise(nn.Conv2d(4, 8, 1, stride=2))
+    assert not is_pointwise(nn.Conv2d(4, 8, 1, padding=1))
+    assert not is_pointwise(nn.ConvTranspose2d(4, 8, 1))
+    assert not is_pointwise(nn.BatchNorm2d(4))
+
+
+def test_apply_conv_falls_back_to_the_module_for_other_convs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    strided = nn.Conv2d(4, 8, 1, stride=2)
+    assert torch.equal(apply_conv(strided, x, True), strided(x))  # not a stride-1 1×1: the module itself
+    pw = nn.Conv2d(4, 8, 1)
+    assert torch.allclose(apply_conv(pw, x, True), pw(x), atol=1e-6)
+    assert torch.equal(apply_conv(pw, x, False), pw(x))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_conv_under_autocast_matches_the_convolution(groups):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 5, 6).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(6, 4 // groups, 1, 1)
+    outs, grads = [], []
+    for fn in (pointwise_conv, conv_nd):
+        ws = w.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = fn(x, ws, None, groups)
+        y.float().sum().backward()
+        outs.append(y)
+        grads.append(ws.grad)
+    assert outs[0].dtype == outs[1].dtype == torch.bfloat16
+    assert torch.allclose(outs[0].float(), outs[1].float(), atol=0.05, rtol=0.02)
+    assert grads[0].dtype == torch.float32  # the parameter's own dtype
+    assert torch.allclose(grads[0], grads[1], atol=0.1, rtol=0.02)
+
+
+def test_saved_tensor_is_the_input_itself():
+    x = torch.randn(2, 4, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 4, 1, 1, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        pointwise_conv(x, w).sum().backward()
+    shapes = {tuple(t.shape) for t in saved}
+    assert (2, 4, 5, 6) in shapes  # x as [N, C, H, W], so memory accounting sees its spatial size
+    assert all(len(s) != 4 or s[1:] != (5, 6, 4) for s in shapes)  # no [N, H, W, C] view
