@@ -47,6 +47,7 @@ OFF = {
     "pool_without_indices": False,
     "fold_alpha_into_bn": False,
     "pointwise_as_matmul": False,
+    "depthwise_flipped_grad": False,
     "memory_format": "contiguous",
 }
 # name -> (execution overrides, search-space overrides, freeze the other parameter group in each step)
@@ -55,6 +56,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "reference_no_freeze": (OFF, {}, False),
     "batched_nodes": ({**OFF, "batch_node_inputs": True}, {}, True),
     "fused_edges": ({**OFF, "fuse_edges": True}, {}, True),
+    "depthwise_flipped_grad": ({**OFF, "fuse_edges": True, "depthwise_flipped_grad": True}, {}, True),
     "shared_relu": ({**OFF, "share_edge_relu": True}, {}, True),
     "pool_without_indices": ({**OFF, "pool_without_indices": True}, {}, True),
     "fold_alpha": ({**OFF, "fold_alpha_into_bn": True}, {}, True),
@@ -67,6 +69,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "exact_contiguous": ({"memory_format": "contiguous"}, {}, True),
     "exact_unfused": ({"fuse_edges": False}, {}, True),
     "exact_no_matmul": ({"pointwise_as_matmul": False}, {}, True),
+    "exact_no_flipped_grad": ({"depthwise_flipped_grad": False}, {}, True),
     "checkpoint": ({"checkpoint_cells": True}, {}, True),
     "checkpoint_levels01": ({"checkpoint_cells": True, "checkpoint_levels": [0, 1]}, {}, True),
     "bf16_checkpoint_levels01": (

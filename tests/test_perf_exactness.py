@@ -26,6 +26,7 @@ OFF = dict(
     pool_without_indices=False,
     fold_alpha_into_bn=False,
     pointwise_as_matmul=False,
+    depthwise_flipped_grad=False,
     memory_format="contiguous",
 )
 REFERENCE = ExecutionConfig(**OFF)
@@ -76,6 +77,7 @@ SWITCHES = {
     "alpha folded into bn only": {**OFF, "fold_alpha_into_bn": True},
     "channels last only": {**OFF, "memory_format": "channels_last"},
     "1x1 convs as matmuls only": {**OFF, "memory_format": "channels_last", "pointwise_as_matmul": True},
+    "flipped depthwise gradient only": {**OFF, "fuse_edges": True, "depthwise_flipped_grad": True},
     "checkpointing only": {**OFF, "checkpoint_cells": True},
     "all with checkpointing": {"checkpoint_cells": True},
     "checkpointing levels 0 and 2": {"checkpoint_cells": True, "checkpoint_levels": (0, 2)},

@@ -22,6 +22,7 @@ REFERENCE = ExecutionConfig(
     pool_without_indices=False,
     fold_alpha_into_bn=False,
     pointwise_as_matmul=False,
+    depthwise_flipped_grad=False,
     memory_format="contiguous",
 )
 

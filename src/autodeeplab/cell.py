@@ -63,6 +63,9 @@ class EdgeOptions:
     the shared ReLU."""
     pointwise_matmul: bool = True
     """1×1 convolutions of channels-last activations as matmuls (:mod:`autodeeplab.pointwise`)."""
+    depthwise_flipped_grad: bool = True
+    """Fused edges: the multiplier depthwise conv's input gradient as a flipped-filter depthwise conv
+    (:mod:`autodeeplab.depthwise`)."""
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -303,6 +306,7 @@ class SearchCell(nn.Module):
                 options.pool_without_indices,
                 options.fold_alpha_into_bn,
                 options.pointwise_matmul,
+                options.depthwise_flipped_grad,
             )
             for i, b in enumerate(readers):
                 term = fused[i]

@@ -39,6 +39,10 @@ class ExecutionConfig:
     """1×1 convolutions (stride 1) of channels-last activations run as matrix products over the channel
     axis (:mod:`autodeeplab.pointwise`): the same products without the convolution library's per-call
     cost. Contiguous activations keep the convolution."""
+    depthwise_flipped_grad: bool = True
+    """The fused separable convs' first depthwise conv (E filters per channel) computes its input
+    gradient as a depthwise conv with flipped filters (:mod:`autodeeplab.depthwise`) instead of the
+    convolution library's backward, which is slow for channel multipliers on CPU."""
     memory_format: MemoryFormat = "auto"
     """``auto``: channels-last on CPU and under CUDA mixed precision (measured/known faster there),
     contiguous for CUDA fp32."""

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .depthwise import depthwise_conv
 from .grouped_bn import multi_batch_norm, shared_batch_norm
 from .pointwise import pointwise_conv
 from .primitives import PRIMITIVES, max_pool_saving_input
@@ -59,13 +60,17 @@ def _atrous(relu_x, edges, name, groups, repeats, scale):
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
 
 
-def _separable(relu_x, edges, name, groups, repeats, scale, matmul=False):
+def _separable(relu_x, edges, name, groups, repeats, scale, matmul=False, flipped_grad=False):
     ops = [_op(e, name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1]
     spatial = (1,) * (relu_x.dim() - 2)
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
     dw = torch.stack([op[1].weight for op in ops], dim=1).reshape(c * e, 1, *ops[0][1].weight.shape[2:])
-    z = _conv(relu_x, dw, ops[0][1], c)
+    like = ops[0][1]
+    if flipped_grad and all(st == 1 for st in like.stride):
+        z = depthwise_conv(relu_x, dw, like.padding, like.dilation)
+    else:
+        z = _conv(relu_x, dw, like, c)
     # block-diagonal pointwise, columns permuted from (edge, channel) to the (channel, edge) input order
     pw = torch.block_diag(*[op[2].weight.reshape(c, c) for op in ops]) if e > 1 else ops[0][2].weight
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
@@ -86,6 +91,7 @@ def fused_mixed_ops(
     pool_without_indices: bool = True,
     fold_alpha_into_bn: bool = True,
     pointwise_matmul: bool = False,
+    depthwise_flipped_grad: bool = False,
 ) -> list[torch.Tensor]:
     """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → E tensors ``[G·N, C, *S]``.
 
@@ -94,6 +100,8 @@ def fused_mixed_ops(
     :mod:`autodeeplab.grouped_bn`. ``fold_alpha_into_bn``: when α needs a gradient, the conv ops' weights
     multiply inside their last BN (which then keeps no output for the backward). ``pointwise_matmul``:
     the 1×1 convs of channels-last ``x`` as matmuls (:mod:`autodeeplab.pointwise`).
+    ``depthwise_flipped_grad``: the multiplier depthwise convs' input gradient as a flipped-filter
+    depthwise conv (:mod:`autodeeplab.depthwise`).
     """
     e = len(edges)
     # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32; [E, 1] broadcasts
@@ -120,7 +128,9 @@ def fused_mixed_ops(
         if name in _ATROUS:
             y = _atrous(relu_x, edges, name, groups, repeats, scale)
         else:
-            y = _separable(relu_x, edges, name, groups, repeats, scale, pointwise_matmul)
+            y = _separable(
+                relu_x, edges, name, groups, repeats, scale, pointwise_matmul, depthwise_flipped_grad
+            )
         y = _edge_rows(y, e)
         out = out + y if fold else torch.addcmul(out, column[name], y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .precision import apply_like_autocast_conv
+
 _CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
@@ -121,15 +123,6 @@ def _grouped_input_grad(g: torch.Tensor, weight: torch.Tensor, groups: int) -> t
     return torch.bmm(gz, w).transpose(0, 1).reshape(*g.shape[:-1], c_in * groups)
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast would run a convolution in on ``device_type``, or None when it is off."""
-    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    if device_type == "cpu":
-        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-
-
 def pointwise_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1
 ) -> torch.Tensor:
@@ -140,14 +133,7 @@ def pointwise_conv(
     """
     if not is_channels_last(x):
         return _CONV[x.dim()](x, weight, bias, 1, 0, 1, groups)
-    weight = weight.reshape(weight.shape[0], -1)
-    dtype = _autocast_dtype(x.device.type)
-    if dtype is None:
-        return _PointwiseConv.apply(x, weight, bias, groups)
-    x, weight = x.to(dtype), weight.to(dtype)
-    bias = None if bias is None else bias.to(dtype)
-    with torch.autocast(x.device.type, enabled=False):
-        return _PointwiseConv.apply(x, weight, bias, groups)
+    return apply_like_autocast_conv(_PointwiseConv, x, weight.reshape(weight.shape[0], -1), bias, groups)
 
 
 def apply_conv(conv: nn.Module, x: torch.Tensor, as_matmul: bool) -> torch.Tensor:

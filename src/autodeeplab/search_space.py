@@ -321,6 +321,7 @@ class SearchNetwork(nn.Module):
             ex.fold_alpha_into_bn,
             ex.fuse_edges,
             ex.pointwise_as_matmul,
+            ex.depthwise_flipped_grad,
         )
         return options if ex.batch_node_inputs or any(vars(options).values()) else None
 

@@ -1,0 +1,71 @@
+"""The multiplier depthwise conv's flipped-filter input gradient (autodeeplab.depthwise) is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from autodeeplab.depthwise import depthwise_conv
+
+TOL = {"atol": 1e-12, "rtol": 1e-10}
+
+
+def conv_nd(x, w, padding, dilation):
+    return {4: F.conv2d, 5: F.conv3d}[x.dim()](x, w, None, 1, padding, dilation, x.shape[1])
+
+
+@pytest.mark.parametrize(
+    ("spatial", "kernel", "dilation", "multiplier"),
+    [((9, 7), 3, 1, 5), ((9, 7), 5, 1, 3), ((8, 8), 3, 2, 2), ((5, 6, 4), 3, 1, 3), ((7, 7), 5, 1, 1)],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_equals_the_library(spatial, kernel, dilation, multiplier, channels_last):
+    g = torch.Generator().manual_seed(0)
+    dims = len(spatial)
+    x = torch.randn(2, 4, *spatial, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    w = torch.randn(4 * multiplier, 1, *(kernel,) * dims, generator=g, dtype=torch.float64)
+    padding, dil = (dilation * (kernel - 1) // 2,) * dims, (dilation,) * dims
+    grad = torch.randn(2, 4 * multiplier, *spatial, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (depthwise_conv, conv_nd):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = fn(xs, ws, padding, dil)
+        y.backward(grad)
+        results.append((y, xs.grad, ws.grad))
+    for a, b in zip(*results, strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, **TOL)
+
+
+def test_only_the_input_gradient_is_computed_when_the_weights_are_frozen():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.randn(6, 1, 3, 3)  # no gradient wanted (an architecture step)
+    depthwise_conv(x, w, (1, 1), (1, 1)).square().sum().backward()
+    xr = x.detach().clone().requires_grad_()
+    F.conv2d(xr, w, None, 1, 1, 1, 3).square().sum().backward()
+    assert torch.allclose(x.grad, xr.grad, atol=1e-5)
+
+
+def test_not_same_padding_falls_back_to_the_library():
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 2, 7, 7), torch.randn(4, 1, 3, 3)
+    y = depthwise_conv(x, w, (0, 0), (1, 1))  # "valid" padding: the output shrinks
+    assert y.shape == (1, 4, 5, 5)
+    assert torch.equal(y, F.conv2d(x, w, None, 1, 0, 1, 2))
+
+
+def test_under_autocast_it_runs_in_bf16_like_the_convolution():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(9, 1, 3, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = depthwise_conv(x, w, (1, 1), (1, 1))
+        ref = F.conv2d(x, w, None, 1, 1, 1, 3)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), ref.float(), atol=0.05, rtol=0.02)
+    y.float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == torch.float32  # the leaves' own dtypes
