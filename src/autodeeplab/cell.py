@@ -172,7 +172,7 @@ class MixedOp(nn.Module):
     ) -> torch.Tensor:
         relu_x = F.relu(x) if options.share_relu else None
         # When α needs a gradient, fold each op's weight into its final BN so that the BN output is
-        # recomputed in the backward instead of kept (see grouped_bn._ScaledBatchNorm)
+        # recomputed in the backward instead of kept (see grouped_bn._fold_scale)
         fold = options.fold_alpha_into_bn and weights.requires_grad
         out = None
         for index, op, relu_first in zip(self.op_indices, self.ops, self._relu_first, strict=True):

@@ -16,7 +16,8 @@ and the channels-last layout) and the outputs are concatenated: measured on CPU 
 one custom kernel reducing over a strided ``[G, N, C, H·W]`` view, and exact by construction. Batch
 statistics come back from the native kernel through scratch buffers updated with momentum 1.
 
-``scale`` fuses the α weighting that follows every BN of a mixed op (see :class:`_ScaledBatchNorm`).
+``scale`` fuses the α weighting that follows every BN of a mixed op into the BN's affine transform
+(see :func:`_fold_scale`).
 Inside :func:`running_stats_frozen` (the recomputation of activation checkpointing) no running statistic
 moves: the recomputed forward normalises with the same batch statistics and must not count them twice.
 """
@@ -44,79 +45,23 @@ def running_stats_frozen() -> Iterator[None]:
         _FROZEN.reset(token)
 
 
-def _channel_view(t: torch.Tensor, dims: int) -> torch.Tensor:
-    """A per-channel vector ``[C]`` (or a 0-dim tensor) shaped to broadcast over ``[N, C, *S]``."""
-    return t if t.dim() == 0 else t.reshape((1, -1) + (1,) * (dims - 2))
+def _normalize(x, weight, bias, eps: float, stats=(None, None), momentum: float = 0.0):
+    """Training-mode BN of ``x``; ``stats`` buffers get the native momentum update."""
+    return F.batch_norm(x, stats[0], stats[1], weight, bias, True, momentum, eps)
 
 
-class _ScaledBatchNorm(torch.autograd.Function):
-    """``scale · BN(x)`` in training mode that keeps ``x`` for the backward but not the BN output.
-
-    In a mixed op every op ends in a BN whose output is multiplied by its α weight; for the α gradient
-    autograd would keep that output (one more activation per op). Here it is recomputed from the BN input,
-    which the BN keeps anyway. ``scale``: 0-dim, or one value per channel. Running statistics are updated
-    by the native kernel, as in ``F.batch_norm``.
-    """
-
-    @staticmethod
-    def forward(ctx, x, scale, weight, bias, running_mean, running_var, momentum: float, eps: float):
-        stats = (running_mean, running_var)
-        y, mean, invstd = torch.native_batch_norm(x, weight, bias, *stats, True, momentum, eps)
-        ctx.save_for_backward(x, scale, weight, bias, mean, invstd)
-        ctx.eps = eps
-        return y * _channel_view(scale, x.dim()).to(y.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, scale, weight, bias, mean, invstd = ctx.saved_tensors
-        need_x, need_scale, need_weight, need_bias = ctx.needs_input_grad[:4]
-        grad_scale = None
-        if need_scale:
-            shape = (1, -1) + (1,) * (x.dim() - 2)
-            wide = torch.promote_types(x.dtype, torch.float32)  # accumulate bf16/fp16 in fp32
-            y = (x.to(wide) - mean.reshape(shape)) * invstd.reshape(shape)
-            if weight is not None:
-                y = y * weight.reshape(shape) + bias.reshape(shape)
-            prod = grad.to(wide) * y
-            reduce = [d for d in range(x.dim()) if d != 1]
-            grad_scale = prod.sum() if scale.dim() == 0 else prod.sum(dim=reduce)
-            grad_scale = grad_scale.to(scale.dtype)
-        grad_x = grad_weight = grad_bias = None
-        if need_x or need_weight or need_bias:
-            grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-                grad * _channel_view(scale, x.dim()).to(grad.dtype),
-                x,
-                weight,
-                None,
-                None,
-                mean,
-                invstd,
-                True,
-                ctx.eps,
-                [need_x, need_weight and weight is not None, need_bias and bias is not None],
-            )
-        return grad_x, grad_scale, grad_weight, grad_bias, None, None, None, None
-
-
-def _normalize(x, weight, bias, eps: float, stats=(None, None), momentum: float = 0.0, scale=None):
-    """Training-mode BN of ``x`` (times ``scale``); ``stats`` buffers get the native momentum update."""
-    if scale is None:
-        return F.batch_norm(x, stats[0], stats[1], weight, bias, True, momentum, eps)
-    return _ScaledBatchNorm.apply(x, scale, weight, bias, stats[0], stats[1], momentum, eps)
-
-
-def _with_batch_stats(x, weight, bias, eps: float, scale, buffers: bool):
-    """``(BN(x) · scale, batch mean, unbiased batch var)``; the statistics only with ``buffers``.
+def _with_batch_stats(x, weight, bias, eps: float, buffers: bool):
+    """``(BN(x), batch mean, unbiased batch var)``; the statistics only with ``buffers``.
 
     The recomputation of a checkpoint must save the same tensors as the forward did, so a module that
     tracks statistics always gets scratch buffers here, whether or not they are then recorded.
     """
     if not buffers:
-        return _normalize(x, weight, bias, eps, scale=scale), None, None
+        return _normalize(x, weight, bias, eps), None, None
     channels, dtype = x.shape[1], torch.promote_types(x.dtype, torch.float32)
     mean = torch.zeros(channels, dtype=dtype, device=x.device)
     var = torch.ones(channels, dtype=dtype, device=x.device)
-    y = _normalize(x, weight, bias, eps, (mean, var), 1.0, scale)  # momentum 1: buffers := batch stats
+    y = _normalize(x, weight, bias, eps, (mean, var), 1.0)  # momentum 1: buffers := batch stats
     return y, mean, var
 
 
@@ -130,14 +75,18 @@ def _record(bns: Sequence[nn.Module], means: list[torch.Tensor], variances: list
         torch._foreach_lerp_([bn.running_var for bn in bns], variances, momentum)
 
 
-def _fold_constant_scale(scale, weight, bias, channels: int):
-    """A factor that needs no gradient (α in a weight step) folds into the affine transform,
-    ``s·(x̂·γ + β) = x̂·(γ·s) + β·s``, so that it costs no pass over the activation."""
+def _fold_scale(scale, weight, bias, channels: int):
+    """Fold a factor into the affine transform, ``s·(x̂·γ + β) = x̂·(γ·s) + β·s``.
+
+    The product then costs no pass over the activation, and autograd keeps nothing more than the BN
+    itself does (its input): the BN output that a product ``s · BN(x)`` would keep for ``s``'s gradient
+    is not needed, since ``∂L/∂(γ·s)`` comes out of the BN's own backward.
+    """
     s = scale.expand(channels) if scale.dim() == 0 else scale
     s = s.to(torch.promote_types(s.dtype, torch.float32))  # BN parameters stay fp32 under bf16/fp16
     if weight is None:  # no affine parameters: γ = 1, β = 0
-        return s, None, None
-    return weight * s, bias * s, None
+        return s, None
+    return weight * s, bias * s
 
 
 def _count(bns: Sequence[nn.Module], calls: int) -> None:
@@ -171,8 +120,8 @@ def multi_batch_norm(
 ) -> torch.Tensor:
     """E BatchNorm modules of C channels each on ``x`` ``[G·N, E·C, *S]`` (module i: channels i·C..i·C+C).
 
-    ``scale``: 0-dim, or ``[E]`` (one factor per module); one that needs no gradient is folded into the
-    affine transform. Otherwise as :func:`batch_norm`.
+    ``scale``: 0-dim, or ``[E]`` (one factor per module), folded into the affine transform. Otherwise as
+    :func:`batch_norm`.
     """
     if groups > 1 and repeats > 1:
         raise ValueError("batch_norm: groups and repeats cannot both exceed 1")
@@ -184,22 +133,21 @@ def multi_batch_norm(
     if first.affine:
         weight = torch.cat([bn.weight for bn in bns]) if len(bns) > 1 else first.weight
         bias = torch.cat([bn.bias for bn in bns]) if len(bns) > 1 else first.bias
-    if scale is not None and not scale.requires_grad:
-        weight, bias, scale = _fold_constant_scale(scale, weight, bias, x.shape[1])
+    if scale is not None:
+        weight, bias = _fold_scale(scale, weight, bias, x.shape[1])
     if not first.training and first.track_running_stats:
         mean = torch.cat([bn.running_mean for bn in bns]) if len(bns) > 1 else first.running_mean
         var = torch.cat([bn.running_var for bn in bns]) if len(bns) > 1 else first.running_var
-        y = F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
-        return y if scale is None else y * _channel_view(scale, x.dim()).to(y.dtype)
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
     buffers = first.track_running_stats
     record = buffers and not _FROZEN.get()
     if len(bns) == 1 and record and repeats == 1 and groups == 1 and first.momentum is not None:
         _count(bns, 1)  # the common single call: let the kernel update the module's buffers itself
         stats = (first.running_mean, first.running_var)
-        return _normalize(x, weight, bias, first.eps, stats, first.momentum, scale)
+        return _normalize(x, weight, bias, first.eps, stats, first.momentum)
     outputs = []
     for chunk in x.chunk(groups) if groups > 1 else [x]:
-        y, mean, var = _with_batch_stats(chunk, weight, bias, first.eps, scale, buffers)
+        y, mean, var = _with_batch_stats(chunk, weight, bias, first.eps, buffers)
         outputs.append(y)
         if record:
             for _ in range(repeats):
@@ -227,7 +175,7 @@ def shared_batch_norm(x: torch.Tensor, bns: Sequence[nn.Module], groups: int = 1
     record = buffers and not _FROZEN.get()
     outputs = []
     for chunk in x.chunk(groups) if groups > 1 else [x]:
-        y, mean, var = _with_batch_stats(chunk, None, None, first.eps, None, buffers)
+        y, mean, var = _with_batch_stats(chunk, None, None, first.eps, buffers)
         outputs.append(y)
         if record:
             for _ in range(repeats):
