@@ -48,6 +48,7 @@ OFF = {
     "fold_alpha_into_bn": False,
     "pointwise_as_matmul": False,
     "depthwise_flipped_grad": False,
+    "batch_running_stats": False,
     "memory_format": "contiguous",
 }
 # name -> (execution overrides, search-space overrides, freeze the other parameter group in each step)
@@ -70,6 +71,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "exact_unfused": ({"fuse_edges": False}, {}, True),
     "exact_no_matmul": ({"pointwise_as_matmul": False}, {}, True),
     "exact_no_flipped_grad": ({"depthwise_flipped_grad": False}, {}, True),
+    "exact_unbatched_stats": ({"batch_running_stats": False}, {}, True),
     "checkpoint": ({"checkpoint_cells": True}, {}, True),
     "checkpoint_levels01": ({"checkpoint_cells": True, "checkpoint_levels": [0, 1]}, {}, True),
     "bf16_checkpoint_levels01": (

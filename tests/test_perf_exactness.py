@@ -27,6 +27,7 @@ OFF = dict(
     fold_alpha_into_bn=False,
     pointwise_as_matmul=False,
     depthwise_flipped_grad=False,
+    batch_running_stats=False,
     memory_format="contiguous",
 )
 REFERENCE = ExecutionConfig(**OFF)
@@ -78,6 +79,7 @@ SWITCHES = {
     "channels last only": {**OFF, "memory_format": "channels_last"},
     "1x1 convs as matmuls only": {**OFF, "memory_format": "channels_last", "pointwise_as_matmul": True},
     "flipped depthwise gradient only": {**OFF, "fuse_edges": True, "depthwise_flipped_grad": True},
+    "batched running stats only": {**OFF, "batch_node_inputs": True, "batch_running_stats": True},
     "checkpointing only": {**OFF, "checkpoint_cells": True},
     "all with checkpointing": {"checkpoint_cells": True},
     "checkpointing levels 0 and 2": {"checkpoint_cells": True, "checkpoint_levels": (0, 2)},

@@ -23,6 +23,7 @@ REFERENCE = ExecutionConfig(
     fold_alpha_into_bn=False,
     pointwise_as_matmul=False,
     depthwise_flipped_grad=False,
+    batch_running_stats=False,
     memory_format="contiguous",
 )
 

@@ -43,6 +43,9 @@ class ExecutionConfig:
     """The fused separable convs' first depthwise conv (E filters per channel) computes its input
     gradient as a depthwise conv with flipped filters (:mod:`autodeeplab.depthwise`) instead of the
     convolution library's backward, which is slow for channel multipliers on CPU."""
+    batch_running_stats: bool = True
+    """The fast path's BatchNorm running-statistics updates of a forward are applied together at its end,
+    in closed form (:mod:`autodeeplab.running_stats`), instead of a few tiny calls per batch norm."""
     memory_format: MemoryFormat = "auto"
     """``auto``: channels-last on CPU and under CUDA mixed precision (measured/known faster there),
     contiguous for CUDA fp32."""

@@ -37,6 +37,7 @@ from .execution import ExecutionConfig
 from .grouped_bn import running_stats_frozen
 from .memory import note_held
 from .primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
+from .running_stats import batched_running_stats
 from .topology import beta_mask, incoming_edges, nearest_level, node_levels, num_edges, output_stride
 
 
@@ -253,15 +254,17 @@ class SearchNetwork(nn.Module):
         prev_prev: dict[int, torch.Tensor] = {0: stem}  # layer -1 is represented by the stem
         prev: dict[int, torch.Tensor] = {0: stem}
         recompute = torch.is_grad_enabled()  # under no_grad there is no backward to recompute for
-        for layer in range(1, c.num_layers + 1):
-            current = {}
-            for level in node_levels(layer, c.num_levels):
-                args = (layer, level, prev_prev, prev, sizes, alpha, beta)
-                if recompute and self.execution.checkpoints_level(level):
-                    current[level] = self._checkpointed_node(*args)
-                else:
-                    current[level] = self._node(*args)
-            prev_prev, prev = prev, current
+        batched = self.execution.batch_running_stats and self.training
+        with batched_running_stats() if batched else contextlib.nullcontext():
+            for layer in range(1, c.num_layers + 1):
+                current = {}
+                for level in node_levels(layer, c.num_levels):
+                    args = (layer, level, prev_prev, prev, sizes, alpha, beta)
+                    if recompute and self.execution.checkpoints_level(level):
+                        current[level] = self._checkpointed_node(*args)
+                    else:
+                        current[level] = self._node(*args)
+                prev_prev, prev = prev, current
         logits = None
         for level, h in prev.items():
             out = resize(self.heads[level](h), x.shape[2:])
