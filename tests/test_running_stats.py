@@ -1,4 +1,4 @@
-"""Running-statistics updates in closed form and batched (autodeeplab.running_stats) equal sequential calls."""
+"""Running-statistics updates in closed form and batched (autodeeplab.running_stats) equal sequential ones."""
 
 from __future__ import annotations
 

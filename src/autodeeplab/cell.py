@@ -56,8 +56,9 @@ class EdgeOptions:
     pool_without_indices: bool = True
     """Max pools recompute their argmax in the backward instead of keeping an int64 index tensor."""
     fold_alpha_into_bn: bool = True
-    """Multiply each op's final BN output by its α weight inside the BN, which then recomputes that
-    output for α's gradient instead of keeping it (architecture steps only; one tensor per op)."""
+    """Fold each op's α weight into its final BN's affine transform (weight γ·α, bias β·α): no product
+    after the BN, and nothing kept for α's gradient but the BN's own input (one tensor less per op in
+    architecture steps). In weight steps α is a constant and is folded in either way."""
     fuse_edges: bool = True
     """Evaluate all the edges that read one state together (:mod:`autodeeplab.fused_edges`); implies
     the shared ReLU."""
@@ -134,7 +135,12 @@ class MixedOp(nn.Module):
             indices.append(index)
         self.ops = nn.ModuleList(ops)
         self.op_indices: tuple[int, ...] = tuple(indices)
+        self._position: dict[str, int] = {PRIMITIVES[index]: k for k, index in enumerate(indices)}
         self._relu_first: tuple[bool, ...] = tuple(_starts_with_relu(op) for op in ops)
+
+    def op(self, name: str) -> nn.Module:
+        """The module of primitive ``name`` (not ``none``, which has none)."""
+        return self.ops[self._position[name]]
 
     def forward(
         self,
@@ -171,9 +177,9 @@ class MixedOp(nn.Module):
         self, x: torch.Tensor, weights: torch.Tensor, options: EdgeOptions, groups: int, repeats: int
     ) -> torch.Tensor:
         relu_x = F.relu(x) if options.share_relu else None
-        # When α needs a gradient, fold each op's weight into its final BN so that the BN output is
-        # recomputed in the backward instead of kept (see grouped_bn._fold_scale)
-        fold = options.fold_alpha_into_bn and weights.requires_grad
+        # Fold each op's weight into its final BN's affine transform, so that the BN output is not kept
+        # for α's gradient (see grouped_bn._fold_scale); a constant α (weight step) costs no product then
+        fold = options.fold_alpha_into_bn or not weights.requires_grad
         out = None
         for index, op, relu_first in zip(self.op_indices, self.ops, self._relu_first, strict=True):
             modules = list(op) if isinstance(op, nn.Sequential) else [op]

@@ -33,8 +33,9 @@ class ExecutionConfig:
     pool_without_indices: bool = True
     """Max pools recompute their argmax in the backward instead of keeping int64 indices."""
     fold_alpha_into_bn: bool = True
-    """Each op's α weight multiplies inside its final BN, which recomputes its output for α's gradient
-    instead of keeping it (saves one activation per op in architecture steps)."""
+    """Each op's α weight is folded into its final BN's affine transform, so that α's gradient comes out
+    of the BN's own backward and the BN output is not kept (one activation per op less in architecture
+    steps)."""
     pointwise_as_matmul: bool = True
     """1×1 convolutions (stride 1) of channels-last activations run as matrix products over the channel
     axis (:mod:`autodeeplab.pointwise`): the same products without the convolution library's per-call

@@ -35,7 +35,7 @@ _POOLS = ("max_pool_3x3", "avg_pool_3x3")
 
 
 def _op(edge: nn.Module, name: str) -> nn.Module:
-    return edge.ops[edge.op_indices.index(PRIMITIVES.index(name))]
+    return edge.op(name)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
