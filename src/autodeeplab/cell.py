@@ -33,7 +33,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .fused_edges import fused_mixed_ops
 from .grouped_bn import batch_norm
-from .pointwise import apply_conv, is_pointwise
+from .pointwise import apply_conv
 from .primitives import (
     POOL_PRIMITIVES,
     PRIMITIVES,
@@ -98,10 +98,8 @@ def run_sequence(
             x = batch_norm(x, module, groups, repeats)
         elif pool_without_indices and isinstance(module, _MAX_POOLS):
             x = max_pool_saving_input(x, module)
-        elif pointwise_matmul and is_pointwise(module):
-            x = apply_conv(module, x, True)
-        else:
-            x = module(x)
+        else:  # a plain 1×1 conv of a channels-last x runs as a matmul with pointwise_matmul
+            x = apply_conv(module, x, pointwise_matmul)
     return x
 
 

@@ -13,11 +13,9 @@ case keep the library's backward. Equal to the library's result up to float roun
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from .precision import apply_like_autocast_conv
-
-_CONV = {4: F.conv2d, 5: F.conv3d}
+from .primitives import conv_function
 
 
 def _same_padding(kernel: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> bool:
@@ -31,7 +29,7 @@ class _MultiplierDepthwise(torch.autograd.Function):
     def forward(ctx, x, weight, padding, dilation):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation = padding, dilation
-        return _CONV[x.dim()](x, weight, None, 1, padding, dilation, x.shape[1])
+        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
@@ -40,7 +38,8 @@ class _MultiplierDepthwise(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             flipped = weight.flip(tuple(range(2, 2 + spatial)))
-            per_filter = _CONV[x.dim()](grad, flipped, None, 1, ctx.padding, ctx.dilation, weight.shape[0])
+            conv = conv_function(spatial)
+            per_filter = conv(grad, flipped, None, 1, ctx.padding, ctx.dilation, weight.shape[0])
             grad_x = per_filter.unflatten(1, (channels, weight.shape[0] // channels)).sum(2)
         if ctx.needs_input_grad[1]:
             _, grad_w, _ = torch.ops.aten.convolution_backward(
@@ -68,6 +67,6 @@ def depthwise_conv(
     (see the module docstring); otherwise the plain convolution.
     """
     kernel = tuple(weight.shape[2:])
-    if weight.shape[0] == x.shape[1] or x.dim() not in _CONV or not _same_padding(kernel, padding, dilation):
-        return _CONV.get(x.dim(), F.conv1d)(x, weight, None, 1, padding, dilation, x.shape[1])
+    if weight.shape[0] == x.shape[1] or not _same_padding(kernel, padding, dilation):
+        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
     return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))

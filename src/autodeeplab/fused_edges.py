@@ -26,42 +26,32 @@ from torch.nn import functional as F
 
 from .depthwise import depthwise_conv
 from .grouped_bn import multi_batch_norm, shared_batch_norm
-from .pointwise import pointwise_conv
-from .primitives import PRIMITIVES, max_pool_saving_input
+from .pointwise import from_rows, pointwise_conv, to_rows
+from .primitives import PRIMITIVES, conv_function, max_pool_saving_input
 
 _ATROUS = ("atr_conv_3x3", "atr_conv_5x5")
 _SEPARABLE = ("sep_conv_3x3", "sep_conv_5x5")
 _POOLS = ("max_pool_3x3", "avg_pool_3x3")
 
 
-def _op(edge: nn.Module, name: str) -> nn.Module:
-    return edge.op(name)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``[G·N, K, *S]`` → the ``[G·N, *S, K]`` view (contiguous for a channels-last ``t``)."""
-    return t.permute(0, *range(2, t.dim()), 1)
-
-
 def _edge_rows(t: torch.Tensor, edges: int) -> torch.Tensor:
     """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, *S, E, C]`` view."""
-    return _rows(t).unflatten(-1, (edges, t.shape[1] // edges))
+    return to_rows(t).unflatten(-1, (edges, t.shape[1] // edges))
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -> torch.Tensor:
-    conv = F.conv2d if x.dim() == 4 else F.conv3d
-    return conv(x, weight, None, like.stride, like.padding, like.dilation, groups)
+    return conv_function(x.dim() - 2)(x, weight, None, like.stride, like.padding, like.dilation, groups)
 
 
 def _atrous(relu_x, edges, name, groups, repeats, scale):
-    ops = [_op(e, name) for e in edges]  # ReLU → conv → BN
+    ops = [e.op(name) for e in edges]  # ReLU → conv → BN
     weight = torch.cat([op[1].weight for op in ops]) if len(ops) > 1 else ops[0][1].weight
     z = _conv(relu_x, weight, ops[0][1], 1)
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
 
 
 def _separable(relu_x, edges, name, groups, repeats, scale, matmul=False, flipped_grad=False):
-    ops = [_op(e, name) for e in edges]  # [ReLU → dw → pw → BN] × 2
+    ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1]
     spatial = (1,) * (relu_x.dim() - 2)
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
@@ -97,9 +87,9 @@ def fused_mixed_ops(
 
     ``edges``: E :class:`autodeeplab.cell.MixedOp` of C channels (no partial channels here: the caller
     slices); ``weights``: ``[E, P]`` softmax weights. ``groups``/``repeats`` as in
-    :mod:`autodeeplab.grouped_bn`. ``fold_alpha_into_bn``: when α needs a gradient, the conv ops' weights
-    multiply inside their last BN (which then keeps no output for the backward). ``pointwise_matmul``:
-    the 1×1 convs of channels-last ``x`` as matmuls (:mod:`autodeeplab.pointwise`).
+    :mod:`autodeeplab.grouped_bn`. ``fold_alpha_into_bn``: the conv ops' weights fold into their last BN's
+    affine transform (a constant α always does), so no BN output is kept for α's gradient.
+    ``pointwise_matmul``: the 1×1 convs of channels-last ``x`` as matmuls (:mod:`autodeeplab.pointwise`).
     ``depthwise_flipped_grad``: the multiplier depthwise convs' input gradient as a flipped-filter
     depthwise conv (:mod:`autodeeplab.depthwise`).
     """
@@ -116,13 +106,13 @@ def fused_mixed_ops(
     # channels-last (an [E, G·N, C, *S] sum would hand the convs' BNs strided gradients, their slow path).
     out = None
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
-        seq = _op(edges[0], name)  # pool → affine-free BN
+        seq = edges[0].op(name)  # pool → affine-free BN
         pooled = max_pool_saving_input(x, seq[0]) if pool_without_indices and name == _POOLS[0] else seq[0](x)
-        y = shared_batch_norm(pooled, [_op(edge, name)[1] for edge in edges], groups, repeats)
+        y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats)
         # training: one [G·N, C, *S] for every edge; evaluation: [E, G·N, C, *S] (running statistics)
-        y = _rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
+        y = to_rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
         out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
-    out = torch.addcmul(out, column["skip_connect"], _rows(x).unsqueeze(-2))
+    out = torch.addcmul(out, column["skip_connect"], to_rows(x).unsqueeze(-2))
     for name in _ATROUS + _SEPARABLE:
         scale = column[name].squeeze(1) if fold else None
         if name in _ATROUS:
@@ -134,4 +124,4 @@ def fused_mixed_ops(
         y = _edge_rows(y, e)
         out = out + y if fold else torch.addcmul(out, column[name], y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
-    return [t.permute(0, t.dim() - 1, *range(1, t.dim() - 1)) for t in out.unbind(-2)]
+    return [from_rows(t) for t in out.unbind(-2)]

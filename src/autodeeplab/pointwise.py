@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .precision import apply_like_autocast_conv
+from .primitives import conv_function
 
-_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
@@ -43,12 +42,12 @@ def is_pointwise(conv: nn.Module) -> bool:
     )
 
 
-def _to_rows(x: torch.Tensor) -> torch.Tensor:
+def to_rows(x: torch.Tensor) -> torch.Tensor:
     """``[N, C, *S]`` → the ``[N, *S, C]`` view (contiguous when ``x`` is channels-last)."""
     return x.permute(0, *range(2, x.dim()), 1)
 
 
-def _from_rows(y: torch.Tensor) -> torch.Tensor:
+def from_rows(y: torch.Tensor) -> torch.Tensor:
     """``[N, *S, C]`` → the ``[N, C, *S]`` view (channels-last when ``y`` is contiguous)."""
     return y.permute(0, y.dim() - 1, *range(1, y.dim() - 1))
 
@@ -83,7 +82,7 @@ class _PointwiseConv(torch.autograd.Function):
         out = torch.empty(
             (x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout
         )
-        rows = _matmul(_to_rows(x), weight, groups, out=_to_rows(out))
+        rows = _matmul(to_rows(x), weight, groups, out=to_rows(out))
         if bias is not None:
             rows.add_(bias)
         return out
@@ -92,17 +91,17 @@ class _PointwiseConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         groups = ctx.groups
-        g = _to_rows(grad)  # [N, *S, O]
+        g = to_rows(grad)  # [N, *S, O]
         out_channels, c_in = weight.shape[0], weight.shape[1]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
             if groups == 1:
-                grad_x = _from_rows(torch.matmul(g, weight))
+                grad_x = from_rows(torch.matmul(g, weight))
             else:
-                grad_x = _from_rows(_grouped_input_grad(g, weight, groups))
+                grad_x = from_rows(_grouped_input_grad(g, weight, groups))
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
             g2 = g.reshape(-1, out_channels)
-            x2 = _to_rows(x).reshape(-1, x.shape[1])
+            x2 = to_rows(x).reshape(-1, x.shape[1])
             if groups == 1:
                 grad_w = g2.t().mm(x2)
             else:
@@ -132,7 +131,7 @@ def pointwise_conv(
     Under autocast the operands are cast as autocast casts a convolution's.
     """
     if not is_channels_last(x):
-        return _CONV[x.dim()](x, weight, bias, 1, 0, 1, groups)
+        return conv_function(x.dim() - 2)(x, weight, bias, 1, 0, 1, groups)
     return apply_like_autocast_conv(_PointwiseConv, x, weight.reshape(weight.shape[0], -1), bias, groups)
 
 

@@ -46,6 +46,11 @@ def conv_nd(dims: int) -> type[nn.Module]:
     return _by_dims(dims, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def conv_function(dims: int) -> Callable[..., torch.Tensor]:
+    """The functional convolution (``F.conv1d/2d/3d``) for ``dims`` spatial dimensions."""
+    return _by_dims(dims, F.conv1d, F.conv2d, F.conv3d)
+
+
 def batch_norm_nd(dims: int) -> type[nn.Module]:
     """The batch-norm class for ``dims`` spatial dimensions."""
     return _by_dims(dims, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
