@@ -26,6 +26,7 @@ from .device import resolve_device
 from .errors import DataError
 from .evaluate import evaluate
 from .genotype import Genotype
+from .optim import sgd
 from .precision import autocast, backward_and_step
 from .predict import log_prediction_panels
 from .progress import Progress
@@ -214,6 +215,13 @@ def frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def _training_mode(model: nn.Module) -> None:
+    """``model.train()`` unless it is in training mode already: the call visits every module (~80 ms for
+    the paper's supernet, twice per iteration), and between evaluations nothing leaves training mode."""
+    if not model.training:
+        model.train()
+
+
 def weight_step(
     model: SearchNetwork,
     images: torch.Tensor,
@@ -226,7 +234,7 @@ def weight_step(
 
     Runs in ``model.execution.precision`` (autocast; fp16 with a gradient scaler).
     """
-    model.train()
+    _training_mode(model)
     precision, device_type = model.execution.precision, images.device.type
     with frozen(model.arch_parameters()):
         optimizer.zero_grad(set_to_none=True)
@@ -244,7 +252,7 @@ def arch_step(
     criterion: nn.Module,
 ) -> float:
     """One Adam step on α and β with a trainB batch (first order); the weights do not move."""
-    model.train()
+    _training_mode(model)
     precision, device_type = model.execution.precision, images.device.type
     with frozen(model.weight_parameters()):
         optimizer.zero_grad(set_to_none=True)
@@ -257,7 +265,7 @@ def arch_step(
 def make_optimizers(
     model: SearchNetwork, config: SearchConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    weight_opt = torch.optim.SGD(
+    weight_opt = sgd(
         model.weight_parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
     arch_opt = torch.optim.Adam(

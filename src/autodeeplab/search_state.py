@@ -19,6 +19,7 @@ from .config import config_to_dict
 from .decode import arch_params_to_dict, decode, save_arch_params
 from .errors import CheckpointError, ConfigError, DataError
 from .genotype import Genotype
+from .optim import load_optimizer_state
 from .precision import load_scaler_states, scaler_states
 from .resume_changes import (
     accept_resume_changes,
@@ -209,8 +210,8 @@ def restore_checkpoint(
         )
     with checkpoint_must_fit(path, "search's network"):
         model.load_state_dict(state["model"])
-        weight_opt.load_state_dict(state["weight_optimizer"])
-        arch_opt.load_state_dict(state["arch_optimizer"])
+        load_optimizer_state(weight_opt, state["weight_optimizer"])
+        load_optimizer_state(arch_opt, state["arch_optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     if scheduler.T_max != config.epochs:
         _stretch_schedule(scheduler, config.epochs)

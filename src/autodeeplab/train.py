@@ -36,6 +36,7 @@ from .errors import DataError
 from .evaluate import evaluate
 from .genotype import Genotype
 from .network import AutoDeepLabNet, NetworkConfig
+from .optim import sgd
 from .predict import log_prediction_panels
 from .progress import Progress
 from .runs import (
@@ -86,14 +87,17 @@ def poly_lr(base_lr: float, step: int, iterations: int, power: float) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on convolution kernels (tensors with >1 dims) only."""
+    """SGD with momentum; weight decay on convolution kernels (tensors with >1 dims) only.
+
+    Fused where torch has it (:mod:`autodeeplab.optim`).
+    """
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return sgd(groups, lr=config.lr, momentum=config.momentum)
 
 
 def dataset_options(config: TrainConfig) -> dict[str, Any]:

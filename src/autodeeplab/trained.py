@@ -22,6 +22,7 @@ import torch
 from . import __version__
 from .errors import AutoDeepLabError, CheckpointError, ConfigError
 from .network import AutoDeepLabNet
+from .optim import load_optimizer_state
 from .resume_changes import (
     accept_resume_changes,
     check_resume_changes,
@@ -173,7 +174,7 @@ def restore_training_state(
         )
     with checkpoint_must_fit(path, "training's network"):
         model.load_state_dict(state["trained"]["weights"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
     restore_rng_state(state["rng"])
     step = int(state["step"])
     run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)

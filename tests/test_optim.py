@@ -1,0 +1,93 @@
+"""The fused SGD step gives what the default loop gives; checkpoints keep the resuming side's choice."""
+
+import pytest
+import torch
+from torch import nn
+
+from autodeeplab.optim import load_optimizer_state, sgd
+from autodeeplab.search import make_optimizers, weight_step
+from autodeeplab.search_config import SearchConfig
+from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+
+OPTIONS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 3e-4}
+
+
+def _params(seed: int = 0) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(8, 1, 3, 3), (8, 8, 1, 1), (4, 8, 3, 3), (8,), (1, 1, 5, 5)]
+    return [nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+
+
+def _run(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], steps: int = 3) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        params[3].grad = None  # a parameter without a gradient this step (frozen or unused) stays put
+        optimizer.step()
+
+
+def test_fused_step_equals_the_default_loop():
+    fused, loop = _params(), _params()
+    opt_fused, opt_loop = sgd(fused, **OPTIONS), sgd(loop, fused=False, **OPTIONS)
+    assert not opt_loop.param_groups[0].get("fused")
+    _run(opt_fused, fused)
+    _run(opt_loop, loop)
+    for a, b in zip(fused, loop, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert torch.equal(fused[3], _params()[3])  # never had a gradient
+    assert not torch.equal(fused[0], _params()[0])
+
+
+def test_fused_is_used_where_torch_has_it():
+    torch_version = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    if torch_version < (2, 4):
+        pytest.skip("torch < 2.4 has no fused SGD on CPU")
+    assert sgd(_params(), **OPTIONS).param_groups[0]["fused"] is True
+
+
+def test_falls_back_to_the_loop_where_fused_is_refused(monkeypatch):
+    real = torch.optim.SGD
+
+    def no_fused(params, fused=None, **options):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be of supported devices")
+        return real(params, **options)
+
+    monkeypatch.setattr(torch.optim, "SGD", no_fused)
+    optimizer = sgd(_params(), **OPTIONS)
+    assert isinstance(optimizer, real) and not optimizer.param_groups[0].get("fused")
+
+
+def test_loading_a_state_keeps_this_optimizers_implementation():
+    written, resumed = _params(), _params()
+    opt_written = sgd(written, **OPTIONS)
+    _run(opt_written, written)
+    opt_resumed = sgd(resumed, fused=False, **OPTIONS)
+    load_optimizer_state(opt_resumed, opt_written.state_dict())
+    assert not opt_resumed.param_groups[0].get("fused")  # the writer's flag is not taken over
+    assert opt_resumed.param_groups[0]["momentum"] == OPTIONS["momentum"]
+    for p_w, p_r in zip(written, resumed, strict=True):  # momentum buffers came along
+        state_w, state_r = opt_written.state[p_w], opt_resumed.state[p_r]
+        if "momentum_buffer" in state_w and state_w["momentum_buffer"] is not None:
+            assert torch.equal(state_w["momentum_buffer"], state_r["momentum_buffer"])
+
+
+def test_search_weight_step_same_with_and_without_fused_sgd():
+    def net():
+        torch.manual_seed(0)
+        cfg = SearchSpaceConfig(filter_multiplier=2, num_layers=3, num_blocks=2, stem_channels=(4, 4, 8))
+        return SearchNetwork(cfg, num_classes=3)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 3, (2, 32, 32), generator=g)
+    config = SearchConfig()
+    nets = [net(), net()]
+    fused_opt = make_optimizers(nets[0], config)[0]
+    options = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
+    loop_opt = sgd(nets[1].weight_parameters(), fused=False, **options)
+    for model, opt in zip(nets, (fused_opt, loop_opt), strict=True):
+        for _ in range(2):
+            weight_step(model, x, y, opt, nn.CrossEntropyLoss(), config.grad_clip)
+    for a, b in zip(nets[0].weight_parameters(), nets[1].weight_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
