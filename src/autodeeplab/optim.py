@@ -1,11 +1,12 @@
-"""SGD with the fastest step the installed torch offers for the parameters' device, same arithmetic.
+"""SGD with the fastest step the installed torch offers for the parameters' device.
 
 The search supernet has ~9,500 weight tensors (F=8, L=12). torch's default SGD on CPU updates them one
 Python-level loop iteration at a time (weight decay, momentum buffer, parameter: three kernels each), a
 fifth of a second per step. The fused kernel (CPU since torch 2.4, CUDA) does the same three updates in
 one pass per tensor: on this project's 2-core machine the supernet's SGD step went from 197 to 116 ms
-(a one-off timing; benchmarks/README, "latest series"), with the same parameters as the loop
-(``tests/test_optim.py``). Where torch has no fused SGD for the device (or predates it), the loop is used.
+(a one-off timing; benchmarks/README, "latest series"). The arithmetic is the loop's, but not always
+bit for bit: a few small tensors differ in the last bit (``tests/test_optim.py`` compares within float
+tolerance). ``fused=False`` gives the loop; so does a torch without fused SGD for the device.
 """
 
 from __future__ import annotations
