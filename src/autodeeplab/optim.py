@@ -35,8 +35,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """``optimizer.load_state_dict(state)`` keeping this optimizer's own ``fused``/``foreach`` choice.
 
     A checkpoint records the implementation flags of the machine that wrote it; resuming elsewhere (a
-    GPU run resumed on a CPU with an older torch, or the reverse) must use what works here. The
-    arithmetic is the same either way.
+    GPU run resumed on a CPU with an older torch, or the reverse) must use what works here. The update
+    rule is the same either way (the fused kernel may round a last bit differently).
     """
     flags = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
