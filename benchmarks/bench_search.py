@@ -36,21 +36,13 @@ from pathlib import Path
 from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
 from search_tables import markdown_tables, scaling_plot, scaling_tables
 
+from autodeeplab.execution import reference_switches  # light: no torch import
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results_search.jsonl"
 GIB = 2**30
 
-OFF = {
-    "batch_node_inputs": False,
-    "fuse_edges": False,
-    "share_edge_relu": False,
-    "pool_without_indices": False,
-    "fold_alpha_into_bn": False,
-    "pointwise_as_matmul": False,
-    "depthwise_flipped_grad": False,
-    "batch_running_stats": False,
-    "memory_format": "contiguous",
-}
+OFF = reference_switches()  # every default-on switch off, contiguous activations
 # name -> (execution overrides, search-space overrides, freeze the other parameter group in each step)
 VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "reference": (OFF, {}, True),

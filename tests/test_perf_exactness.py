@@ -13,23 +13,13 @@ import torch
 from torch import nn
 
 from autodeeplab.cell import EdgeOptions, MixedOp, channel_shuffle
-from autodeeplab.execution import ExecutionConfig
+from autodeeplab.execution import ExecutionConfig, reference_switches
 from autodeeplab.grouped_bn import batch_norm
 from autodeeplab.memory import SavedTensorCounter
 from autodeeplab.primitives import max_pool_saving_input
 from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
 
-OFF = dict(
-    batch_node_inputs=False,
-    fuse_edges=False,
-    share_edge_relu=False,
-    pool_without_indices=False,
-    fold_alpha_into_bn=False,
-    pointwise_as_matmul=False,
-    depthwise_flipped_grad=False,
-    batch_running_stats=False,
-    memory_format="contiguous",
-)
+OFF = reference_switches()
 REFERENCE = ExecutionConfig(**OFF)
 TOL = {"atol": 1e-9, "rtol": 1e-7}
 

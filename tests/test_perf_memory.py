@@ -9,23 +9,13 @@ from torch import nn
 from autodeeplab.cli.main import main
 from autodeeplab.errors import ConfigError
 from autodeeplab.estimate import count_saved, resolution_chain, scale_saved_bytes
-from autodeeplab.execution import ExecutionConfig
+from autodeeplab.execution import ExecutionConfig, reference_switches
 from autodeeplab.memory import SavedTensorCounter
 from autodeeplab.search import make_optimizers, weight_step
 from autodeeplab.search_config import SearchConfig
 from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
 
-REFERENCE = ExecutionConfig(
-    batch_node_inputs=False,
-    fuse_edges=False,
-    share_edge_relu=False,
-    pool_without_indices=False,
-    fold_alpha_into_bn=False,
-    pointwise_as_matmul=False,
-    depthwise_flipped_grad=False,
-    batch_running_stats=False,
-    memory_format="contiguous",
-)
+REFERENCE = ExecutionConfig(**reference_switches())
 
 
 def tiny_net(execution: ExecutionConfig | None = None, **space) -> SearchNetwork:

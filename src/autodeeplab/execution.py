@@ -8,7 +8,7 @@ approximation that does change the model, partial channels (PC-DARTS), is part o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from .errors import ConfigError
@@ -109,3 +109,11 @@ class ExecutionConfig:
         if self.memory_format == "channels_last":
             return True
         return device_type == "cpu" or self.precision != "fp32"
+
+
+def reference_switches() -> dict[str, bool | str]:
+    """Every switch that is on by default turned off, and contiguous activations:
+    ``ExecutionConfig(**reference_switches())`` calls each op module as it is, one incoming resolution at
+    a time — the reference evaluation that the tests and ``benchmarks/`` compare the fast path with."""
+    off: dict[str, bool | str] = {f.name: False for f in fields(ExecutionConfig) if f.default is True}
+    return {**off, "memory_format": "contiguous"}

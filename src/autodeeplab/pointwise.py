@@ -52,20 +52,11 @@ def from_rows(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, y.dim() - 1, *range(1, y.dim() - 1))
 
 
-def _matmul(rows: torch.Tensor, weight: torch.Tensor, groups: int, out: torch.Tensor | None = None):
-    """``rows`` ``[..., C]`` times a 1×1 conv weight ``[O, C/groups]`` per group → ``[..., O]`` (into
-    ``out`` when given: a contiguous ``[..., O]`` tensor or view)."""
-    out_channels = weight.shape[0]
-    if groups == 1:
-        return torch.matmul(rows, weight.t(), out=out)
-    c_in = rows.shape[-1] // groups
-    z = rows.reshape(-1, groups, c_in).transpose(0, 1)  # [G, M, C/G]
-    w = weight.reshape(groups, out_channels // groups, c_in).transpose(1, 2)  # [G, C/G, O/G]
-    y = torch.bmm(z, w).transpose(0, 1)  # [M, G, O/G]
-    if out is None:
-        return y.reshape(*rows.shape[:-1], out_channels)
-    out.view(-1, groups, out_channels // groups).copy_(y)
-    return out
+def _per_group(rows: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    """``rows`` ``[..., G·K]`` times one ``[K, J]`` matrix per group (``mats`` ``[G, K, J]``) → ``[M, G, J]``
+    (M = the leading axes flattened): the grouped 1×1 conv's forward and input gradient alike."""
+    groups, k = mats.shape[0], mats.shape[1]
+    return torch.bmm(rows.reshape(-1, groups, k).transpose(0, 1), mats).transpose(0, 1)
 
 
 class _PointwiseConv(torch.autograd.Function):
@@ -82,7 +73,12 @@ class _PointwiseConv(torch.autograd.Function):
         out = torch.empty(
             (x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout
         )
-        rows = _matmul(to_rows(x), weight, groups, out=to_rows(out))
+        rows = to_rows(out)  # [N, *S, O], contiguous
+        if groups == 1:
+            torch.matmul(to_rows(x), weight.t(), out=rows)
+        else:  # weight [O, C/G] → per group [C/G, O/G]
+            mats = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1]).transpose(1, 2)
+            rows.view(-1, groups, weight.shape[0] // groups).copy_(_per_group(to_rows(x), mats))
         if bias is not None:
             rows.add_(bias)
         return out
@@ -97,8 +93,9 @@ class _PointwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
             if groups == 1:
                 grad_x = from_rows(torch.matmul(g, weight))
-            else:
-                grad_x = from_rows(_grouped_input_grad(g, weight, groups))
+            else:  # per group through [O/G, C/G]
+                mats = weight.reshape(groups, out_channels // groups, c_in)
+                grad_x = from_rows(_per_group(g, mats).reshape(*g.shape[:-1], c_in * groups))
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
             g2 = g.reshape(-1, out_channels)
             x2 = to_rows(x).reshape(-1, x.shape[1])
@@ -112,14 +109,6 @@ class _PointwiseConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.reshape(-1, out_channels).sum(0)
         return grad_x, grad_w, grad_b, None
-
-
-def _grouped_input_grad(g: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """``g`` ``[..., O]`` → ``[..., C]`` through the transposed grouped weight."""
-    out_channels, c_in = weight.shape[0], weight.shape[1]
-    gz = g.reshape(-1, groups, out_channels // groups).transpose(0, 1)  # [G, M, O/G]
-    w = weight.reshape(groups, out_channels // groups, c_in)  # [G, O/G, C/G]
-    return torch.bmm(gz, w).transpose(0, 1).reshape(*g.shape[:-1], c_in * groups)
 
 
 def pointwise_conv(
