@@ -29,9 +29,9 @@ import torch
 from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
 from torch import nn
 
-from autodeeplab.complexity import count_multiply_adds, count_parameters
 from autodeeplab.fileio import atomic_write_text
-from autodeeplab.network import VARIANTS, build_network
+from autodeeplab.nets.complexity import count_multiply_adds, count_parameters
+from autodeeplab.nets.network import VARIANTS, build_network
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results_network.jsonl"

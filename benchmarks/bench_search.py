@@ -36,7 +36,7 @@ from pathlib import Path
 from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
 from search_tables import markdown_tables, scaling_plot, scaling_tables
 
-from autodeeplab.execution import reference_switches  # light: no torch import
+from autodeeplab.fast.execution import reference_switches  # light: no torch import
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results_search.jsonl"
@@ -84,9 +84,9 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
 def _setup(spec: dict):
     import torch
 
-    from autodeeplab.execution import ExecutionConfig
-    from autodeeplab.search_config import SearchConfig
-    from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+    from autodeeplab.fast.execution import ExecutionConfig
+    from autodeeplab.search.config import SearchConfig
+    from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
     torch.set_num_threads(spec["threads"])
     execution, space, _ = VARIANTS[spec["variant"]]
@@ -103,7 +103,7 @@ def _setup(spec: dict):
 
 def _unfrozen_step(model, images, masks, optimizer, criterion, grad_clip: float = 0.0) -> float:
     """A step that, like the public implementation, computes gradients for every parameter."""
-    from autodeeplab.precision import autocast, backward_and_step
+    from autodeeplab.fast.precision import autocast, backward_and_step
 
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -118,8 +118,8 @@ def _unfrozen_step(model, images, masks, optimizer, criterion, grad_clip: float 
 def worker_time(spec: dict) -> dict:
     from torch import nn
 
-    from autodeeplab.memory import peak_rss_bytes
-    from autodeeplab.search import arch_step, make_optimizers, weight_step
+    from autodeeplab.fast.memory import peak_rss_bytes
+    from autodeeplab.search.loop import arch_step, make_optimizers, weight_step
 
     torch, model, images, masks, config, device = _setup(spec)
     weight_opt, arch_opt, _ = make_optimizers(model, config)
@@ -167,7 +167,7 @@ def paper_projection(spec: dict, weight_step_s: float, arch_step_s: float) -> di
     """The paper's full search (40 epochs, 2,975 Cityscapes images in halves, batch 2, architecture steps
     from epoch 20) at these step times, when ``spec`` is the paper's setting (321 crop, batch 2, F=8, L=12);
     steps only: no validation, no data loading. None for any other setting, where it would mislead."""
-    from autodeeplab.estimate import SearchSchedule, projected_search_seconds
+    from autodeeplab.search.estimate import SearchSchedule, projected_search_seconds
 
     paper = {"size": 321, "batch": 2, "filters": 8, "layers": 12}
     if any(spec.get(k) != v for k, v in paper.items()):
@@ -190,14 +190,14 @@ def paper_projection(spec: dict, weight_step_s: float, arch_step_s: float) -> di
 def worker_memory(spec: dict) -> dict:
     from torch import nn
 
-    from autodeeplab.estimate import count_saved, scale_saved_bytes
-    from autodeeplab.memory import SavedTensorCounter, peak_rss_bytes
-    from autodeeplab.precision import autocast
+    from autodeeplab.fast.memory import SavedTensorCounter, peak_rss_bytes
+    from autodeeplab.fast.precision import autocast
+    from autodeeplab.search.estimate import count_saved, scale_saved_bytes
 
     calibration, target = spec.get("scaled_from"), spec["size"]
     if (
         calibration
-    ):  # count at a small crop, scale each tensor by its resolution's area (autodeeplab.estimate)
+    ):  # count at a small crop, scale each tensor by its resolution's area (autodeeplab.search.estimate)
         spec = {**spec, "size": calibration}
     torch, model, images, masks, _, device = _setup(spec)
     criterion = nn.CrossEntropyLoss()
@@ -223,9 +223,9 @@ def worker_memory(spec: dict) -> dict:
 def worker_estimate(spec: dict) -> dict:
     import torch
 
-    from autodeeplab.config import load_config
-    from autodeeplab.estimate import estimate_search
-    from autodeeplab.search_config import SearchConfig
+    from autodeeplab.config.settings import load_config
+    from autodeeplab.search.config import SearchConfig
+    from autodeeplab.search.estimate import estimate_search
 
     torch.set_num_threads(spec["threads"])
     execution, space, _ = VARIANTS[spec["variant"]]
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         metavar="CROP",
         help="memory: count at this crop and scale per resolution (exact up to odd-size rounding; "
-        "see autodeeplab.estimate) instead of a full-size forward",
+        "see autodeeplab.search.estimate) instead of a full-size forward",
     )
     parser.add_argument("--note", default="", help="free text stored with the figures (e.g. CPU contention)")
     parser.add_argument(

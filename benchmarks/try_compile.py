@@ -16,9 +16,9 @@ import time
 import torch
 from torch import nn
 
-from autodeeplab.search import frozen, make_optimizers
-from autodeeplab.search_config import SearchConfig
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import frozen, make_optimizers
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,10 +16,11 @@ from test_data_layouts import rgb, save, write_camvid, write_folder
 from tiny import SMALL, SUPERNET
 
 from autodeeplab.cli.main import main
-from autodeeplab.config import load_config
+from autodeeplab.config.settings import load_config
 from autodeeplab.data.camvid import CLASS_NAMES, PALETTE
-from autodeeplab.genotype import Genotype
-from autodeeplab.train import TrainConfig, TrainedInfo, build_model, save_trained
+from autodeeplab.nets.model_file import save_trained
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.train.loop import TrainConfig, TrainedInfo, build_model
 
 SIDE = 32  # image height and width of the written datasets
 COUNTS = {"train": 8, "val": 2, "test": 1}  # 8 train images: trainA and trainB of 4, batches of 2
@@ -167,7 +168,7 @@ def test_train_with_a_crop_larger_than_the_images(camvid, tmp_path, capsys, monk
     def not_refused(*args, **kwargs):  # a 3000x3000 training step would take minutes: fail at once instead
         raise RuntimeError("the crop size was not refused before training started")
 
-    monkeypatch.setattr("autodeeplab.train.training_batches", not_refused, raising=False)
+    monkeypatch.setattr("autodeeplab.train.loop.training_batches", not_refused, raising=False)
     message = one_line_error(train_args(camvid, tmp_path / "run", f"data.crop_size={TOO_LARGE_CROP}"), capsys)
     assert message.startswith(CROP_MESSAGE)
 

@@ -9,11 +9,13 @@ import numpy as np
 from PIL import Image
 
 from autodeeplab.cli.main import main
-from autodeeplab.decode import arch_params_to_dict, decode
-from autodeeplab.genotype import PAPER
-from autodeeplab.plots import DPI, describe_genotype, figure_arch_history
-from autodeeplab.runs import RunDir, read_jsonl
-from autodeeplab.topology import beta_mask, num_edges
+from autodeeplab.runs.rundir import RunDir, read_jsonl
+from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode
+from autodeeplab.space.autodeeplab.genotype import PAPER
+from autodeeplab.space.autodeeplab.topology import beta_mask, num_edges
+from autodeeplab.viz.common import DPI
+from autodeeplab.viz.history import figure_arch_history
+from autodeeplab.viz.plots import describe_genotype
 
 
 def _fake_search_run(path: Path, epochs: int = 2, layers: int = 4, blocks: int = 5) -> Path:

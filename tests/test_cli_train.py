@@ -11,7 +11,7 @@ from PIL import Image
 from tiny import SMALL, SMALL_HEADS
 
 from autodeeplab.cli.main import main
-from autodeeplab.train import load_trained
+from autodeeplab.nets.model_file import load_trained
 
 TINY = [
     "data.crop_size=32",
@@ -117,7 +117,7 @@ def test_export_onnx_matches_pytorch(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("autodeeplab.export", reason="autodeeplab.export is not available")
+    pytest.importorskip("autodeeplab.infer.export", reason="autodeeplab.infer.export is not available")
     out = tmp_path / "m.onnx"
     assert (
         main(

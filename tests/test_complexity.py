@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from autodeeplab.cli.main import main
-from autodeeplab.complexity import count_multiply_adds, count_parameters, format_count
-from autodeeplab.genotype import PAPER
-from autodeeplab.network import VARIANTS, AutoDeepLabNet, NetworkConfig
+from autodeeplab.nets.complexity import count_multiply_adds, count_parameters, format_count
+from autodeeplab.nets.network import VARIANTS, AutoDeepLabNet, NetworkConfig
+from autodeeplab.space.autodeeplab.genotype import PAPER
 
 # Paper Table 2 (Cityscapes, 19 classes): parameters in millions, multiply-adds in billions at 1024×2048.
 TABLE_2 = {"S": (10.15, 333.25), "M": (21.62, 460.93), "L": (44.42, 695.03)}
-MULTIPLY_ADD_TOLERANCE = 0.07  # counting conventions differ slightly (see autodeeplab.complexity)
+MULTIPLY_ADD_TOLERANCE = 0.07  # counting conventions differ slightly (see autodeeplab.nets.complexity)
 
 
 def meta_net(variant: str, num_classes: int = 19) -> AutoDeepLabNet:

@@ -8,7 +8,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from autodeeplab.config import (
+from autodeeplab.config.settings import (
     config_from_dict,
     config_keys,
     config_to_dict,
@@ -183,8 +183,8 @@ def test_post_init_errors_become_config_errors():
 
 
 def _real_presets() -> list[tuple[type, str]]:
-    from autodeeplab.search_config import SearchConfig
-    from autodeeplab.train import TrainConfig
+    from autodeeplab.search.config import SearchConfig
+    from autodeeplab.train.loop import TrainConfig
 
     return [(cls, name) for cls in (SearchConfig, TrainConfig) for name in preset_names(cls)]
 
@@ -204,7 +204,7 @@ def test_real_presets_exist():
 
 
 def test_resume_changes_outside_the_allowed_keys_are_refused(tmp_path):
-    from autodeeplab.resume_changes import check_resume_changes, config_changes, record_resume_changes
+    from autodeeplab.runs.resume import check_resume_changes, config_changes, record_resume_changes
 
     stored = config_to_dict(RunCfg())
     longer = load_config(RunCfg, overrides=["search.epochs=60", "data.root=/moved"])

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Subset
 
 from autodeeplab.data import TrainTransform, build_dataset, set_epoch
 from autodeeplab.errors import DataError
-from autodeeplab.sampling import split_halves
+from autodeeplab.runs.sampling import split_halves
 
 
 def synthetic(seed: int = 0, num_samples: int = 6):

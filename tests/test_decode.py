@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from autodeeplab.decode import (
+from autodeeplab.errors import GenotypeError
+from autodeeplab.ops.primitives import PRIMITIVES
+from autodeeplab.space.autodeeplab.decode import (
     decode,
     decode_cell,
     load_arch_params,
@@ -14,9 +16,7 @@ from autodeeplab.decode import (
     save_arch_params,
     viterbi_path,
 )
-from autodeeplab.errors import GenotypeError
-from autodeeplab.primitives import PRIMITIVES
-from autodeeplab.topology import beta_mask, edge_offset, num_edges
+from autodeeplab.space.autodeeplab.topology import beta_mask, edge_offset, num_edges
 
 
 def random_beta(rng, layers, levels=4):

@@ -1,4 +1,4 @@
-"""The multiplier depthwise conv's flipped-filter input gradient (autodeeplab.depthwise) is exact."""
+"""The multiplier depthwise conv's flipped-filter input gradient (autodeeplab.fast.depthwise) is exact."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from autodeeplab.depthwise import depthwise_conv
+from autodeeplab.fast.depthwise import depthwise_conv
 
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 

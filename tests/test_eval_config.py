@@ -12,10 +12,11 @@ import pytest
 from autodeeplab import __version__
 from autodeeplab.cli import evaluate as cli_evaluate
 from autodeeplab.cli.main import build_parser, main
-from autodeeplab.config import config_to_dict, dump_config_yaml, load_config, preset_names
+from autodeeplab.config.settings import config_to_dict, dump_config_yaml, load_config, preset_names
 from autodeeplab.data.synthetic import CLASS_NAMES, PALETTE
 from autodeeplab.errors import ConfigError
-from autodeeplab.evaluate import (
+from autodeeplab.fileio import atomic_write_bytes, current_umask
+from autodeeplab.infer.evaluate import (
     EVAL_JSON_KIND,
     PAPER_MULTI_SCALE,
     PAPER_SCALES,
@@ -23,10 +24,9 @@ from autodeeplab.evaluate import (
     InferenceSettings,
     is_eval_json,
 )
-from autodeeplab.fileio import atomic_write_bytes, current_umask
-from autodeeplab.genotype import Genotype
-from autodeeplab.network import AutoDeepLabNet, NetworkConfig
-from autodeeplab.trained import TrainedInfo, save_trained
+from autodeeplab.nets.model_file import TrainedInfo, save_trained
+from autodeeplab.nets.network import AutoDeepLabNet, NetworkConfig
+from autodeeplab.space.autodeeplab.genotype import Genotype
 
 SIZE = [24, 24]  # synthetic images of the fake checkpoint (the network takes any size)
 TINY_GENOTYPE = Genotype(network_path=(0, 1), cell=((("atr_conv_3x3", 0), ("skip_connect", 1)),))
@@ -186,7 +186,7 @@ def test_an_unwritable_folder_is_one_line_and_the_table_still_prints(
     def refuse(path, *args, **kwargs):  # what a read-only folder does (tests may run as root)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("autodeeplab.evaluate.atomic_write_json", refuse)
+    monkeypatch.setattr("autodeeplab.infer.evaluate.atomic_write_json", refuse)
     assert main(["eval", str(checkpoint), "--max-images", "1", "-q"]) == 0
     captured = capsys.readouterr()
     assert "mIoU" in captured.out

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autodeeplab.evaluate import (
+from autodeeplab.infer.evaluate import (
     InferenceSettings,
     _tile_starts,
     evaluate,
@@ -15,7 +15,7 @@ from autodeeplab.evaluate import (
     predict_probabilities,
     sliding_window_logits,
 )
-from autodeeplab.metrics import ConfusionMatrix
+from autodeeplab.infer.metrics import ConfusionMatrix
 
 K = 4
 

@@ -13,7 +13,7 @@ pytest.importorskip("onnx", reason="the onnx extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 import onnx  # noqa: E402
 
-from autodeeplab.export import (  # noqa: E402
+from autodeeplab.infer.export import (  # noqa: E402
     DYNAMO_MIN_TORCH,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -23,9 +23,9 @@ from autodeeplab.export import (  # noqa: E402
     onnx_parity,
     run_onnx,
 )
-from autodeeplab.genotype import Genotype  # noqa: E402
-from autodeeplab.network import AutoDeepLabNet, NetworkConfig  # noqa: E402
-from autodeeplab.primitives import AtrousConv  # noqa: E402
+from autodeeplab.nets.network import AutoDeepLabNet, NetworkConfig  # noqa: E402
+from autodeeplab.ops.primitives import AtrousConv  # noqa: E402
+from autodeeplab.space.autodeeplab.genotype import Genotype  # noqa: E402
 
 PARITY_TOLERANCE = 1e-4
 SHAPE = (1, 3, 65, 97)  # odd sizes, so resizes are not plain ×2

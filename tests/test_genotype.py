@@ -5,7 +5,7 @@ import json
 import pytest
 
 from autodeeplab.errors import GenotypeError
-from autodeeplab.genotype import PAPER, Genotype, resolve_genotype
+from autodeeplab.space.autodeeplab.genotype import PAPER, Genotype, resolve_genotype
 
 PAPER_JSON = {
     "version": 1,

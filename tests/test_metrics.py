@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autodeeplab.errors import DataError
-from autodeeplab.metrics import ConfusionMatrix, metrics_from_confusion
+from autodeeplab.infer.metrics import ConfusionMatrix, metrics_from_confusion
 
 IGNORE = 255
 

@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from autodeeplab.errors import AutoDeepLabError, ConfigError, GenotypeError
-from autodeeplab.genotype import PAPER, Genotype
-from autodeeplab.heads import aspp_rates_for_stride
-from autodeeplab.network import (
+from autodeeplab.nets.network import (
     VARIANTS,
     AutoDeepLabNet,
     FixedCell,
@@ -22,7 +20,9 @@ from autodeeplab.network import (
     low_level_layer_index,
     scheduled_keep_prob,
 )
-from autodeeplab.primitives import PRIMITIVES, AtrousConv
+from autodeeplab.ops.heads import aspp_rates_for_stride
+from autodeeplab.ops.primitives import PRIMITIVES, AtrousConv
+from autodeeplab.space.autodeeplab.genotype import PAPER, Genotype
 
 # Tiny widths: shapes do not depend on them, and the forward passes stay cheap.
 TINY = {

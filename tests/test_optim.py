@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from autodeeplab.optim import load_optimizer_state, sgd
-from autodeeplab.search import make_optimizers, weight_step
-from autodeeplab.search_config import SearchConfig
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import make_optimizers, weight_step
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 OPTIONS = {"lr": 0.05, "momentum": 0.9, "weight_decay": 3e-4}
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from autodeeplab.cell import MixedOp
-from autodeeplab.genotype import PAPER, Genotype
-from autodeeplab.network import FixedCell
-from autodeeplab.primitives import POOL_PRIMITIVES, PRIMITIVES, build_op
-from autodeeplab.runs import RunDir
-from autodeeplab.search import load_or_make_split, make_optimizers
-from autodeeplab.search_config import SearchConfig
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+from autodeeplab.nets.network import FixedCell
+from autodeeplab.ops.primitives import POOL_PRIMITIVES, PRIMITIVES, build_op
+from autodeeplab.runs.rundir import RunDir
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import load_or_make_split, make_optimizers
+from autodeeplab.space.autodeeplab.cell import MixedOp
+from autodeeplab.space.autodeeplab.genotype import PAPER, Genotype
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 
 def test_search_defaults_are_the_papers():

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from autodeeplab import estimate
 from autodeeplab.cli.main import main
-from autodeeplab.estimate import SearchEstimate, SearchSchedule, projected_search_seconds
-from autodeeplab.search_space import SearchNetwork
+from autodeeplab.search import estimate
+from autodeeplab.search.estimate import SearchEstimate, SearchSchedule, projected_search_seconds
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = [

@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from autodeeplab.cell import EdgeOptions, MixedOp, channel_shuffle
-from autodeeplab.execution import ExecutionConfig, reference_switches
-from autodeeplab.grouped_bn import batch_norm
-from autodeeplab.memory import SavedTensorCounter
-from autodeeplab.primitives import max_pool_saving_input
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+from autodeeplab.fast.execution import ExecutionConfig, reference_switches
+from autodeeplab.fast.grouped_bn import batch_norm
+from autodeeplab.fast.memory import SavedTensorCounter
+from autodeeplab.ops.primitives import max_pool_saving_input
+from autodeeplab.space.autodeeplab.cell import EdgeOptions, MixedOp, channel_shuffle
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 OFF = reference_switches()
 REFERENCE = ExecutionConfig(**OFF)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from autodeeplab.cell import EdgeOptions, MixedOp
-from autodeeplab.memory import SavedTensorCounter
-from autodeeplab.primitives import PRIMITIVES, Zero
-from autodeeplab.search import arch_step, make_optimizers, weight_step
-from autodeeplab.search_config import SearchConfig
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+from autodeeplab.fast.memory import SavedTensorCounter
+from autodeeplab.ops.primitives import PRIMITIVES, Zero
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import arch_step, make_optimizers, weight_step
+from autodeeplab.space.autodeeplab.cell import EdgeOptions, MixedOp
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 NONE = PRIMITIVES.index("none")

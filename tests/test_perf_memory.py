@@ -8,12 +8,12 @@ from torch import nn
 
 from autodeeplab.cli.main import main
 from autodeeplab.errors import ConfigError
-from autodeeplab.estimate import count_saved, resolution_chain, scale_saved_bytes
-from autodeeplab.execution import ExecutionConfig, reference_switches
-from autodeeplab.memory import SavedTensorCounter
-from autodeeplab.search import make_optimizers, weight_step
-from autodeeplab.search_config import SearchConfig
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+from autodeeplab.fast.execution import ExecutionConfig, reference_switches
+from autodeeplab.fast.memory import SavedTensorCounter
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.estimate import count_saved, resolution_chain, scale_saved_bytes
+from autodeeplab.search.loop import make_optimizers, weight_step
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 REFERENCE = ExecutionConfig(**reference_switches())
 

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from autodeeplab.precision import autocast, backward_and_step, grad_scaler
+from autodeeplab.fast.precision import autocast, backward_and_step, grad_scaler
 
 
 def test_autocast_contexts():
@@ -50,8 +50,8 @@ def test_scaled_step_skips_overflow_and_lowers_the_scale():
 
 def search_gradients(precision: str, seed: int) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss and every parameter's gradient of one supernet forward/backward under ``precision``."""
-    from autodeeplab.execution import ExecutionConfig
-    from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+    from autodeeplab.fast.execution import ExecutionConfig
+    from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
     torch.manual_seed(seed)
     space = SearchSpaceConfig(filter_multiplier=4, num_layers=3, num_blocks=2, stem_channels=(8, 8, 16))

@@ -12,27 +12,23 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from autodeeplab.decode import arch_params_to_dict, decode, decode_cell
 from autodeeplab.errors import GenotypeError
-from autodeeplab.genotype import PAPER, Genotype
-from autodeeplab.plots import (
-    DPI,
+from autodeeplab.ops.primitives import PRIMITIVES
+from autodeeplab.runs.rundir import RunDir
+from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode, decode_cell
+from autodeeplab.space.autodeeplab.genotype import PAPER, Genotype
+from autodeeplab.space.autodeeplab.topology import beta_mask, num_edges
+from autodeeplab.viz.common import DPI, OP_STYLE, PATH_COLOR
+from autodeeplab.viz.history import BETA_DIRECTIONS, figure_arch_history, figure_curves
+from autodeeplab.viz.plots import (
     MAX_EDGE_WIDTH,
-    OP_STYLE,
     describe_genotype,
-    figure_arch_history,
     figure_cell,
-    figure_curves,
     figure_network_path,
     plot_arch_history,
     plot_network_path,
     render_run,
 )
-from autodeeplab.plots_common import PATH_COLOR
-from autodeeplab.plots_history import BETA_DIRECTIONS
-from autodeeplab.primitives import PRIMITIVES
-from autodeeplab.runs import RunDir
-from autodeeplab.topology import beta_mask, num_edges
 
 
 def random_arch(rng: np.random.Generator, layers: int, blocks: int, sharpness: float = 1.0):

@@ -1,4 +1,5 @@
-"""1×1 convolutions as matmuls (autodeeplab.pointwise) equal the convolution: outputs, gradients, layout."""
+"""1×1 convolutions as matmuls (autodeeplab.fast.pointwise) equal the convolution: outputs, gradients,
+layout."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autodeeplab.pointwise import apply_conv, is_channels_last, is_pointwise, pointwise_conv
+from autodeeplab.fast.pointwise import apply_conv, is_channels_last, is_pointwise, pointwise_conv
 
 LAYOUTS = {4: torch.channels_last, 5: torch.channels_last_3d}
 TOL = {"atol": 1e-12, "rtol": 1e-10}

@@ -12,7 +12,7 @@ from torch import nn
 
 from autodeeplab.data import normalize_image
 from autodeeplab.errors import DataError
-from autodeeplab.predict import (
+from autodeeplab.infer.predict import (
     colorize,
     label_image,
     load_image,

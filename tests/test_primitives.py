@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from autodeeplab.primitives import OPS, PRIMITIVES, ReLUConvBN, SepConv, build_op, resize, strided_size
+from autodeeplab.ops.primitives import OPS, PRIMITIVES, ReLUConvBN, SepConv, build_op, resize, strided_size
 
 
 def test_table_order_and_names():

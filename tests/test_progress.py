@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from autodeeplab.progress import Progress, format_duration, format_metric
+from autodeeplab.runs.progress import Progress, format_duration, format_metric
 
 
 class FakeClock:

@@ -12,11 +12,11 @@ from PIL import Image
 from tiny import SMALL_HEADS, SUPERNET, SYNTHETIC_SEARCH_DATA
 
 from autodeeplab.cli.main import main
-from autodeeplab.config import load_config
-from autodeeplab.runs import load_checkpoint
-from autodeeplab.search import run_search
-from autodeeplab.search_config import SearchConfig
-from autodeeplab.train import load_trained
+from autodeeplab.config.settings import load_config
+from autodeeplab.nets.model_file import load_trained
+from autodeeplab.runs.rundir import load_checkpoint
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import run_search
 
 TRAIN = [
     "data.crop_size=32",

@@ -15,10 +15,11 @@ import torch
 from tiny import SMALL_HEADS
 
 from autodeeplab.cli.main import main
-from autodeeplab.config import load_config
-from autodeeplab.genotype import Genotype
-from autodeeplab.runs import load_checkpoint
-from autodeeplab.train import TrainConfig, load_trained, run_training
+from autodeeplab.config.settings import load_config
+from autodeeplab.nets.model_file import load_trained
+from autodeeplab.runs.rundir import load_checkpoint
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.train.loop import TrainConfig, run_training
 
 SMALL = Genotype(
     network_path=(0, 0, 1, 1),

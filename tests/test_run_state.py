@@ -1,4 +1,4 @@
-"""Run state (autodeeplab.run_state, re-exported by autodeeplab.runs): RNG capture, NaN checks, graceful
+"""Run state (autodeeplab.runs.state): RNG capture, NaN checks, graceful
 SIGINT/SIGTERM, and an interrupted loop that resumes exactly."""
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ import pytest
 import torch
 
 from autodeeplab.errors import AutoDeepLabError, CheckpointError
-from autodeeplab.runs import (
+from autodeeplab.runs.rundir import RunDir, load_checkpoint, read_jsonl, save_checkpoint
+from autodeeplab.runs.state import (
     GracefulInterrupt,
     NonFiniteError,
-    RunDir,
     capture_rng_state,
     check_finite,
-    load_checkpoint,
-    read_jsonl,
     restore_rng_state,
-    save_checkpoint,
 )
 
 
@@ -82,7 +79,8 @@ def test_graceful_interrupt_in_process():
 
 LOOP_SCRIPT = """
 import sys, time, torch
-from autodeeplab.runs import RunDir, GracefulInterrupt, resume_hint, capture_rng_state, restore_rng_state
+from autodeeplab.runs.rundir import RunDir
+from autodeeplab.runs.state import GracefulInterrupt, resume_hint, capture_rng_state, restore_rng_state
 run_path, mode, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.manual_seed(0)
 g = torch.Generator().manual_seed(1)

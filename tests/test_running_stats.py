@@ -1,4 +1,5 @@
-"""Running-statistics updates in closed form and batched (autodeeplab.running_stats) equal sequential ones."""
+"""Running-statistics updates in closed form and batched (autodeeplab.fast.running_stats) equal sequential
+ones."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from autodeeplab.grouped_bn import multi_batch_norm, shared_batch_norm
-from autodeeplab.running_stats import batched_running_stats
+from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
+from autodeeplab.fast.running_stats import batched_running_stats
 
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 

@@ -15,15 +15,15 @@ import torch
 
 from autodeeplab import fileio
 from autodeeplab.errors import CheckpointError
-from autodeeplab.runs import (
+from autodeeplab.runs.rundir import (
     CheckpointManager,
     RunDir,
     RunDirError,
     load_checkpoint,
     maybe_tensorboard,
-    resume_hint,
     save_checkpoint,
 )
+from autodeeplab.runs.state import resume_hint
 
 
 def _state(value: float = 1.0) -> dict:
@@ -95,7 +95,7 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import sys, torch
-from autodeeplab.runs import CheckpointManager
+from autodeeplab.runs.rundir import CheckpointManager
 manager = CheckpointManager(sys.argv[1], keep=2)
 i = 0
 while True:

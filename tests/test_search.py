@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from autodeeplab.config import load_config
-from autodeeplab.sampling import CyclePosition, CyclingLoader, epoch_order, split_halves
-from autodeeplab.search import arch_step, make_optimizers, run_search, weight_step
-from autodeeplab.search_config import SearchConfig
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig
+from autodeeplab.config.settings import load_config
+from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, epoch_order, split_halves
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import arch_step, make_optimizers, run_search, weight_step
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 
 def tiny_net():
@@ -141,8 +141,8 @@ def test_reusing_a_run_directory_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import autodeeplab.search as search_module
-    from autodeeplab.runs import NonFiniteError
+    import autodeeplab.search.loop as search_module
+    from autodeeplab.runs.state import NonFiniteError
 
     real_step, calls = search_module.weight_step, []
 
@@ -173,7 +173,7 @@ def test_tensorboard_event_files_when_enabled(tmp_path):
 
 def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
     """fp16 runs keep a loss scale per optimizer; a resumed run must continue with the same scale."""
-    from autodeeplab.precision import grad_scaler, load_scaler_states, scaler_states
+    from autodeeplab.fast.precision import grad_scaler, load_scaler_states, scaler_states
 
     net = tiny_net()
     w_opt, a_opt, _ = make_optimizers(net, SearchConfig())
@@ -189,7 +189,7 @@ def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_metrics_hold_the_epoch_means_of_both_losses(tmp_path, monkeypatch):
-    import autodeeplab.search as search_module
+    import autodeeplab.search.loop as search_module
 
     weight_losses, arch_losses = [], []
     real_w, real_a = search_module.weight_step, search_module.arch_step

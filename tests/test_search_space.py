@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from autodeeplab.search_space import SearchNetwork, SearchSpaceConfig, normalize_beta
-from autodeeplab.topology import beta_mask, incoming_edges, nearest_level, node_levels, num_edges
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig, normalize_beta
+from autodeeplab.space.autodeeplab.topology import (
+    beta_mask,
+    incoming_edges,
+    nearest_level,
+    node_levels,
+    num_edges,
+)
 
 
 def tiny(layers=4, levels=4, blocks=2, F=2):

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from autodeeplab import train as train_module
-from autodeeplab.config import load_config
+from autodeeplab.config.settings import load_config
 from autodeeplab.errors import CheckpointError, ConfigError
-from autodeeplab.evaluate import evaluate
-from autodeeplab.genotype import Genotype
-from autodeeplab.network import AutoDeepLabNet
-from autodeeplab.runs import RunDirError, load_checkpoint, save_checkpoint
-from autodeeplab.train import (
+from autodeeplab.infer.evaluate import evaluate
+from autodeeplab.nets.model_file import load_trained
+from autodeeplab.nets.network import AutoDeepLabNet
+from autodeeplab.runs.rundir import RunDirError, load_checkpoint, save_checkpoint
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.train import loop as train_module
+from autodeeplab.train.loop import (
     MODEL_FILE,
     TrainConfig,
     build_model,
     build_train_data,
-    load_trained,
     make_optimizer,
     poly_lr,
     run_training,
@@ -172,7 +172,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autodeeplab.runs import NonFiniteError
+    from autodeeplab.runs.state import NonFiniteError
 
     real_forward, calls = AutoDeepLabNet.forward, []
 

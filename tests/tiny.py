@@ -1,6 +1,6 @@
 """Tiny settings shared by the tests that run whole searches or trainings (seconds on a CPU)."""
 
-from autodeeplab.genotype import Genotype
+from autodeeplab.space.autodeeplab.genotype import Genotype
 
 SUPERNET = [
     "space.filter_multiplier=2",

@@ -24,15 +24,21 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .data import EvalTransform, build_dataset, check_split
-from .evaluate import EvalConfig, evaluate, write_eval_json
-from .fileio import atomic_write_bytes
-from .genotype import Genotype
-from .predict import DEFAULT_OVERLAY_ALPHA, label_image, overlay, predicted_samples, prediction_panel
-from .search import build_search_data, run_search
-from .search_config import SearchConfig
-from .train import TrainConfig, build_train_data, dataset_options, run_training
-from .trained import load_trained
+from autodeeplab.data import EvalTransform, build_dataset, check_split
+from autodeeplab.fileio import atomic_write_bytes
+from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
+from autodeeplab.infer.predict import (
+    DEFAULT_OVERLAY_ALPHA,
+    label_image,
+    overlay,
+    predicted_samples,
+    prediction_panel,
+)
+from autodeeplab.nets.model_file import load_trained
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import build_search_data, run_search
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.train.loop import TrainConfig, build_train_data, dataset_options, run_training
 
 PANEL_MIN_HEIGHT = 256
 
@@ -119,7 +125,7 @@ def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig
 def write_predictions(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int) -> list[Path]:
     """For the first ``count`` samples: a palette label PNG, an overlay, an image | truth | prediction panel.
 
-    The label PNG (:func:`autodeeplab.predict.label_image`, as ``autodeeplab predict`` writes) holds the
+    The label PNG (:func:`autodeeplab.infer.predict.label_image`, as ``autodeeplab predict`` writes) holds the
     predicted class indices with the dataset's palette. Returns the panels' paths.
     """
     written = []

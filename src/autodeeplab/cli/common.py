@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config, preset_names
-from ..errors import ConfigError
+from autodeeplab.config.settings import load_config, preset_names
+from autodeeplab.errors import ConfigError
 
 
 def add_settings_arguments(

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..decode import decode, load_arch_params
+    from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
 
     alpha, beta, num_blocks = load_arch_params(args.arch_params)
     genotype = decode(alpha, beta, num_blocks)

@@ -1,6 +1,6 @@
 """``autodeeplab eval``: mIoU, per-class IoU and pixel accuracy of a trained model over a dataset split.
 
-Settings are an :class:`~autodeeplab.evaluate.EvalConfig`, resolved as
+Settings are an :class:`~autodeeplab.infer.evaluate.EvalConfig`, resolved as
 ``defaults < --preset < --config FILE.yaml < --set KEY=VALUE < the shortcut flags`` (``--split``,
 ``--scales``, ``--flip``, ...). The results are printed as a table and written as JSON: to ``--json OUT``,
 or by default beside the checkpoint as ``eval-<split>.json``. A file there that this package did not
@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from autodeeplab.errors import ConfigError
 
 # Shortcut flags and the EvalConfig field each one sets (flags win over preset, file and --set).
 FLAG_FIELDS: dict[str, str] = {
@@ -32,8 +32,8 @@ DEFAULT_JSON_NAME = "eval-{split}.json"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..evaluate import DEFAULT_EVAL_PRESET, EvalConfig
-    from .common import add_settings_arguments
+    from autodeeplab.cli.common import add_settings_arguments
+    from autodeeplab.infer.evaluate import DEFAULT_EVAL_PRESET, EvalConfig
 
     p = sub.add_parser(
         "eval",
@@ -83,7 +83,7 @@ def inference_settings(args: argparse.Namespace):  # -> InferenceSettings
 
     Used by ``predict``; flags that are absent or ``None`` take the single-scale defaults.
     """
-    from ..evaluate import InferenceSettings
+    from autodeeplab.infer.evaluate import InferenceSettings
 
     scales = getattr(args, "scales", None) or [1.0]
     window = getattr(args, "window", None)
@@ -98,8 +98,8 @@ def inference_settings(args: argparse.Namespace):  # -> InferenceSettings
 
 def resolve_eval_config(args: argparse.Namespace):  # -> EvalConfig (imported lazily with torch)
     """defaults < --preset < --config < --set < shortcut flags; each bad flag is named in its error."""
-    from ..config import load_config
-    from ..evaluate import DEFAULT_EVAL_PRESET, EvalConfig
+    from autodeeplab.config.settings import load_config
+    from autodeeplab.infer.evaluate import DEFAULT_EVAL_PRESET, EvalConfig
 
     if getattr(args, "max_images", None) is not None and args.max_images < 1:
         raise ConfigError(f"--max-images: must be a positive integer, got {args.max_images}")
@@ -123,7 +123,7 @@ def resolve_eval_config(args: argparse.Namespace):  # -> EvalConfig (imported la
 
 def checkpoint_file(checkpoint: str | Path) -> Path:
     """The file a checkpoint argument names (a run directory stands for its ``model.pt``)."""
-    from ..trained import MODEL_FILE
+    from autodeeplab.nets.model_file import MODEL_FILE
 
     path = Path(checkpoint)
     return path / MODEL_FILE if path.is_dir() else path
@@ -141,7 +141,7 @@ def json_target(args: argparse.Namespace, split: str) -> tuple[Path | None, str 
     ``--json OUT`` that names a folder or a file this package did not write is an error before anything
     runs; the default location is skipped with a note instead, since nobody asked for it.
     """
-    from ..evaluate import is_eval_json
+    from autodeeplab.infer.evaluate import is_eval_json
 
     if args.no_json:
         if args.json:
@@ -163,11 +163,11 @@ def json_target(args: argparse.Namespace, split: str) -> tuple[Path | None, str 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import EvalTransform, build_dataset
-    from ..device import resolve_device
-    from ..evaluate import evaluate, write_eval_json
-    from ..progress import Progress
-    from ..trained import check_classes, load_trained
+    from autodeeplab.data import EvalTransform, build_dataset
+    from autodeeplab.infer.evaluate import evaluate, write_eval_json
+    from autodeeplab.nets.model_file import check_classes, load_trained
+    from autodeeplab.runs.device import resolve_device
+    from autodeeplab.runs.progress import Progress
 
     config = resolve_eval_config(args)
     settings = config.inference_settings()

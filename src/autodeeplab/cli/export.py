@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError
+from autodeeplab.errors import ConfigError
 
 FORMATS = ("onnx",)
 DEFAULT_INPUT_SIZE = (513, 513)
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..trained import load_trained
+    from autodeeplab.nets.model_file import load_trained
 
     height, width = args.input_size
     if height < 1 or width < 1:
@@ -50,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise ConfigError(f"--output: {output} is a directory, not a file name")
-    from ..export import export_onnx, onnx_parity  # ExportError says how to install onnx when missing
+    from autodeeplab.infer.export import (  # ExportError says how to install onnx when missing
+        export_onnx,
+        onnx_parity,
+    )
 
     model, info = load_trained(args.checkpoint, device="cpu")
     shape = (1, 3, height, width)

@@ -7,7 +7,7 @@ Examples::
         --input-size 360 480 --json
 
 The network is built on PyTorch's ``meta`` device (shapes only), so even Auto-DeepLab-L at
-1024×2048 is counted in about a second; see :mod:`autodeeplab.complexity` for how we count.
+1024×2048 is counted in about a second; see :mod:`autodeeplab.nets.complexity` for how we count.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import json
 
 import torch
 
-from ..complexity import count_multiply_adds, count_parameters, format_count
-from ..genotype import resolve_genotype
-from ..network import VARIANTS, AutoDeepLabNet, NetworkConfig
+from autodeeplab.nets.complexity import count_multiply_adds, count_parameters, format_count
+from autodeeplab.nets.network import VARIANTS, AutoDeepLabNet, NetworkConfig
+from autodeeplab.space.autodeeplab.genotype import resolve_genotype
 
 DEFAULT_INPUT_SIZE = (1024, 2048)
 """Paper Table 2 reports multiply-adds on 1024×2048 Cityscapes images."""

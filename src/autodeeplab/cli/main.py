@@ -13,8 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
-from ..errors import AutoDeepLabError
+from autodeeplab import __version__
+from autodeeplab.errors import AutoDeepLabError
 
 # Subcommand modules, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError
-from .evaluate import inference_settings
+from autodeeplab.cli.evaluate import inference_settings
+from autodeeplab.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -48,9 +48,9 @@ def expand_images(paths: list[str]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..device import resolve_device
-    from ..predict import predict_files
-    from ..trained import load_trained
+    from autodeeplab.infer.predict import predict_files
+    from autodeeplab.nets.model_file import load_trained
+    from autodeeplab.runs.device import resolve_device
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha: must be between 0 and 1, got {args.alpha}")

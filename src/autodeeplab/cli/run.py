@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import load_config
+from autodeeplab.config.settings import load_config
 
 SEARCH_PRESET, TRAIN_PRESET = "cpu", "tiny"
 
@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import run_pipeline
-    from ..plots import describe_genotype, render_run
-    from ..search_config import SearchConfig
-    from ..train import TrainConfig
+    from autodeeplab.pipeline import run_pipeline
+    from autodeeplab.search.config import SearchConfig
+    from autodeeplab.train.loop import TrainConfig
+    from autodeeplab.viz.plots import describe_genotype, render_run
 
     shared = []
     if args.dataset:

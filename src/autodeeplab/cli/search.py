@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..search_config import SearchConfig
-from .common import add_run_arguments, resolve_run_config
+from autodeeplab.cli.common import add_run_arguments, resolve_run_config
+from autodeeplab.errors import ConfigError
+from autodeeplab.search.config import SearchConfig
 
 DEFAULT_PRESET = "cpu"
 
@@ -46,8 +46,8 @@ def resolve_config(args: argparse.Namespace) -> SearchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plots import describe_genotype, render_run
-    from ..search import run_search
+    from autodeeplab.search.loop import run_search
+    from autodeeplab.viz.plots import describe_genotype, render_run
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads: must be at least 1, got {args.threads}")
@@ -78,8 +78,8 @@ def print_estimate(
     """
     import torch
 
-    from ..device import resolve_device
-    from ..estimate import estimate_search, format_estimate
+    from autodeeplab.runs.device import resolve_device
+    from autodeeplab.search.estimate import estimate_search, format_estimate
 
     device = resolve_device(config.device)
     before = torch.get_num_threads()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..genotype import Genotype
+    from autodeeplab.space.autodeeplab.genotype import Genotype
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..decode import decode, load_arch_params
-    from ..errors import GenotypeError
-    from ..genotype import BUILTIN, Genotype
-    from ..plots import describe_genotype, plot_cell, plot_network_path, render_run
+    from autodeeplab.errors import GenotypeError
+    from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
+    from autodeeplab.space.autodeeplab.genotype import BUILTIN, Genotype
+    from autodeeplab.viz.plots import describe_genotype, plot_cell, plot_network_path, render_run
 
     target = Path(args.target)
     written: list[Path] = []
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_genotype(run_dir: Path) -> Genotype | None:
-    from ..decode import decode, load_arch_params
-    from ..genotype import Genotype
+    from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
+    from autodeeplab.space.autodeeplab.genotype import Genotype
 
     if (run_dir / "genotype.json").exists():
         return Genotype.load(run_dir / "genotype.json")

@@ -6,14 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from ..errors import ConfigError
-from .common import add_run_arguments, resolve_run_config
+from autodeeplab.cli.common import add_run_arguments, resolve_run_config
+from autodeeplab.errors import ConfigError
 
 DEFAULT_PRESET = "cpu"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..train import TrainConfig
+    from autodeeplab.train.loop import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -33,15 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(args: argparse.Namespace):  # -> TrainConfig (imported lazily: torch is slow to load)
-    from ..train import TrainConfig
+    from autodeeplab.train.loop import TrainConfig
 
     return resolve_run_config(args, TrainConfig, DEFAULT_PRESET, "training", exclusive=("genotype",))
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..genotype import resolve_genotype
-    from ..metrics import metrics_from_confusion
-    from ..train import run_training
+    from autodeeplab.infer.metrics import metrics_from_confusion
+    from autodeeplab.space.autodeeplab.genotype import resolve_genotype
+    from autodeeplab.train.loop import run_training
 
     if not args.resume and not args.genotype:
         raise ConfigError("--genotype: required (paper, a genotype.json, or a search run directory)")

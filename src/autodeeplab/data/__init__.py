@@ -7,12 +7,12 @@
 
 from __future__ import annotations
 
-from .base import PairedFilesDataset, SegmentationDataset
-from .checks import CheckReport, check_dataset, check_dataset_report
-from .labels import IGNORE_INDEX, LabelMap
-from .prepare import prepare_cityscapes
-from .problems import DataProblem, DataProblemError
-from .registry import (
+from autodeeplab.data.base import PairedFilesDataset, SegmentationDataset
+from autodeeplab.data.checks import CheckReport, check_dataset, check_dataset_report
+from autodeeplab.data.labels import IGNORE_INDEX, LabelMap
+from autodeeplab.data.prepare import prepare_cityscapes
+from autodeeplab.data.problems import DataProblem, DataProblemError
+from autodeeplab.data.registry import (
     DATASET_NAMES,
     DEFAULT_DATASET,
     build_dataset,
@@ -20,8 +20,8 @@ from .registry import (
     dataset_class,
     dataset_options,
 )
-from .splits import set_epoch
-from .transforms import (
+from autodeeplab.data.splits import set_epoch
+from autodeeplab.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import PairedFilesDataset, Transform
-from .labels import IGNORE_INDEX, LabelMap, bit_palette
-from .problems import DataProblem
-from .scan import Sample, files_by_key, pair_by_key, stem_key
+from autodeeplab.data.base import PairedFilesDataset, Transform
+from autodeeplab.data.labels import IGNORE_INDEX, LabelMap, bit_palette
+from autodeeplab.data.problems import DataProblem
+from autodeeplab.data.scan import Sample, files_by_key, pair_by_key, stem_key
 
 # fmt: off
 CLASS_NAMES: tuple[str, ...] = (

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
-from .imageio import check_same_size, read_label, read_rgb, read_size
-from .labels import IGNORE_INDEX, Colour, LabelMap, decode_colours
-from .problems import DataProblem, DataProblemError, problem
-from .transforms import EvalTransform
+from autodeeplab.data.imageio import check_same_size, read_label, read_rgb, read_size
+from autodeeplab.data.labels import IGNORE_INDEX, Colour, LabelMap, decode_colours
+from autodeeplab.data.problems import DataProblem, DataProblemError, problem
+from autodeeplab.data.transforms import EvalTransform
+from autodeeplab.errors import ConfigError
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[torch.Tensor, torch.Tensor]]
 """``transform(image uint8 [H, W, 3], mask uint8 [H, W], rng) -> (float32 [3, h, w], int64 [h, w])``."""

@@ -15,10 +15,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import PairedFilesDataset
-from .labels import LabelMap
-from .problems import DataProblem, problem
-from .scan import Sample, files_by_key, image_without_label, label_without_image, pair_by_key, stem_key
+from autodeeplab.data.base import PairedFilesDataset
+from autodeeplab.data.labels import LabelMap
+from autodeeplab.data.problems import DataProblem, problem
+from autodeeplab.data.scan import (
+    Sample,
+    files_by_key,
+    image_without_label,
+    label_without_image,
+    pair_by_key,
+    stem_key,
+)
 
 CLASS_NAMES: tuple[str, ...] = (
     "sky",

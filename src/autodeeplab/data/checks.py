@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .problems import DataProblem, DataProblemError
-from .registry import build_dataset, dataset_class
+from autodeeplab.data.problems import DataProblem, DataProblemError
+from autodeeplab.data.registry import build_dataset, dataset_class
 
 
 @dataclass

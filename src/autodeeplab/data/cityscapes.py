@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .base import PairedFilesDataset
-from .labels import IGNORE_INDEX, LabelMap
-from .problems import DataProblem
-from .scan import Sample, files_by_key, pair_by_key
+from autodeeplab.data.base import PairedFilesDataset
+from autodeeplab.data.labels import IGNORE_INDEX, LabelMap
+from autodeeplab.data.problems import DataProblem
+from autodeeplab.data.scan import Sample, files_by_key, pair_by_key
 
 CLASS_NAMES: tuple[str, ...] = (
     "road",

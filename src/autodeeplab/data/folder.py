@@ -31,11 +31,11 @@ from typing import Any
 
 import yaml
 
-from .base import PairedFilesDataset, Transform
-from .imageio import IMAGE_SUFFIXES
-from .labels import IGNORE_INDEX, Colour, LabelMap, bit_palette
-from .problems import DataProblem, DataProblemError, problem
-from .scan import Sample, files_by_key, pair_by_key, stem_key
+from autodeeplab.data.base import PairedFilesDataset, Transform
+from autodeeplab.data.imageio import IMAGE_SUFFIXES
+from autodeeplab.data.labels import IGNORE_INDEX, Colour, LabelMap, bit_palette
+from autodeeplab.data.problems import DataProblem, DataProblemError, problem
+from autodeeplab.data.scan import Sample, files_by_key, pair_by_key, stem_key
 
 CLASSES_FILES = ("classes.yaml", "classes.yml", "classes.json")
 FLAT_SPLITS = ("all", "train", "val")

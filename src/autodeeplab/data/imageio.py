@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .problems import DataProblemError, problem
+from autodeeplab.data.problems import DataProblemError, problem
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 """File endings read as images by the layouts that scan folders."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .problems import DataProblemError, problem
+from autodeeplab.data.problems import DataProblemError, problem
 
 IGNORE_INDEX = 255
 """The one ignore label of the package after mapping: loss and metrics skip pixels with this value."""

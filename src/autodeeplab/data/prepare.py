@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, DataError
-from ..fileio import atomic_write_bytes, atomic_write_json
-from .cityscapes import IMAGE_SUFFIX, PREPARED_MARKER, TRAIN_ID_SUFFIX, CityscapesDataset
-from .imageio import encode_png
+from autodeeplab.data.cityscapes import IMAGE_SUFFIX, PREPARED_MARKER, TRAIN_ID_SUFFIX, CityscapesDataset
+from autodeeplab.data.imageio import encode_png
+from autodeeplab.errors import ConfigError, DataError
+from autodeeplab.fileio import atomic_write_bytes, atomic_write_json
 
 
 def prepare_cityscapes(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from autodeeplab.errors import DataError
 
 # The marker PyTorch puts in the message of an exception that it re-raises from a DataLoader worker.
 _WORKER_TRACEBACK_MARKER = "\nOriginal Traceback"

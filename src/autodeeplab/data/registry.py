@@ -6,14 +6,14 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .ade20k import ADE20KDataset
-from .base import SegmentationDataset, Transform
-from .camvid import CamVidDataset
-from .cityscapes import CityscapesDataset
-from .folder import FolderDataset
-from .synthetic import SyntheticDataset
-from .voc import VOCDataset
+from autodeeplab.data.ade20k import ADE20KDataset
+from autodeeplab.data.base import SegmentationDataset, Transform
+from autodeeplab.data.camvid import CamVidDataset
+from autodeeplab.data.cityscapes import CityscapesDataset
+from autodeeplab.data.folder import FolderDataset
+from autodeeplab.data.synthetic import SyntheticDataset
+from autodeeplab.data.voc import VOCDataset
+from autodeeplab.errors import ConfigError
 
 READERS: dict[str, type[SegmentationDataset]] = {
     "synthetic": SyntheticDataset,

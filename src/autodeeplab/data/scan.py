@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .problems import DataProblem, problem
+from autodeeplab.data.problems import DataProblem, problem
 
 Sample = tuple[Path, Path]
 

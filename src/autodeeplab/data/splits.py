@@ -1,14 +1,14 @@
 """Epoch bookkeeping through dataset wrappers (Subset, ConcatDataset).
 
 The trainA/trainB split of the search is made once for every dataset by
-:func:`autodeeplab.sampling.split_halves` (indices, written to the run directory).
+:func:`autodeeplab.runs.sampling.split_halves` (indices, written to the run directory).
 """
 
 from __future__ import annotations
 
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from .base import SegmentationDataset
+from autodeeplab.data.base import SegmentationDataset
 
 
 def set_epoch(dataset: Dataset, epoch: int) -> None:

@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from ..errors import ConfigError
-from .base import SegmentationDataset, Transform
+from autodeeplab.data.base import SegmentationDataset, Transform
+from autodeeplab.errors import ConfigError
 
 CLASS_NAMES: tuple[str, ...] = ("background", "horizontal", "diagonal", "fine", "object", "shadow")
 PALETTE: list[tuple[int, int, int]] = [

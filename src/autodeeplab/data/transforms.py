@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError
-from .labels import IGNORE_INDEX
+from autodeeplab.data.labels import IGNORE_INDEX
+from autodeeplab.errors import ConfigError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

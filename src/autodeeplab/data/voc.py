@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import PairedFilesDataset, Transform
-from .labels import LabelMap, bit_palette
-from .problems import DataProblem, problem
-from .scan import Sample, image_without_label, label_without_image
+from autodeeplab.data.base import PairedFilesDataset, Transform
+from autodeeplab.data.labels import LabelMap, bit_palette
+from autodeeplab.data.problems import DataProblem, problem
+from autodeeplab.data.scan import Sample, image_without_label, label_without_image
 
 CLASS_NAMES: tuple[str, ...] = (
     "background",

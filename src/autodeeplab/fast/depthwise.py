@@ -1,0 +1,72 @@
+"""Depthwise convolutions (stride 1) with a cheaper backward for the ones with several filters per channel.
+
+The fused separable convs (:mod:`autodeeplab.fast.fused_edges`) run depthwise convolutions with a channel
+multiplier M: E edges' filters on the same C channels, M = E outputs per input channel. For those the
+convolution library's input gradient is slow on CPU: measured on 2 cores, for ``[6, 8, 33, 33]`` → 40
+channels, 5×5, 0.59 ms, against 0.19 ms for the forward. Here it is computed as what it is, a transposed
+convolution: a depthwise convolution of the output gradient (C·M channels, multiplier 1) with the filters
+flipped, whose M outputs per input channel are then summed. Stride 1 with "same" padding makes that
+transposed convolution an ordinary one with the same padding. The weight gradient and the multiplier-1
+case keep the library's backward. Equal to the library's result up to float rounding (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autodeeplab.fast.precision import apply_like_autocast_conv
+from autodeeplab.ops.primitives import conv_function
+
+
+def _same_padding(kernel: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> bool:
+    return all(d * (k - 1) == 2 * p for k, p, d in zip(kernel, padding, dilation, strict=True))
+
+
+class _MultiplierDepthwise(torch.autograd.Function):
+    """Depthwise conv of ``x`` ``[N, C, *S]`` with ``weight`` ``[C·M, 1, *k]`` (M filters per channel)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        channels, spatial = x.shape[1], x.dim() - 2
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            flipped = weight.flip(tuple(range(2, 2 + spatial)))
+            conv = conv_function(spatial)
+            per_filter = conv(grad, flipped, None, 1, ctx.padding, ctx.dilation, weight.shape[0])
+            grad_x = per_filter.unflatten(1, (channels, weight.shape[0] // channels)).sum(2)
+        if ctx.needs_input_grad[1]:
+            _, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad,
+                x,
+                weight,
+                None,
+                [1] * spatial,
+                list(ctx.padding),
+                list(ctx.dilation),
+                False,
+                [0] * spatial,
+                channels,
+                [False, True, False],
+            )
+        return grad_x, grad_w, None, None
+
+
+def depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], dilation: tuple[int, ...]
+) -> torch.Tensor:
+    """Stride-1 depthwise convolution: ``x`` ``[N, C, *S]``, ``weight`` ``[C·M, 1, *k]`` → ``[N, C·M, *S]``.
+
+    With a multiplier M > 1 and "same" padding, the input gradient is a flipped-filter depthwise conv
+    (see the module docstring); otherwise the plain convolution.
+    """
+    kernel = tuple(weight.shape[2:])
+    if weight.shape[0] == x.shape[1] or not _same_padding(kernel, padding, dilation):
+        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
+    return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))

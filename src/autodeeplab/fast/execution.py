@@ -1,0 +1,120 @@
+"""How the supernet is executed: speed and memory switches that do not change what is computed.
+
+Every switch here is exact (the same outputs, gradients and BatchNorm running statistics as the reference
+evaluation, up to float rounding) except ``precision`` (reduced-precision arithmetic, by choice). The
+approximation that does change the model, partial channels (PC-DARTS), is part of the search space
+(:class:`autodeeplab.space.autodeeplab.supernet.SearchSpaceConfig`). Measured effects:
+``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+from autodeeplab.errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+
+
+@dataclass
+class ExecutionConfig:
+    """Execution switches of the search supernet (defaults: the exact ones that are faster here)."""
+
+    batch_node_inputs: bool = True
+    """Run the up to three incoming resolutions of a node through its cell as one batch (per-group BN
+    statistics), and the edges reading the shared h^{l-2} once instead of once per resolution."""
+    fuse_edges: bool = True
+    """Run all the edges that read one cell state as one call per primitive (10 convolutions per state
+    instead of per edge; pools and ReLU once per state). Needs ``batch_node_inputs``'s fast path."""
+    share_edge_relu: bool = True
+    """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input); the fused
+    edges share one ReLU per state anyway."""
+    pool_without_indices: bool = True
+    """Max pools recompute their argmax in the backward instead of keeping int64 indices."""
+    fold_alpha_into_bn: bool = True
+    """Each op's α weight is folded into its final BN's affine transform, so that α's gradient comes out
+    of the BN's own backward and the BN output is not kept (one activation per op less in architecture
+    steps)."""
+    pointwise_as_matmul: bool = True
+    """1×1 convolutions (stride 1) of channels-last activations run as matrix products over the channel
+    axis (:mod:`autodeeplab.fast.pointwise`): the same products without the convolution library's per-call
+    cost. Contiguous activations keep the convolution."""
+    depthwise_flipped_grad: bool = True
+    """The fused separable convs' first depthwise conv (E filters per channel) computes its input
+    gradient as a depthwise conv with flipped filters (:mod:`autodeeplab.fast.depthwise`) instead of the
+    convolution library's backward, which is slow for channel multipliers on CPU."""
+    batch_running_stats: bool = True
+    """The fast path's BatchNorm running-statistics updates of a forward are applied together at its end,
+    in closed form (:mod:`autodeeplab.fast.running_stats`), instead of a few tiny calls per batch norm."""
+    memory_format: MemoryFormat = "auto"
+    """``auto``: channels-last on CPU and under CUDA mixed precision (measured/known faster there),
+    contiguous for CUDA fp32."""
+    checkpoint_cells: bool = False
+    """Recompute each node's cell in the backward instead of keeping its activations (less memory,
+    about one extra forward of time). BatchNorm running statistics are not updated twice."""
+    checkpoint_levels: tuple[int, ...] | None = None
+    """With ``checkpoint_cells``: the levels whose nodes are checkpointed (None: all). A level-s node
+    keeps about 2^-s of level 0's activations for the same compute, so (0, 1) keeps most of the saving
+    for about half the recomputation. Levels that do not exist are refused (:meth:`check_levels`)."""
+    precision: Precision = "fp32"
+    """``bf16``: autocast to bfloat16 (CPU and GPU); ``fp16``: autocast to float16 with a gradient
+    scaler (GPU only)."""
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_levels is not None:
+            self.checkpoint_levels = tuple(self.checkpoint_levels)  # YAML gives lists
+
+    def validate(self, device_type: str, num_levels: int | None = None) -> None:
+        """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...) or, when given, with
+        ``num_levels`` levels, naming the field."""
+        if self.precision == "fp16" and device_type != "cuda":
+            raise ConfigError(
+                f"execution.precision: fp16 needs a CUDA device (running on {device_type}); use bf16"
+            )
+        if num_levels is not None:
+            self.check_levels(num_levels)
+
+    def check_levels(self, num_levels: int) -> None:
+        """Reject ``checkpoint_levels`` that name no level of a supernet with ``num_levels`` levels.
+
+        A level that does not exist would silently checkpoint nothing there (the user asked for a
+        memory saving and would not get it), so it is an error, not a no-op.
+        """
+        if self.checkpoint_levels is None:
+            return
+        valid = f"levels are 0..{num_levels - 1} with space.num_levels={num_levels}"
+        for level in self.checkpoint_levels:
+            if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < num_levels:
+                raise ConfigError(f"execution.checkpoint_levels: level {level!r} does not exist ({valid})")
+        if len(set(self.checkpoint_levels)) != len(self.checkpoint_levels):
+            raise ConfigError(
+                f"execution.checkpoint_levels: {list(self.checkpoint_levels)} lists a level twice"
+            )
+        if self.checkpoint_cells and not self.checkpoint_levels:
+            raise ConfigError(
+                f"execution.checkpoint_levels: empty, so checkpoint_cells would checkpoint nothing ({valid})"
+            )
+
+    def checkpoints_level(self, level: int) -> bool:
+        """Whether the nodes at ``level`` are checkpointed."""
+        if not self.checkpoint_cells:
+            return False
+        return self.checkpoint_levels is None or level in self.checkpoint_levels
+
+    def uses_channels_last(self, device_type: str, spatial_dims: int) -> bool:
+        """Whether 2D activations should be channels-last on ``device_type``."""
+        if spatial_dims != 2 or self.memory_format == "contiguous":
+            return False
+        if self.memory_format == "channels_last":
+            return True
+        return device_type == "cpu" or self.precision != "fp32"
+
+
+def reference_switches() -> dict[str, bool | str]:
+    """Every switch that is on by default turned off, and contiguous activations:
+    ``ExecutionConfig(**reference_switches())`` calls each op module as it is, one incoming resolution at
+    a time — the reference evaluation that the tests and ``benchmarks/`` compare the fast path with."""
+    off: dict[str, bool | str] = {f.name: False for f in fields(ExecutionConfig) if f.default is True}
+    return {**off, "memory_format": "contiguous"}

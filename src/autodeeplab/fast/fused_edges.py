@@ -1,0 +1,129 @@
+"""All the mixed ops that read one cell state, evaluated together (exact).
+
+In a search cell, a state (h^{l-2}, h^{l-1} or a block output) feeds one mixed op in every later block: up
+to B edges with the same input and their own weights. Evaluated one by one they cost 10 convolutions and 8
+batch norms each, mostly tiny calls whose fixed cost dominates at search sizes. Evaluated together:
+
+- the ReLU that starts each conv op, both pools and the identity are computed once: pools have no weights,
+  and in training mode the BN after a pool normalises with batch statistics, the same for every edge
+  (each edge's BN still records them in its running statistics);
+- each conv primitive is one convolution for all E edges: the atrous convs and the depthwise convs stack
+  their filters (a depthwise conv with E outputs per channel), the pointwise convs become one
+  block-diagonal 1×1 conv (the first of each sep conv reorders the channels from (channel, edge) to
+  (edge, channel) for free: its block-diagonal weight is column-permuted) or one grouped conv;
+- the E batch norms after a conv are one call over E·C channels.
+
+That is 10 convolutions per state instead of 10 per edge. Outputs, gradients and running statistics
+equal the edge-by-edge evaluation (tested); the filters are gathered from the edges' own modules at every
+call, so the parameters, ``state_dict`` and optimizers are untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autodeeplab.fast.depthwise import depthwise_conv
+from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
+from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
+from autodeeplab.ops.primitives import PRIMITIVES, conv_function, max_pool_saving_input
+
+_ATROUS = ("atr_conv_3x3", "atr_conv_5x5")
+_SEPARABLE = ("sep_conv_3x3", "sep_conv_5x5")
+_POOLS = ("max_pool_3x3", "avg_pool_3x3")
+
+
+def _edge_rows(t: torch.Tensor, edges: int) -> torch.Tensor:
+    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, *S, E, C]`` view."""
+    return to_rows(t).unflatten(-1, (edges, t.shape[1] // edges))
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -> torch.Tensor:
+    return conv_function(x.dim() - 2)(x, weight, None, like.stride, like.padding, like.dilation, groups)
+
+
+def _atrous(relu_x, edges, name, groups, repeats, scale):
+    ops = [e.op(name) for e in edges]  # ReLU → conv → BN
+    weight = torch.cat([op[1].weight for op in ops]) if len(ops) > 1 else ops[0][1].weight
+    z = _conv(relu_x, weight, ops[0][1], 1)
+    return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
+
+
+def _separable(relu_x, edges, name, groups, repeats, scale, matmul=False, flipped_grad=False):
+    ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
+    e, c = len(ops), relu_x.shape[1]
+    spatial = (1,) * (relu_x.dim() - 2)
+    # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
+    dw = torch.stack([op[1].weight for op in ops], dim=1).reshape(c * e, 1, *ops[0][1].weight.shape[2:])
+    like = ops[0][1]
+    if flipped_grad and all(st == 1 for st in like.stride):
+        z = depthwise_conv(relu_x, dw, like.padding, like.dilation)
+    else:
+        z = _conv(relu_x, dw, like, c)
+    # block-diagonal pointwise, columns permuted from (edge, channel) to the (channel, edge) input order
+    pw = torch.block_diag(*[op[2].weight.reshape(c, c) for op in ops]) if e > 1 else ops[0][2].weight
+    pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
+    z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
+    z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
+    z = _conv(z, torch.cat([op[5].weight for op in ops]), ops[0][5], e * c)
+    pw = torch.cat([op[6].weight for op in ops])  # grouped: edge i's C outputs read its C inputs
+    z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][6], e)
+    return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
+
+
+def fused_mixed_ops(
+    x: torch.Tensor,
+    edges: list[nn.Module],
+    weights: torch.Tensor,
+    groups: int = 1,
+    repeats: int = 1,
+    pool_without_indices: bool = True,
+    fold_alpha_into_bn: bool = True,
+    pointwise_matmul: bool = False,
+    depthwise_flipped_grad: bool = False,
+) -> list[torch.Tensor]:
+    """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → E tensors ``[G·N, C, *S]``.
+
+    ``edges``: E :class:`autodeeplab.space.autodeeplab.cell.MixedOp` of C channels (no partial channels
+    here: the caller
+    slices); ``weights``: ``[E, P]`` softmax weights. ``groups``/``repeats`` as in
+    :mod:`autodeeplab.fast.grouped_bn`. ``fold_alpha_into_bn``: the conv ops' weights fold into their last
+    BN's
+    affine transform (a constant α always does), so no BN output is kept for α's gradient.
+    ``pointwise_matmul``: the 1×1 convs of channels-last ``x`` as matmuls (:mod:`autodeeplab.fast.pointwise`).
+    ``depthwise_flipped_grad``: the multiplier depthwise convs' input gradient as a flipped-filter
+    depthwise conv (:mod:`autodeeplab.fast.depthwise`).
+    """
+    e = len(edges)
+    # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32; [E, 1] broadcasts
+    # over the [..., E, C] edge axis of the sum
+    column = {name: weights[:, PRIMITIVES.index(name)].to(x.dtype).unsqueeze(1) for name in PRIMITIVES}
+    # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
+    # grouped_bn), or as a product after it
+    fold = fold_alpha_into_bn or not weights.requires_grad
+    relu_x = F.relu(x)
+    # The sum is built as [G·N, *S, E, C]: for channels-last activations that is the memory order of the
+    # fused convs' [G·N, E·C, *S] outputs, so they add in as views, and each edge's gradient comes back
+    # channels-last (an [E, G·N, C, *S] sum would hand the convs' BNs strided gradients, their slow path).
+    out = None
+    for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
+        seq = edges[0].op(name)  # pool → affine-free BN
+        pooled = max_pool_saving_input(x, seq[0]) if pool_without_indices and name == _POOLS[0] else seq[0](x)
+        y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats)
+        # training: one [G·N, C, *S] for every edge; evaluation: [E, G·N, C, *S] (running statistics)
+        y = to_rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
+        out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
+    out = torch.addcmul(out, column["skip_connect"], to_rows(x).unsqueeze(-2))
+    for name in _ATROUS + _SEPARABLE:
+        scale = column[name].squeeze(1) if fold else None
+        if name in _ATROUS:
+            y = _atrous(relu_x, edges, name, groups, repeats, scale)
+        else:
+            y = _separable(
+                relu_x, edges, name, groups, repeats, scale, pointwise_matmul, depthwise_flipped_grad
+            )
+        y = _edge_rows(y, e)
+        out = out + y if fold else torch.addcmul(out, column[name], y)
+    # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
+    return [from_rows(t) for t in out.unbind(-2)]

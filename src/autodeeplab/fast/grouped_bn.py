@@ -1,0 +1,169 @@
+"""Batch norm for the fast path, exactly as the reference calls of the BatchNorm modules would do it.
+
+The fast path evaluates things together that the reference evaluates one by one:
+
+- groups: the (up to) three inputs of a node run through the node's one cell as one batch ``[G·N, C, *S]``;
+  in training mode each group must still be normalised with its own statistics, and the running statistics
+  updated as the G sequential calls would (in group order);
+- repeats: an input shared by the G groups (h^{l-2}) is evaluated once, and its BNs still record its
+  statistics G times;
+- several modules: the edges that read one state run as one convolution over ``E·C`` channels; their E BN
+  modules then normalise as one call (:func:`multi_batch_norm`), or, after a pool (no weights, so the same
+  input for every edge), as one normalisation recorded by every module (:func:`shared_batch_norm`).
+
+Each group goes through the native kernel on its own (a batch chunk is a contiguous view in the contiguous
+and the channels-last layout) and the outputs are concatenated: measured on CPU this is 2.5–4× faster than
+one custom kernel reducing over a strided ``[G, N, C, H·W]`` view, and exact by construction. Batch
+statistics come back from the native kernel through scratch buffers updated with momentum 1, and are
+folded into the modules' running statistics in closed form (:mod:`autodeeplab.fast.running_stats`).
+
+``scale`` fuses the α weighting that follows every BN of a mixed op into the BN's affine transform
+(see :func:`_fold_scale`).
+Inside :func:`running_stats_frozen` (the recomputation of activation checkpointing) no running statistic
+moves: the recomputed forward normalises with the same batch statistics and must not count them twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autodeeplab.fast.running_stats import record_running_stats
+
+_FROZEN: contextvars.ContextVar[bool] = contextvars.ContextVar("autodeeplab_bn_stats_frozen", default=False)
+
+
+@contextlib.contextmanager
+def running_stats_frozen() -> Iterator[None]:
+    """Inside: this module's functions normalise with batch statistics but move no running statistic."""
+    token = _FROZEN.set(True)
+    try:
+        yield
+    finally:
+        _FROZEN.reset(token)
+
+
+def _normalize(x, weight, bias, eps: float, stats=(None, None), momentum: float = 0.0):
+    """Training-mode BN of ``x``; ``stats`` buffers get the native momentum update."""
+    return F.batch_norm(x, stats[0], stats[1], weight, bias, True, momentum, eps)
+
+
+def _grouped_normalize(x, groups: int, weight, bias, eps: float, buffers: bool):
+    """``(BN of each of x's G batch chunks, concatenated; their means [G, C]; unbiased variances [G, C])``.
+
+    The statistics come back only with ``buffers``. The recomputation of a checkpoint must save the same
+    tensors as the forward did, so a module that tracks statistics always gets scratch buffers here,
+    whether or not they are then recorded.
+    """
+    chunks = x.chunk(groups) if groups > 1 else [x]
+    means = variances = None
+    if buffers:
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        means = torch.zeros(groups, x.shape[1], dtype=dtype, device=x.device)
+        variances = torch.ones(groups, x.shape[1], dtype=dtype, device=x.device)
+    outputs = []
+    for g, chunk in enumerate(chunks):
+        if buffers:  # momentum 1: the scratch rows := the batch statistics
+            outputs.append(_normalize(chunk, weight, bias, eps, (means[g], variances[g]), 1.0))
+        else:
+            outputs.append(_normalize(chunk, weight, bias, eps))
+    return (torch.cat(outputs) if groups > 1 else outputs[0]), means, variances
+
+
+def _fold_scale(scale, weight, bias, channels: int):
+    """Fold a factor into the affine transform, ``s·(x̂·γ + β) = x̂·(γ·s) + β·s``.
+
+    The product then costs no pass over the activation, and autograd keeps nothing more than the BN
+    itself does (its input): the BN output that a product ``s · BN(x)`` would keep for ``s``'s gradient
+    is not needed, since ``∂L/∂(γ·s)`` comes out of the BN's own backward.
+    """
+    s = scale.expand(channels) if scale.dim() == 0 else scale
+    s = s.to(torch.promote_types(s.dtype, torch.float32))  # BN parameters stay fp32 under bf16/fp16
+    if weight is None:  # no affine parameters: γ = 1, β = 0
+        return s, None
+    return weight * s, bias * s
+
+
+def batch_norm(
+    x: torch.Tensor,
+    bn: nn.Module,
+    groups: int = 1,
+    repeats: int = 1,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply BatchNorm module ``bn`` to ``x`` ``[G·N, C, *S]`` as G separate calls on its batch chunks would.
+
+    ``repeats``: the reference path calls ``bn`` this many times with the same input; the running
+    statistics are updated that many times. ``scale`` (0-dim): return ``scale · bn(x)`` without keeping
+    ``bn(x)`` for the backward. In evaluation mode the running statistics normalise every group alike, so
+    the whole batch goes through one native call.
+    """
+    return multi_batch_norm(x, [bn], groups, repeats, scale)
+
+
+def multi_batch_norm(
+    x: torch.Tensor,
+    bns: Sequence[nn.Module],
+    groups: int = 1,
+    repeats: int = 1,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """E BatchNorm modules of C channels each on ``x`` ``[G·N, E·C, *S]`` (module i: channels i·C..i·C+C).
+
+    ``scale``: 0-dim, or ``[E]`` (one factor per module), folded into the affine transform. Otherwise as
+    :func:`batch_norm`.
+    """
+    if groups > 1 and repeats > 1:
+        raise ValueError("batch_norm: groups and repeats cannot both exceed 1")
+    first = bns[0]
+    channels = x.shape[1] // len(bns)
+    if scale is not None and scale.dim() == 1:
+        scale = scale.repeat_interleave(channels)
+    weight = bias = None
+    if first.affine:
+        weight = torch.cat([bn.weight for bn in bns]) if len(bns) > 1 else first.weight
+        bias = torch.cat([bn.bias for bn in bns]) if len(bns) > 1 else first.bias
+    if scale is not None:
+        weight, bias = _fold_scale(scale, weight, bias, x.shape[1])
+    if not first.training and first.track_running_stats:
+        mean = torch.cat([bn.running_mean for bn in bns]) if len(bns) > 1 else first.running_mean
+        var = torch.cat([bn.running_var for bn in bns]) if len(bns) > 1 else first.running_var
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
+    buffers = first.track_running_stats
+    record = buffers and not _FROZEN.get()
+    if len(bns) == 1 and record and repeats == 1 and groups == 1 and first.momentum is not None:
+        with torch.no_grad():  # the common single call: let the kernel update the module's buffers itself
+            first.num_batches_tracked.add_(1)
+        stats = (first.running_mean, first.running_var)
+        return _normalize(x, weight, bias, first.eps, stats, first.momentum)
+    y, means, variances = _grouped_normalize(x, groups, weight, bias, first.eps, buffers)
+    if record:
+        record_running_stats(bns, means, variances, repeats)
+    return y
+
+
+def shared_batch_norm(x: torch.Tensor, bns: Sequence[nn.Module], groups: int = 1, repeats: int = 1):
+    """E affine-free BatchNorm modules applied to the same input ``x`` ``[G·N, C, *S]``.
+
+    Training mode: they normalise alike (batch statistics), so the result ``[G·N, C, *S]`` is computed
+    once and every module records the statistics. Evaluation mode: each module's running statistics,
+    ``[E, G·N, C, *S]``.
+    """
+    first = bns[0]
+    if any(bn.affine for bn in bns):
+        raise ValueError("shared_batch_norm: modules with affine parameters normalise differently")
+    if not first.training and first.track_running_stats:
+        return torch.stack(
+            [F.batch_norm(x, bn.running_mean, bn.running_var, None, None, False, 0.0, bn.eps) for bn in bns]
+        )
+    buffers = first.track_running_stats
+    record = buffers and not _FROZEN.get()
+    y, means, variances = _grouped_normalize(x, groups, None, None, first.eps, buffers)
+    if record:  # the same statistics for every module
+        record_running_stats(bns, means.repeat(1, len(bns)), variances.repeat(1, len(bns)), repeats)
+    return y

@@ -1,0 +1,188 @@
+"""The trained-model checkpoint: everything ``eval``, ``predict`` and ``export`` need, in one file.
+
+``model.pt`` is written at every checkpoint and at the end. It is a
+:func:`autodeeplab.runs.rundir.save_checkpoint`
+file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
+"model_format": 1, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields (dataset,
+class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
+checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind; they are
+read back for ``--resume`` by :func:`load_training_state` and :func:`restore_training_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autodeeplab import __version__
+from autodeeplab.errors import AutoDeepLabError, CheckpointError, ConfigError
+from autodeeplab.nets.network import AutoDeepLabNet
+from autodeeplab.optim import load_optimizer_state
+from autodeeplab.runs.resume import (
+    accept_resume_changes,
+    check_resume_changes,
+    checkpoint_must_fit,
+    latest_for_resume,
+)
+from autodeeplab.runs.rundir import RunDir, load_checkpoint
+from autodeeplab.runs.rundir import save_checkpoint as save_state
+from autodeeplab.runs.state import restore_rng_state
+
+MODEL_KIND = "trained-model"
+STATE_KIND = "train-state"
+MODEL_FORMAT = 2
+"""2: strided atrous ops are resize → undilated conv (the released model); format-1 weights would load
+but compute something else, so they are refused."""
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class TrainedInfo:
+    """What a trained model carries besides its weights."""
+
+    dataset: str
+    class_names: list[str]
+    palette: list[list[int]]
+    ignore_index: int
+    step: int = 0
+    iterations: int = 0
+    metrics: dict[str, Any] | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    """Extra ``build_dataset`` options that evaluation needs to see the same data (synthetic size)."""
+    data_root: str | None = None
+    """The training data's folder (absolute), the default for ``eval``."""
+    autodeeplab_version: str = __version__
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def trained_record(model: AutoDeepLabNet, info: TrainedInfo) -> dict[str, Any]:
+    """The weights-only-safe record of a trained model (see the module docstring)."""
+    return {
+        "kind": MODEL_KIND,
+        "model_format": MODEL_FORMAT,
+        "autodeeplab_version": info.autodeeplab_version,
+        "model": model.config_dict(),
+        "info": dataclasses.asdict(info),
+        "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def save_trained(path: str | os.PathLike[str], model: AutoDeepLabNet, info: TrainedInfo) -> None:
+    """Write a trained-model checkpoint atomically."""
+    save_state(path, trained_record(model, info))
+
+
+def load_trained(
+    path: str | os.PathLike[str], num_classes: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[AutoDeepLabNet, TrainedInfo]:
+    """Load ``model.pt`` (or a run directory holding one, or a training-state checkpoint), in eval mode.
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, another format version, weights that do not
+            fit the recorded network, or ``num_classes`` given and different from the checkpoint's.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    state = load_checkpoint(path)
+    if state.get("kind") == STATE_KIND and isinstance(state.get("trained"), dict):
+        state = state["trained"]
+    if state.get("kind") != MODEL_KIND:
+        raise CheckpointError(f"{path}: not a trained-model checkpoint (kind {state.get('kind')!r})")
+    if state.get("model_format") != MODEL_FORMAT:
+        raise CheckpointError(
+            f"{path}: trained-model format {state.get('model_format')!r} (written by autodeeplab "
+            f"{state.get('autodeeplab_version')}) is not the format {MODEL_FORMAT} this version reads"
+        )
+    try:
+        model = AutoDeepLabNet.from_config_dict(state["model"], source=str(path))
+        info = TrainedInfo(**state["info"])
+        model.load_state_dict(state["weights"])
+    except AutoDeepLabError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: malformed trained-model checkpoint ({exc})") from None
+    except RuntimeError as exc:  # load_state_dict: missing/unexpected keys or shape mismatches
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the network it describes ({first})") from None
+    if info.num_classes != model.config.num_classes:
+        raise CheckpointError(
+            f"{path}: {info.num_classes} class names for a {model.config.num_classes}-class model"
+        )
+    if num_classes is not None:
+        check_classes(path, info, num_classes, "the data")
+    return model.to(device).eval(), info
+
+
+def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: int, what: str) -> None:
+    """Raise :class:`CheckpointError` when ``what`` has another class count than the checkpoint."""
+    if num_classes != info.num_classes:
+        raise CheckpointError(
+            f"{path}: the checkpoint predicts {info.num_classes} classes ({info.dataset}) but {what} has "
+            f"{num_classes}"
+        )
+
+
+# -- training-state checkpoints (resume) ---------------------------------------------------------------
+def load_training_state(
+    run: RunDir, config: Any, allowed: Collection[str], echo: Callable[[str], None]
+) -> tuple[dict[str, Any], Path]:
+    """The newest good training checkpoint, once ``config`` is known to fit it.
+
+    Only the ``allowed`` keys (``train.RESUMABLE_KEYS``) may differ from the checkpoint's settings; such
+    changes are written to ``config.yaml`` (``run_info.resumed_with``). Any other change is a one-line
+    :class:`ConfigError`.
+    """
+    state, path = latest_for_resume(run, echo)
+    if state.get("kind") != STATE_KIND:
+        raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
+    changes = check_resume_changes(state.get("config", {}), config, allowed, f"--resume {run.path}")
+    if config.iterations < int(state["step"]):
+        raise ConfigError(
+            f"--resume {run.path}: iterations {config.iterations} is less than the {state['step']} steps done"
+        )
+    accept_resume_changes(config, run.path, changes, path.name, echo)
+    return state, path
+
+
+def restore_training_state(
+    run: RunDir, loaded: tuple[dict[str, Any], Path], model: AutoDeepLabNet, optimizer: Any, info: TrainedInfo
+) -> tuple[int, dict[str, Any] | None]:
+    """Put a checkpoint's weights, optimiser and RNG states back; ``(step, last metrics)``.
+
+    The data must have the checkpoint's classes (``data.root`` may move, so it is checked here, not by the
+    config comparison); weights that do not fit are a one-line :class:`CheckpointError`.
+    """
+    state, path = loaded
+    try:
+        saved = TrainedInfo(**state["trained"]["info"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: malformed training checkpoint ({exc})") from None
+    check_classes(path, saved, info.num_classes, f"{info.dataset} {run_data_split(state)}")
+    if saved.class_names != info.class_names:
+        raise CheckpointError(
+            f"{path}: the checkpoint's classes {saved.class_names} differ from the data's {info.class_names}"
+        )
+    with checkpoint_must_fit(path, "training's network"):
+        model.load_state_dict(state["trained"]["weights"])
+        load_optimizer_state(optimizer, state["optimizer"])
+    restore_rng_state(state["rng"])
+    step = int(state["step"])
+    run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
+    return step, saved.metrics
+
+
+def run_data_split(state: dict[str, Any]) -> str:
+    """The training split named in a checkpoint's settings (for messages)."""
+    return str(state.get("config", {}).get("data", {}).get("train_split", "train"))

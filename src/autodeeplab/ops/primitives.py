@@ -1,0 +1,262 @@
+"""Candidate operations of the Auto-DeepLab cell (paper §3.1) as a name → factory table.
+
+Every factory has the signature ``factory(channels, stride, affine, dims) -> nn.Module`` and maps
+``[N, C, *S]`` to ``[N, C, *ceil(S / stride)]`` where ``S`` has ``dims`` spatial axes (2 for images,
+3 for volumes). The search cell and the found network build their ops from this one table.
+
+Definitions follow Google's released model (``deeplab/core/nas_cell.py``):
+- ``sep_conv_k``: [ReLU → depthwise k×k → pointwise 1×1 → BN] twice, the stride on the first depthwise.
+- ``atr_conv_k``: ReLU → dense k×k convolution with dilation 2 → BN (dense, not separable). With
+  stride 2 (the found network's downward cells) the released model does not stride the dilated conv:
+  it resizes the ReLU output bilinearly to ``ceil(S/2)`` (``scale_dimension(n, 0.5)``, corners
+  aligned like its ``resize_bilinear``), then applies the k×k conv *without* dilation
+  (:class:`AtrousConv`). Same parameters, same output size as the other stride-2 ops.
+- pools: 3×3, padding excluded from averages (TensorFlow ``SAME`` semantics). During search the
+  mixed op adds a BN without affine parameters after them (see :mod:`autodeeplab.space.autodeeplab.cell`).
+- ``skip_connect``: identity; with stride 2, ReLU → 1×1 conv stride 2 → BN (as NASNet does), which
+  also works for odd sizes and volumes.
+- ``none``: zeros; the search cell never evaluates it since its contribution is exactly zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "atr_conv_3x3",
+    "atr_conv_5x5",
+)
+"""The 8 primitive names in the order used by α's second axis and by ``arch_params.json``."""
+
+POOL_PRIMITIVES: frozenset[str] = frozenset({"max_pool_3x3", "avg_pool_3x3"})
+
+
+def conv_nd(dims: int) -> type[nn.Module]:
+    """The convolution class for ``dims`` spatial dimensions."""
+    return _by_dims(dims, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def conv_function(dims: int) -> Callable[..., torch.Tensor]:
+    """The functional convolution (``F.conv1d/2d/3d``) for ``dims`` spatial dimensions."""
+    return _by_dims(dims, F.conv1d, F.conv2d, F.conv3d)
+
+
+def batch_norm_nd(dims: int) -> type[nn.Module]:
+    """The batch-norm class for ``dims`` spatial dimensions."""
+    return _by_dims(dims, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _by_dims(dims: int, one: type, two: type, three: type) -> type:
+    if dims not in (1, 2, 3):
+        raise ValueError(f"spatial dims must be 1, 2 or 3, got {dims}")
+    return {1: one, 2: two, 3: three}[dims]
+
+
+def resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = False) -> torch.Tensor:
+    """Resample ``[N, C, *S]`` to ``[N, C, *size]`` with (bi/tri)linear interpolation.
+
+    The single resampling function of the package, so that search and retraining agree on it.
+    ``align_corners=True`` maps corner pixels onto corner pixels (TensorFlow's
+    ``resize_bilinear(align_corners=True)``, which the released model's strided atrous op uses).
+    """
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.dim() - 2]
+    return nn.functional.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
+
+
+def strided_size(size: tuple[int, ...] | torch.Size, stride: int) -> tuple[int, ...]:
+    """Spatial size after a stride-``stride`` op: ``ceil(n / stride)`` per axis.
+
+    What a padded strided conv or pool of the package produces, and what TensorFlow's
+    ``scale_dimension(n, 1/stride) = int((n - 1) / stride + 1)`` gives for the released model's resize.
+    """
+    return tuple((n - 1) // stride + 1 for n in size)
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU → k×k conv (optionally dilated) → BN: ``[N, C_in, *S]`` → ``[N, C_out, *S/stride]``."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int = 1,
+        dilation: int = 1,
+        affine: bool = True,
+        dims: int = 2,
+    ) -> None:
+        padding = dilation * (kernel - 1) // 2
+        super().__init__(
+            nn.ReLU(inplace=False),
+            conv_nd(dims)(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
+            batch_norm_nd(dims)(c_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two stacked [ReLU → depthwise k×k → pointwise 1×1 → BN]; stride on the first depthwise."""
+
+    def __init__(self, c: int, kernel: int, stride: int = 1, affine: bool = True, dims: int = 2) -> None:
+        conv, bn, pad = conv_nd(dims), batch_norm_nd(dims), kernel // 2
+        layers: list[nn.Module] = []
+        for s in (stride, 1):
+            layers += [
+                nn.ReLU(inplace=False),
+                conv(c, c, kernel, stride=s, padding=pad, groups=c, bias=False),
+                conv(c, c, 1, bias=False),
+                bn(c, affine=affine),
+            ]
+        super().__init__(*layers)
+
+
+class AtrousConv(nn.Sequential):
+    """The ``atr_conv_k`` op: ``[N, C, *S]`` → ``[N, C, *ceil(S / stride)]`` (released ``nas_cell.py``).
+
+    Stride 1: ReLU → k×k conv, dilation 2 → BN. Stride > 1: ReLU → (bi/tri)linear resize to
+    ``ceil(S / stride)`` with aligned corners → k×k conv, dilation 1 → BN. The modules are
+    ``[ReLU, conv, BN]`` either way, so parameters and state-dict keys match :class:`ReLUConvBN`'s.
+    """
+
+    def __init__(self, c: int, kernel: int, stride: int = 1, affine: bool = True, dims: int = 2) -> None:
+        dilation = 2 if stride == 1 else 1  # the released op never combines a stride with a dilation
+        super().__init__(
+            nn.ReLU(inplace=False),
+            conv_nd(dims)(c, c, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=False),
+            batch_norm_nd(dims)(c, affine=affine),
+        )
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        relu, conv, bn = self[0], self[1], self[2]
+        x = relu(x)
+        if self.stride > 1:
+            x = resize(x, strided_size(x.shape[2:], self.stride), align_corners=True)
+        return bn(conv(x))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride} (resize, then undilated conv)" if self.stride > 1 else ""
+
+
+class Zero(nn.Module):
+    """The ``none`` op: zeros of the output shape (``[N, C, *ceil(S / stride)]``)."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        index = (slice(None), slice(None)) + (slice(None, None, self.stride),) * (x.dim() - 2)
+        return x[index].mul(0.0)
+
+
+class AvgPool3dExcludePad(nn.Module):
+    """3×3×3 average pool that excludes padding, for volumes of any size.
+
+    ``nn.AvgPool3d`` refuses inputs smaller than the kernel even when padded (small MRI volumes at
+    output stride 32 are 1–2 voxels wide), so pad explicitly, sum-pool, and divide by the count of
+    real voxels in each window. Equal to ``nn.AvgPool3d(3, stride, 1, count_include_pad=False)``
+    wherever that one works.
+    """
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = nn.functional
+        padded = f.pad(x, (1, 1) * 3)
+        ones = f.pad(torch.ones_like(x[:1, :1]), (1, 1) * 3)
+        total = f.avg_pool3d(padded, 3, self.stride)
+        count = f.avg_pool3d(ones, 3, self.stride)
+        return total / count
+
+
+def _pool(kind: str, c: int, stride: int, dims: int) -> nn.Module:
+    if kind == "max":
+        return _by_dims(dims, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)(3, stride=stride, padding=1)
+    if dims == 3:
+        return AvgPool3dExcludePad(stride)
+    avg = _by_dims(dims, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+    return avg(3, stride=stride, padding=1, count_include_pad=False)
+
+
+def _skip(c: int, stride: int, affine: bool, dims: int) -> nn.Module:
+    if stride == 1:
+        return nn.Identity()
+    return ReLUConvBN(c, c, 1, stride=stride, affine=affine, dims=dims)
+
+
+class _MaxPoolSavingInput(torch.autograd.Function):
+    """Max pool whose backward recomputes the argmax instead of keeping it.
+
+    The native op keeps an int64 index tensor (twice the bytes of an fp32 output) alive until the
+    backward; its input is kept anyway (by the other ops that read the same state), so recomputing the
+    indices from it in the backward costs one cheap pool and saves those bytes. Gradients are identical.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel: int, stride: int, padding: int):
+        dims = x.dim() - 2
+        ctx.save_for_backward(x)
+        ctx.args = ([kernel] * dims, [stride] * dims, [padding] * dims, [1] * dims)
+        pool = F.max_pool2d if dims == 2 else F.max_pool3d
+        return pool(x, kernel, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        kernel, stride, padding, dilation = ctx.args
+        if x.dim() == 4:
+            _, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+            backward = torch.ops.aten.max_pool2d_with_indices_backward
+        else:
+            _, idx = F.max_pool3d(x, kernel, stride, padding, return_indices=True)
+            backward = torch.ops.aten.max_pool3d_with_indices_backward
+        return backward(grad, x, kernel, stride, padding, dilation, False, idx), None, None, None
+
+
+def max_pool_saving_input(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    """Apply max-pool module ``pool`` to ``[N, C, *S]`` without keeping indices for the backward.
+
+    Same values and gradients as ``pool(x)``; 2D and 3D pools only (others are applied as they are).
+    """
+    square = all(isinstance(v, int) for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation))
+    if x.dim() not in (4, 5) or pool.ceil_mode or not square or pool.dilation != 1:
+        return pool(x)  # the package's pools are square, undilated and floor-mode; anything else as it is
+    return _MaxPoolSavingInput.apply(x, pool.kernel_size, pool.stride, pool.padding)
+
+
+OpFactory = Callable[[int, int, bool, int], nn.Module]
+
+OPS: dict[str, OpFactory] = {
+    "none": lambda c, stride, affine, dims: Zero(stride),
+    "max_pool_3x3": lambda c, stride, affine, dims: _pool("max", c, stride, dims),
+    "avg_pool_3x3": lambda c, stride, affine, dims: _pool("avg", c, stride, dims),
+    "skip_connect": _skip,
+    "sep_conv_3x3": lambda c, stride, affine, dims: SepConv(c, 3, stride, affine, dims),
+    "sep_conv_5x5": lambda c, stride, affine, dims: SepConv(c, 5, stride, affine, dims),
+    "atr_conv_3x3": lambda c, stride, affine, dims: AtrousConv(c, 3, stride, affine, dims),
+    "atr_conv_5x5": lambda c, stride, affine, dims: AtrousConv(c, 5, stride, affine, dims),
+}
+assert tuple(OPS) == PRIMITIVES
+
+
+def build_op(name: str, channels: int, stride: int = 1, affine: bool = True, dims: int = 2) -> nn.Module:
+    """Build primitive ``name`` mapping ``[N, channels, *S]`` to ``[N, channels, *ceil(S/stride)]``."""
+    if name not in OPS:
+        raise KeyError(f"unknown primitive {name!r}; known: {', '.join(PRIMITIVES)}")
+    return OPS[name](channels, stride, affine, dims)

@@ -1,0 +1,281 @@
+"""Predict a search's memory and time before it starts (``autodeeplab search --estimate``).
+
+Memory: the activations kept for the backward are counted exactly (:class:`SavedTensorCounter`) with one
+forward of the real supernet (same F, L, B, batch, precision and execution switches) at a small calibration
+crop, then each saved tensor is scaled to the target crop by the ratio of the areas of its resolution (the
+input, the stem's stride 2, levels 0–3): activations are linear in the pixels of their own resolution, so
+only the ceil() of odd sizes is extrapolated. Parameters, gradients and optimizer state are counted
+directly. Time: one weight step and one architecture step are timed at two calibration crops on the
+target device (after a warm-up) and fitted as ``a + b · pixels``; the projected search multiplies by the
+number of steps (validation not included). ``benchmarks/README.md`` compares both with measurements.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autodeeplab.data import build_dataset, dataset_class
+from autodeeplab.errors import AutoDeepLabError
+from autodeeplab.fast.memory import GIB, SavedRecord, SavedTensorCounter
+from autodeeplab.fast.precision import autocast
+from autodeeplab.runs.sampling import batches_per_epoch
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import arch_step, frozen, make_optimizers, weight_step
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork
+
+CALIBRATION_CROP = 97
+"""Crop of the memory calibration: its resolutions (97, 49, 25, 13, 7, 4) differ from each other and from
+kernel sizes 1, 3, 5, so that every saved tensor's resolution is identified by its last two dims."""
+TIME_CROPS = (65, 129)
+"""Crops of the two timed iterations (the target crop itself when it is not larger)."""
+KNOWN_TRAIN_IMAGES = {("cityscapes", "train"): 2975, ("camvid", "train"): 367, ("ade20k", "train"): 20210}
+"""Training-split sizes used when the dataset is not on this machine (for the projected search time)."""
+
+
+@dataclass(frozen=True)
+class SearchSchedule:
+    """How many steps of each kind a search makes: the paper's by default (§5.1: 40 epochs over
+    Cityscapes' 2,975 training images split into two halves, batch 2, architecture steps from epoch 20)."""
+
+    train_images: int = KNOWN_TRAIN_IMAGES[("cityscapes", "train")]
+    batch_size: int = 2
+    epochs: int = 40
+    arch_start_epoch: int = 20
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Weight steps per epoch: full batches of trainA (the larger half, like ``split_halves``)."""
+        return batches_per_epoch((self.train_images + 1) // 2, self.batch_size)
+
+
+def projected_search_seconds(
+    weight_step_seconds: float,
+    arch_step_seconds: float,
+    steps_per_epoch: int,
+    epochs: int,
+    arch_start_epoch: int,
+) -> float:
+    """Wall time of a search's steps (no validation, no data loading): a weight step every step of every
+    epoch, an architecture step after each from epoch ``arch_start_epoch`` (0-based) on."""
+    arch_epochs = max(epochs - arch_start_epoch, 0)
+    return steps_per_epoch * (epochs * weight_step_seconds + arch_epochs * arch_step_seconds)
+
+
+def resolution_chain(size: int, count: int = 8) -> list[int]:
+    """Side of each resolution for an input side ``size``: input, then every stride-2 step (ceil)."""
+    chain = [size]
+    for _ in range(count - 1):
+        chain.append((chain[-1] + 1) // 2)
+    return chain
+
+
+def scale_saved_bytes(records: list[SavedRecord], calibration: int, target: int) -> int:
+    """Bytes the ``records`` counted at crop ``calibration`` would take at crop ``target``."""
+    source, goal = resolution_chain(calibration), resolution_chain(target)
+    ratio = {side: (goal[k] / side) ** 2 for k, side in enumerate(source) if side > 1}
+    total = 0.0
+    for record in records:
+        h, w = record.shape[-2:] if len(record.shape) >= 2 else (0, 0)
+        total += record.nbytes * (ratio.get(h, 1.0) if h == w else 1.0)
+    return int(round(total))
+
+
+def count_saved(
+    model: SearchNetwork, images: torch.Tensor, masks: torch.Tensor, criterion: nn.Module, step: str
+) -> list[SavedRecord]:
+    """Storages kept for the backward of a ``step`` (``weight`` or ``arch``) on ``images`` ``[N, 3, H, W]``.
+
+    Runs the forward and the loss as the step does (same frozen parameters, same precision), no backward.
+    """
+    model.train()
+    still = model.arch_parameters() if step == "weight" else list(model.weight_parameters())
+    counter = SavedTensorCounter(exclude=[*model.parameters(), *model.buffers()])
+    with frozen(still), counter, autocast(model.execution.precision, images.device.type):
+        criterion(model(images), masks)
+    return counter.records
+
+
+@dataclass
+class SearchEstimate:
+    """Predicted memory (bytes) and time (seconds) of a search run."""
+
+    device: str
+    crop_size: int
+    batch_size: int
+    saved_bytes_weight_step: int
+    saved_bytes_arch_step: int
+    state_bytes: int
+    """Parameters + their gradients + optimizer state (SGD momentum, Adam moments)."""
+    weight_step_seconds: float | None = None
+    arch_step_seconds: float | None = None
+    steps_per_epoch: int | None = None
+    steps_note: str = ""
+    epochs: int = 0
+    arch_start_epoch: int = 0
+
+    @property
+    def peak_bytes(self) -> int:
+        """Saved activations of the larger step plus the model's state (workspace not included)."""
+        return max(self.saved_bytes_weight_step, self.saved_bytes_arch_step) + self.state_bytes
+
+    @property
+    def iteration_seconds(self) -> float | None:
+        if self.weight_step_seconds is None or self.arch_step_seconds is None:
+            return None
+        return self.weight_step_seconds + self.arch_step_seconds
+
+    @property
+    def search_hours(self) -> float | None:
+        """Weight steps every epoch, architecture steps from ``arch_start_epoch`` on; no validation."""
+        if self.iteration_seconds is None or self.steps_per_epoch is None:
+            return None
+        seconds = projected_search_seconds(
+            self.weight_step_seconds,
+            self.arch_step_seconds,
+            self.steps_per_epoch,
+            self.epochs,
+            self.arch_start_epoch,
+        )
+        return seconds / 3600
+
+
+def _dataset_facts(config: SearchConfig) -> tuple[int, int | None, str]:
+    """(classes, training images or None, where the image count comes from)."""
+    d = config.data
+    options = {"seed": config.seed}
+    if d.dataset == "synthetic":
+        options.update(num_samples=d.synthetic_train_samples, size=d.synthetic_size)
+    try:
+        dataset = build_dataset(d.dataset, d.root, d.train_split, **options)
+        return dataset.num_classes, len(dataset), f"{len(dataset)} {d.dataset} {d.train_split} images"
+    except AutoDeepLabError:
+        classes = len(dataset_class(d.dataset).class_names) or 19
+        known = KNOWN_TRAIN_IMAGES.get((d.dataset, d.train_split))
+        note = f"{known} images assumed ({d.dataset} {d.train_split} not found)" if known else ""
+        return classes, known, note
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_steps(model, config, device, crop: int, classes: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of a weight step and an architecture step at ``crop`` (after one warm-up)."""
+    weight_opt, arch_opt, _ = make_optimizers(model, config)
+    images = torch.randn(config.batch_size, 3, crop, crop, device=device)
+    masks = torch.randint(0, classes, (config.batch_size, crop, crop), device=device)
+    criterion = nn.CrossEntropyLoss()
+    times: list[tuple[float, float]] = []
+    for _ in range(repeats + 1):
+        _synchronize(device)
+        start = time.perf_counter()
+        weight_step(model, images, masks, weight_opt, criterion, config.grad_clip)
+        _synchronize(device)
+        middle = time.perf_counter()
+        arch_step(model, images, masks, arch_opt, criterion)
+        _synchronize(device)
+        times.append((middle - start, time.perf_counter() - middle))
+    w = sorted(t[0] for t in times[1:])
+    a = sorted(t[1] for t in times[1:])
+    return w[len(w) // 2], a[len(a) // 2]
+
+
+def estimate_search(
+    config: SearchConfig,
+    device: torch.device,
+    measure_time: bool = True,
+    repeats: int = 1,
+    echo: Callable[[str], None] = lambda s: None,
+) -> SearchEstimate:
+    """Predict memory and time of ``run_search(config)`` on ``device`` (see the module docstring).
+
+    The supernet's weights are random: memory and time do not depend on their values.
+    """
+    config.execution.validate(device.type, config.space.num_levels)
+    classes, images, note = _dataset_facts(config)
+    torch.manual_seed(config.seed)
+    model = SearchNetwork(config.space, classes, execution=config.execution).to(device)
+    crop, batch = config.data.crop_size, config.batch_size
+    calibration = min(crop, CALIBRATION_CROP)
+    echo(f"counting saved activations at {calibration}x{calibration} ...")
+    x = torch.randn(batch, 3, calibration, calibration, device=device)
+    y = torch.randint(0, classes, (batch, calibration, calibration), device=device)
+    criterion = nn.CrossEntropyLoss()
+    saved = {
+        step: scale_saved_bytes(count_saved(model, x, y, criterion, step), calibration, crop)
+        for step in ("weight", "arch")
+    }
+    weights = sum(p.numel() * p.element_size() for p in model.weight_parameters())
+    arch = sum(p.numel() * p.element_size() for p in model.arch_parameters())
+    state = 3 * weights + 4 * arch  # param + grad + momentum; param + grad + two Adam moments
+    estimate = SearchEstimate(
+        str(device), crop, batch, saved["weight"], saved["arch"], state, epochs=config.epochs
+    )
+    estimate.arch_start_epoch = config.arch_start_epoch
+    if images is not None:
+        steps = batches_per_epoch((images + 1) // 2, batch)
+        estimate.steps_per_epoch = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+        estimate.steps_note = note
+    if measure_time:
+        crops = sorted({min(c, crop) for c in TIME_CROPS})
+        points = []
+        for c in crops:
+            echo(f"timing one weight step and one architecture step at {c}x{c} ...")
+            points.append((c, *_time_steps(model, config, device, c, classes, repeats)))
+        estimate.weight_step_seconds = _extrapolate([(c, w) for c, w, _ in points], crop)
+        estimate.arch_step_seconds = _extrapolate([(c, a) for c, _, a in points], crop)
+    return estimate
+
+
+def _extrapolate(points: list[tuple[int, float]], crop: int) -> float:
+    """Fit ``t = a + b · pixels`` through the timed crops (one point: proportional); evaluate at ``crop``."""
+    if len(points) == 1:
+        c, t = points[0]
+        return t * (crop / c) ** 2
+    (c0, t0), (c1, t1) = points[0], points[-1]
+    slope = max((t1 - t0) / (c1**2 - c0**2), 0.0)
+    return t1 + slope * (crop**2 - c1**2)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    return f"{seconds / 3600:.1f} hours" if seconds < 72 * 3600 else f"{seconds / 86400:.1f} days"
+
+
+def format_estimate(e: SearchEstimate) -> str:
+    """A few readable lines: memory, time per iteration, projected search time."""
+    lines = [
+        f"estimate for crop {e.crop_size}x{e.crop_size}, batch {e.batch_size}, on {e.device}:",
+        f"  activations kept for backward: weight step {e.saved_bytes_weight_step / GIB:.2f} GiB, "
+        f"architecture step {e.saved_bytes_arch_step / GIB:.2f} GiB",
+        f"  parameters + gradients + optimizer state: {e.state_bytes / GIB:.2f} GiB",
+        f"  peak memory (both, without framework workspace): about {e.peak_bytes / GIB:.2f} GiB",
+    ]
+    if e.iteration_seconds is not None:
+        lines.append(
+            f"  time: weight step {e.weight_step_seconds:.2f} s + architecture step "
+            f"{e.arch_step_seconds:.2f} s = {e.iteration_seconds:.2f} s per iteration"
+        )
+    if e.iteration_seconds is None:
+        lines.append("  time: not measured (memory-only estimate; --estimate times a few steps)")
+    if e.search_hours is not None:
+        lines.append(
+            f"  full search: {e.epochs} epochs x {e.steps_per_epoch} steps "
+            f"(architecture steps from epoch {e.arch_start_epoch + 1}; {e.steps_note}): "
+            f"about {_duration(e.search_hours * 3600)} without validation"
+        )
+    elif e.iteration_seconds is not None and e.steps_per_epoch is None:
+        lines.append("  full search: unknown epoch length (dataset not found; set steps_per_epoch)")
+    if math.isfinite(e.peak_bytes) and e.device.startswith("cuda") and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.device(e.device)).total_memory
+        verdict = "fits" if e.peak_bytes < 0.9 * total else "does NOT fit"
+        lines.append(f"  this GPU has {total / GIB:.1f} GiB: {verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,318 @@
+"""The bilevel architecture search (paper §4.2, §5.1): one readable loop with named helpers.
+
+Each weight step (SGD on a trainA batch) is followed, once the warm-up is over, by an architecture
+step (Adam on α and β with a trainB batch) — first-order DARTS. The two halves are a seeded random
+split of the training set, written to ``split.json`` and reused on resume. After each epoch the
+run directory gets ``arch_params.json``, a line of ``arch_history.jsonl``, the decoded
+``genotype.json``, a line of ``metrics.jsonl`` and a checkpoint that resumes the run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autodeeplab import __version__
+from autodeeplab.config.settings import dump_config_yaml
+from autodeeplab.data import EvalTransform, TrainTransform, build_dataset, check_crop_size
+from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
+from autodeeplab.errors import DataError
+from autodeeplab.fast.precision import autocast, backward_and_step
+from autodeeplab.infer.evaluate import evaluate
+from autodeeplab.infer.predict import log_prediction_panels
+from autodeeplab.optim import sgd
+from autodeeplab.runs.device import resolve_device
+from autodeeplab.runs.progress import Progress
+from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
+from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
+from autodeeplab.runs.state import GracefulInterrupt, check_finite
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.state import (
+    SearchPosition,
+    current_genotype,
+    load_or_make_split,
+    load_resume_checkpoint,
+    record_epoch,
+    restore_checkpoint,
+    restore_split,
+    save_checkpoint,
+)
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.space.autodeeplab.supernet import SearchNetwork
+
+STREAM_A, STREAM_B = 1, 2  # independent batch orders for trainA and trainB
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    genotype: Genotype
+    interrupted: bool = False
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def run_search(
+    config: SearchConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    echo: Callable[[str], None] = print,
+) -> SearchResult:
+    """Search an architecture with ``config``, writing everything into ``run_dir``.
+
+    On ``resume`` the newest good checkpoint is read first and ``config`` compared with the one it was
+    written with: only :data:`RESUMABLE_KEYS` may differ (recorded in ``config.yaml``). A new run that
+    stops on a user error before its first checkpoint removes its files (``RunDir.removed_if_unstarted``).
+    """
+    config.validate()
+    run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
+    with run.removed_if_unstarted():
+        return _search(config, run, resume, quiet, echo)
+
+
+def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) -> SearchResult:
+    loaded = load_resume_checkpoint(run, config, echo) if resume else None
+    device = resolve_device(config.device)
+    train_a, train_b, val = build_search_data(config)
+    if config.data.dataset == "cityscapes" and tuple(train_a.image_size or ()) == CITYSCAPES_FULL_SIZE:
+        echo(
+            "note: searching on full-resolution Cityscapes; the paper crops from half-resolution images "
+            "(make them once: autodeeplab data prepare --data-root ROOT --out HALF --scale 0.5)"
+        )
+    if loaded is None:
+        split = load_or_make_split(run, len(train_a), config)
+    else:
+        split = restore_split(run, loaded[0].get("split"), loaded[1], len(train_a), config, echo)
+    torch.manual_seed(config.seed)
+    config.execution.validate(device.type, config.space.num_levels)
+    num_classes = train_a.num_classes
+    model = SearchNetwork(config.space, num_classes, execution=config.execution).to(device)
+    weight_opt, arch_opt, scheduler = make_optimizers(model, config)
+    position = SearchPosition()
+    if loaded is not None:
+        optimizers = (weight_opt, arch_opt, scheduler)
+        position = restore_checkpoint(run, loaded, model, optimizers, num_classes, config, echo)
+    else:
+        dump_config_yaml(
+            config, run.path / "config.yaml", {"autodeeplab_version": __version__, "seed": config.seed}
+        )
+    criterion = nn.CrossEntropyLoss(ignore_index=train_a.ignore_index)
+    b_stream = CyclingLoader(
+        train_b,
+        split["train_b"],
+        config.batch_size,
+        config.seed,
+        STREAM_B,
+        config.data.num_workers,
+        CyclePosition(position.b_cycle, position.b_batch),
+    )
+    steps = steps_per_epoch(len(split["train_a"]), config)
+    echo(
+        f"searching: {len(split['train_a'])} trainA / {len(split['train_b'])} trainB images, "
+        f"{steps} steps x {config.epochs} epochs, device {device}, run dir {run.path}"
+    )
+    tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=echo)
+
+    def checkpoint() -> None:
+        save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config, split, num_classes)
+
+    with GracefulInterrupt() as stop:
+        while position.epoch < config.epochs:
+            epoch = position.epoch
+            searching_arch = epoch >= config.arch_start_epoch
+            # A resume mid-epoch starts the bar at its position, so that rates and the ETA stay right.
+            desc = f"epoch {epoch + 1}/{config.epochs}"
+            progress = Progress(steps, desc, quiet=quiet, start=position.batch)
+            batches = epoch_loader(
+                train_a,
+                split["train_a"],
+                config.batch_size,
+                config.seed,
+                STREAM_A,
+                epoch,
+                position.batch,
+                config.data.num_workers,
+            )
+            for images, masks in _take(batches, steps - position.batch):
+                where = {"epoch": epoch + 1, "step": position.batch + 1}
+                w_loss = weight_step(
+                    model, images.to(device), masks.to(device), weight_opt, criterion, config.grad_clip
+                )
+                check_finite(w_loss, "weight-step loss", **where)
+                seen, shown = images.shape[0], {"loss": w_loss, "lr": scheduler.get_last_lr()[0]}
+                position.w_loss_sum += w_loss
+                if searching_arch:
+                    b_images, b_masks = b_stream.next()
+                    a_loss = arch_step(model, b_images.to(device), b_masks.to(device), arch_opt, criterion)
+                    check_finite(a_loss, "architecture-step loss", **where)
+                    seen, shown["arch_loss"] = seen + b_images.shape[0], a_loss
+                    position.a_loss_sum += a_loss
+                    position.a_steps += 1
+                position.batch += 1
+                position.global_step += 1
+                position.b_cycle, position.b_batch = b_stream.position.cycle, b_stream.position.batch
+                progress.update(1, images=seen, **shown)
+                if config.checkpoint_every and position.global_step % config.checkpoint_every == 0:
+                    checkpoint()
+                if stop.requested:
+                    progress.close()
+                    checkpoint()
+                    echo(
+                        f"interrupted: checkpoint saved; resume with `autodeeplab search --resume {run.path}`"
+                    )
+                    return SearchResult(run.path, current_genotype(model), interrupted=True)
+            progress.close()
+            scheduler.step()
+            losses = {"train_loss": position.w_loss_sum / position.batch if position.batch else math.nan}
+            if position.a_steps:
+                losses["arch_loss"] = position.a_loss_sum / position.a_steps
+            position = SearchPosition(
+                epoch + 1, 0, position.global_step, position.b_cycle, position.b_batch
+            )  # the sums start again
+            val_miou = validate(model, val, config, device)
+            if tensorboard is not None:
+                log_prediction_panels(tensorboard, "search/predictions", model, val, epoch + 1, device)
+            genotype = record_epoch(
+                run, model, epoch, val_miou, scheduler.get_last_lr()[0], losses, tensorboard
+            )
+            echo(f"epoch {epoch + 1}/{config.epochs}: val mIoU {100 * val_miou:.2f}%  {genotype.short()}")
+            checkpoint()
+    genotype = current_genotype(model)
+    genotype.save(run.path / "genotype.json")
+    return SearchResult(run.path, genotype)
+
+
+def _take(iterable: Iterable, count: int) -> Iterator:
+    for i, item in enumerate(iterable):
+        if i >= count:
+            return
+        yield item
+
+
+# -- the two steps ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Temporarily stop gradients for ``parameters``: autograd then neither computes nor stores
+    anything for them, which is both the correctness guarantee (the step cannot move them) and a saving.
+    """
+    params = [p for p in parameters if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _training_mode(model: nn.Module) -> None:
+    """``model.train()`` unless it is in training mode already: the call visits every module (~80 ms for
+    the paper's supernet, twice per iteration), and between evaluations nothing leaves training mode."""
+    if not model.training:
+        model.train()
+
+
+def weight_step(
+    model: SearchNetwork,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    grad_clip: float,
+) -> float:
+    """One SGD step on the network weights with a trainA batch; α and β do not move.
+
+    Runs in ``model.execution.precision`` (autocast; fp16 with a gradient scaler).
+    """
+    _training_mode(model)
+    precision, device_type = model.execution.precision, images.device.type
+    with frozen(model.arch_parameters()):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(precision, device_type):
+            loss = criterion(model(images), masks)
+        backward_and_step(loss, optimizer, precision, device_type, model.weight_parameters(), grad_clip)
+    return float(loss.detach())
+
+
+def arch_step(
+    model: SearchNetwork,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+) -> float:
+    """One Adam step on α and β with a trainB batch (first order); the weights do not move."""
+    _training_mode(model)
+    precision, device_type = model.execution.precision, images.device.type
+    with frozen(model.weight_parameters()):
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(precision, device_type):
+            loss = criterion(model(images), masks)
+        backward_and_step(loss, optimizer, precision, device_type)
+    return float(loss.detach())
+
+
+def make_optimizers(
+    model: SearchNetwork, config: SearchConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    weight_opt = sgd(
+        model.weight_parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    arch_opt = torch.optim.Adam(
+        model.arch_parameters(),
+        lr=config.arch_lr,
+        betas=config.arch_betas,
+        weight_decay=config.arch_weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        weight_opt, T_max=config.epochs, eta_min=config.lr_min
+    )
+    return weight_opt, arch_opt, scheduler
+
+
+# -- data -------------------------------------------------------------------------------------------
+def build_search_data(config: SearchConfig):
+    """trainA and trainB views (each with its own epoch counter for augmentation) and the val split."""
+    d = config.data
+    train_transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip)
+
+    def open_split(split: str, transform, synthetic_samples: int):
+        options = {"seed": config.seed}
+        if d.dataset == "synthetic":
+            options.update(num_samples=synthetic_samples, size=d.synthetic_size)
+        return build_dataset(d.dataset, d.root, split, transform=transform, **options)
+
+    train_a = open_split(d.train_split, train_transform, d.synthetic_train_samples)
+    check_crop_size(d.crop_size, train_a.image_size, d.scale_range[1])
+    train_b = open_split(d.train_split, train_transform, d.synthetic_train_samples)
+    val = open_split(d.val_split, EvalTransform(), d.synthetic_val_samples)
+    if len(train_a) < 2 * config.batch_size:
+        raise DataError(
+            f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "
+            f"{config.batch_size} in each of trainA and trainB"
+        )
+    return train_a, train_b, val
+
+
+def steps_per_epoch(num_a: int, config: SearchConfig) -> int:
+    steps = batches_per_epoch(num_a, config.batch_size)
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+
+
+def validate(model: SearchNetwork, val, config: SearchConfig, device: torch.device) -> float:
+    result = evaluate(
+        model,
+        val,
+        val.num_classes,
+        val.class_names,
+        val.ignore_index,
+        device=device,
+        max_images=config.data.max_val_images,
+    )
+    return float(result.metrics.miou)

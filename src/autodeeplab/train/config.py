@@ -1,0 +1,162 @@
+"""Typed settings of the retraining (paper §5.2, Table 3), with the paper's values as defaults.
+
+Presets: ``paper`` (the defaults: Cityscapes, 769×769 crops, 1.5M iterations, poly lr 0.05; see
+:class:`TrainConfig` for what the paper leaves open), ``cpu`` (CamVid at
+``../shared/data/camvid``, F=8 with 64-channel heads: the documented CPU run) and ``tiny`` (the built-in
+synthetic data, seconds). :data:`RESUMABLE_KEYS` names what ``--resume`` may change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from autodeeplab.config.settings import register_presets
+
+RESUMABLE_KEYS = frozenset(
+    {
+        "iterations",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "device",
+        "data.root",
+        "data.num_workers",
+    }
+)
+"""Settings that ``--resume`` may change: the run's length (``--set iterations=N`` extends it; the poly
+schedule then follows the new length from the resumed step on), checkpointing and logging, loader workers
+(batches do not depend on them), the device and the data's location. Anything else is refused."""
+
+
+@dataclass
+class TrainDataConfig:
+    """Where the training images come from and how they are augmented."""
+
+    dataset: str = "cityscapes"
+    """A name from ``autodeeplab.data.DATASET_NAMES``; the paper's recipe is Cityscapes (give its root)."""
+    root: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    """Evaluated (single scale) every ``eval_every`` steps and at the end; None skips it."""
+    crop_size: int = 769
+    """Paper: 769×769 on Cityscapes (513 on PASCAL VOC and ADE20K)."""
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    jitter: float = 0.0
+    """Photometric jitter strength (brightness/contrast/saturation); the paper uses none."""
+    num_workers: int = 2
+    eval_max_images: int | None = None
+    """Evaluate on the first N images only (None: the whole split)."""
+    synthetic_train_samples: int = 64
+    synthetic_eval_samples: int = 16
+    synthetic_size: tuple[int, int] = (64, 64)
+
+    def __post_init__(self) -> None:
+        self.scale_range = tuple(self.scale_range)
+        self.synthetic_size = tuple(self.synthetic_size)
+        if self.crop_size < 1:
+            raise ValueError(f"data.crop_size must be positive, got {self.crop_size}")
+        if not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"data.scale_range must be 0 < low <= high, got {list(self.scale_range)}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainModelConfig:
+    """The network settings that training chooses (the class count comes from the dataset)."""
+
+    filter_multiplier: int = 20
+    """F: 20 / 32 / 48 = Auto-DeepLab-S / M / L."""
+    drop_path_keep_prob: float = 0.7
+    """Scheduled Drop Path's final keep probability of the deepest cell. The paper does not give it; 0.7 is
+    our choice, the value of TF-slim's NASNet-A Large ImageNet setting (Scheduled Drop Path comes from
+    NASNet). 1.0 switches drop path off."""
+    aspp_channels: int = 256
+    decoder_channels: int = 256
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; written to the run directory as ``config.yaml``.
+
+    Defaults are the paper's Cityscapes recipe (§5.2): 1.5M iterations, poly lr from 0.05 (power 0.9),
+    SGD momentum 0.9, crop 769. The paper gives neither batch size nor weight decay. Weight decay 4e-5 is
+    the default of DeepLab's ``train.py`` (the protocol the paper follows); batch 8 is our choice (the
+    largest power of two that is common for 769 crops), not a value from the paper.
+    """
+
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    iterations: int = 1_500_000
+    batch_size: int = 8
+    lr: float = 0.05
+    lr_power: float = 0.9
+    momentum: float = 0.9
+    weight_decay: float = 4e-5
+    seed: int = 0
+    log_every: int = 20
+    checkpoint_every: int = 1000
+    """Write a checkpoint (and ``model.pt``) every N iterations and at the end (0: at the end only); on
+    SIGINT/SIGTERM one is written at once. Training counts iterations, not epochs (the paper gives a number
+    of iterations), so there are no epoch-end checkpoints."""
+    keep_checkpoints: int = 3
+    eval_every: int = 0
+    """Evaluate every N steps (0: only at the end)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the optional ``tensorboard`` extra)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1)")
+
+
+CAMVID_ROOT = "../shared/data/camvid"
+"""Where this project keeps CamVid, relative to the repository root (override with --data-root)."""
+
+_CPU_DATA = {"crop_size": 192, "scale_range": [0.5, 1.5], "num_workers": 0, "eval_max_images": 40}
+_CPU_MODEL = {"filter_multiplier": 8, "drop_path_keep_prob": 1.0, "aspp_channels": 64, "decoder_channels": 64}
+_TINY_DATA = {"dataset": "synthetic", "crop_size": 64, "scale_range": [0.75, 1.25], "num_workers": 0}
+_TINY_MODEL = {
+    "filter_multiplier": 4,
+    "drop_path_keep_prob": 1.0,
+    "aspp_channels": 32,
+    "decoder_channels": 32,
+}
+register_presets(
+    TrainConfig,
+    {
+        "paper": {},
+        # CamVid (360×480) on a 2-core CPU in about ten minutes (benchmarks/camvid_result.md: 20% test mIoU):
+        # F=8 with slim heads, 192 crops, about 9 epochs, drop path off (too few steps for it to help).
+        "cpu": {
+            "data": {"dataset": "camvid", "root": CAMVID_ROOT, **_CPU_DATA},
+            "model": _CPU_MODEL,
+            "iterations": 800,
+            "batch_size": 4,
+            "log_every": 10,
+            "checkpoint_every": 100,
+            "device": "cpu",
+        },
+        # The built-in synthetic data, about a minute: the quick end-to-end check.
+        "tiny": {
+            "data": _TINY_DATA,
+            "model": _TINY_MODEL,
+            "iterations": 60,
+            "batch_size": 4,
+            "log_every": 10,
+            "checkpoint_every": 30,
+            "device": "cpu",
+        },
+    },
+)

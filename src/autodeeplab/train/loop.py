@@ -1,0 +1,289 @@
+"""Retraining the found network from scratch (paper §5.2, Table 3).
+
+The loop: SGD with momentum, a poly learning-rate schedule ``lr · (1 - step/iterations)^power`` set every
+step, weight decay on convolution weights only (DeepLab's slim regulariser; BN and biases are not
+decayed), BN trained, random scale + crop + flip from the data layer, and Scheduled Drop Path through
+``net.set_drop_path_progress(step / iterations)``. The batch order is a pure function of (seed, epoch)
+(:mod:`autodeeplab.runs.sampling`), so a resumed run sees exactly the batches it would have seen.
+
+A run directory holds::
+
+    config.yaml           the resolved TrainConfig (load it again with --config)
+    genotype.json         the architecture trained
+    metrics.jsonl         one line per logged step (loss, lr) and per evaluation (mIoU)
+    checkpoints/*.pt      training state for --resume (weights, optimiser, step, RNG), rotated
+    model.pt              the trained model: everything eval / predict / export need (see below)
+
+The trained-model file is described in :mod:`autodeeplab.nets.model_file`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autodeeplab import __version__
+from autodeeplab.config.settings import config_to_dict, dump_config_yaml
+from autodeeplab.errors import DataError
+from autodeeplab.infer.evaluate import evaluate
+from autodeeplab.infer.predict import log_prediction_panels
+from autodeeplab.nets.model_file import (
+    MODEL_FILE,
+    STATE_KIND,
+    TrainedInfo,
+    load_training_state,
+    restore_training_state,
+    trained_record,
+)
+from autodeeplab.nets.network import AutoDeepLabNet, NetworkConfig
+from autodeeplab.optim import sgd
+from autodeeplab.runs.device import resolve_device
+from autodeeplab.runs.progress import Progress
+from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
+from autodeeplab.runs.rundir import save_checkpoint as save_state
+from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
+from autodeeplab.runs.state import GracefulInterrupt, capture_rng_state, check_finite
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.train.config import (
+    RESUMABLE_KEYS,
+    TrainConfig,
+)
+
+TRAIN_STREAM = 0  # the sampling stream id of the training batches
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_path: Path
+    step: int
+    metrics: dict[str, Any] | None
+    seconds: float
+    interrupted: bool = False
+
+
+def poly_lr(base_lr: float, step: int, iterations: int, power: float) -> float:
+    """The poly schedule: ``base_lr · (1 - step / iterations) ^ power`` (0 at the end)."""
+    return base_lr * max(0.0, 1.0 - step / iterations) ** power
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on convolution kernels (tensors with >1 dims) only.
+
+    Fused where torch has it (:mod:`autodeeplab.optim`).
+    """
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return sgd(groups, lr=config.lr, momentum=config.momentum)
+
+
+def dataset_options(config: TrainConfig) -> dict[str, Any]:
+    """``build_dataset`` options shared by the training and evaluation splits (recorded in ``model.pt``)."""
+    d = config.data
+    return {"size": list(d.synthetic_size), "seed": config.seed} if d.dataset == "synthetic" else {}
+
+
+def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
+    """The augmented training split and the evaluation split (or None)."""
+    from autodeeplab.data import EvalTransform, TrainTransform, build_dataset, check_crop_size
+
+    d = config.data
+    synthetic = d.dataset == "synthetic"
+    options = dataset_options(config)
+    n_train = {"num_samples": d.synthetic_train_samples} if synthetic else {}
+    transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip, jitter=d.jitter)
+    train = build_dataset(
+        d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
+    )
+    check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
+    if batches_per_epoch(len(train), config.batch_size) == 0:
+        raise DataError(
+            f"{d.dataset} {d.train_split}: {len(train)} images cannot fill one batch of {config.batch_size}"
+        )
+    if d.eval_split is None:
+        return train, None
+    n_eval = {"num_samples": d.synthetic_eval_samples} if synthetic else {}
+    return train, build_dataset(
+        d.dataset, d.root, d.eval_split, transform=EvalTransform(), **options, **n_eval
+    )
+
+
+def build_model(genotype: Genotype, config: TrainConfig, num_classes: int) -> AutoDeepLabNet:
+    """The network to train, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    m = config.model
+    settings = NetworkConfig(
+        filter_multiplier=m.filter_multiplier,
+        num_classes=num_classes,
+        drop_path_keep_prob=m.drop_path_keep_prob,
+        aspp_channels=m.aspp_channels,
+        decoder_channels=m.decoder_channels,
+    )
+    return AutoDeepLabNet(genotype, settings)
+
+
+def training_batches(
+    train: Any, config: TrainConfig, step: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless ``(images [B, 3, h, w], masks [B, h, w])`` from global step ``step`` on, epoch after epoch."""
+    per_epoch = batches_per_epoch(len(train), config.batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    indices = list(range(len(train)))
+    workers = config.data.num_workers
+    while True:
+        loader = epoch_loader(
+            train, indices, config.batch_size, config.seed, TRAIN_STREAM, epoch, offset, workers
+        )
+        # Starting a DataLoader iterator draws a seed from torch's global RNG, which drop path also uses;
+        # a resumed run starts one more iterator than an uninterrupted one, so keep that draw off the stream.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(loader)
+        yield from batches
+        epoch, offset = epoch + 1, 0
+
+
+def run_training(
+    config: TrainConfig,
+    genotype: Genotype,
+    run_dir: str | os.PathLike[str],
+    resume: bool = False,
+    quiet: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``genotype`` from scratch with ``config``, writing everything into ``run_dir``.
+
+    Shows a progress bar (loss, lr, images/s) unless ``quiet``; messages (start, evaluations, interrupt) go
+    to ``echo``, by default printed above the bar.
+    """
+    run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
+    with run.removed_if_unstarted():
+        return _train(config, genotype, run, resume, quiet, echo)
+
+
+def _train(
+    config: TrainConfig, genotype: Genotype, run: RunDir, resume: bool, quiet: bool, echo
+) -> TrainResult:
+    # The checkpoint first: a resume with settings that do not fit it stops before any data is read.
+    loaded = load_training_state(run, config, RESUMABLE_KEYS, echo or print) if resume else None
+    device = resolve_device(config.device)
+    train, val = build_train_data(config)
+    model = build_model(genotype, config, train.num_classes).to(device)
+    optimizer = make_optimizer(model, config)
+    info = TrainedInfo(
+        config.data.dataset,
+        list(train.class_names),
+        [list(c) for c in train.palette],
+        train.ignore_index,
+        iterations=config.iterations,
+        dataset_options=dataset_options(config),
+        data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
+    )
+    if loaded is not None:
+        info.step, info.metrics = restore_training_state(run, loaded, model, optimizer, info)
+    # The bar starts at the resumed step; its rates and ETA count only this process's steps.
+    bar = Progress(config.iterations, "training", quiet=quiet, start=info.step)
+    say = echo or (print if quiet else bar.log)  # quiet hides the bar, not the messages
+    if loaded is not None:
+        say(f"resuming from {loaded[1].name}: step {info.step}")
+    else:
+        extra = {"autodeeplab_version": __version__, "seed": config.seed}
+        dump_config_yaml(config, run.file("config.yaml"), extra)
+        genotype.save(run.file("genotype.json"))
+    criterion = nn.CrossEntropyLoss(ignore_index=train.ignore_index)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    say(
+        f"training {genotype.short()}: {len(train)} {config.data.dataset} images, "
+        f"{config.iterations} steps of {config.batch_size}, {millions:.2f}M parameters, device {device}, "
+        f"run dir {run.path}"
+    )
+    tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=say)
+    start, losses = time.perf_counter(), []
+    model.train()
+    with GracefulInterrupt() as stop, bar:
+        for images, masks in training_batches(train, config, info.step):
+            if info.step >= config.iterations or stop.requested:
+                break
+            lr = poly_lr(config.lr, info.step, config.iterations, config.lr_power)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.set_drop_path_progress(info.step / config.iterations)
+            loss = criterion(model(images.to(device)), masks.to(device))
+            # Stop before a non-finite loss reaches the weights: the last checkpoint stays good.
+            check_finite(loss.item(), "training loss", step=info.step + 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            info.step += 1
+            step, done = info.step, info.step == config.iterations
+            losses.append(loss.item())
+            bar.update(images=images.shape[0], loss=losses[-1], lr=lr)
+            if step % config.log_every == 0 or done:
+                mean, losses = sum(losses) / len(losses), []
+                elapsed = round(time.perf_counter() - start, 1)
+                run.append_jsonl("metrics.jsonl", {"step": step, "loss": mean, "lr": lr, "seconds": elapsed})
+                if tensorboard is not None:
+                    tensorboard.add_scalar("train/loss", mean, step)
+                    tensorboard.add_scalar("train/lr", lr, step)
+            if val is not None and (done or (config.eval_every and step % config.eval_every == 0)):
+                info.metrics = _evaluate(model, val, config, run, step, device, say)
+                if tensorboard is not None:
+                    tensorboard.add_scalar(f"train/{config.data.eval_split}_miou", info.metrics["miou"], step)
+                    log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
+                    tensorboard.flush()
+            if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                _save(run, model, optimizer, info, config)
+    interrupted = stop.requested and info.step < config.iterations
+    if interrupted:
+        _save(run, model, optimizer, info, config)
+        say(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
+    seconds = time.perf_counter() - start
+    return TrainResult(run.path, run.file(MODEL_FILE), info.step, info.metrics, seconds, interrupted)
+
+
+def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, echo) -> dict[str, Any]:
+    n = len(val) if config.data.eval_max_images is None else min(len(val), config.data.eval_max_images)
+    samples = (val[i] for i in range(n))
+    result = evaluate(model, samples, val.num_classes, val.class_names, val.ignore_index, device=device)
+    m = result.metrics
+    run.append_jsonl(
+        "metrics.jsonl",
+        {
+            "step": step,
+            "split": config.data.eval_split,
+            "images": n,
+            "miou": m.miou,
+            "pixel_accuracy": m.pixel_accuracy,
+        },
+    )
+    split = config.data.eval_split
+    echo(
+        f"step {step}: {split} mIoU {100 * m.miou:.2f}%  pixel acc {100 * m.pixel_accuracy:.2f}% ({n} images)"
+    )
+    return {"split": config.data.eval_split, "images": n, **m.to_dict()}
+
+
+def _save(run: RunDir, model: AutoDeepLabNet, optimizer, info: TrainedInfo, config: TrainConfig) -> None:
+    record = trained_record(model, info)
+    state = {
+        "kind": STATE_KIND,
+        "autodeeplab_version": __version__,
+        "config": config_to_dict(config),
+        "step": info.step,
+        "optimizer": optimizer.state_dict(),
+        "rng": capture_rng_state(),
+        "trained": record,
+    }
+    run.checkpoints.save(state, f"step{info.step:08d}")
+    save_state(run.file(MODEL_FILE), record)
