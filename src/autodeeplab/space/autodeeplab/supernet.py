@@ -248,6 +248,10 @@ class SearchNetwork(nn.Module):
         """Normalised weights ``[L, levels, 3]`` with exact zeros on edges that do not exist."""
         return normalize_beta(self.beta, self.beta_mask)
 
+    # -- search-space contract (autodeeplab.space.contract) ----------------------------------------
+    # (contract methods go here)
+    # -- end of the search-space contract ---------------------------------------------------------
+
     # -- forward -----------------------------------------------------------------------------------
     def level_sizes(self, stem_size: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Spatial size of every level: each stride-2 step gives ceil(n / 2), as the convs do."""
