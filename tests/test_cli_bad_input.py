@@ -194,7 +194,7 @@ def test_search_with_a_negative_batch_size(camvid, tmp_path, capsys):
     ("flag", "message"),
     [
         ("--search-set", "batch_size: must be at least 1, got -1"),
-        ("--train-set", "resolved config: batch_size must be a positive integer, got -1"),
+        ("--train-set", "batch_size: must be at least 1, got -1"),
     ],
 )
 def test_run_with_a_negative_batch_size(tmp_path, capsys, flag, message):

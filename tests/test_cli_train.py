@@ -146,8 +146,50 @@ def test_negative_batch_size(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         ["train", "--genotype", "paper", "--preset", "tiny", "-o", str(out), "--set", "batch_size=-1"]
     )
     assert code == 2
-    assert one_line_error(capsys, "train") == "resolved config: batch_size must be a positive integer, got -1"
+    assert one_line_error(capsys, "train") == "batch_size: must be at least 1, got -1"
     assert not out.exists()
+
+
+def test_bad_network_setting_names_the_model_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--genotype",
+        "paper",
+        "--preset",
+        "tiny",
+        "-o",
+        str(out),
+        "--set",
+        "model.aspp_rates_os16=[6,0,18]",
+    ]
+    assert main(args) == 2
+    assert one_line_error(capsys, "train") == (
+        "model.aspp_rates_os16: must be a list of 3 positive integers, got [6, 0, 18]"
+    )
+    assert not out.exists()
+
+
+def test_model_file_of_an_older_format_is_refused_in_one_line(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autodeeplab.runs.rundir import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(run_dir / "model.pt")
+    state["model_format"], state["autodeeplab_version"] = 2, "0.1.0"
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, state)
+    expected = (
+        f"{old}: trained-model format 2 (written by autodeeplab 0.1.0) is older than format 3, which this "
+        "version reads (the found network's resizes align corners, as in the released model); retrain the "
+        "model with this version"
+    )
+    for command in (["eval", str(old)], ["predict", str(old), "x.png"], ["export", str(old), "-o", "x.onnx"]):
+        assert main(command) == 2
+        assert one_line_error(capsys, command[0]) == expected
+    assert not Path("x.onnx").exists()
 
 
 def test_genotype_that_does_not_exist_or_does_not_fit(
@@ -214,7 +256,7 @@ def test_unreadable_image_for_predict(
 
 def test_bad_inference_flags(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", str(run_dir), "--scales", "1", "-0.5"]) == 2
-    assert one_line_error(capsys, "eval") == "--scales: scales must be positive, got [1.0, -0.5]"
+    assert one_line_error(capsys, "eval").endswith("scales: must be positive, got [1.0, -0.5]")
     assert main(["eval", str(run_dir), "--max-images", "0"]) == 2
     assert one_line_error(capsys, "eval") == "--max-images: must be a positive integer, got 0"
 

@@ -142,3 +142,24 @@ def test_info_errors(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         run_info(capsys, "--variant", "S", "--filter-multiplier", "20")
     assert exit_info.value.code == 2
+
+
+def test_info_for_volumes(capsys: pytest.CaptureFixture[str]) -> None:
+    """Three sizes build the 3D network: 3D kernels (27 taps) over a D×H×W volume."""
+    args = ("--filter-multiplier", "4", "--num-classes", "3", "--in-channels", "1", "--json")
+    code, out, _ = run_info(capsys, *args, "--input-size", "32", "40", "48")
+    assert code == 0
+    report = json.loads(out)
+    assert (report["spatial_dims"], report["in_channels"], report["input_size"]) == (3, 1, [32, 40, 48])
+    config = NetworkConfig(filter_multiplier=4, num_classes=3, in_channels=1, spatial_dims=3)
+    with torch.device("meta"):
+        net = AutoDeepLabNet(PAPER, config)
+    assert report["params"] == count_parameters(net)
+    assert report["multiply_adds"] == count_multiply_adds(net, (1, 1, 32, 40, 48))
+    code, out2d, _ = run_info(capsys, *args, "--input-size", "40", "48")
+    assert json.loads(out2d)["params"] < report["params"]  # 3×3 kernels hold fewer weights than 3×3×3
+    code, _, err = run_info(capsys, *args, "--input-size", "8", "8", "8", "8")
+    assert code == 2
+    assert err.strip() == (
+        "autodeeplab info: error: --input-size: expected H W (an image) or D H W (a volume), got 4 sizes"
+    )

@@ -239,3 +239,37 @@ def test_resume_changes_outside_the_allowed_keys_are_refused(tmp_path):
             {"checkpoint": "000004-step.pt", "changed": {}},
         ],
     }
+
+
+def _real_configs_with_a_bad_value() -> list[tuple[str, object, str]]:
+    """(what, a valid config of each real settings type with one value spoiled afterwards, its error)."""
+    from autodeeplab.infer.evaluate import EvalConfig
+    from autodeeplab.nets.network import NetworkConfig
+    from autodeeplab.search.config import SearchConfig
+    from autodeeplab.train.config import TrainConfig
+
+    search, search_momentum = SearchConfig(), SearchConfig()
+    search.batch_size, search_momentum.momentum = 0, 1.0
+    train, train_model = TrainConfig(), TrainConfig()
+    train.batch_size, train_model.model.decoder_channels = 0, 0
+    evaluation, network = EvalConfig(), NetworkConfig()
+    evaluation.max_images, network.decoder_channels = 0, 0
+    return [
+        ("SearchConfig", search, "batch_size: must be at least 1, got 0"),
+        ("SearchConfig momentum", search_momentum, "momentum: must be in [0, 1), got 1.0"),
+        ("TrainConfig", train, "batch_size: must be at least 1, got 0"),
+        ("TrainConfig model", train_model, "model.decoder_channels: must be at least 1, got 0"),
+        ("EvalConfig", evaluation, "max_images: must be at least 1, got 0"),
+        ("NetworkConfig", network, "network.decoder_channels: must be at least 1, got 0"),
+    ]
+
+
+_BAD_CONFIGS = _real_configs_with_a_bad_value()
+
+
+@pytest.mark.parametrize(("what", "config", "message"), _BAD_CONFIGS, ids=[case[0] for case in _BAD_CONFIGS])
+def test_every_real_config_validates_alike(what: str, config: object, message: str) -> None:
+    """One way for every settings type: ``validate()`` raises the one user-error type naming the field."""
+    with pytest.raises(ConfigError) as info:
+        config.validate()
+    assert str(info.value) == message, what

@@ -1,24 +1,26 @@
-"""The found network: shapes for odd/even sizes and any genotype, gradients, drop path, config round trip."""
+"""The found network: shapes for odd/even sizes and any genotype, gradients, batch one, drop path, config
+round trip and validation (aligned resizes and volumes: test_network_resizes_volumes.py)."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from autodeeplab.errors import AutoDeepLabError, ConfigError, GenotypeError
+from autodeeplab.nets import cell as cell_module
+from autodeeplab.nets.cell import FixedCell, drop_path, scheduled_keep_prob
 from autodeeplab.nets.network import (
     VARIANTS,
     AutoDeepLabNet,
-    FixedCell,
     NetworkConfig,
     build_network,
-    drop_path,
     low_level_layer_index,
-    scheduled_keep_prob,
 )
 from autodeeplab.ops.heads import aspp_rates_for_stride
 from autodeeplab.ops.primitives import PRIMITIVES, AtrousConv
@@ -146,9 +148,29 @@ def test_every_parameter_gets_a_gradient() -> None:
 
 
 def test_batch_of_one_trains() -> None:
-    """The image-pooling branch has no BN, so training mode accepts one image per batch."""
-    net = tiny_net(PAPER).train()
-    net(torch.randn(1, 3, 97, 97)).mean().backward()
+    """One image per batch trains: every BN normalises over that image's positions (at least 4×4 at output
+    stride 32 here), and the image-pooling branch, whose map is 1×1, has no BN (BN over one value per
+    channel is refused in training mode)."""
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.BatchNorm2d(4).train()(torch.randn(1, 4, 1, 1))  # why the pooled branch must not have one
+    torch.manual_seed(0)
+    net = tiny_net(PAPER, aspp_dropout=0.0).train()
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.aspp.branches[-1].modules())
+    x, target = torch.randn(1, 3, 97, 97), torch.full((1, 97, 97), 3)
+    target[:, :, :48] = 1  # a left and a right class: something to learn
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(net(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.8 * losses[0], losses  # it learns the one image
+    for name, p in net.named_parameters():
+        assert torch.isfinite(p).all() and not torch.equal(p, before[name]), name
 
 
 def test_low_level_features_come_from_layer_3_or_the_stem() -> None:
@@ -190,7 +212,7 @@ def test_drop_path_zeroes_whole_samples_and_rescales() -> None:
     assert drop_path(x, 1.0) is x
 
 
-def test_drop_path_active_in_training_only() -> None:
+def test_drop_path_active_in_training_only(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     # No ASPP dropout: any randomness in training mode must come from drop path.
     net = tiny_net(PAPER, drop_path_keep_prob=0.5, aspp_dropout=0.0)
@@ -198,12 +220,35 @@ def test_drop_path_active_in_training_only() -> None:
     x = torch.randn(1, 3, 65, 65).expand(4, -1, -1, -1).contiguous()  # four copies of one image
     net.set_drop_path_progress(1.0)
 
+    # Record, for every op output that drop path sees, which of the four samples it kept.
+    kept: list[list[bool]] = []
+
+    def recording_drop_path(out: torch.Tensor, keep_prob: float) -> torch.Tensor:
+        dropped = drop_path(out, keep_prob)
+        if keep_prob < 1.0:
+            flags = []
+            for sample, result in zip(out, dropped, strict=True):
+                whole = torch.equal(result, sample / keep_prob) or not result.any()  # whole samples only
+                assert whole
+                flags.append(bool(result.any()))
+            kept.append(flags)
+        return dropped
+
     net.train()
     assert min(net.cell_keep_probs()) == pytest.approx(0.5)
     with torch.no_grad():
         a, b = net(x), net(x)
-    assert not torch.equal(a, b)  # a new draw per call
-    assert not torch.allclose(a[0], a[1]) or not torch.allclose(a[2], a[3])  # per-sample paths
+        assert not torch.equal(a, b)  # a new draw per call
+        with monkeypatch.context() as patch:
+            patch.setattr(cell_module, "drop_path", recording_drop_path)
+            c = net(x)
+    # One draw per sample: the four copies got different paths, and exactly the copies that took the same
+    # path through every op give the same logits (BN in training mode treats every sample alike).
+    paths = [tuple(flags[i] for flags in kept) for i in range(4)]
+    assert len(kept) > 0 and len(set(paths)) > 1
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert torch.allclose(c[i], c[j], atol=1e-5) == (paths[i] == paths[j]), (i, j)
     reference.train()
     with torch.no_grad():
         assert torch.equal(reference(x), reference(x))  # without drop path, training is deterministic
@@ -255,17 +300,32 @@ def test_config_dict_round_trip() -> None:
         (
             lambda d: d["network"].update(filter_multiplier=-1),
             ConfigError,
-            "ckpt.network.filter_multiplier: expected a positive integer, got -1",
+            "ckpt.network.filter_multiplier: must be at least 1, got -1",
+        ),
+        (
+            lambda d: d["network"].update(aspp_channels="8"),
+            ConfigError,
+            "ckpt.network.aspp_channels: must be an integer, got '8'",
         ),
         (
             lambda d: d["network"].update(stem_channels=[64, 64]),
             ConfigError,
-            "ckpt.network.stem_channels: expected a list of 3 positive integers, got [64, 64]",
+            "ckpt.network.stem_channels: must be a list of 3 positive integers, got [64, 64]",
         ),
         (
             lambda d: d["network"].update(drop_path_keep_prob=0),
             ConfigError,
-            "ckpt.network.drop_path_keep_prob: expected a number in (0, 1], got 0",
+            "ckpt.network.drop_path_keep_prob: must be a number in (0, 1], got 0.0",
+        ),
+        (
+            lambda d: d["network"].update(spatial_dims=1),
+            ConfigError,
+            "ckpt.network.spatial_dims: must be 2 (images) or 3 (volumes), got 1",
+        ),
+        (
+            lambda d: d["network"].update(num_classes=None),
+            ConfigError,
+            "network.num_classes: must be a number to build a network",
         ),
         (lambda d: d["network"].update(width=3), ConfigError, "ckpt.network.width: unknown network setting"),
         (
@@ -292,7 +352,28 @@ def test_build_network_variants_and_errors() -> None:
         build_network("paper", variant="XL")
     with pytest.raises(ConfigError, match="filter_multiplier: 8 contradicts variant S"):
         build_network("paper", variant="S", filter_multiplier=8)
-    with pytest.raises(ConfigError, match="network.num_classes: expected a positive integer, got 0"):
+    with pytest.raises(ConfigError, match="network.num_classes: must be at least 1, got 0"):
         build_network("paper", num_classes=0)
     with pytest.raises(AutoDeepLabError, match="not a built-in genotype"):
         build_network("no-such-genotype")
+
+
+def test_build_network_from_a_config() -> None:
+    config = NetworkConfig(**TINY)
+    with torch.device("meta"):
+        net = build_network(PAPER, config, aspp_channels=16)
+    assert net.config == NetworkConfig(**{**TINY, "aspp_channels": 16})
+    assert config.aspp_channels == TINY["aspp_channels"]  # the given config is left as it was
+
+
+def test_validate_names_the_field_under_the_name_it_is_read_as() -> None:
+    config = NetworkConfig(low_level_channels=0)  # building the settings does not check them ...
+    with pytest.raises(ConfigError, match=r"^model.low_level_channels: must be at least 1, got 0$"):
+        config.validate("model")
+    with pytest.raises(ConfigError, match=r"^network.low_level_channels: must be at least 1, got 0$"):
+        AutoDeepLabNet(PAPER, config)  # ... building a network from them does
+    with pytest.raises(ConfigError, match=r"^network.aspp_rates_os16: must be a list of 3 positive integers"):
+        NetworkConfig(aspp_rates_os16=(6, 0, 18)).validate()
+    with pytest.raises(ConfigError, match=r"^network.aspp_dropout: must be a number in \[0, 1\), got 1.0$"):
+        NetworkConfig(aspp_dropout=1).validate()
+    NetworkConfig(num_classes=None).validate()  # null = the dataset's count, for training settings

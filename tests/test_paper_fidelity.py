@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from autodeeplab.nets.network import FixedCell
+from autodeeplab.nets.cell import FixedCell
 from autodeeplab.ops.primitives import POOL_PRIMITIVES, PRIMITIVES, build_op
 from autodeeplab.runs.rundir import RunDir
 from autodeeplab.search.config import SearchConfig

@@ -13,7 +13,7 @@ import torch
 from autodeeplab.config.settings import load_config
 from autodeeplab.errors import CheckpointError, ConfigError
 from autodeeplab.infer.evaluate import evaluate
-from autodeeplab.nets.model_file import load_trained
+from autodeeplab.nets.model_file import MODEL_FORMAT, load_trained
 from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.runs.rundir import RunDirError, load_checkpoint, save_checkpoint
 from autodeeplab.space.autodeeplab.genotype import Genotype
@@ -87,15 +87,43 @@ def test_paper_preset_is_the_papers_recipe() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("batch_size=-2", "batch_size must be a positive integer, got -2"),
-        ("data.crop_size=0", "data.crop_size must be positive, got 0"),
-        ("checkpoint_every=-1", "checkpoint_every must be >= 0 (0 = off), got -1"),
-        ("lr=0", "lr must be positive, got 0.0"),
+        ("batch_size=-2", "batch_size: must be at least 1, got -2"),
+        ("data.crop_size=0", "data.crop_size: must be at least 1, got 0"),
+        ("data.jitter=1.5", "data.jitter: must be in [0, 1), got 1.5"),
+        ("checkpoint_every=-1", "checkpoint_every: must be >= 0, got -1"),
+        ("lr=0", "lr: must be positive, got 0.0"),
+        ("momentum=1", "momentum: must be in [0, 1), got 1.0"),
+        ("model.aspp_channels=0", "model.aspp_channels: must be at least 1, got 0"),
+        ("model.aspp_dropout=1", "model.aspp_dropout: must be a number in [0, 1), got 1.0"),
+        (
+            "model.aspp_rates_os16=[6,0,18]",
+            "model.aspp_rates_os16: must be a list of 3 positive integers, got [6, 0, 18]",
+        ),
+        ("model.num_classes=0", "model.num_classes: must be at least 1, got 0"),
+        ("model.in_channels=1", "model.in_channels: must be 3 (the training data are RGB images), got 1"),
+        (
+            "model.spatial_dims=3",
+            "model.spatial_dims: only 2 (images) is supported by training for now, got 3",
+        ),
+        (
+            "model.stem_channels=[8,8]",
+            "override 'model.stem_channels=[8,8]': model.stem_channels: expected a list of 3 values "
+            "(int, int, int), got [8, 8] (list)",
+        ),
     ],
 )
 def test_bad_settings_are_config_errors_naming_the_field(override: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError) as info:
         tiny_config(override)
+    assert str(info.value) == message
+
+
+def test_settings_built_in_code_are_checked_too(tmp_path: Path) -> None:
+    config = tiny_config()
+    config.model.decoder_channels = 0  # changed after the settings were built
+    with pytest.raises(ConfigError, match=r"^model.decoder_channels: must be at least 1, got 0$"):
+        run_training(config, SMALL, tmp_path / "run", echo=quiet)
+    assert not (tmp_path / "run").exists()
 
 
 def test_training_writes_a_checkpoint_that_evaluates_to_the_recorded_metrics(tmp_path: Path) -> None:
@@ -232,9 +260,48 @@ def test_checkpoint_of_another_format_version(trained: Path, tmp_path: Path) -> 
     with pytest.raises(CheckpointError) as info:
         load_trained(other)
     assert str(info.value) == (
-        f"{other}: trained-model format 99 (written by autodeeplab 9.0.0) is not the format 2 "
+        f"{other}: trained-model format 99 (written by autodeeplab 9.0.0) is not the format 3 "
         "this version reads"
     )
+
+
+@pytest.mark.parametrize(
+    ("old_format", "why"),
+    [
+        (2, "the found network's resizes align corners, as in the released model"),
+        (
+            1,
+            "strided atrous ops became resize → undilated conv, as in the released model; the found "
+            "network's resizes align corners, as in the released model",
+        ),
+    ],
+)
+def test_checkpoint_of_an_older_format_is_refused_with_the_reason(
+    trained: Path, tmp_path: Path, old_format: int, why: str
+) -> None:
+    assert MODEL_FORMAT == 3
+    state = load_checkpoint(trained)
+    state["model_format"], state["autodeeplab_version"] = old_format, "0.1.0"
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, state)
+    with pytest.raises(CheckpointError) as info:
+        load_trained(old)
+    assert str(info.value) == (
+        f"{old}: trained-model format {old_format} (written by autodeeplab 0.1.0) is older than format 3, "
+        f"which this version reads ({why}); retrain the model with this version"
+    )
+
+
+def test_resume_from_an_older_format_is_refused(tmp_path: Path) -> None:
+    config = tiny_config("iterations=2", "checkpoint_every=1", "data.eval_split=null")
+    run_training(config, SMALL, tmp_path / "run", echo=quiet)
+    newest = sorted((tmp_path / "run" / "checkpoints").glob("*.pt"))[-1]
+    state = load_checkpoint(newest)
+    state["trained"]["model_format"] = 2
+    save_checkpoint(newest, state)
+    longer = tiny_config("iterations=4", "checkpoint_every=1", "data.eval_split=null")
+    with pytest.raises(CheckpointError, match=rf"^{newest}: trained-model format 2 .* retrain the model"):
+        run_training(longer, SMALL, tmp_path / "run", resume=True, echo=quiet)
 
 
 def test_weights_that_do_not_fit_the_recorded_genotype(trained: Path, tmp_path: Path) -> None:

@@ -91,9 +91,11 @@ def inference_settings(args: argparse.Namespace):  # -> InferenceSettings
         return InferenceSettings(
             tuple(scales), bool(getattr(args, "flip", False)), tuple(window) if window else None
         )
-    except ValueError as exc:
-        flag = "--window" if "window" in str(exc) else "--scales"
-        raise ConfigError(f"{flag}: {exc}") from None
+    except (ValueError, ConfigError) as exc:
+        # The settings name their field ("scales: ..."); the user typed the flag, so name the flag.
+        message = str(exc)
+        flag = "--window" if "window" in message else "--scales"
+        raise ConfigError(f"{flag}: {message.split(': ', 1)[-1]}") from None
 
 
 def resolve_eval_config(args: argparse.Namespace):  # -> EvalConfig (imported lazily with torch)
@@ -116,8 +118,9 @@ def resolve_eval_config(args: argparse.Namespace):  # -> EvalConfig (imported la
         value = tuple(value) if isinstance(value, list) else value
         try:
             config = dataclasses.replace(config, **{name: value})
-        except ValueError as exc:
-            raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
+        except (ValueError, ConfigError) as exc:
+            message = str(exc).removeprefix(f"{name}: ")
+            raise ConfigError(f"--{flag.replace('_', '-')}: {message}") from None
     return config
 
 

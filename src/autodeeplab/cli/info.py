@@ -5,6 +5,7 @@ Examples::
     autodeeplab info --variant S                       # paper genotype, F=20, 19 classes, 1024×2048
     autodeeplab info --genotype runs/search1 --filter-multiplier 8 --num-classes 11 \\
         --input-size 360 480 --json
+    autodeeplab info --filter-multiplier 8 --num-classes 4 --in-channels 1 --input-size 96 96 96  # a volume
 
 The network is built on PyTorch's ``meta`` device (shapes only), so even Auto-DeepLab-L at
 1024×2048 is counted in about a second; see :mod:`autodeeplab.nets.complexity` for how we count.
@@ -17,8 +18,9 @@ import json
 
 import torch
 
+from autodeeplab.errors import ConfigError
 from autodeeplab.nets.complexity import count_multiply_adds, count_parameters, format_count
-from autodeeplab.nets.network import VARIANTS, AutoDeepLabNet, NetworkConfig
+from autodeeplab.nets.network import SPATIAL_DIMS, VARIANTS, AutoDeepLabNet, NetworkConfig
 from autodeeplab.space.autodeeplab.genotype import resolve_genotype
 
 DEFAULT_INPUT_SIZE = (1024, 2048)
@@ -58,12 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--num-classes", type=_positive_int, default=19, metavar="N", help="classes (default 19)"
     )
     parser.add_argument(
+        "--in-channels", type=_positive_int, default=3, metavar="C", help="input channels (default 3)"
+    )
+    parser.add_argument(
         "--input-size",
         type=_positive_int,
-        nargs=2,
+        nargs="+",
         default=list(DEFAULT_INPUT_SIZE),
-        metavar=("H", "W"),
-        help="input height and width for the multiply-adds (default 1024 2048)",
+        metavar="SIZE",
+        help="input size for the multiply-adds: H W for images (default 1024 2048), D H W for volumes "
+        "(builds the 3D network)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(func=run)
@@ -77,17 +83,26 @@ def run(args: argparse.Namespace) -> int:
         filters = args.filter_multiplier
     else:
         filters = NetworkConfig.filter_multiplier
-    config = NetworkConfig(filter_multiplier=filters, num_classes=args.num_classes)
+    size = list(args.input_size)
+    if len(size) not in SPATIAL_DIMS:
+        raise ConfigError(f"--input-size: expected H W (an image) or D H W (a volume), got {len(size)} sizes")
+    config = NetworkConfig(
+        filter_multiplier=filters,
+        num_classes=args.num_classes,
+        in_channels=args.in_channels,
+        spatial_dims=len(size),
+    )
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         net = AutoDeepLabNet(genotype, config)
-    height, width = args.input_size
     params = count_parameters(net)
-    multiply_adds = count_multiply_adds(net, (1, config.in_channels, height, width))
+    multiply_adds = count_multiply_adds(net, (1, config.in_channels, *size))
     report = {
         "genotype": genotype.to_dict(),
         "filter_multiplier": filters,
         "num_classes": args.num_classes,
-        "input_size": [height, width],
+        "in_channels": args.in_channels,
+        "spatial_dims": len(size),
+        "input_size": size,
         "output_stride": net.output_stride,
         "params": params,
         "multiply_adds": multiply_adds,
@@ -95,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
+    shown = "x".join(str(n) for n in size)
     print(f"genotype       {genotype.short()}")
     print(f"network        F={filters}, {args.num_classes} classes, final output stride {net.output_stride}")
     print(f"parameters     {params:,} ({format_count(params)})")
-    print(f"multiply-adds  {multiply_adds:,} ({format_count(multiply_adds)}) at {height}x{width}, batch 1")
+    print(f"multiply-adds  {multiply_adds:,} ({format_count(multiply_adds)}) at {shown}, batch 1")
     return 0

@@ -34,6 +34,7 @@ from torch import nn
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import config_to_dict, register_presets
+from autodeeplab.errors import ConfigError
 from autodeeplab.fileio import atomic_write_json
 from autodeeplab.infer.metrics import ConfusionMatrix, SegmentationMetrics
 from autodeeplab.ops.primitives import resize
@@ -104,11 +105,23 @@ class EvalConfig:
     def __post_init__(self) -> None:
         self.scales = tuple(self.scales)
         self.window = tuple(self.window) if self.window is not None else None
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field for the first value that cannot work.
+
+        Runs when the settings are built (a bad file, ``--set`` or flag fails at once).
+        """
         if not self.split:
-            raise ValueError("split must not be empty")
+            raise ConfigError("split: must not be empty")
         if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be a positive integer, got {self.max_images}")
-        self.inference_settings()  # its checks name the scales / window problem
+            raise ConfigError(f"max_images: must be at least 1, got {self.max_images}")
+        if not self.scales or any(not (s > 0 and math.isfinite(s)) for s in self.scales):
+            raise ConfigError(f"scales: must be positive, got {list(self.scales)}")
+        if self.window is not None and (len(self.window) != 2 or min(self.window) < 1):
+            raise ConfigError(f"window: must be two positive sizes, got {list(self.window)}")
+        if not 0.0 <= self.window_overlap < 1.0:
+            raise ConfigError(f"window_overlap: must be in [0, 1), got {self.window_overlap}")
 
     def inference_settings(self) -> InferenceSettings:
         """The inference part of these settings."""

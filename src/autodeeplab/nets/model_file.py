@@ -3,10 +3,14 @@
 ``model.pt`` is written at every checkpoint and at the end. It is a
 :func:`autodeeplab.runs.rundir.save_checkpoint`
 file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
-"model_format": 1, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields (dataset,
-class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
+"model_format": MODEL_FORMAT, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields
+(dataset, class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
 checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind; they are
 read back for ``--resume`` by :func:`load_training_state` and :func:`restore_training_state`.
+
+The format number changes whenever the same weights would compute something else; files of an older
+format are refused in one line that says why and to retrain (:data:`FORMAT_CHANGES`), never loaded into a
+network they no longer fit.
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ from autodeeplab.runs.state import restore_rng_state
 
 MODEL_KIND = "trained-model"
 STATE_KIND = "train-state"
-MODEL_FORMAT = 2
-"""2: strided atrous ops are resize → undilated conv (the released model); format-1 weights would load
-but compute something else, so they are refused."""
+MODEL_FORMAT = 3
+"""The format this version writes and reads (see :data:`FORMAT_CHANGES`)."""
+FORMAT_CHANGES: dict[int, str] = {
+    2: "strided atrous ops became resize → undilated conv, as in the released model",
+    3: "the found network's resizes align corners, as in the released model",
+}
+"""What each format changed. Older weights would load but compute something else, so they are refused."""
 MODEL_FILE = "model.pt"
 
 
@@ -100,11 +108,7 @@ def load_trained(
         state = state["trained"]
     if state.get("kind") != MODEL_KIND:
         raise CheckpointError(f"{path}: not a trained-model checkpoint (kind {state.get('kind')!r})")
-    if state.get("model_format") != MODEL_FORMAT:
-        raise CheckpointError(
-            f"{path}: trained-model format {state.get('model_format')!r} (written by autodeeplab "
-            f"{state.get('autodeeplab_version')}) is not the format {MODEL_FORMAT} this version reads"
-        )
+    check_model_format(path, state)
     try:
         model = AutoDeepLabNet.from_config_dict(state["model"], source=str(path))
         info = TrainedInfo(**state["info"])
@@ -123,6 +127,26 @@ def load_trained(
     if num_classes is not None:
         check_classes(path, info, num_classes, "the data")
     return model.to(device).eval(), info
+
+
+def check_model_format(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Raise a one-line :class:`CheckpointError` unless ``record`` has this version's ``model_format``."""
+    found = record.get("model_format")
+    if found == MODEL_FORMAT:
+        return
+    written = f"written by autodeeplab {record.get('autodeeplab_version')}"
+    if isinstance(found, int) and not isinstance(found, bool) and found < MODEL_FORMAT:
+        changes = "; ".join(
+            FORMAT_CHANGES[f] for f in range(found + 1, MODEL_FORMAT + 1) if f in FORMAT_CHANGES
+        )
+        raise CheckpointError(
+            f"{path}: trained-model format {found} ({written}) is older than format {MODEL_FORMAT}, which "
+            f"this version reads ({changes}); retrain the model with this version"
+        )
+    raise CheckpointError(
+        f"{path}: trained-model format {found!r} ({written}) is not the format {MODEL_FORMAT} this version "
+        "reads"
+    )
 
 
 def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: int, what: str) -> None:
@@ -147,6 +171,8 @@ def load_training_state(
     state, path = latest_for_resume(run, echo)
     if state.get("kind") != STATE_KIND:
         raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
+    if isinstance(state.get("trained"), dict):  # weights of an older format must not be trained further
+        check_model_format(path, state["trained"])
     changes = check_resume_changes(state.get("config", {}), config, allowed, f"--resume {run.path}")
     if config.iterations < int(state["step"]):
         raise ConfigError(

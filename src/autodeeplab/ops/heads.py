@@ -1,12 +1,14 @@
 """Segmentation heads of the found network: ASPP (DeepLabv3) and the DeepLabv3+ decoder.
 
 Settings follow DeepLab's ``model.py`` as used for Auto-DeepLab (paper §5.2): every convolution is
-dense (not separable) and has no bias when BN follows it.
+dense (not separable) and has no bias when BN follows it. Both heads take ``dims`` (2 for images
+``[N, C, H, W]``, 3 for volumes ``[N, C, D, H, W]``), like the primitives.
 
 - :class:`ASPP`: five branches of ``channels`` each — 1×1 conv, three 3×3 atrous convs, image
   pooling — concatenated and projected by a 1×1 conv, then dropout.
 - :class:`DeepLabV3PlusDecoder`: low-level features → 1×1 conv to 48 channels, concatenated with the
-  ASPP output upsampled to their size, two 3×3 convs, a 1×1 classifier with bias.
+  ASPP output upsampled to their size (bilinear, corners aligned: DeepLab's ``resize_bilinear``), two
+  3×3 convs, a 1×1 classifier with bias.
 
 The image-pooling branch is a 1×1 conv *with bias* followed by ReLU, without BN: DeepLab puts a BN
 there, but BN over a 1×1 pooled map has a single value per channel when the batch holds one image,
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autodeeplab.ops.primitives import resize
+from autodeeplab.ops.primitives import batch_norm_nd, conv_nd, resize
 
 DEEPLAB_RATE_STRIDE = 16
 """DeepLab's atrous rates are given at output stride 16 and scale inversely with it."""
@@ -31,40 +33,49 @@ def aspp_rates_for_stride(rates_os16: tuple[int, ...], output_stride: int) -> tu
     return tuple(max(1, round(r * DEEPLAB_RATE_STRIDE / output_stride)) for r in rates_os16)
 
 
-def conv_bn_relu(c_in: int, c_out: int, kernel: int, dilation: int = 1) -> nn.Sequential:
-    """Dense k×k conv (no bias) → BN → ReLU: ``[N, c_in, H, W]`` → ``[N, c_out, H, W]`` (same size)."""
+def conv_bn_relu(c_in: int, c_out: int, kernel: int, dilation: int = 1, dims: int = 2) -> nn.Sequential:
+    """Dense k×k conv (no bias) → BN → ReLU: ``[N, c_in, *S]`` → ``[N, c_out, *S]`` (same size)."""
     padding = dilation * (kernel - 1) // 2
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(c_out),
+        conv_nd(dims)(c_in, c_out, kernel, padding=padding, dilation=dilation, bias=False),
+        batch_norm_nd(dims)(c_out),
         nn.ReLU(),
     )
 
 
 class ImagePooling(nn.Module):
-    """Global average → 1×1 conv (bias) → ReLU → broadcast: ``[N, C, H, W]`` → ``[N, channels, H, W]``."""
+    """Global average → 1×1 conv (bias) → ReLU → broadcast: ``[N, C, *S]`` → ``[N, channels, *S]``."""
 
-    def __init__(self, in_channels: int, channels: int) -> None:
+    def __init__(self, in_channels: int, channels: int, dims: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, channels, 1, bias=True)
+        self.conv = conv_nd(dims)(in_channels, channels, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.relu(self.conv(x.mean(dim=(2, 3), keepdim=True)))
-        # Bilinear resize of a 1×1 map is a broadcast; expand says so without an interpolation op.
-        return pooled.expand(-1, -1, x.shape[2], x.shape[3])
+        spatial = tuple(range(2, x.dim()))
+        pooled = torch.relu(self.conv(x.mean(dim=spatial, keepdim=True)))
+        # A resize of a 1×1 map is a broadcast (aligned corners or not); expand says so without an
+        # interpolation op.
+        return pooled.expand(-1, -1, *x.shape[2:])
 
 
 class ASPP(nn.Module):
-    """Atrous spatial pyramid pooling: ``[N, in_channels, H, W]`` → ``[N, channels, H, W]``."""
+    """Atrous spatial pyramid pooling: ``[N, in_channels, *S]`` → ``[N, channels, *S]``."""
 
-    def __init__(self, in_channels: int, channels: int, rates: tuple[int, ...], dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        rates: tuple[int, ...],
+        dropout: float = 0.1,
+        dims: int = 2,
+    ) -> None:
         super().__init__()
         self.rates = tuple(rates)
-        branches: list[nn.Module] = [conv_bn_relu(in_channels, channels, 1)]
-        branches += [conv_bn_relu(in_channels, channels, 3, dilation=r) for r in self.rates]
-        branches.append(ImagePooling(in_channels, channels))
+        branches: list[nn.Module] = [conv_bn_relu(in_channels, channels, 1, dims=dims)]
+        branches += [conv_bn_relu(in_channels, channels, 3, dilation=r, dims=dims) for r in self.rates]
+        branches.append(ImagePooling(in_channels, channels, dims=dims))
         self.branches = nn.ModuleList(branches)
-        self.project = conv_bn_relu(len(branches) * channels, channels, 1)
+        self.project = conv_bn_relu(len(branches) * channels, channels, 1, dims=dims)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +83,7 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3PlusDecoder(nn.Module):
-    """(ASPP ``[N, aspp_channels, h, w]``, low-level ``[N, low_in, H4, W4]``) → logits ``[N, K, H4, W4]``."""
+    """(ASPP ``[N, aspp_channels, *s]``, low-level ``[N, low_in, *S4]``) → logits ``[N, K, *S4]``."""
 
     def __init__(
         self,
@@ -81,16 +92,18 @@ class DeepLabV3PlusDecoder(nn.Module):
         low_level_channels: int,
         channels: int,
         num_classes: int,
+        dims: int = 2,
     ) -> None:
         super().__init__()
-        self.reduce = conv_bn_relu(low_level_in, low_level_channels, 1)
+        self.reduce = conv_bn_relu(low_level_in, low_level_channels, 1, dims=dims)
         self.fuse = nn.Sequential(
-            conv_bn_relu(aspp_channels + low_level_channels, channels, 3),
-            conv_bn_relu(channels, channels, 3),
+            conv_bn_relu(aspp_channels + low_level_channels, channels, 3, dims=dims),
+            conv_bn_relu(channels, channels, 3, dims=dims),
         )
-        self.classifier = nn.Conv2d(channels, num_classes, 1, bias=True)
+        self.classifier = conv_nd(dims)(channels, num_classes, 1, bias=True)
 
     def forward(self, aspp_out: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         low = self.reduce(low_level)
-        fused = torch.cat([resize(aspp_out, low.shape[2:]), low], dim=1)
+        # DeepLab's refine_by_decoder resizes with its resize_bilinear, which aligns corners.
+        fused = torch.cat([resize(aspp_out, low.shape[2:], align_corners=True), low], dim=1)
         return self.classifier(self.fuse(fused))

@@ -65,9 +65,11 @@ def _by_dims(dims: int, one: type, two: type, three: type) -> type:
 def resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = False) -> torch.Tensor:
     """Resample ``[N, C, *S]`` to ``[N, C, *size]`` with (bi/tri)linear interpolation.
 
-    The single resampling function of the package, so that search and retraining agree on it.
-    ``align_corners=True`` maps corner pixels onto corner pixels (TensorFlow's
-    ``resize_bilinear(align_corners=True)``, which the released model's strided atrous op uses).
+    The single resampling function of the package. ``align_corners=True`` maps corner pixels onto
+    corner pixels (TensorFlow's ``resize_bilinear(align_corners=True)``): the released model resizes
+    that way everywhere, so the found network (:mod:`autodeeplab.nets`, :mod:`autodeeplab.ops.heads`)
+    and its strided atrous op pass it. The search supernet keeps the default ``False``, as it always has
+    (changing it would change every seeded search).
     """
     if tuple(x.shape[2:]) == tuple(size):
         return x

@@ -81,7 +81,10 @@ class SearchConfig:
         self.arch_betas = tuple(self.arch_betas)
 
     def validate(self) -> None:
-        """Reject values that cannot work, naming the field."""
+        """Raise :class:`ConfigError` naming the field for the first value that cannot work.
+
+        Called by ``run_search`` (and the pipeline's input checks) before anything is read or written.
+        """
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
@@ -98,20 +101,33 @@ class SearchConfig:
         for key, value in {"lr": self.lr, "arch_lr": self.arch_lr}.items():
             if not value > 0:
                 raise ConfigError(f"{key}: must be positive, got {value}")
-        if self.arch_start_epoch < 0:
-            raise ConfigError(f"arch_start_epoch: must be >= 0, got {self.arch_start_epoch}")
+        non_negative = {
+            "arch_start_epoch": self.arch_start_epoch,
+            "lr_min": self.lr_min,
+            "weight_decay": self.weight_decay,
+            "arch_weight_decay": self.arch_weight_decay,
+            "grad_clip": self.grad_clip,
+            "checkpoint_every": self.checkpoint_every,
+        }
+        for key, value in non_negative.items():
+            if not value >= 0:
+                raise ConfigError(f"{key}: must be >= 0, got {value}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"steps_per_epoch: must be at least 1 or null, got {self.steps_per_epoch}")
         if self.data.num_workers < 0:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.data.num_workers}")
+        if self.data.max_val_images is not None and self.data.max_val_images < 1:
+            raise ConfigError(
+                f"data.max_val_images: must be at least 1 or null, got {self.data.max_val_images}"
+            )
         if self.space.spatial_dims != 2:
             raise ConfigError("space.spatial_dims: only 2 (images) is supported by the search loop for now")
         self.execution.check_levels(self.space.num_levels)  # before any data is read
         low, high = self.data.scale_range
         if not 0 < low <= high:
-            raise ConfigError(
-                f"data.scale_range: expected 0 < low <= high, got {list(self.data.scale_range)}"
-            )
+            raise ConfigError(f"data.scale_range: must be 0 < low <= high, got {list(self.data.scale_range)}")
 
 
 register_presets(

@@ -1,5 +1,11 @@
 """Typed settings of the retraining (paper §5.2, Table 3), with the paper's values as defaults.
 
+The ``model`` section is the found network's own settings type,
+:class:`~autodeeplab.nets.network.NetworkConfig`, so every setting of the network (stem widths, ASPP
+rates and width, decoder widths, dropout, drop path, ...) can be set from YAML or ``--set model.<field>``.
+In training ``model.num_classes`` defaults to ``null``: the dataset's class count (a number must equal it);
+``model.in_channels`` must be 3 and ``model.spatial_dims`` 2, since the training data are RGB images.
+
 Presets: ``paper`` (the defaults: Cityscapes, 769×769 crops, 1.5M iterations, poly lr 0.05; see
 :class:`TrainConfig` for what the paper leaves open), ``cpu`` (CamVid at
 ``../shared/data/camvid``, F=8 with 64-channel heads: the documented CPU run) and ``tiny`` (the built-in
@@ -8,9 +14,12 @@ synthetic data, seconds). :data:`RESUMABLE_KEYS` names what ``--resume`` may cha
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from autodeeplab.config.settings import register_presets
+from autodeeplab.errors import ConfigError
+from autodeeplab.nets.network import NetworkConfig
 
 RESUMABLE_KEYS = frozenset(
     {
@@ -54,26 +63,40 @@ class TrainDataConfig:
     def __post_init__(self) -> None:
         self.scale_range = tuple(self.scale_range)
         self.synthetic_size = tuple(self.synthetic_size)
-        if self.crop_size < 1:
-            raise ValueError(f"data.crop_size must be positive, got {self.crop_size}")
-        if not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ValueError(f"data.scale_range must be 0 < low <= high, got {list(self.scale_range)}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+
+    def validate(self, where: str = "data") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
+        _at_least(f"{where}.crop_size", self.crop_size, 1)
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ConfigError(f"{where}.scale_range: must be 0 < low <= high, got {list(self.scale_range)}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ConfigError(f"{where}.jitter: must be in [0, 1), got {self.jitter}")
+        _at_least(f"{where}.num_workers", self.num_workers, 0)
+        if self.eval_max_images is not None:
+            _at_least(f"{where}.eval_max_images", self.eval_max_images, 1)
+        _at_least(f"{where}.synthetic_train_samples", self.synthetic_train_samples, 1)
+        _at_least(f"{where}.synthetic_eval_samples", self.synthetic_eval_samples, 1)
 
 
-@dataclass
-class TrainModelConfig:
-    """The network settings that training chooses (the class count comes from the dataset)."""
+def _at_least(key: str, value: int, low: int) -> None:
+    """``key: must be at least 1`` / ``must be >= 0``: the wording of every config's ``validate``."""
+    if value < low:
+        raise ConfigError(f"{key}: must be {'at least 1' if low == 1 else f'>= {low}'}, got {value}")
 
-    filter_multiplier: int = 20
-    """F: 20 / 32 / 48 = Auto-DeepLab-S / M / L."""
-    drop_path_keep_prob: float = 0.7
-    """Scheduled Drop Path's final keep probability of the deepest cell. The paper does not give it; 0.7 is
-    our choice, the value of TF-slim's NASNet-A Large ImageNet setting (Scheduled Drop Path comes from
-    NASNet). 1.0 switches drop path off."""
-    aspp_channels: int = 256
-    decoder_channels: int = 256
+
+TRAIN_IN_CHANNELS = 3
+"""Every training dataset yields RGB images."""
+
+
+def training_network_defaults() -> NetworkConfig:
+    """The ``model`` section's defaults: the network's own, except the class count (the data's) and
+    Scheduled Drop Path's final keep probability of the deepest cell (0.7).
+
+    The paper does not give that keep probability; 0.7 is our choice, the value of TF-slim's NASNet-A
+    Large ImageNet setting (Scheduled Drop Path comes from NASNet). 1.0 switches drop path off.
+    """
+    return NetworkConfig(num_classes=None, drop_path_keep_prob=0.7)
 
 
 @dataclass
@@ -84,10 +107,15 @@ class TrainConfig:
     SGD momentum 0.9, crop 769. The paper gives neither batch size nor weight decay. Weight decay 4e-5 is
     the default of DeepLab's ``train.py`` (the protocol the paper follows); batch 8 is our choice (the
     largest power of two that is common for 769 crops), not a value from the paper.
+
+    :meth:`validate` runs when the settings are built, so a bad file or ``--set`` fails before anything
+    runs, and again in ``run_training``.
     """
 
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
-    model: TrainModelConfig = field(default_factory=TrainModelConfig)
+    model: NetworkConfig = field(default_factory=training_network_defaults)
+    """The found network (``model.filter_multiplier`` F = 20 / 32 / 48: Auto-DeepLab-S / M / L); see
+    :func:`training_network_defaults`."""
     iterations: int = 1_500_000
     batch_size: int = 8
     lr: float = 0.05
@@ -109,16 +137,43 @@ class TrainConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field for the first value that cannot work."""
         for name in ("iterations", "batch_size", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+            _at_least(name, getattr(self, name), 1)
         for name in ("checkpoint_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+            _at_least(name, getattr(self, name), 0)
         if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("weight_decay must be >= 0 and momentum in [0, 1)")
+            raise ConfigError(f"lr: must be positive, got {self.lr}")
+        for name in ("lr_power", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        self.data.validate("data")
+        self.model.validate("model")
+        if self.model.in_channels != TRAIN_IN_CHANNELS:
+            raise ConfigError(
+                f"model.in_channels: must be {TRAIN_IN_CHANNELS} (the training data are RGB images), got "
+                f"{self.model.in_channels}"
+            )
+        if self.model.spatial_dims != 2:
+            raise ConfigError(
+                f"model.spatial_dims: only 2 (images) is supported by training for now, got "
+                f"{self.model.spatial_dims}"
+            )
+
+    def network_config(self, num_classes: int, source: str = "the data") -> NetworkConfig:
+        """The network's settings for data of ``num_classes`` classes (``model.num_classes`` must agree)."""
+        given = self.model.num_classes
+        if given is not None and given != num_classes:
+            raise ConfigError(
+                f"model.num_classes: {given} does not match the {num_classes} classes of {source} "
+                "(null takes the data's count)"
+            )
+        return dataclasses.replace(self.model, num_classes=num_classes)
 
 
 CAMVID_ROOT = "../shared/data/camvid"

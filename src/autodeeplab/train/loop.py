@@ -42,7 +42,7 @@ from autodeeplab.nets.model_file import (
     restore_training_state,
     trained_record,
 )
-from autodeeplab.nets.network import AutoDeepLabNet, NetworkConfig
+from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.optim import sgd
 from autodeeplab.runs.device import resolve_device
 from autodeeplab.runs.progress import Progress
@@ -108,6 +108,7 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
         d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
     )
     check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
+    config.network_config(train.num_classes, f"{d.dataset} {d.train_split}")  # model.num_classes fits
     if batches_per_epoch(len(train), config.batch_size) == 0:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train)} images cannot fill one batch of {config.batch_size}"
@@ -121,17 +122,9 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
 
 
 def build_model(genotype: Genotype, config: TrainConfig, num_classes: int) -> AutoDeepLabNet:
-    """The network to train, initialised from ``config.seed``."""
+    """The network of ``config.model`` for ``num_classes`` classes, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
-    m = config.model
-    settings = NetworkConfig(
-        filter_multiplier=m.filter_multiplier,
-        num_classes=num_classes,
-        drop_path_keep_prob=m.drop_path_keep_prob,
-        aspp_channels=m.aspp_channels,
-        decoder_channels=m.decoder_channels,
-    )
-    return AutoDeepLabNet(genotype, settings)
+    return AutoDeepLabNet(genotype, config.network_config(num_classes))
 
 
 def training_batches(
@@ -167,6 +160,7 @@ def run_training(
     Shows a progress bar (loss, lr, images/s) unless ``quiet``; messages (start, evaluations, interrupt) go
     to ``echo``, by default printed above the bar.
     """
+    config.validate()  # settings changed after they were built fail here, before anything is written
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
     with run.removed_if_unstarted():
         return _train(config, genotype, run, resume, quiet, echo)
