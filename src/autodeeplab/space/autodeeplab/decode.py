@@ -54,7 +54,8 @@ def viterbi_path(beta: np.ndarray) -> tuple[int, ...]:
     """β weights ``[L, levels, 3]`` → the levels of layers 1..L on the path of largest product.
 
     The path starts at the stem (layer 0, level 0) and may end at any level; edges with weight 0 do
-    not exist. Works in log space; ties go to the lower level.
+    not exist. Works in log space. Ties go to the lower level, from the end backwards: the lowest last
+    level among the best paths, then the lowest level before it among the best paths ending there, and so on.
     """
     beta = np.asarray(beta, dtype=np.float64)
     num_layers, num_levels, _ = beta.shape
