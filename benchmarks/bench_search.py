@@ -85,34 +85,35 @@ def _setup(spec: dict):
     import torch
 
     from autodeeplab.fast.execution import ExecutionConfig
+    from autodeeplab.fast.supernet import build_supernet
     from autodeeplab.search.config import SearchConfig
-    from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
+    from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 
     torch.set_num_threads(spec["threads"])
     execution, space, _ = VARIANTS[spec["variant"]]
     space = {"filter_multiplier": spec["filters"], "num_layers": spec["layers"], **space}
+    config = SearchConfig(space=SearchSpaceConfig(**space), execution=ExecutionConfig(**execution))
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    model = SearchNetwork(SearchSpaceConfig(**space), spec["classes"], execution=ExecutionConfig(**execution))
-    model = model.to(device)
+    model = build_supernet(config.space, spec["classes"], execution=config.execution).to(device)
     size, batch = spec["size"], spec["batch"]
     images = torch.randn(batch, 3, size, size, device=device)
     masks = torch.randint(0, spec["classes"], (batch, size, size), device=device)
-    return torch, model, images, masks, SearchConfig(), device
+    return torch, model, images, masks, config, device
 
 
-def _unfrozen_step(model, images, masks, optimizer, criterion, grad_clip: float = 0.0) -> float:
+def _unfrozen_step(model, images, masks, optimizer, criterion, grad_clip: float, precision: str) -> float:
     """A step that, like the public implementation, computes gradients for every parameter."""
     from autodeeplab.fast.precision import autocast, backward_and_step
 
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    with autocast(model.execution.precision, images.device.type):
+    with autocast(precision, images.device.type):
         loss = criterion(model(images), masks)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    backward_and_step(loss, optimizer, model.execution.precision, images.device.type, params, grad_clip)
+    backward_and_step(loss, optimizer, precision, images.device.type, params, grad_clip)
     model.zero_grad(set_to_none=True)  # gradients of the other group are computed, then dropped
-    return float(loss)
+    return float(loss.detach())
 
 
 def worker_time(spec: dict) -> dict:
@@ -125,8 +126,9 @@ def worker_time(spec: dict) -> dict:
     weight_opt, arch_opt, _ = make_optimizers(model, config)
     criterion = nn.CrossEntropyLoss()
     freeze = VARIANTS[spec["variant"]][2]
+    precision = config.execution.precision
     w_step = weight_step if freeze else _unfrozen_step
-    a_step = arch_step if freeze else (lambda m, x, y, o, c: _unfrozen_step(m, x, y, o, c))
+    a_step = arch_step if freeze else (lambda m, x, y, o, c, p: _unfrozen_step(m, x, y, o, c, 0.0, p))
 
     def sync():
         if device.type == "cuda":
@@ -136,10 +138,10 @@ def worker_time(spec: dict) -> dict:
     for _ in range(spec["repeats"] + 1):  # the first is a warm-up
         sync()
         t0 = time.perf_counter()
-        w_step(model, images, masks, weight_opt, criterion, config.grad_clip)
+        w_step(model, images, masks, weight_opt, criterion, config.grad_clip, precision)
         sync()
         t1 = time.perf_counter()
-        a_step(model, images, masks, arch_opt, criterion)
+        a_step(model, images, masks, arch_opt, criterion, precision)
         sync()
         times.append((t1 - t0, time.perf_counter() - t1))
     timed = times[1:]
@@ -199,16 +201,17 @@ def worker_memory(spec: dict) -> dict:
         calibration
     ):  # count at a small crop, scale each tensor by its resolution's area (autodeeplab.search.estimate)
         spec = {**spec, "size": calibration}
-    torch, model, images, masks, _, device = _setup(spec)
+    torch, model, images, masks, config, device = _setup(spec)
+    precision = config.execution.precision
     criterion = nn.CrossEntropyLoss()
     result = {}
     for step in ("weight", "arch"):
         if VARIANTS[spec["variant"]][2]:
-            records = count_saved(model, images, masks, criterion, step)
+            records = count_saved(model, images, masks, criterion, step, precision)
         else:  # nothing frozen: what a single forward of the public implementation keeps
             model.train()
             counter = SavedTensorCounter(exclude=[*model.parameters(), *model.buffers()])
-            with counter, autocast(model.execution.precision, device.type):
+            with counter, autocast(precision, device.type):
                 criterion(model(images), masks)
             records = counter.records
         total = sum(r.nbytes for r in records)

@@ -16,9 +16,10 @@ import time
 import torch
 from torch import nn
 
+from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import frozen, make_optimizers
-from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
+from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = SearchNetwork(SearchSpaceConfig(), 19).train()
+    net = build_supernet(SearchSpaceConfig(), 19).train()
     optimizer, _, _ = make_optimizers(net, SearchConfig())
     images = torch.randn(2, 3, args.size, args.size)
     masks = torch.randint(0, 19, (2, args.size, args.size))

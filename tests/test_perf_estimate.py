@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from autodeeplab.cli.main import main
+from autodeeplab.fast.supernet import FastSearchNetwork
 from autodeeplab.search import estimate
 from autodeeplab.search.estimate import SearchEstimate, SearchSchedule, projected_search_seconds
-from autodeeplab.space.autodeeplab.supernet import SearchNetwork
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = [
@@ -112,10 +112,10 @@ def test_memory_only_estimate_runs_one_forward_per_step_kind_and_times_nothing(t
         raise AssertionError("a memory-only estimate must not time steps")
 
     forwards = []
-    original = SearchNetwork.forward
+    original = FastSearchNetwork.forward  # what build_supernet builds
     monkeypatch.setattr(estimate, "_time_steps", no_timing)
     monkeypatch.setattr(
-        SearchNetwork, "forward", lambda self, x: forwards.append(x.shape) or original(self, x)
+        FastSearchNetwork, "forward", lambda self, x: forwards.append(x.shape) or original(self, x)
     )
     assert main(tiny_estimate_args("--estimate-no-time")) == 0
     out = capsys.readouterr().out

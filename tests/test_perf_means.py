@@ -11,11 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from autodeeplab.fast.cell import mixed_op
+from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.memory import SavedTensorCounter
+from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.ops.primitives import PRIMITIVES, Zero
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import arch_step, make_optimizers, weight_step
-from autodeeplab.space.autodeeplab.cell import EdgeOptions, MixedOp
+from autodeeplab.space.autodeeplab.cell import MixedOp
 from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 TOL = {"atol": 1e-12, "rtol": 1e-10}
@@ -27,23 +30,27 @@ def with_explicit_none(op: MixedOp) -> MixedOp:
     explicit = copy.deepcopy(op)
     explicit.ops.insert(0, Zero(1))
     explicit.op_indices = (NONE, *op.op_indices)
-    explicit._relu_first = (False, *op._relu_first)
     return explicit
 
 
-def run_op(op: MixedOp, x: torch.Tensor, logits: torch.Tensor, options: EdgeOptions | None):
+def run_op(op: MixedOp, x: torch.Tensor, logits: torch.Tensor, execution: ExecutionConfig | None):
     """Output ``[N, C, H, W]``, gradients of x, of the α logits ``[P]`` and of the op's parameters, and
-    the bytes saved for the backward."""
+    the bytes saved for the backward; ``execution`` None: the reference ``op(x, weights)``."""
     x, logits = x.clone().requires_grad_(), logits.clone().requires_grad_()
     weights = torch.softmax(logits, 0)
     with SavedTensorCounter(exclude=[*op.parameters(), *op.buffers(), weights]) as counter:
-        out = op(x, weights, options)
+        out = op(x, weights) if execution is None else mixed_op(op, x, weights, execution)
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
     return out.detach(), x.grad, logits.grad, [p.grad for p in op.parameters()], counter.total_bytes
 
 
-@pytest.mark.parametrize("options", [None, EdgeOptions(), EdgeOptions(False, False, False, False)])
-def test_skipping_none_equals_an_explicit_zero_op(options):
+UNSHARED = ExecutionConfig(share_edge_relu=False, pool_without_indices=False, fold_alpha_into_bn=False)
+
+
+@pytest.mark.parametrize(
+    "execution", [None, ExecutionConfig(), UNSHARED], ids=["reference", "fast", "unshared"]
+)
+def test_skipping_none_equals_an_explicit_zero_op(execution):
     torch.manual_seed(0)
     op = MixedOp(4, affine=True).double().train()
     explicit = with_explicit_none(op)
@@ -51,7 +58,7 @@ def test_skipping_none_equals_an_explicit_zero_op(options):
     x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
     logits = torch.randn(len(PRIMITIVES), dtype=torch.float64)
     logits[NONE] = 3.0  # a large none weight: skipping it must still change nothing
-    skipped, evaluated = run_op(op, x, logits, options), run_op(explicit, x, logits, options)
+    skipped, evaluated = run_op(op, x, logits, execution), run_op(explicit, x, logits, execution)
     assert torch.allclose(skipped[0], evaluated[0], **TOL)
     assert torch.allclose(skipped[1], evaluated[1], **TOL)  # d/dx
     assert torch.allclose(skipped[2], evaluated[2], **TOL)  # d/dα, including none's own logit
@@ -65,7 +72,7 @@ def test_skipping_none_equals_an_explicit_zero_op(options):
 def tiny_net() -> SearchNetwork:
     torch.manual_seed(0)
     space = SearchSpaceConfig(filter_multiplier=2, num_layers=3, num_blocks=2, stem_channels=(4, 4, 8))
-    net = SearchNetwork(space, num_classes=3)
+    net = build_supernet(space, num_classes=3)  # the fast path, as the search runs it
     with torch.no_grad():
         net.alpha.normal_()
         net.beta.normal_()

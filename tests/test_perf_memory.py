@@ -10,6 +10,7 @@ from autodeeplab.cli.main import main
 from autodeeplab.errors import ConfigError
 from autodeeplab.fast.execution import ExecutionConfig, reference_switches
 from autodeeplab.fast.memory import SavedTensorCounter
+from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.estimate import count_saved, resolution_chain, scale_saved_bytes
 from autodeeplab.search.loop import make_optimizers, weight_step
@@ -21,13 +22,14 @@ REFERENCE = ExecutionConfig(**reference_switches())
 def tiny_net(execution: ExecutionConfig | None = None, **space) -> SearchNetwork:
     torch.manual_seed(0)
     cfg = dict(filter_multiplier=4, num_layers=3, num_blocks=2, stem_channels=(4, 4, 8))
-    return SearchNetwork(SearchSpaceConfig(**{**cfg, **space}), num_classes=3, execution=execution)
+    return build_supernet(SearchSpaceConfig(**{**cfg, **space}), num_classes=3, execution=execution)
 
 
 def saved(net: SearchNetwork, size: int = 33, step: str = "weight") -> int:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(2, 3, size, size, generator=g), torch.randint(0, 3, (2, size, size), generator=g)
-    return sum(r.nbytes for r in count_saved(net, x, y, nn.CrossEntropyLoss(), step))
+    records = count_saved(net, x, y, nn.CrossEntropyLoss(), step, net.execution.precision)
+    return sum(r.nbytes for r in records)
 
 
 def test_counter_deduplicates_storages_and_skips_parameters():
@@ -54,7 +56,7 @@ def test_saved_bytes_scale_from_a_calibration_crop(step):
 
 def count_saved_records(net, size, step):
     x, y = torch.randn(2, 3, size, size), torch.randint(0, 3, (2, size, size))
-    return count_saved(net, x, y, nn.CrossEntropyLoss(), step)
+    return count_saved(net, x, y, nn.CrossEntropyLoss(), step, net.execution.precision)
 
 
 @pytest.mark.parametrize("step", ["weight", "arch"])
@@ -85,7 +87,7 @@ def test_bf16_keeps_about_half_and_trains():
     before = [p.detach().clone() for p in net.weight_parameters()]
     w_opt, _, _ = make_optimizers(net, SearchConfig())
     x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
-    loss = weight_step(net, x, y, w_opt, nn.CrossEntropyLoss(), grad_clip=5.0)
+    loss = weight_step(net, x, y, w_opt, nn.CrossEntropyLoss(), grad_clip=5.0, precision="bf16")
     assert torch.isfinite(torch.tensor(loss))
     assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay fp32
     assert any(not torch.equal(a, b) for a, b in zip(before, net.weight_parameters(), strict=True))

@@ -51,11 +51,12 @@ def test_scaled_step_skips_overflow_and_lowers_the_scale():
 def search_gradients(precision: str, seed: int) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss and every parameter's gradient of one supernet forward/backward under ``precision``."""
     from autodeeplab.fast.execution import ExecutionConfig
-    from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
+    from autodeeplab.fast.supernet import build_supernet
+    from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 
     torch.manual_seed(seed)
     space = SearchSpaceConfig(filter_multiplier=4, num_layers=3, num_blocks=2, stem_channels=(8, 8, 16))
-    net = SearchNetwork(space, 3, execution=ExecutionConfig(precision=precision)).train()
+    net = build_supernet(space, 3, execution=ExecutionConfig(precision=precision)).train()
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(2, 3, 33, 33, generator=g), torch.randint(0, 3, (2, 33, 33), generator=g)
     with autocast(precision, "cpu"):

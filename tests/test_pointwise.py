@@ -59,10 +59,12 @@ def test_apply_conv_falls_back_to_the_module_for_other_convs():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     strided = nn.Conv2d(4, 8, 1, stride=2)
-    assert torch.equal(apply_conv(strided, x, True), strided(x))  # not a stride-1 1×1: the module itself
+    assert torch.equal(
+        apply_conv(strided, x, pointwise_as_matmul=True), strided(x)
+    )  # not a stride-1 1×1: the module itself
     pw = nn.Conv2d(4, 8, 1)
-    assert torch.allclose(apply_conv(pw, x, True), pw(x), atol=1e-6)
-    assert torch.equal(apply_conv(pw, x, False), pw(x))
+    assert torch.allclose(apply_conv(pw, x, pointwise_as_matmul=True), pw(x), atol=1e-6)
+    assert torch.equal(apply_conv(pw, x, pointwise_as_matmul=False), pw(x))
 
 
 @pytest.mark.parametrize("groups", [1, 2])

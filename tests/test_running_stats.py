@@ -73,3 +73,22 @@ def test_a_failed_forward_moves_no_statistic():
         raise RuntimeError("boom")
     assert torch.equal(bns[0].running_mean, before)
     assert int(bns[0].num_batches_tracked) == 0
+
+
+def test_a_module_recorded_again_is_updated_in_order():
+    """One forward may record a module twice (a cell run once per incoming resolution): the second record
+    must decay the first, d²r + d(1-d)s₁ + (1-d)s₂, as two module calls do; so must a module updating its
+    own buffers (one module, one group) while an update of it waits."""
+    bns = modules(2)
+    ref = copy.deepcopy(bns)
+    g = torch.Generator().manual_seed(1)
+    x1, x2, x3 = (torch.randn(2, 6, 4, 4, generator=g, dtype=torch.float64) * k + k for k in (1, 2, 3))
+    with batched_running_stats():
+        multi_batch_norm(x1, bns)  # two modules: deferred
+        multi_batch_norm(x2, bns)  # both again
+        multi_batch_norm(x3[:, :3], bns[:1])  # the first alone, which would update at once
+    for x in (x1, x2):
+        for i, bn in enumerate(ref):
+            bn(x[:, 3 * i : 3 * i + 3])
+    ref[0](x3[:, :3])
+    assert_same_buffers(bns, ref)

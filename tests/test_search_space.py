@@ -1,10 +1,22 @@
 """The supernet: topology, β normalisation, gradients, shapes, and Eq. 6 checked by hand."""
 
+import contextlib
+import math
+
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional
 
-from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig, normalize_beta
+from autodeeplab.fast.execution import ExecutionConfig, reference_switches
+from autodeeplab.fast.supernet import build_supernet
+from autodeeplab.ops.primitives import PRIMITIVES
+from autodeeplab.space.autodeeplab.supernet import (
+    SearchNetwork,
+    SearchSpaceConfig,
+    normalize_alpha,
+    normalize_beta,
+)
 from autodeeplab.space.autodeeplab.topology import (
     beta_mask,
     incoming_edges,
@@ -81,35 +93,193 @@ def test_arch_and_weight_parameter_groups_partition_the_parameters():
     assert net.alpha.shape == (num_edges(2), 8) and net.beta.shape == (4, 4, 3)
 
 
-def test_node_follows_equation_6():
-    """Recompute node (3, 1) from its inputs by hand: Σ_s' β · Cell(resample(H), H^{l-2})."""
+def make_supernet(config, num_classes, execution=None):
+    """The one place this file builds a supernet for the Eq. 6 tests. ``execution`` None: the reference
+    (:class:`SearchNetwork`'s own forward); otherwise the search's builder with those execution switches
+    (``ExecutionConfig()``: the exact fast path)."""
+    if execution is None:
+        return SearchNetwork(config, num_classes)
+    return build_supernet(config, num_classes, execution=execution)
+
+
+def bilinear(x, size):
+    """The search supernet's resize, by hand: bilinear, corners not aligned."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def mixed_op_by_hand(edge, x, weights):
+    """Paper Eq. 2: Σ over the primitives other than `none` (whose output is 0) of α_p · op_p(x)."""
+    out = 0
+    for p, name in enumerate(PRIMITIVES):
+        if name != "none":
+            out = out + weights[p] * edge.op(name)(x)
+    return out
+
+
+def cell_by_hand(cell, num_blocks, s0, s1, alpha):
+    """Paper §3.1: block i sums a mixed op of every earlier state (s0, s1, blocks 0..i-1), edges numbered
+    block by block and input by input; the cell output concatenates the blocks."""
+    states, edge = [s0, s1], 0
+    for _ in range(num_blocks):
+        out = 0
+        for state in states:
+            out = out + mixed_op_by_hand(cell.edges[edge], state, alpha[edge])
+            edge += 1
+        states.append(out)
+    return torch.cat(states[2:], dim=1)
+
+
+def nearest_level_two_back(nodes, layer, level):
+    """h^{l-2} (README): the node at ``level`` two layers back, or where that level does not exist yet, the
+    nearest level there (the highest one). Layers -1 and 0 are the stem."""
+    top = max(s for (l, s) in nodes if l == layer - 2)
+    return nodes[(layer - 2, min(level, top))]
+
+
+def supernet_by_hand(model, x, h_prev_prev=nearest_level_two_back, resize_prev_prev=bilinear):
+    """The whole supernet output of ``model`` for images ``x``, from its modules, node by node (Eq. 6):
+
+        ^sH^l = Σ_{s'} β[l-1, s', s-s'+1] · Cell(resample(^{s'}H^{l-1}), resize(h^{l-2}); α)
+
+    with softmax α and masked-softmax β; resampling down = the resampler's ReLU → 3×3 stride-2 conv → BN,
+    up = bilinear to the exact size of the target level, then ReLU → 1×1 → BN; every level's head on the
+    last layer, upsampled to the input size and summed. Returns the logits and the resizes made
+    (``(from, to)`` spatial sizes). ``h_prev_prev`` and ``resize_prev_prev`` let a test try wrong choices.
+    """
+    c = model.config
+    alpha = normalize_alpha(model.alpha)
+    beta = normalize_beta(model.beta, model.beta_mask)
+    stem = model.stem(x)
+    sizes = [tuple(stem.shape[2:])]
+    for _ in range(1, c.num_levels):
+        sizes.append(tuple(math.ceil(n / 2) for n in sizes[-1]))
+    nodes, resizes = {(-1, 0): stem, (0, 0): stem}, []
+    for layer in range(1, c.num_layers + 1):
+        for level in range(min(layer, c.num_levels - 1) + 1):
+            cell = model.cells[f"{layer}_{level}"]
+            h_pp = h_prev_prev(nodes, layer, level)
+            resizes.append((tuple(h_pp.shape[2:]), sizes[level]))
+            s0 = cell.preprocess0(resize_prev_prev(h_pp, sizes[level]))
+            out = 0
+            for source in (level - 1, level, level + 1):
+                if (layer - 1, source) not in nodes:
+                    continue
+                h = nodes[(layer - 1, source)]
+                resampler = model.resamplers[f"{layer}_{source}_{level}"]
+                if source > level:  # a lower resolution: up to the exact size of this level first
+                    resizes.append((tuple(h.shape[2:]), sizes[level]))
+                    h = bilinear(h, sizes[level])
+                h = resampler.conv(h)
+                assert tuple(h.shape[2:]) == sizes[level]
+                weight = beta[layer - 1, source, level - source + 1]
+                out = out + weight * cell_by_hand(cell, c.num_blocks, s0, cell.preprocess1(h), alpha)
+            nodes[(layer, level)] = out
+    last = [nodes[(c.num_layers, s)] for s in range(min(c.num_layers, c.num_levels - 1) + 1)]
+    logits = sum(bilinear(model.heads[s](h), x.shape[2:]) for s, h in enumerate(last))
+    return logits, resizes
+
+
+def randomized_supernet(config, num_classes):
+    """A float64 reference supernet with α, β far from uniform, and BN affine parameters and running
+    statistics away from their initial values (so that a wrong BN or a wrong statistic shows)."""
     torch.manual_seed(0)
-    net = SearchNetwork(tiny(layers=3), num_classes=3).eval()
+    net = make_supernet(config, num_classes).double()
     with torch.no_grad():
-        net.beta.copy_(torch.randn_like(net.beta))
-        x = torch.randn(1, 3, 48, 48)
-        stem = net.stem(x)
-        sizes = net.level_sizes(stem.shape[2:])
-        alpha, beta = net.alpha_weights(), net.beta_weights()
-        layers = [{0: stem}, {0: stem}]  # layer -1 and layer 0
-        for layer in (1, 2):
-            layers.append(
-                {
-                    s: net._node(layer, s, layers[-2], layers[-1], sizes, alpha, beta)
-                    for s in node_levels(layer, 4)
-                }
-            )
-        h1, h2 = layers[-1], layers[-2]  # layer 2 and layer 1
-        cell = net.cells["3_1"]
-        expected = 0
-        for source in (0, 1, 2):  # layer 2 has levels 0..2, all adjacent to 1
-            resampled = net.resamplers[f"3_{source}_1"](h1[source], sizes[1])
-            weight = beta[2, source, 1 - source + 1]
-            expected = expected + weight * cell(
-                torch.nn.functional.interpolate(h2[1], sizes[1]), resampled, alpha
-            )
-        got = net._node(3, 1, h2, h1, sizes, alpha, beta)
-        assert torch.allclose(got, expected, atol=1e-5)
+        net.alpha.copy_(torch.randn_like(net.alpha))
+        net.beta.copy_(torch.randn_like(net.beta) * 2)
+        for module in net.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.copy_(torch.randn_like(module.running_mean) * 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                if module.affine:
+                    module.weight.copy_(1 + 0.3 * torch.randn_like(module.weight))
+                    module.bias.copy_(0.2 * torch.randn_like(module.bias))
+    return net
+
+
+@contextlib.contextmanager
+def state_kept(model):
+    """Put back every parameter and buffer afterwards: in training mode each BN call of a hand computation
+    moves its running statistics (cheaper than a deep copy)."""
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_whole_supernet_follows_equation_6(training):
+    """The supernet's output equals Eq. 6 computed by hand from its modules, node by node, for the whole
+    network (stem, every node, heads): 2 images of 3×37×41 (odd sizes, so the resizes are not exact ×2),
+    F=2, L=4, B=2, float64, in training mode (BN batch statistics) and eval mode (running statistics), for
+    the reference forward, the exact fast path, and the fast path's module with every switch off.
+
+    The h^{l-2} rule is checked by values: the hand computation takes the nearest level two layers back
+    (layer -1 being the stem) and resizes it bilinearly; plausible wrong choices that fit the channel
+    counts give an output that differs by far more than the agreement: h^{l-2} dropped (zeros) where its
+    own level is missing, the stem there instead, the right level one layer back instead of two, and a
+    nearest-neighbour resize instead of bilinear (tried in training mode).
+    """
+    config = tiny()
+    base = randomized_supernet(config, num_classes=3).train(training)
+    x = torch.randn(2, 3, 37, 41, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def by_hand(**choices):
+        with torch.no_grad(), state_kept(base):
+            return supernet_by_hand(base, x, **choices)
+
+    expected, resizes = by_hand()
+    assert expected.shape == (2, 3, 37, 41)
+    # the resizes are real: some shrink h^{l-2}, some enlarge h^{l-1}, some are not an exact factor of 2
+    assert any(a[0] > b[0] for a, b in resizes) and any(a[0] < b[0] for a, b in resizes)
+    assert any(2 * a[0] != b[0] and 2 * b[0] != a[0] and a != b for a, b in resizes)
+    executions = {
+        "reference": None,
+        "fast": ExecutionConfig(),
+        "fast module, every switch off": ExecutionConfig(**reference_switches()),
+    }
+    for name, execution in executions.items():
+        model = make_supernet(config, 3, execution).double()
+        model.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            got = model.train(training)(x)
+        assert got.dtype == torch.float64, name
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
+    if not training:
+        return  # the wrong choices below are tried once, in training mode (they differ by 0.5 to 1.4 there)
+
+    def missing(nodes, layer, level):  # whether h^{l-2}'s own level does not exist two layers back
+        return (layer - 2, level) not in nodes
+
+    def dropped(nodes, layer, level):
+        h = nearest_level_two_back(nodes, layer, level)
+        return torch.zeros_like(h) if missing(nodes, layer, level) else h
+
+    def stem_instead(nodes, layer, level):
+        h, stem = nearest_level_two_back(nodes, layer, level), nodes[(-1, 0)]
+        return stem if missing(nodes, layer, level) and stem.shape[1] == h.shape[1] else h
+
+    def one_layer_back(nodes, layer, level):
+        h = nearest_level_two_back(nodes, layer, level)
+        if not missing(nodes, layer, level) or layer < 2:
+            return h
+        same = [s for (l, s) in nodes if l == layer - 1 and nodes[(l, s)].shape[1] == h.shape[1]]
+        return nodes[(layer - 1, same[0])]
+
+    def nearest_neighbour(h, size):
+        return functional.interpolate(h, size=tuple(size), mode="nearest")
+
+    for choice in (
+        {"h_prev_prev": dropped},
+        {"h_prev_prev": stem_instead},
+        {"h_prev_prev": one_layer_back},
+        {"resize_prev_prev": nearest_neighbour},
+    ):
+        wrong, _ = by_hand(**choice)
+        assert (wrong - expected).abs().max() > 1e-6, choice  # 1000× the tolerance of the agreement
 
 
 def test_h_prev_prev_falls_back_to_nearest_level_resampled():

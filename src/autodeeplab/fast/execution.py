@@ -1,8 +1,11 @@
 """How the supernet is executed: speed and memory switches that do not change what is computed.
 
 Every switch here is exact (the same outputs, gradients and BatchNorm running statistics as the reference
-evaluation, up to float rounding) except ``precision`` (reduced-precision arithmetic, by choice). The
-approximation that does change the model, partial channels (PC-DARTS), is part of the search space
+evaluation, :class:`autodeeplab.space.autodeeplab.supernet.SearchNetwork`, up to float rounding), alone
+and in any combination (``tests/test_perf_exactness.py``), except ``precision`` (reduced-precision
+arithmetic, by choice). The switches are read, under these names, where they act:
+:func:`autodeeplab.fast.supernet.build_supernet` builds the supernet that follows them. The approximation
+that does change the model, partial channels (PC-DARTS), is part of the search space
 (:class:`autodeeplab.space.autodeeplab.supernet.SearchSpaceConfig`). Measured effects:
 ``benchmarks/README.md``.
 """
@@ -27,7 +30,7 @@ class ExecutionConfig:
     statistics), and the edges reading the shared h^{l-2} once instead of once per resolution."""
     fuse_edges: bool = True
     """Run all the edges that read one cell state as one call per primitive (10 convolutions per state
-    instead of per edge; pools and ReLU once per state). Needs ``batch_node_inputs``'s fast path."""
+    instead of per edge; pools and ReLU once per state; :mod:`autodeeplab.fast.fused_edges`)."""
     share_edge_relu: bool = True
     """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input); the fused
     edges share one ReLU per state anyway."""
@@ -47,7 +50,8 @@ class ExecutionConfig:
     convolution library's backward, which is slow for channel multipliers on CPU."""
     batch_running_stats: bool = True
     """The fast path's BatchNorm running-statistics updates of a forward are applied together at its end,
-    in closed form (:mod:`autodeeplab.fast.running_stats`), instead of a few tiny calls per batch norm."""
+    in closed form (:mod:`autodeeplab.fast.running_stats`), instead of a few tiny calls per batch norm.
+    Acts only with one of the switches above on (with all of them off the cells run as the reference)."""
     memory_format: MemoryFormat = "auto"
     """``auto``: channels-last on CPU and under CUDA mixed precision (measured/known faster there),
     contiguous for CUDA fp32."""
@@ -113,8 +117,9 @@ class ExecutionConfig:
 
 
 def reference_switches() -> dict[str, bool | str]:
-    """Every switch that is on by default turned off, and contiguous activations:
-    ``ExecutionConfig(**reference_switches())`` calls each op module as it is, one incoming resolution at
-    a time — the reference evaluation that the tests and ``benchmarks/`` compare the fast path with."""
+    """Every switch that is on by default turned off, and contiguous activations: a supernet built with
+    ``ExecutionConfig(**reference_switches())`` evaluates exactly as the reference
+    :class:`~autodeeplab.space.autodeeplab.supernet.SearchNetwork` (each op module called as it is, one
+    incoming resolution at a time), what the tests and ``benchmarks/`` compare the fast path with."""
     off: dict[str, bool | str] = {f.name: False for f in fields(ExecutionConfig) if f.default is True}
     return {**off, "memory_format": "contiguous"}

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from autodeeplab.fast.depthwise import depthwise_conv
+from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
 from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
 from autodeeplab.ops.primitives import PRIMITIVES, conv_function, max_pool_saving_input
@@ -50,14 +51,15 @@ def _atrous(relu_x, edges, name, groups, repeats, scale):
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
 
 
-def _separable(relu_x, edges, name, groups, repeats, scale, matmul=False, flipped_grad=False):
+def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig):
     ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1]
     spatial = (1,) * (relu_x.dim() - 2)
+    matmul = execution.pointwise_as_matmul
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
     dw = torch.stack([op[1].weight for op in ops], dim=1).reshape(c * e, 1, *ops[0][1].weight.shape[2:])
     like = ops[0][1]
-    if flipped_grad and all(st == 1 for st in like.stride):
+    if execution.depthwise_flipped_grad and all(st == 1 for st in like.stride):
         z = depthwise_conv(relu_x, dw, like.padding, like.dilation)
     else:
         z = _conv(relu_x, dw, like, c)
@@ -76,24 +78,20 @@ def fused_mixed_ops(
     x: torch.Tensor,
     edges: list[nn.Module],
     weights: torch.Tensor,
+    execution: ExecutionConfig,
     groups: int = 1,
     repeats: int = 1,
-    pool_without_indices: bool = True,
-    fold_alpha_into_bn: bool = True,
-    pointwise_matmul: bool = False,
-    depthwise_flipped_grad: bool = False,
 ) -> list[torch.Tensor]:
     """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → E tensors ``[G·N, C, *S]``.
 
     ``edges``: E :class:`autodeeplab.space.autodeeplab.cell.MixedOp` of C channels (no partial channels
-    here: the caller
-    slices); ``weights``: ``[E, P]`` softmax weights. ``groups``/``repeats`` as in
-    :mod:`autodeeplab.fast.grouped_bn`. ``fold_alpha_into_bn``: the conv ops' weights fold into their last
-    BN's
-    affine transform (a constant α always does), so no BN output is kept for α's gradient.
-    ``pointwise_matmul``: the 1×1 convs of channels-last ``x`` as matmuls (:mod:`autodeeplab.fast.pointwise`).
-    ``depthwise_flipped_grad``: the multiplier depthwise convs' input gradient as a flipped-filter
-    depthwise conv (:mod:`autodeeplab.fast.depthwise`).
+    here: the caller slices); ``weights``: ``[E, P]`` softmax weights. ``groups``/``repeats`` as in
+    :mod:`autodeeplab.fast.grouped_bn`. Of ``execution``: ``pool_without_indices``; ``fold_alpha_into_bn``
+    (the conv ops' weights fold into their last BN's affine transform, as a constant α always does, so no BN
+    output is kept for α's gradient); ``pointwise_as_matmul`` (the 1×1 convs of channels-last ``x`` as
+    matmuls, :mod:`autodeeplab.fast.pointwise`); ``depthwise_flipped_grad`` (the multiplier depthwise
+    convs' input gradient as a flipped-filter depthwise conv, :mod:`autodeeplab.fast.depthwise`). The
+    ReLU is shared whatever ``share_edge_relu`` says.
     """
     e = len(edges)
     # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32; [E, 1] broadcasts
@@ -101,7 +99,7 @@ def fused_mixed_ops(
     column = {name: weights[:, PRIMITIVES.index(name)].to(x.dtype).unsqueeze(1) for name in PRIMITIVES}
     # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
     # grouped_bn), or as a product after it
-    fold = fold_alpha_into_bn or not weights.requires_grad
+    fold = execution.fold_alpha_into_bn or not weights.requires_grad
     relu_x = F.relu(x)
     # The sum is built as [G·N, *S, E, C]: for channels-last activations that is the memory order of the
     # fused convs' [G·N, E·C, *S] outputs, so they add in as views, and each edge's gradient comes back
@@ -109,7 +107,8 @@ def fused_mixed_ops(
     out = None
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
         seq = edges[0].op(name)  # pool → affine-free BN
-        pooled = max_pool_saving_input(x, seq[0]) if pool_without_indices and name == _POOLS[0] else seq[0](x)
+        no_indices = execution.pool_without_indices and name == _POOLS[0]
+        pooled = max_pool_saving_input(x, seq[0]) if no_indices else seq[0](x)
         y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats)
         # training: one [G·N, C, *S] for every edge; evaluation: [E, G·N, C, *S] (running statistics)
         y = to_rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
@@ -120,9 +119,7 @@ def fused_mixed_ops(
         if name in _ATROUS:
             y = _atrous(relu_x, edges, name, groups, repeats, scale)
         else:
-            y = _separable(
-                relu_x, edges, name, groups, repeats, scale, pointwise_matmul, depthwise_flipped_grad
-            )
+            y = _separable(relu_x, edges, name, groups, repeats, scale, execution)
         y = _edge_rows(y, e)
         out = out + y if fold else torch.addcmul(out, column[name], y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autodeeplab.fast.running_stats import record_running_stats
+from autodeeplab.fast.running_stats import owes_running_stats, record_running_stats
 
 _FROZEN: contextvars.ContextVar[bool] = contextvars.ContextVar("autodeeplab_bn_stats_frozen", default=False)
 
@@ -85,7 +85,9 @@ def _fold_scale(scale, weight, bias, channels: int):
     s = scale.expand(channels) if scale.dim() == 0 else scale
     s = s.to(torch.promote_types(s.dtype, torch.float32))  # BN parameters stay fp32 under bf16/fp16
     if weight is None:  # no affine parameters: γ = 1, β = 0
-        return s, None
+        # a real [C] vector, not the stride-0 expansion: the CPU kernel's channels-last backward reads
+        # the weight as contiguous and returned a wrong input gradient (torch 2.13, tested)
+        return s.contiguous(), None
     return weight * s, bias * s
 
 
@@ -136,7 +138,8 @@ def multi_batch_norm(
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, first.eps)
     buffers = first.track_running_stats
     record = buffers and not _FROZEN.get()
-    if len(bns) == 1 and record and repeats == 1 and groups == 1 and first.momentum is not None:
+    single = len(bns) == 1 and record and repeats == 1 and groups == 1 and first.momentum is not None
+    if single and not owes_running_stats(first):
         with torch.no_grad():  # the common single call: let the kernel update the module's buffers itself
             first.num_batches_tracked.add_(1)
         stats = (first.running_mean, first.running_var)

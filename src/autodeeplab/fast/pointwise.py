@@ -124,8 +124,9 @@ def pointwise_conv(
     return apply_like_autocast_conv(_PointwiseConv, x, weight.reshape(weight.shape[0], -1), bias, groups)
 
 
-def apply_conv(conv: nn.Module, x: torch.Tensor, as_matmul: bool) -> torch.Tensor:
-    """``conv(x)``, through :func:`pointwise_conv` when ``as_matmul`` and ``conv`` is a plain 1×1 conv."""
-    if as_matmul and is_pointwise(conv) and is_channels_last(x):
+def apply_conv(conv: nn.Module, x: torch.Tensor, *, pointwise_as_matmul: bool) -> torch.Tensor:
+    """``conv(x)``, through :func:`pointwise_conv` when ``pointwise_as_matmul`` (the execution switch) and
+    ``conv`` is a plain 1×1 conv."""
+    if pointwise_as_matmul and is_pointwise(conv) and is_channels_last(x):
         return pointwise_conv(x, conv.weight, conv.bias, conv.groups)
     return conv(x)

@@ -10,8 +10,11 @@ statistics s_0..s_{G-1} in group order, each R times (R > 1 for the shared input
 Applied one by one that is G·R tiny foreach calls per fused call, thousands per forward; at search sizes
 that cost ~0.3 s of a ~8 s iteration. Inside :func:`batched_running_stats` (the supernet's forward) the
 updates are collected and applied when the block ends: one concatenation, one product and a few
-foreach calls per (G, R) kind, whatever the number of modules. Each module is updated by one fused call
-per forward, so the order between calls does not matter. Equal to the sequential updates up to float
+foreach calls per (G, R) kind, whatever the number of modules. The closed form composes one record per
+module, so the order between the records of different modules does not matter; a module recorded again
+before the block ends (a forward that evaluates a cell once per incoming resolution records every module
+of the cell once per resolution) first settles everything owed, so that its updates apply in order:
+d²r + d(1-d)s₁ + (1-d)s₂, not d²r + (1-d)s₁ + (1-d)s₂. Equal to the sequential updates up to float
 rounding (tested); if the forward raises, no running statistic moves.
 """
 
@@ -38,11 +41,19 @@ class _PendingUpdates:
 
     def __init__(self) -> None:
         self._items: dict[tuple, list[_Item]] = defaultdict(list)
+        self._owed: set[int] = set()  # ids of the modules with an update in _items
+
+    def owes(self, module: nn.Module) -> bool:
+        """Whether ``module`` has an update waiting here."""
+        return id(module) in self._owed
 
     def add(self, bns: Sequence[nn.Module], means: torch.Tensor, variances: torch.Tensor, repeats: int):
         momentum = bns[0].momentum
         if momentum is None or any(bn.momentum != momentum for bn in bns):
             raise ValueError("fused batch norm needs one fixed momentum for all modules")
+        if not self._owed.isdisjoint(map(id, bns)):  # a second record: apply the first one before it
+            self.apply()
+        self._owed.update(map(id, bns))
         key = (means.shape[0], repeats, momentum, means.dtype, means.device)
         self._items[key].append((bns, means, variances))
 
@@ -51,6 +62,7 @@ class _PendingUpdates:
             for key, items in self._items.items():
                 _apply_kind(*key, items)
         self._items.clear()
+        self._owed.clear()
 
 
 def _apply_kind(groups: int, repeats: int, momentum: float, dtype, device, items: list[_Item]) -> None:
@@ -84,6 +96,13 @@ def record_running_stats(
     now = _PendingUpdates()
     now.add(bns, means, variances, repeats)
     now.apply()
+
+
+def owes_running_stats(module: nn.Module) -> bool:
+    """Whether an enclosing :func:`batched_running_stats` holds an update of ``module`` not applied yet
+    (so that a module updating its own buffers now would jump the queue)."""
+    pending = _PENDING.get()
+    return pending is not None and pending.owes(module)
 
 
 @contextlib.contextmanager

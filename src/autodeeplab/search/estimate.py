@@ -22,8 +22,10 @@ from torch import nn
 
 from autodeeplab.data import build_dataset, dataset_class
 from autodeeplab.errors import AutoDeepLabError
+from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.memory import GIB, SavedRecord, SavedTensorCounter
 from autodeeplab.fast.precision import autocast
+from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.runs.sampling import batches_per_epoch
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import arch_step, frozen, make_optimizers, weight_step
@@ -87,16 +89,22 @@ def scale_saved_bytes(records: list[SavedRecord], calibration: int, target: int)
 
 
 def count_saved(
-    model: SearchNetwork, images: torch.Tensor, masks: torch.Tensor, criterion: nn.Module, step: str
+    model: SearchNetwork,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    criterion: nn.Module,
+    step: str,
+    precision: Precision = "fp32",
 ) -> list[SavedRecord]:
     """Storages kept for the backward of a ``step`` (``weight`` or ``arch``) on ``images`` ``[N, 3, H, W]``.
 
-    Runs the forward and the loss as the step does (same frozen parameters, same precision), no backward.
+    Runs the forward and the loss as the step does (same frozen parameters, same ``precision``), no
+    backward.
     """
     model.train()
     still = model.arch_parameters() if step == "weight" else list(model.weight_parameters())
     counter = SavedTensorCounter(exclude=[*model.parameters(), *model.buffers()])
-    with frozen(still), counter, autocast(model.execution.precision, images.device.type):
+    with frozen(still), counter, autocast(precision, images.device.type):
         criterion(model(images), masks)
     return counter.records
 
@@ -176,10 +184,10 @@ def _time_steps(model, config, device, crop: int, classes: int, repeats: int) ->
     for _ in range(repeats + 1):
         _synchronize(device)
         start = time.perf_counter()
-        weight_step(model, images, masks, weight_opt, criterion, config.grad_clip)
+        weight_step(model, images, masks, weight_opt, criterion, config.grad_clip, config.execution.precision)
         _synchronize(device)
         middle = time.perf_counter()
-        arch_step(model, images, masks, arch_opt, criterion)
+        arch_step(model, images, masks, arch_opt, criterion, config.execution.precision)
         _synchronize(device)
         times.append((middle - start, time.perf_counter() - middle))
     w = sorted(t[0] for t in times[1:])
@@ -201,7 +209,7 @@ def estimate_search(
     config.execution.validate(device.type, config.space.num_levels)
     classes, images, note = _dataset_facts(config)
     torch.manual_seed(config.seed)
-    model = SearchNetwork(config.space, classes, execution=config.execution).to(device)
+    model = build_supernet(config.space, classes, execution=config.execution).to(device)
     crop, batch = config.data.crop_size, config.batch_size
     calibration = min(crop, CALIBRATION_CROP)
     echo(f"counting saved activations at {calibration}x{calibration} ...")
@@ -209,7 +217,9 @@ def estimate_search(
     y = torch.randint(0, classes, (batch, calibration, calibration), device=device)
     criterion = nn.CrossEntropyLoss()
     saved = {
-        step: scale_saved_bytes(count_saved(model, x, y, criterion, step), calibration, crop)
+        step: scale_saved_bytes(
+            count_saved(model, x, y, criterion, step, config.execution.precision), calibration, crop
+        )
         for step in ("weight", "arch")
     }
     weights = sum(p.numel() * p.element_size() for p in model.weight_parameters())

@@ -23,7 +23,9 @@ from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.data import EvalTransform, TrainTransform, build_dataset, check_crop_size
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from autodeeplab.errors import DataError
+from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
+from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.infer.predict import log_prediction_panels
 from autodeeplab.optim import sgd
@@ -35,24 +37,34 @@ from autodeeplab.runs.state import GracefulInterrupt, check_finite
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.state import (
     SearchPosition,
-    current_genotype,
     load_or_make_split,
     load_resume_checkpoint,
     record_epoch,
     restore_checkpoint,
     restore_split,
-    save_checkpoint,
+    save_search_checkpoint,
 )
-from autodeeplab.space.autodeeplab.genotype import Genotype
-from autodeeplab.space.autodeeplab.supernet import SearchNetwork
+from autodeeplab.space.contract import Architecture, SearchSpace, check_search_space
 
 STREAM_A, STREAM_B = 1, 2  # independent batch orders for trainA and trainB
+
+
+SpaceBuilder = Callable[[SearchConfig, int], SearchSpace]
+"""``(config, num_classes) → supernet``: how :func:`run_search` makes the search space it searches."""
+
+
+def build_autodeeplab_space(config: SearchConfig, num_classes: int) -> SearchSpace:
+    """The default search space: Auto-DeepLab's supernet (``config.space``), run as ``config.execution``
+    says."""
+    return build_supernet(config.space, num_classes, execution=config.execution)
 
 
 @dataclass
 class SearchResult:
     run_dir: Path
-    genotype: Genotype
+    genotype: Architecture
+    """The decoded architecture (a :class:`~autodeeplab.space.autodeeplab.genotype.Genotype` for
+    Auto-DeepLab)."""
     interrupted: bool = False
 
 
@@ -63,8 +75,13 @@ def run_search(
     resume: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
+    build_space: SpaceBuilder = build_autodeeplab_space,
 ) -> SearchResult:
     """Search an architecture with ``config``, writing everything into ``run_dir``.
+
+    ``build_space`` makes the supernet (default: Auto-DeepLab's); the loop uses it only through the
+    :class:`~autodeeplab.space.contract.SearchSpace` contract, so another space plugs in here. A resume
+    must pass the same builder.
 
     On ``resume`` the newest good checkpoint is read first and ``config`` compared with the one it was
     written with: only :data:`RESUMABLE_KEYS` may differ (recorded in ``config.yaml``). A new run that
@@ -73,10 +90,12 @@ def run_search(
     config.validate()
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
     with run.removed_if_unstarted():
-        return _search(config, run, resume, quiet, echo)
+        return _search(config, run, resume, quiet, echo, build_space)
 
 
-def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) -> SearchResult:
+def _search(
+    config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo, build_space: SpaceBuilder
+) -> SearchResult:
     loaded = load_resume_checkpoint(run, config, echo) if resume else None
     device = resolve_device(config.device)
     train_a, train_b, val = build_search_data(config)
@@ -92,7 +111,8 @@ def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) 
     torch.manual_seed(config.seed)
     config.execution.validate(device.type, config.space.num_levels)
     num_classes = train_a.num_classes
-    model = SearchNetwork(config.space, num_classes, execution=config.execution).to(device)
+    model = build_space(config, num_classes).to(device)
+    check_search_space(model)
     weight_opt, arch_opt, scheduler = make_optimizers(model, config)
     position = SearchPosition()
     if loaded is not None:
@@ -103,6 +123,7 @@ def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) 
             config, run.path / "config.yaml", {"autodeeplab_version": __version__, "seed": config.seed}
         )
     criterion = nn.CrossEntropyLoss(ignore_index=train_a.ignore_index)
+    precision = config.execution.precision
     b_stream = CyclingLoader(
         train_b,
         split["train_b"],
@@ -120,7 +141,9 @@ def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) 
     tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=echo)
 
     def checkpoint() -> None:
-        save_checkpoint(run, model, weight_opt, arch_opt, scheduler, position, config, split, num_classes)
+        save_search_checkpoint(
+            run, model, weight_opt, arch_opt, scheduler, position, config, split, num_classes
+        )
 
     with GracefulInterrupt() as stop:
         while position.epoch < config.epochs:
@@ -142,14 +165,21 @@ def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) 
             for images, masks in _take(batches, steps - position.batch):
                 where = {"epoch": epoch + 1, "step": position.batch + 1}
                 w_loss = weight_step(
-                    model, images.to(device), masks.to(device), weight_opt, criterion, config.grad_clip
+                    model,
+                    images.to(device),
+                    masks.to(device),
+                    weight_opt,
+                    criterion,
+                    config.grad_clip,
+                    precision,
                 )
                 check_finite(w_loss, "weight-step loss", **where)
                 seen, shown = images.shape[0], {"loss": w_loss, "lr": scheduler.get_last_lr()[0]}
                 position.w_loss_sum += w_loss
                 if searching_arch:
                     b_images, b_masks = b_stream.next()
-                    a_loss = arch_step(model, b_images.to(device), b_masks.to(device), arch_opt, criterion)
+                    b_images, b_masks = b_images.to(device), b_masks.to(device)
+                    a_loss = arch_step(model, b_images, b_masks, arch_opt, criterion, precision)
                     check_finite(a_loss, "architecture-step loss", **where)
                     seen, shown["arch_loss"] = seen + b_images.shape[0], a_loss
                     position.a_loss_sum += a_loss
@@ -166,7 +196,7 @@ def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) 
                     echo(
                         f"interrupted: checkpoint saved; resume with `autodeeplab search --resume {run.path}`"
                     )
-                    return SearchResult(run.path, current_genotype(model), interrupted=True)
+                    return SearchResult(run.path, model.decode(), interrupted=True)
             progress.close()
             scheduler.step()
             losses = {"train_loss": position.w_loss_sum / position.batch if position.batch else math.nan}
@@ -183,7 +213,7 @@ def _search(config: SearchConfig, run: RunDir, resume: bool, quiet: bool, echo) 
             )
             echo(f"epoch {epoch + 1}/{config.epochs}: val mIoU {100 * val_miou:.2f}%  {genotype.short()}")
             checkpoint()
-    genotype = current_genotype(model)
+    genotype = model.decode()
     genotype.save(run.path / "genotype.json")
     return SearchResult(run.path, genotype)
 
@@ -219,19 +249,19 @@ def _training_mode(model: nn.Module) -> None:
 
 
 def weight_step(
-    model: SearchNetwork,
+    model: SearchSpace,
     images: torch.Tensor,
     masks: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     grad_clip: float,
+    precision: Precision = "fp32",
 ) -> float:
-    """One SGD step on the network weights with a trainA batch; α and β do not move.
-
-    Runs in ``model.execution.precision`` (autocast; fp16 with a gradient scaler).
+    """One SGD step on the network weights with a trainA batch ``[N, C, *S]``/``[N, *S]``; α and β do not
+    move. Runs in ``precision`` (autocast; fp16 with a gradient scaler), ``execution.precision`` of the run.
     """
     _training_mode(model)
-    precision, device_type = model.execution.precision, images.device.type
+    device_type = images.device.type
     with frozen(model.arch_parameters()):
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device_type):
@@ -241,25 +271,30 @@ def weight_step(
 
 
 def arch_step(
-    model: SearchNetwork,
+    model: SearchSpace,
     images: torch.Tensor,
     masks: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
+    precision: Precision = "fp32",
 ) -> float:
-    """One Adam step on α and β with a trainB batch (first order); the weights do not move."""
+    """One Adam step on the architecture parameters with a trainB batch (first order); the weights do not
+    move. The loss is the cross-entropy plus the space's :meth:`~SearchSpace.arch_loss_terms` (none for
+    the paper's Auto-DeepLab); the value returned is that total."""
     _training_mode(model)
-    precision, device_type = model.execution.precision, images.device.type
+    device_type = images.device.type
     with frozen(model.weight_parameters()):
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device_type):
             loss = criterion(model(images), masks)
+            for term in model.arch_loss_terms().values():
+                loss = loss + term
         backward_and_step(loss, optimizer, precision, device_type)
     return float(loss.detach())
 
 
 def make_optimizers(
-    model: SearchNetwork, config: SearchConfig
+    model: SearchSpace, config: SearchConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     weight_opt = sgd(
         model.weight_parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -305,7 +340,7 @@ def steps_per_epoch(num_a: int, config: SearchConfig) -> int:
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
 
-def validate(model: SearchNetwork, val, config: SearchConfig, device: torch.device) -> float:
+def validate(model: nn.Module, val, config: SearchConfig, device: torch.device) -> float:
     result = evaluate(
         model,
         val,

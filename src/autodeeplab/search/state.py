@@ -9,16 +9,20 @@ configuration still fits it before any data is read.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import config_to_dict
 from autodeeplab.errors import CheckpointError, ConfigError, DataError
 from autodeeplab.fast.precision import load_scaler_states, scaler_states
+from autodeeplab.fileio import atomic_write_text
 from autodeeplab.optim import load_optimizer_state
 from autodeeplab.runs.resume import (
     accept_resume_changes,
@@ -30,13 +34,7 @@ from autodeeplab.runs.rundir import RunDir
 from autodeeplab.runs.sampling import split_halves
 from autodeeplab.runs.state import capture_rng_state, restore_rng_state
 from autodeeplab.search.config import SearchConfig
-from autodeeplab.space.autodeeplab.decode import (
-    arch_params_to_dict,
-    decode,
-    save_arch_params,
-)
-from autodeeplab.space.autodeeplab.genotype import Genotype
-from autodeeplab.space.autodeeplab.supernet import SearchNetwork
+from autodeeplab.space.contract import Architecture, SearchSpace
 
 CHECKPOINT_FORMAT = "autodeeplab-search-1"
 
@@ -117,45 +115,52 @@ def restore_split(
 
 # -- records and checkpoints ------------------------------------------------------------------------
 @torch.no_grad()
-def current_genotype(model: SearchNetwork) -> Genotype:
-    alpha, beta = model.alpha_weights().cpu().numpy(), model.beta_weights().cpu().numpy()
-    return decode(alpha, beta, model.config.num_blocks)
-
-
-@torch.no_grad()
 def record_epoch(
     run: RunDir,
-    model: SearchNetwork,
+    model: SearchSpace,
     epoch: int,
     val_miou: float,
     lr: float,
     losses: dict[str, float],
     tensorboard=None,
-) -> Genotype:
-    """Write the epoch's architecture files and metrics line; returns the decoded genotype.
+) -> Architecture:
+    """Write the epoch's architecture files and metrics line; returns the decoded architecture.
 
-    ``losses``: the epoch means, ``train_loss`` of the weight steps and ``arch_loss`` of the architecture
-    steps (absent in the warm-up epochs, which run none).
+    ``arch_params.json`` and a line of ``arch_history.jsonl`` hold the space's :meth:`arch_record`,
+    ``genotype.json`` its :meth:`decode`. ``losses``: the epoch means, ``train_loss`` of the weight steps
+    and ``arch_loss`` of the architecture steps (absent in the warm-up epochs, which run none).
     """
-    alpha, beta = model.alpha_weights().cpu().numpy(), model.beta_weights().cpu().numpy()
-    save_arch_params(run.path / "arch_params.json", alpha, beta)
-    run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **arch_params_to_dict(alpha, beta)})
-    genotype = decode(alpha, beta, model.config.num_blocks)
-    genotype.save(run.path / "genotype.json")
-    record = {"phase": "search", "epoch": epoch + 1, **losses, "val_miou": val_miou, "lr": lr}
-    run.append_jsonl("metrics.jsonl", {**record, "genotype": genotype.short()})
+    record = model.arch_record()
+    atomic_write_text(run.path / "arch_params.json", json.dumps(record) + "\n")
+    run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **record})
+    architecture = model.decode()
+    architecture.save(run.path / "genotype.json")
+    metrics = {"phase": "search", "epoch": epoch + 1, **losses, "val_miou": val_miou, "lr": lr}
+    run.append_jsonl("metrics.jsonl", {**metrics, "genotype": architecture.short()})
     if tensorboard is not None:
-        for key in ("train_loss", "arch_loss", "val_miou", "lr"):
-            if key in record:
-                tensorboard.add_scalar(f"search/{key}", record[key], epoch + 1)
-        tensorboard.add_histogram("search/alpha_weights", alpha, epoch + 1)
-        tensorboard.add_image("search/alpha", alpha[None] / alpha.max(), epoch + 1)
-        tensorboard.add_image("search/beta", beta.transpose(2, 1, 0) / max(beta.max(), 1e-12), epoch + 1)
-        tensorboard.flush()
-    return genotype
+        _log_tensorboard(tensorboard, metrics, record, epoch + 1)
+    return architecture
 
 
-def save_checkpoint(
+def _log_tensorboard(tensorboard, metrics: dict[str, Any], record: dict[str, Any], step: int) -> None:
+    """Scalars of the epoch, and each array of the architecture record as a histogram and an image."""
+    for key in ("train_loss", "arch_loss", "val_miou", "lr"):
+        if key in metrics:
+            tensorboard.add_scalar(f"search/{key}", metrics[key], step)
+    for key, value in record.items():
+        array = np.asarray(value) if isinstance(value, list) else None
+        if array is None or array.dtype.kind != "f":
+            continue
+        tensorboard.add_histogram(f"search/{key}_weights", array, step)
+        scaled = array / max(float(array.max()), 1e-12)
+        if array.ndim == 2:  # [rows, columns] as a one-channel image
+            tensorboard.add_image(f"search/{key}", scaled[None], step)
+        elif array.ndim == 3 and array.shape[-1] in (1, 3):  # Auto-DeepLab's β [L, levels, 3]: RGB
+            tensorboard.add_image(f"search/{key}", scaled.transpose(2, 1, 0), step)
+    tensorboard.flush()
+
+
+def save_search_checkpoint(
     run,
     model,
     weight_opt,

@@ -11,11 +11,10 @@ then ReLU → 1×1 conv → BN. Both produce the channel count of the target lev
 (``B·F·2^s``) so that the three inputs of a node fit one cell. h^{l-2} comes from the same level two
 layers back, or, where that level does not exist yet, from the nearest level, resized.
 
-Evaluation follows :class:`autodeeplab.fast.execution.ExecutionConfig`: the reference path (each incoming
-resolution through the cell in turn, every op module called as it is) or the exact fast path (a node's
-inputs as one batch, see :mod:`autodeeplab.space.autodeeplab.cell`), optionally channels-last and with
-activation
-checkpointing per node.
+This module is the reference evaluation, Eq. 6 literally: each incoming resolution through the cell in
+turn, every op module called as it is. The exact fast path (:mod:`autodeeplab.fast.supernet`, chosen from
+an ``ExecutionConfig`` by :func:`autodeeplab.fast.supernet.build_supernet`) evaluates these same modules
+faster, with the same parameters and ``state_dict``, and is tested equal to it.
 
 After layer L every level has an ASPP head (§5.1: 1×1 conv, 3×3 conv with rate 96/OS, image pooling)
 ending in class logits; the four logit maps are upsampled to the input size and summed.
@@ -23,22 +22,19 @@ ending in class logits; the four logit maps are upsampled to the input size and 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from autodeeplab.errors import ConfigError
-from autodeeplab.fast.execution import ExecutionConfig
-from autodeeplab.fast.grouped_bn import running_stats_frozen
-from autodeeplab.fast.memory import note_held
-from autodeeplab.fast.running_stats import batched_running_stats
 from autodeeplab.ops.primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
-from autodeeplab.space.autodeeplab.cell import EdgeOptions, SearchCell, run_sequence
+from autodeeplab.space.autodeeplab.cell import SearchCell
+from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.space.autodeeplab.random_arch import random_genotype
 from autodeeplab.space.autodeeplab.topology import (
     beta_mask,
     incoming_edges,
@@ -113,18 +109,10 @@ class Resample(nn.Module):
             self.conv = nn.Identity()
 
     def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        """``[N, c_in, *S_src]`` → ``[N, c_out, *size]``."""
         if self.direction > 0:
             x = resize(x, size)
         return self.conv(x)
-
-    def fast(self, x: torch.Tensor, size: tuple[int, ...], pointwise_matmul: bool = False) -> torch.Tensor:
-        """:meth:`forward` with the fast path's batch norm (honours frozen running statistics); with
-        ``pointwise_matmul`` a 1×1 conv of channels-last ``x`` runs as a matmul."""
-        if self.direction > 0:
-            x = resize(x, size)
-        if not isinstance(self.conv, nn.Sequential):
-            return x
-        return run_sequence(self.conv, x, pointwise_matmul=pointwise_matmul)
 
 
 class SearchASPP(nn.Module):
@@ -153,26 +141,19 @@ class SearchASPP(nn.Module):
 class SearchNetwork(nn.Module):
     """The supernet. ``forward``: image ``[N, in_channels, *S]`` → logits ``[N, num_classes, *S]``.
 
-    ``execution`` chooses how it is evaluated (default: the exact fast path); it changes no result.
+    The reference evaluation; :func:`autodeeplab.fast.supernet.build_supernet` builds one that evaluates
+    these modules the fast way.
     """
 
-    def __init__(
-        self,
-        config: SearchSpaceConfig,
-        num_classes: int,
-        in_channels: int = 3,
-        execution: ExecutionConfig | None = None,
-    ) -> None:
+    def __init__(self, config: SearchSpaceConfig, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         self.config = config
-        self.execution = execution if execution is not None else ExecutionConfig()
         c = config
         if c.partial_channels < 1 or c.filter_multiplier % c.partial_channels:
             raise ConfigError(
                 f"space.partial_channels: {c.partial_channels} must be at least 1 and divide "
                 f"space.filter_multiplier ({c.filter_multiplier})"
             )
-        self.execution.check_levels(c.num_levels)
         dims, conv, bn = c.spatial_dims, conv_nd(c.spatial_dims), batch_norm_nd(c.spatial_dims)
         s0, s1, s2 = c.stem_channels
         self.stem = nn.Sequential(
@@ -249,7 +230,28 @@ class SearchNetwork(nn.Module):
         return normalize_beta(self.beta, self.beta_mask)
 
     # -- search-space contract (autodeeplab.space.contract) ----------------------------------------
-    # (contract methods go here)
+    # These, with arch_parameters and weight_parameters above, make the supernet a SearchSpace: the
+    # search loop, its state on disk and resume know the supernet only through them.
+    @torch.no_grad()
+    def decode(self) -> Genotype:
+        """The genotype of the current α/β: top-2 inputs per block, Viterbi path (paper §4.3)."""
+        alpha, beta = self.alpha_weights().cpu().numpy(), self.beta_weights().cpu().numpy()
+        return decode(alpha, beta, self.config.num_blocks)
+
+    def random_architecture(self, generator: torch.Generator) -> Genotype:
+        """A genotype drawn uniformly from this supernet's space (:mod:`.random_arch`)."""
+        c = self.config
+        return random_genotype(c.num_layers, c.num_blocks, c.num_levels, generator)
+
+    def arch_loss_terms(self) -> dict[str, torch.Tensor]:
+        """No extra terms: the paper's architecture loss is the cross-entropy alone."""
+        return {}
+
+    @torch.no_grad()
+    def arch_record(self) -> dict[str, Any]:
+        """The ``arch_params.json`` object: softmax α ``[E, P]`` and normalised β ``[L, levels, 3]``."""
+        return arch_params_to_dict(self.alpha_weights().cpu().numpy(), self.beta_weights().cpu().numpy())
+
     # -- end of the search-space contract ---------------------------------------------------------
 
     # -- forward -----------------------------------------------------------------------------------
@@ -261,29 +263,28 @@ class SearchNetwork(nn.Module):
         return sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``[N, in_channels, *S]`` → logits ``[N, num_classes, *S]``: the stem, Eq. 6 node by node,
+        the heads."""
         c = self.config
-        if self.execution.uses_channels_last(x.device.type, x.dim() - 2):
-            x = x.contiguous(memory_format=torch.channels_last)  # the whole net follows its input's layout
         stem = self.stem(x)
         sizes = self.level_sizes(stem.shape[2:])
         alpha, beta = self.alpha_weights(), self.beta_weights()
         prev_prev: dict[int, torch.Tensor] = {0: stem}  # layer -1 is represented by the stem
         prev: dict[int, torch.Tensor] = {0: stem}
-        recompute = torch.is_grad_enabled()  # under no_grad there is no backward to recompute for
-        batched = self.execution.batch_running_stats and self.training
-        with batched_running_stats() if batched else contextlib.nullcontext():
-            for layer in range(1, c.num_layers + 1):
-                current = {}
-                for level in node_levels(layer, c.num_levels):
-                    args = (layer, level, prev_prev, prev, sizes, alpha, beta)
-                    if recompute and self.execution.checkpoints_level(level):
-                        current[level] = self._checkpointed_node(*args)
-                    else:
-                        current[level] = self._node(*args)
-                prev_prev, prev = prev, current
+        for layer in range(1, c.num_layers + 1):
+            current = {
+                level: self._node(layer, level, prev_prev, prev, sizes, alpha, beta)
+                for level in node_levels(layer, c.num_levels)
+            }
+            prev_prev, prev = prev, current
+        return self.head_logits(prev, x.shape[2:])
+
+    def head_logits(self, last: dict[int, torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
+        """The last layer's nodes ``{level: [N, B·F·2^level, *S_level]}`` → the sum of the heads' logits,
+        each upsampled to the input ``size``: ``[N, num_classes, *size]``."""
         logits = None
-        for level, h in prev.items():
-            out = resize(self.heads[level](h), x.shape[2:])
+        for level, h in last.items():
+            out = resize(self.heads[level](h), size)
             logits = out if logits is None else logits + out
         return logits
 
@@ -297,120 +298,19 @@ class SearchNetwork(nn.Module):
         alpha: torch.Tensor,
         beta: torch.Tensor,
     ) -> torch.Tensor:
-        """Paper Eq. 6 for node ``(layer, level)`` → ``[N, B·F·2^level, *sizes[level]]``."""
+        """Paper Eq. 6 for node ``(layer, level)`` → ``[N, B·F·2^level, *sizes[level]]``.
+
+        ``prev_prev``/``prev``: the nodes of layers ``layer-2`` and ``layer-1`` by level; ``alpha`` ``[E, P]``
+        and ``beta`` ``[L, levels, 3]``: normalised weights. Each incoming resolution goes through the
+        node's one cell in turn; h^{l-2} (from the nearest level where its own does not exist yet, resized)
+        is preprocessed once for all of them.
+        """
         cell = self.cells[f"{layer}_{level}"]
         h_pp = resize(prev_prev[nearest_level(layer - 2, level, self.config.num_levels)], sizes[level])
-        sources = incoming_edges(layer, level, self.config.num_levels)
-        weights = [beta[layer - 1, s, d] for s, d in sources]
-        resamplers = [self.resamplers[f"{layer}_{s}_{level}"] for s, _ in sources]
-        options = self._edge_options()
-        if options is None:
-            resampled = [r(prev[s], sizes[level]) for r, (s, _) in zip(resamplers, sources, strict=True)]
-            return self._reference_node(cell, h_pp, resampled, weights, alpha)
-        ex = self.execution
-        matmul = options.pointwise_matmul
-        resampled = [
-            r.fast(prev[s], sizes[level], matmul) for r, (s, _) in zip(resamplers, sources, strict=True)
-        ]
-        s0 = cell.preprocess(0, h_pp, pointwise_matmul=matmul)  # shared by the three incoming resolutions
-        if not ex.batch_node_inputs:  # one resolution at a time, the fast edges only
-            out = None
-            for h_prev, weight in zip(resampled, weights, strict=True):
-                s1 = cell.preprocess(1, h_prev, pointwise_matmul=matmul)
-                blocks = cell.grouped_blocks(s0, s1, alpha, 1, options)
-                term = weight * torch.cat(blocks, dim=1)
-                out = term if out is None else out + term
-            return out
-        groups, n = len(sources), h_pp.shape[0]
-        s1 = torch.cat(resampled, dim=0) if groups > 1 else resampled[0]
-        s1 = cell.preprocess(1, s1, groups, matmul)
-        blocks = cell.grouped_blocks(s0, s1, alpha, groups, options)
-        # Σ_g β_g · concat(blocks_g) = concat(Σ_g β_g · blocks_g): weigh each block, then concatenate.
-        # Elementwise sums, not a reduction over the group axis: those keep the channels-last layout.
-        return torch.cat(
-            [_weighted_sum(weights, b.unflatten(0, (groups, n)).unbind(0)) for b in blocks], dim=1
-        )
-
-    def _edge_options(self) -> EdgeOptions | None:
-        """The fast path's choices, or None for the reference path (every fast switch off)."""
-        ex = self.execution
-        options = EdgeOptions(
-            ex.share_edge_relu,
-            ex.pool_without_indices,
-            ex.fold_alpha_into_bn,
-            ex.fuse_edges,
-            ex.pointwise_as_matmul,
-            ex.depthwise_flipped_grad,
-        )
-        return options if ex.batch_node_inputs or any(vars(options).values()) else None
-
-    @staticmethod
-    def _reference_node(
-        cell: SearchCell,
-        h_pp: torch.Tensor,
-        resampled: list[torch.Tensor],
-        weights: list[torch.Tensor],
-        alpha: torch.Tensor,
-    ) -> torch.Tensor:
-        """Eq. 6 literally: each incoming resolution through the cell in turn (h^{l-2} preprocessed once)."""
         s0 = cell.preprocess0(h_pp)
         out = None
-        for h_prev, weight in zip(resampled, weights, strict=True):
-            term = weight * cell.blocks(s0, cell.preprocess1(h_prev), alpha)
+        for source, d in incoming_edges(layer, level, self.config.num_levels):
+            h_prev = self.resamplers[f"{layer}_{source}_{level}"](prev[source], sizes[level])
+            term = beta[layer - 1, source, d] * cell.blocks(s0, cell.preprocess1(h_prev), alpha)
             out = term if out is None else out + term
         return out
-
-    def _checkpointed_node(self, layer: int, level: int, prev_prev, prev, sizes, alpha, beta) -> torch.Tensor:
-        """:meth:`_node` under activation checkpointing: its activations are recomputed in the backward.
-
-        The recomputation runs in training mode again and must not update the BatchNorm running
-        statistics a second time: the fast path freezes them during the recomputation (its batch norms
-        consult :func:`running_stats_frozen`), the reference path saves and restores the node's buffers.
-        Random state is restored by ``checkpoint`` itself (the cells draw none anyway).
-        """
-        levels = self.config.num_levels
-        sources = [s for s, _ in incoming_edges(layer, level, levels)]
-        if self._edge_options() is not None:
-            recompute_context = running_stats_frozen
-        else:
-            modules = [self.cells[f"{layer}_{level}"]]
-            modules += [self.resamplers[f"{layer}_{s}_{level}"] for s in sources]
-            recompute_context = partial(_running_stats_kept, modules)
-        note_held([prev_prev[nearest_level(layer - 2, level, levels)], *(prev[s] for s in sources)])
-        return checkpoint(
-            self._node,
-            layer,
-            level,
-            prev_prev,
-            prev,
-            sizes,
-            alpha,
-            beta,
-            use_reentrant=False,
-            context_fn=lambda: (contextlib.nullcontext(), recompute_context()),
-        )
-
-
-def _weighted_sum(weights: list[torch.Tensor], tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    out = None
-    for w, t in zip(weights, tensors, strict=True):
-        out = w * t if out is None else out + w * t
-    return out
-
-
-@contextlib.contextmanager
-def _running_stats_kept(modules: list[nn.Module]) -> Iterator[None]:
-    """Undo any change to the BatchNorm buffers of ``modules`` made inside the block."""
-    buffers = [
-        b for m in modules for name, b in m.named_buffers() if name.rsplit(".", 1)[-1] in _BN_STAT_BUFFERS
-    ]
-    saved = [b.clone() for b in buffers]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, value in zip(buffers, saved, strict=True):
-                b.copy_(value)
-
-
-_BN_STAT_BUFFERS = frozenset({"running_mean", "running_var", "num_batches_tracked"})

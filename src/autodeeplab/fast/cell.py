@@ -1,0 +1,186 @@
+"""The search cell evaluated the fast way: the same modules as the reference, fewer and larger calls (exact).
+
+The reference (:mod:`autodeeplab.space.autodeeplab.cell`) calls every op module of every edge as it is, one
+incoming resolution at a time. Here, following :class:`autodeeplab.fast.execution.ExecutionConfig`:
+
+- ``batch_node_inputs``: the G inputs h^{l-1} of a node run as one batch ``[G·N, C, *S]`` with per-group
+  batch norm (:mod:`autodeeplab.fast.grouped_bn`), and the edges that read the shared h^{l-2} run once for
+  all groups (their BNs record the statistics G times, as the G reference calls would);
+- ``fuse_edges``: all the edges that read one state run as one call per primitive
+  (:mod:`autodeeplab.fast.fused_edges`); otherwise edge by edge (:func:`mixed_op`), with
+  ``share_edge_relu`` one ReLU per edge for all of its conv ops;
+- ``pool_without_indices``, ``fold_alpha_into_bn``, ``pointwise_as_matmul``, ``depthwise_flipped_grad``: see
+  their fields.
+
+Every batch norm goes through :mod:`autodeeplab.fast.grouped_bn`, so that checkpoint recomputations move
+no running statistic and the updates can be batched (:mod:`autodeeplab.fast.running_stats`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from autodeeplab.fast.execution import ExecutionConfig
+from autodeeplab.fast.fused_edges import fused_mixed_ops
+from autodeeplab.fast.grouped_bn import batch_norm
+from autodeeplab.fast.pointwise import apply_conv
+from autodeeplab.ops.primitives import max_pool_saving_input
+from autodeeplab.space.autodeeplab.cell import MixedOp, SearchCell, channel_shuffle
+from autodeeplab.space.autodeeplab.topology import edge_offset
+
+_MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+def run_sequence(
+    modules: nn.Sequential | list[nn.Module],
+    x: torch.Tensor,
+    execution: ExecutionConfig,
+    groups: int = 1,
+    repeats: int = 1,
+    relu_x: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply ``modules`` in order to ``x`` ``[G·N, C, *S]`` the way the fast path needs it.
+
+    BatchNorms normalise each of the ``groups`` batch chunks on its own (and update their running
+    statistics ``repeats`` times per group, see :func:`autodeeplab.fast.grouped_bn.batch_norm`); a leading
+    ReLU is replaced by ``relu_x`` when given (the edge's shared ReLU of ``x``); max pools and 1×1 convs
+    follow ``execution.pool_without_indices`` and ``execution.pointwise_as_matmul``.
+    """
+    for position, module in enumerate(modules):
+        if position == 0 and relu_x is not None and isinstance(module, nn.ReLU):
+            x = relu_x
+        elif isinstance(module, _BatchNorm):
+            x = batch_norm(x, module, groups, repeats)
+        elif execution.pool_without_indices and isinstance(module, _MAX_POOLS):
+            x = max_pool_saving_input(x, module)
+        else:  # a plain 1×1 conv of a channels-last x runs as a matmul with pointwise_as_matmul
+            x = apply_conv(module, x, pointwise_as_matmul=execution.pointwise_as_matmul)
+    return x
+
+
+def mixed_op(
+    op: MixedOp,
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    execution: ExecutionConfig,
+    groups: int = 1,
+    repeats: int = 1,
+) -> torch.Tensor:
+    """``op(x, weights)`` with BN statistics per group of the batch: ``x`` ``[G·N, C, *S]``, ``weights``
+    ``[P]`` → ``[G·N, C, *S]``.
+
+    With ``share_edge_relu`` one ReLU of ``x`` feeds every op that starts with one; with
+    ``fold_alpha_into_bn`` (and always for a constant α, as in weight steps) each op's weight is folded
+    into its final BN's affine transform, so that the BN output is not kept for α's gradient
+    (:func:`autodeeplab.fast.grouped_bn.multi_batch_norm`).
+    """
+    x, bypass = op.split(x)
+    relu_x = F.relu(x) if execution.share_edge_relu else None
+    fold = execution.fold_alpha_into_bn or not weights.requires_grad
+    out = None
+    for index, module in zip(op.op_indices, op.ops, strict=True):
+        modules = list(module) if isinstance(module, nn.Sequential) else [module]
+        relu_first = isinstance(modules[0], nn.ReLU)
+        last_bn = fold and isinstance(modules[-1], _BatchNorm)
+        y = run_sequence(
+            modules[:-1] if last_bn else modules,
+            x,
+            execution,
+            groups,
+            repeats,
+            relu_x if relu_first else None,
+        )
+        if last_bn:
+            term = batch_norm(y, modules[-1], groups, repeats, scale=weights[index])
+        else:
+            term = weights[index] * y
+        out = term if out is None else out + term
+    return op.merge(out, bypass)
+
+
+def preprocess(modules: nn.Sequential, x: torch.Tensor, execution: ExecutionConfig, groups: int = 1):
+    """A cell's ``preprocess0`` or ``preprocess1`` (``modules``) on ``[G·N, c, *S]`` with per-group BN
+    statistics → ``[G·N, channels, *S]``."""
+    return run_sequence(modules, x, execution, groups)
+
+
+def cell_blocks(
+    cell: SearchCell,
+    s0: torch.Tensor,
+    s1: torch.Tensor,
+    alpha: torch.Tensor,
+    groups: int,
+    execution: ExecutionConfig,
+) -> list[torch.Tensor]:
+    """The B block outputs of ``cell`` for ``groups`` inputs h^{l-1} at once.
+
+    ``s0``: preprocessed h^{l-2} ``[N, C, *S]``, shared by every group; ``s1``: the preprocessed
+    h^{l-1} of each group stacked on the batch axis, ``[G·N, C, *S]``; ``alpha``: ``[E, P]`` softmax
+    weights. Returns B tensors ``[G·N, C, *S]``; group g of each equals the reference
+    ``cell.blocks(s0, s1[g], alpha)``'s block.
+
+    An edge reading ``s0`` gives the same output for every group, so it runs once (its BNs update
+    their running statistics G times, as the G reference calls would) and is broadcast.
+    """
+    if execution.fuse_edges:
+        return _fused_blocks(cell, s0, s1, alpha, groups, execution)
+    n = s0.shape[0]
+    states = [s1]
+    outputs = []
+    for block in range(cell.num_blocks):
+        first = edge_offset(block)
+        shared = mixed_op(cell.edges[first], s0, alpha[first], execution, repeats=groups)
+        out = None
+        for j, state in enumerate(states, start=1):
+            term = mixed_op(cell.edges[first + j], state, alpha[first + j], execution, groups=groups)
+            out = term if out is None else out + term
+        out = (out.unflatten(0, (groups, n)) + shared).flatten(0, 1)
+        states.append(out)
+        outputs.append(out)
+    return outputs
+
+
+def _fused_blocks(
+    cell: SearchCell,
+    s0: torch.Tensor,
+    s1: torch.Tensor,
+    alpha: torch.Tensor,
+    groups: int,
+    execution: ExecutionConfig,
+) -> list[torch.Tensor]:
+    """:func:`cell_blocks` state by state: every state's outgoing edges run as one fused call.
+
+    State j (0: h^{l-2}, 1: h^{l-1}, j ≥ 2: block j-2) feeds blocks max(0, j-1)..B-1; block b is
+    complete once state b+1 has been processed. Partial sums are kept as ``[G, N, C, *S]``.
+    """
+    n, k = s0.shape[0], cell.edges[0].partial_channels
+    pending: list[torch.Tensor | None] = [None] * cell.num_blocks
+    states, outputs = [s0, s1], []
+    for j in range(cell.num_blocks + 1):
+        readers = range(max(0, j - 1), cell.num_blocks)
+        indices = [edge_offset(b) + j for b in readers]
+        x = states[j]
+        width = x.shape[1] // k
+        fused = fused_mixed_ops(
+            x[:, :width] if k > 1 else x,
+            [cell.edges[i] for i in indices],
+            alpha[indices],
+            execution,
+            1 if j == 0 else groups,
+            groups if j == 0 else 1,
+        )
+        for i, b in enumerate(readers):
+            term = fused[i]
+            if k > 1:
+                term = channel_shuffle(torch.cat([term, x[:, width:]], dim=1), k)
+            term = term.unsqueeze(0) if j == 0 else term.unflatten(0, (groups, n))
+            pending[b] = term if pending[b] is None else pending[b] + term
+        if j >= 1:  # block j-1 has all its inputs
+            block = pending[j - 1].flatten(0, 1)
+            pending[j - 1] = None
+            states.append(block)
+            outputs.append(block)
+    return outputs

@@ -1,0 +1,74 @@
+"""The public Python API (``autodeeplab/__init__.py``): every name resolves; the README's example runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from tiny import SMALL, SMALL_HEADS, SUPERNET, SYNTHETIC_SEARCH_DATA
+
+import autodeeplab
+
+
+def test_every_public_name_resolves_to_what_it_names():
+    for name in autodeeplab.__all__:
+        assert getattr(autodeeplab, name) is not None, name
+    from autodeeplab.nets.model_file import load_trained
+    from autodeeplab.search.loop import run_search
+
+    assert autodeeplab.run_search is run_search and autodeeplab.load_model is load_trained
+
+
+def test_importing_the_package_does_not_import_torch():
+    """The CLI's start-up (``autodeeplab --help``) must not pay for torch: names load on first use."""
+    code = "import sys, autodeeplab; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_readme_example_search_train_load(tmp_path):
+    """The README's API example at tiny size: search, retrain the result, load the model, run it."""
+    from autodeeplab import (
+        Genotype,
+        SearchConfig,
+        TrainConfig,
+        build_network,
+        build_supernet,
+        load_config,
+        load_model,
+        run_search,
+        run_training,
+    )
+
+    common = ["device=cpu", "batch_size=2"]
+    search = load_config(
+        SearchConfig,
+        preset="cpu",
+        overrides=[
+            *SUPERNET,
+            *SYNTHETIC_SEARCH_DATA,
+            *common,
+            "epochs=1",
+            "arch_start_epoch=0",
+            "steps_per_epoch=1",
+        ],
+    )
+    found = run_search(search, tmp_path / "search", quiet=True, echo=lambda s: None)
+    assert isinstance(found.genotype, Genotype) and found.genotype.num_layers == 3
+    supernet = build_supernet(search.space, num_classes=3)
+    assert supernet(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+
+    train = load_config(
+        TrainConfig,
+        preset="tiny",
+        overrides=[*SMALL_HEADS, "data.crop_size=32", "data.synthetic_size=[32,32]", *common, "iterations=1"],
+    )
+    trained = run_training(train, SMALL, tmp_path / "train", quiet=True, echo=lambda s: None)
+    model, info = load_model(trained.model_path)
+    assert len(info.class_names) == model.config.num_classes
+    built = build_network(SMALL, model.config)
+    built.load_state_dict(model.state_dict())
+    built.eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(built(x), model(x))
