@@ -10,7 +10,7 @@ Partial-channel connections (PC-DARTS, ``partial_channels`` K > 1, an approximat
 search space): each mixed op sees only the first C/K channels; the others bypass it, and a channel shuffle
 mixes the two parts so that every channel is searched over in some layer.
 
-The found network's fixed cell lives with the network (:mod:`autodeeplab.nets.network`); both build their
+The found network's fixed cell lives with the network (:mod:`autodeeplab.nets.cell`); both build their
 ops from the one table in :mod:`autodeeplab.ops.primitives`.
 """
 
