@@ -24,7 +24,8 @@ import torch
 from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
 from torch.utils.data import DataLoader
 
-from autodeeplab.data import TrainTransform, build_dataset
+from autodeeplab.data.registry import build_dataset
+from autodeeplab.data.transforms import TrainTransform
 from autodeeplab.fileio import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ import autodeeplab
 def test_every_public_name_resolves_to_what_it_names():
     for name in autodeeplab.__all__:
         assert getattr(autodeeplab, name) is not None, name
-    from autodeeplab.nets.model_file import load_trained
+    from autodeeplab.nets.model_file import load_model
     from autodeeplab.search.loop import run_search
 
-    assert autodeeplab.run_search is run_search and autodeeplab.load_model is load_trained
+    assert autodeeplab.run_search is run_search and autodeeplab.load_model is load_model
 
 
 def test_importing_the_package_does_not_import_torch():

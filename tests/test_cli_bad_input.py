@@ -18,9 +18,10 @@ from tiny import SMALL, SUPERNET
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
 from autodeeplab.data.camvid import CLASS_NAMES, PALETTE
-from autodeeplab.nets.model_file import save_trained
+from autodeeplab.nets.model_file import TrainedInfo, save_trained
 from autodeeplab.space.autodeeplab.genotype import Genotype
-from autodeeplab.train.loop import TrainConfig, TrainedInfo, build_model
+from autodeeplab.train.config import TrainConfig
+from autodeeplab.train.loop import build_model
 
 SIDE = 32  # image height and width of the written datasets
 COUNTS = {"train": 8, "val": 2, "test": 1}  # 8 train images: trainA and trainB of 4, batches of 2

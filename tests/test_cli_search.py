@@ -11,8 +11,9 @@ from tiny import SUPERNET, SYNTHETIC_SEARCH_DATA
 
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
-from autodeeplab.data import EvalTransform, build_dataset
+from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.synthetic import CLASS_NAMES, PALETTE
+from autodeeplab.data.transforms import EvalTransform
 from autodeeplab.runs.rundir import load_checkpoint, read_jsonl
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import build_autodeeplab_space

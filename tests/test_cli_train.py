@@ -11,7 +11,7 @@ from PIL import Image
 from tiny import SMALL, SMALL_HEADS
 
 from autodeeplab.cli.main import main
-from autodeeplab.nets.model_file import load_trained
+from autodeeplab.nets.model_file import load_model
 
 TINY = [
     "data.crop_size=32",
@@ -60,7 +60,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
 
 
 def test_train_writes_a_run_whose_checkpoint_carries_everything(run_dir: Path) -> None:
-    model, info = load_trained(run_dir / "model.pt")
+    model, info = load_model(run_dir / "model.pt")
     assert model.genotype == SMALL and model.config.filter_multiplier == 4
     assert info.dataset == "synthetic" and info.num_classes == len(info.palette) == 6
     assert info.step == 2 and info.metrics is not None and info.metrics["split"] == "val"
@@ -76,7 +76,7 @@ def test_eval_json_matches_the_metrics_recorded_by_training(
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "pixel accuracy" in printed
     result = json.loads(out.read_text())
-    _, info = load_trained(run_dir)
+    _, info = load_model(run_dir)
     assert result["confusion"] == info.metrics["confusion"]
     assert result["miou"] == pytest.approx(info.metrics["miou"])
     assert (result["dataset"], result["split"], result["num_images"], result["scales"]) == (

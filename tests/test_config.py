@@ -8,9 +8,9 @@ from typing import Literal, Optional
 
 import pytest
 
+from autodeeplab.config.schema import config_keys
 from autodeeplab.config.settings import (
     config_from_dict,
-    config_keys,
     config_to_dict,
     dump_config_yaml,
     load_config,
@@ -184,7 +184,7 @@ def test_post_init_errors_become_config_errors():
 
 def _real_presets() -> list[tuple[type, str]]:
     from autodeeplab.search.config import SearchConfig
-    from autodeeplab.train.loop import TrainConfig
+    from autodeeplab.train.config import TrainConfig
 
     return [(cls, name) for cls in (SearchConfig, TrainConfig) for name in preset_names(cls)]
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autodeeplab.data import TrainTransform, build_dataset
+from autodeeplab.data.registry import build_dataset
+from autodeeplab.data.transforms import TrainTransform
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 

@@ -10,7 +10,10 @@ from PIL import Image
 from test_data_layouts import H, W, save, write_camvid, write_cityscapes, write_folder, write_voc
 
 from autodeeplab.cli.main import main
-from autodeeplab.data import DataProblem, build_dataset, check_dataset, prepare_cityscapes
+from autodeeplab.data.checks import check_dataset
+from autodeeplab.data.prepare import prepare_cityscapes
+from autodeeplab.data.problems import DataProblem
+from autodeeplab.data.registry import build_dataset
 from autodeeplab.errors import ConfigError, DataError
 
 

@@ -13,9 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from autodeeplab.data import IGNORE_INDEX, base, build_dataset, check_crop_size
+from autodeeplab.data import base
 from autodeeplab.data.cityscapes import LABEL_ID_TO_TRAIN_ID
-from autodeeplab.data.labels import bit_palette
+from autodeeplab.data.labels import IGNORE_INDEX, bit_palette
+from autodeeplab.data.registry import build_dataset
+from autodeeplab.data.transforms import check_crop_size
 from autodeeplab.errors import ConfigError
 
 H, W = 6, 8  # tiny images: height, width

@@ -8,7 +8,9 @@ import torch
 from test_data_layouts import write_camvid
 from torch.utils.data import DataLoader, Subset
 
-from autodeeplab.data import TrainTransform, build_dataset, set_epoch
+from autodeeplab.data.registry import build_dataset
+from autodeeplab.data.splits import set_epoch
+from autodeeplab.data.transforms import TrainTransform
 from autodeeplab.errors import DataError
 from autodeeplab.runs.sampling import split_halves
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from autodeeplab.data import build_dataset
+from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.synthetic import BACKGROUND, CLASS_NAMES, OBJECT, SHADOW
 from autodeeplab.errors import ConfigError
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from autodeeplab.data import (
+from autodeeplab.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,

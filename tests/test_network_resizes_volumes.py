@@ -8,7 +8,7 @@ from test_network import ALL_OPS_CELL, TINY, tiny_net
 from torch import nn
 from torch.nn import functional as F
 
-from autodeeplab.nets.model_file import TrainedInfo, load_trained, save_trained
+from autodeeplab.nets.model_file import TrainedInfo, load_model, save_trained
 from autodeeplab.space.autodeeplab.genotype import PAPER, Genotype
 
 # --- resizes align corners (the released model's resize_bilinear) ----------------------------------------
@@ -95,7 +95,7 @@ def test_volumetric_network_round_trips_through_model_pt(tmp_path) -> None:
     net = tiny_net(Genotype(network_path=(0, 1), cell=PAPER.cell), in_channels=2, spatial_dims=3).eval()
     classes = [f"c{i}" for i in range(TINY["num_classes"])]
     save_trained(tmp_path / "model.pt", net, TrainedInfo("volumes", classes, [[0, 0, 0]] * len(classes), 255))
-    loaded, _ = load_trained(tmp_path / "model.pt")
+    loaded, _ = load_model(tmp_path / "model.pt")
     assert loaded.config == net.config and loaded.config.spatial_dims == 3
     x = torch.randn(1, 2, 9, 12, 15)
     with torch.no_grad():

@@ -17,7 +17,8 @@ from autodeeplab.nets.cell import FixedCell
 from autodeeplab.ops.primitives import POOL_PRIMITIVES, PRIMITIVES, build_op
 from autodeeplab.runs.rundir import RunDir
 from autodeeplab.search.config import SearchConfig
-from autodeeplab.search.loop import load_or_make_split, make_optimizers
+from autodeeplab.search.loop import make_optimizers
+from autodeeplab.search.state import load_or_make_split
 from autodeeplab.space.autodeeplab.cell import MixedOp
 from autodeeplab.space.autodeeplab.genotype import PAPER, Genotype
 from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig

@@ -19,13 +19,12 @@ from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode, de
 from autodeeplab.space.autodeeplab.genotype import PAPER, Genotype
 from autodeeplab.space.autodeeplab.topology import beta_mask, num_edges
 from autodeeplab.viz.common import DPI, OP_STYLE, PATH_COLOR
-from autodeeplab.viz.history import BETA_DIRECTIONS, figure_arch_history, figure_curves
+from autodeeplab.viz.history import BETA_DIRECTIONS, figure_arch_history, figure_curves, plot_arch_history
 from autodeeplab.viz.plots import (
     MAX_EDGE_WIDTH,
     describe_genotype,
     figure_cell,
     figure_network_path,
-    plot_arch_history,
     plot_network_path,
     render_run,
 )

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from autodeeplab.data import normalize_image
+from autodeeplab.data.transforms import normalize_image
 from autodeeplab.errors import DataError
 from autodeeplab.infer.predict import (
     colorize,

@@ -29,14 +29,14 @@ def test_path_count_equals_enumeration(layers, levels):
 
 
 def test_paths_are_uniform_over_every_valid_path():
-    """4 layers × 4 levels: 21 valid paths; 4200 draws, each path expected 200 times (σ ≈ 13.8)."""
+    """4 layers × 4 levels: 34 valid paths; 6800 draws, each path expected 200 times (σ ≈ 14)."""
     paths = all_paths(4, 4)
     g = torch.Generator().manual_seed(0)
     seen = Counter(random_path(4, 4, g) for _ in range(200 * len(paths)))
     assert set(seen) == set(paths)
     assert all(abs(n - 200) < 6 * 13.8 for n in seen.values()), seen
-    # A random walk (uniform choice of the next level) would give the all-zero path 1/2·1/2·1/2·1/2 → 262
-    # draws and the path 0-1-2-3 only 1/2·1/3·1/3·1/3 → ~78: far outside these bounds.
+    # A random walk (uniform choice of the next level) would give the all-zero path 1/2·1/2·1/2·1/2 → 425
+    # draws and the path 0-1-2-3 only 1/2·1/3·1/3·1/3 → ~126: far outside these bounds.
 
 
 def test_cells_are_uniform_over_inputs_and_never_none():
@@ -54,6 +54,19 @@ def test_cells_are_uniform_over_inputs_and_never_none():
     assert set(op_counts) == set(ops)
     expected = 2100 * 3 * 2 / len(ops)  # 1800
     assert all(abs(n - expected) < 6 * 39 for n in op_counts.values()), op_counts
+
+
+def test_supernet_draws_respect_its_layers_levels_and_blocks():
+    from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
+
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=6, num_blocks=3, num_levels=2, stem_channels=(4, 4, 8)
+    )
+    net = SearchNetwork(space, 3)
+    g = torch.Generator().manual_seed(3)
+    draws = [net.random_architecture(g) for _ in range(200)]
+    assert {len(d.network_path) for d in draws} == {6} and {d.num_blocks for d in draws} == {3}
+    assert {level for d in draws for level in d.network_path} == {0, 1}  # never a level the space lacks
 
 
 def test_random_genotype_is_valid_and_seeded():

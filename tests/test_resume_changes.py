@@ -13,7 +13,7 @@ from tiny import SMALL_HEADS, SUPERNET, SYNTHETIC_SEARCH_DATA
 
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
-from autodeeplab.nets.model_file import load_trained
+from autodeeplab.nets.model_file import load_model
 from autodeeplab.runs.rundir import load_checkpoint
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import run_search
@@ -97,7 +97,7 @@ def test_a_resume_that_changes_the_model_or_the_data_is_refused(
 
 def test_extending_a_training_is_accepted_and_recorded(trained: Path) -> None:
     assert main(["train", "--resume", str(trained), "-q", "--set", "iterations=4"]) == 0
-    _, info = load_trained(trained / "model.pt")
+    _, info = load_model(trained / "model.pt")
     assert info.step == 4 and info.iterations == 4
     written = yaml.safe_load((trained / "config.yaml").read_text())
     assert written["iterations"] == 4 and written["batch_size"] == 2

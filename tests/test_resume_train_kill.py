@@ -16,10 +16,11 @@ from tiny import SMALL_HEADS
 
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
-from autodeeplab.nets.model_file import load_trained
+from autodeeplab.nets.model_file import load_model
 from autodeeplab.runs.rundir import load_checkpoint
 from autodeeplab.space.autodeeplab.genotype import Genotype
-from autodeeplab.train.loop import TrainConfig, run_training
+from autodeeplab.train.config import TrainConfig
+from autodeeplab.train.loop import run_training
 
 SMALL = Genotype(
     network_path=(0, 0, 1, 1),
@@ -86,8 +87,8 @@ def test_sigkill_during_training_then_resume_equals_uninterrupted(tmp_path: Path
     assert 8 <= stopped_at < 40
 
     assert main(["train", "--resume", str(killed), "-q"]) == 0
-    a, info_a = load_trained(reference / "model.pt")
-    b, info_b = load_trained(killed / "model.pt")
+    a, info_a = load_model(reference / "model.pt")
+    b, info_b = load_model(killed / "model.pt")
     assert info_b.step == 40
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=name)

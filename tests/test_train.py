@@ -13,20 +13,13 @@ import torch
 from autodeeplab.config.settings import load_config
 from autodeeplab.errors import CheckpointError, ConfigError
 from autodeeplab.infer.evaluate import evaluate
-from autodeeplab.nets.model_file import MODEL_FORMAT, load_trained
+from autodeeplab.nets.model_file import MODEL_FILE, MODEL_FORMAT, load_model
 from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.runs.rundir import RunDirError, load_checkpoint, save_checkpoint
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train import loop as train_module
-from autodeeplab.train.loop import (
-    MODEL_FILE,
-    TrainConfig,
-    build_model,
-    build_train_data,
-    make_optimizer,
-    poly_lr,
-    run_training,
-)
+from autodeeplab.train.config import TrainConfig
+from autodeeplab.train.loop import build_model, build_train_data, make_optimizer, poly_lr, run_training
 
 SMALL = Genotype(
     network_path=(0, 0, 1, 1),
@@ -138,7 +131,7 @@ def test_training_writes_a_checkpoint_that_evaluates_to_the_recorded_metrics(tmp
         MODEL_FILE,
     ]
     assert Genotype.load(tmp_path / "run" / "genotype.json") == SMALL
-    model, info = load_trained(tmp_path / "run")  # a run directory works as well as model.pt
+    model, info = load_model(tmp_path / "run")  # a run directory works as well as model.pt
     assert not model.training
     assert info.step == 6 and info.dataset == "synthetic" and info.num_classes == model.config.num_classes
     # checkpoint -> eval round trip: the reloaded model reproduces the metrics measured in training
@@ -148,7 +141,7 @@ def test_training_writes_a_checkpoint_that_evaluates_to_the_recorded_metrics(tmp
     assert again.metrics.miou == pytest.approx(info.metrics["miou"])
     # the training-state checkpoint holds the same model
     newest = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
-    from_state, _ = load_trained(newest)
+    from_state, _ = load_model(newest)
     x = torch.randn(1, 3, 40, 24)
     with torch.no_grad():
         torch.testing.assert_close(from_state(x), model(x), rtol=0, atol=0)
@@ -187,8 +180,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch
     assert [load_checkpoint(p)["step"] for p in written] == [3]  # written by the signal, mid-run
     resumed = run_training(config, SMALL, tmp_path / "stopped", resume=True, echo=quiet)
     assert resumed.step == 6
-    a, info_a = load_trained(tmp_path / "straight")
-    b, info_b = load_trained(tmp_path / "stopped")
+    a, info_a = load_model(tmp_path / "straight")
+    b, info_b = load_model(tmp_path / "stopped")
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=name)
     assert info_a.metrics == info_b.metrics
@@ -217,8 +210,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
         run_training(tiny_config("data.eval_split=null", "checkpoint_every=2"), SMALL, run, echo=quiet)
     checkpoints = sorted((run / "checkpoints").glob("*.pt"))
     assert [load_checkpoint(p)["step"] for p in checkpoints] == [2, 4]
-    model, info = load_trained(run / MODEL_FILE)  # model.pt is the step-4 one, not a NaN model
-    newest, _ = load_trained(checkpoints[-1])
+    model, info = load_model(run / MODEL_FILE)  # model.pt is the step-4 one, not a NaN model
+    newest, _ = load_model(checkpoints[-1])
     assert info.step == 4
     for (name, w), w4 in zip(model.state_dict().items(), newest.state_dict().values(), strict=True):
         assert torch.isfinite(w.float()).all() and torch.equal(w, w4), name
@@ -248,7 +241,7 @@ def test_truncated_checkpoint(trained: Path, tmp_path: Path) -> None:
     bad = tmp_path / "cut.pt"
     bad.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=f"^{bad}: truncated or corrupt checkpoint"):
-        load_trained(bad)
+        load_model(bad)
 
 
 def test_checkpoint_of_another_format_version(trained: Path, tmp_path: Path) -> None:
@@ -258,7 +251,7 @@ def test_checkpoint_of_another_format_version(trained: Path, tmp_path: Path) -> 
     other = tmp_path / "other.pt"
     save_checkpoint(other, state)
     with pytest.raises(CheckpointError) as info:
-        load_trained(other)
+        load_model(other)
     assert str(info.value) == (
         f"{other}: trained-model format 99 (written by autodeeplab 9.0.0) is not the format 3 "
         "this version reads"
@@ -285,7 +278,7 @@ def test_checkpoint_of_an_older_format_is_refused_with_the_reason(
     old = tmp_path / "old.pt"
     save_checkpoint(old, state)
     with pytest.raises(CheckpointError) as info:
-        load_trained(old)
+        load_model(old)
     assert str(info.value) == (
         f"{old}: trained-model format {old_format} (written by autodeeplab 0.1.0) is older than format 3, "
         f"which this version reads ({why}); retrain the model with this version"
@@ -310,13 +303,13 @@ def test_weights_that_do_not_fit_the_recorded_genotype(trained: Path, tmp_path: 
     other = tmp_path / "mismatch.pt"
     save_checkpoint(other, state)
     with pytest.raises(CheckpointError, match=f"^{other}: weights do not fit the network it describes"):
-        load_trained(other)
+        load_model(other)
 
 
 def test_class_count_that_differs_from_the_checkpoint(trained: Path) -> None:
-    _, info = load_trained(trained)
+    _, info = load_model(trained)
     with pytest.raises(CheckpointError) as err:
-        load_trained(trained, num_classes=info.num_classes + 2)
+        load_model(trained, num_classes=info.num_classes + 2)
     assert str(err.value) == (
         f"{trained}: the checkpoint predicts {info.num_classes} classes (synthetic) but the data has "
         f"{info.num_classes + 2}"
@@ -325,15 +318,15 @@ def test_class_count_that_differs_from_the_checkpoint(trained: Path) -> None:
 
 def test_missing_and_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=f"^{tmp_path / 'nope.pt'}: no such checkpoint$"):
-        load_trained(tmp_path / "nope.pt")
+        load_model(tmp_path / "nope.pt")
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match=f"^{foreign}: not an autodeeplab checkpoint$"):
-        load_trained(foreign)
+        load_model(foreign)
     search_like = tmp_path / "search.pt"
     save_checkpoint(search_like, {"format": "autodeeplab-search-1"})
     with pytest.raises(CheckpointError, match=r"not a trained-model checkpoint \(kind None\)"):
-        load_trained(search_like)
+        load_model(search_like)
 
 
 def test_tensorboard_scalars_and_prediction_panels(tmp_path):

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from test_train import SMALL, TINY, quiet, tiny_config
 
-from autodeeplab.config.settings import config_keys, load_config
+from autodeeplab.config.schema import config_keys
+from autodeeplab.config.settings import load_config
 from autodeeplab.errors import ConfigError
-from autodeeplab.nets.model_file import load_trained
+from autodeeplab.nets.model_file import load_model
 from autodeeplab.nets.network import NetworkConfig
 from autodeeplab.ops.heads import aspp_rates_for_stride
 from autodeeplab.train.config import TrainConfig
@@ -86,7 +87,7 @@ def test_network_settings_from_yaml_and_set_reach_model_pt(tmp_path: Path) -> No
     )
     assert config.model == expected
     run_training(config, SMALL, tmp_path / "run", echo=quiet)
-    model, _ = load_trained(tmp_path / "run")
+    model, _ = load_model(tmp_path / "run")
     assert model.config == expected
     assert model.stem.conv0[0].out_channels == 8 and model.decoder.reduce[0].out_channels == 4
     assert (

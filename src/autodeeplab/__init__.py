@@ -36,7 +36,7 @@ _API: dict[str, tuple[str, str]] = {
     "NetworkConfig": ("autodeeplab.nets.network", "NetworkConfig"),
     "run_training": ("autodeeplab.train.loop", "run_training"),
     "TrainConfig": ("autodeeplab.train.config", "TrainConfig"),
-    "load_model": ("autodeeplab.nets.model_file", "load_trained"),
+    "load_model": ("autodeeplab.nets.model_file", "load_model"),
     # settings
     "load_config": ("autodeeplab.config.settings", "load_config"),
 }

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from autodeeplab.data import EvalTransform, build_dataset, check_split
+from autodeeplab.data.registry import build_dataset, check_split
+from autodeeplab.data.transforms import EvalTransform
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
 from autodeeplab.infer.predict import (
@@ -34,11 +35,12 @@ from autodeeplab.infer.predict import (
     predicted_samples,
     prediction_panel,
 )
-from autodeeplab.nets.model_file import load_trained
+from autodeeplab.nets.model_file import load_model
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import build_search_data, run_search
 from autodeeplab.space.autodeeplab.genotype import Genotype
-from autodeeplab.train.loop import TrainConfig, build_train_data, dataset_options, run_training
+from autodeeplab.train.config import TrainConfig
+from autodeeplab.train.loop import build_train_data, run_training, train_dataset_options
 
 PANEL_MIN_HEIGHT = 256
 
@@ -81,7 +83,7 @@ def run_pipeline(
         return PipelineResult(out, found.genotype, trained.model_path, {}, [], interrupted=True)
 
     echo(f"== 3/4 evaluate on the {eval_split} split ==")
-    model, info = load_trained(trained.model_path)
+    model, info = load_model(trained.model_path)
     dataset = build_dataset(info.dataset, info.data_root, eval_split, EvalTransform(), **info.dataset_options)
     result = evaluate(model, dataset, dataset.num_classes, dataset.class_names, dataset.ignore_index)
     result.extra = {"checkpoint": str(trained.model_path), "dataset": info.dataset, "split": eval_split}
@@ -119,7 +121,7 @@ def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig
             check_split(name, root, split, field)
     build_search_data(search_config)  # each lists its splits and checks its crop size
     build_train_data(train_config)
-    build_dataset(t.dataset, t.root, eval_split, EvalTransform(), **dataset_options(train_config))
+    build_dataset(t.dataset, t.root, eval_split, EvalTransform(), **train_dataset_options(train_config))
 
 
 def write_predictions(model: torch.nn.Module, dataset: Any, out_dir: Path, count: int) -> list[Path]:

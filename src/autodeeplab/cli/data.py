@@ -11,7 +11,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from autodeeplab.data import DATASET_NAMES, DEFAULT_DATASET
+    from autodeeplab.data.registry import DATASET_NAMES, DEFAULT_DATASET
 
     p = sub.add_parser(
         "data",
@@ -63,7 +63,7 @@ def _progress_printer():
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from autodeeplab.data import check_dataset_report
+    from autodeeplab.data.checks import check_dataset_report
 
     report = check_dataset_report(args.dataset, args.data_root, args.split, progress=_progress_printer())
     where = args.dataset if args.data_root is None else f"{args.dataset} at {args.data_root}"
@@ -81,7 +81,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from autodeeplab.data import prepare_cityscapes
+    from autodeeplab.data.prepare import prepare_cityscapes
 
     splits = args.split or ("train", "val")
     written = prepare_cityscapes(args.data_root, args.out, args.scale, splits, progress=_progress_printer())

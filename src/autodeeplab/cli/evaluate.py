@@ -166,9 +166,10 @@ def json_target(args: argparse.Namespace, split: str) -> tuple[Path | None, str 
 
 
 def run(args: argparse.Namespace) -> int:
-    from autodeeplab.data import EvalTransform, build_dataset
+    from autodeeplab.data.registry import build_dataset
+    from autodeeplab.data.transforms import EvalTransform
     from autodeeplab.infer.evaluate import evaluate, write_eval_json
-    from autodeeplab.nets.model_file import check_classes, load_trained
+    from autodeeplab.nets.model_file import check_classes, load_model
     from autodeeplab.runs.device import resolve_device
     from autodeeplab.runs.progress import Progress
 
@@ -176,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     settings = config.inference_settings()
     json_path, skipped = json_target(args, config.split)
     device = resolve_device(config.device)
-    model, info = load_trained(args.checkpoint, device=device)
+    model, info = load_model(args.checkpoint, device=device)
     name = config.dataset or info.dataset
     same = name == info.dataset
     root = config.data_root or (info.data_root if same else None)

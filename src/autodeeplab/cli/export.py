@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from autodeeplab.nets.model_file import load_trained
+    from autodeeplab.nets.model_file import load_model
 
     height, width = args.input_size
     if height < 1 or width < 1:
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         onnx_parity,
     )
 
-    model, info = load_trained(args.checkpoint, device="cpu")
+    model, info = load_model(args.checkpoint, device="cpu")
     shape = (1, 3, height, width)
     export_onnx(model, output, shape)
     print(f"{output}: ONNX model of {args.checkpoint} ({info.num_classes} classes, input {height}x{width})")

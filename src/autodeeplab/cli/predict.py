@@ -49,7 +49,7 @@ def expand_images(paths: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from autodeeplab.infer.predict import predict_files
-    from autodeeplab.nets.model_file import load_trained
+    from autodeeplab.nets.model_file import load_model
     from autodeeplab.runs.device import resolve_device
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     settings = inference_settings(args)
     images = expand_images(args.images)
     device = resolve_device(args.device)
-    model, info = load_trained(args.checkpoint, device=device)
+    model, info = load_model(args.checkpoint, device=device)
     written = predict_files(model, images, output, info.palette, settings, args.alpha, device)
     for label, overlay in written:
         print(f"{label}  {overlay}")

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from autodeeplab.pipeline import run_pipeline
     from autodeeplab.search.config import SearchConfig
-    from autodeeplab.train.loop import TrainConfig
+    from autodeeplab.train.config import TrainConfig
     from autodeeplab.viz.plots import describe_genotype, render_run
 
     shared = []

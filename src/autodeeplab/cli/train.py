@@ -13,7 +13,7 @@ DEFAULT_PRESET = "cpu"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from autodeeplab.train.loop import TrainConfig
+    from autodeeplab.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(args: argparse.Namespace):  # -> TrainConfig (imported lazily: torch is slow to load)
-    from autodeeplab.train.loop import TrainConfig
+    from autodeeplab.train.config import TrainConfig
 
     return resolve_run_config(args, TrainConfig, DEFAULT_PRESET, "training", exclusive=("genotype",))
 

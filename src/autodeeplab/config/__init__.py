@@ -1,1 +1,1 @@
-"""config"""
+"""Typed settings: YAML files, ``--set`` overrides, presets, and the schema that coerces and names keys."""

@@ -1,6 +1,7 @@
 """Typed settings: dataclasses with the paper's values as defaults, YAML files, overrides and presets.
 
-Each phase declares its own dataclass (``SearchConfig`` in ``search.py``, ``TrainConfig`` in ``train.py``);
+Each phase declares its own dataclass (``SearchConfig`` in ``search/config.py``, ``TrainConfig`` in
+``train/config.py``);
 nested dataclasses are allowed (use ``field(default_factory=...)``). Every field needs a default, and the
 defaults are the paper's values. Supported field types: ``int``, ``float``, ``str``, ``bool``, ``Path``,
 ``tuple[X, ...]``, ``tuple[X, Y]``, ``list[X]``, ``dict[str, X]``, ``Optional[X]`` / ``X | None``,

@@ -182,6 +182,7 @@ class FastSearchNetwork(SearchNetwork):
 def build_supernet(
     config: SearchSpaceConfig,
     num_classes: int,
+    *,
     in_channels: int = 3,
     execution: ExecutionConfig | None = None,
 ) -> SearchNetwork:

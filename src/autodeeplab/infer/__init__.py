@@ -1,1 +1,1 @@
-"""infer"""
+"""Evaluation (single/multi-scale, flip, sliding window), metrics, predictions and ONNX export."""

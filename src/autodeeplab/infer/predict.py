@@ -116,7 +116,7 @@ def predict_image(
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Labels ``int64 [H, W]`` for one ``uint8 [H, W, 3]`` image (model in eval mode)."""
-    from autodeeplab.data import normalize_image  # the one normalisation shared with training
+    from autodeeplab.data.transforms import normalize_image
 
     x = torch.as_tensor(normalize_image(image)).unsqueeze(0).to(device)
     return predict_labels(model, x, settings)[0].cpu().numpy()

@@ -5,7 +5,7 @@
 file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
 "model_format": MODEL_FORMAT, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields
 (dataset, class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
-checkpoints embed the same record under ``"trained"``, so :func:`load_trained` reads either kind; they are
+checkpoints embed the same record under ``"trained"``, so :func:`load_model` reads either kind; they are
 read back for ``--resume`` by :func:`load_training_state` and :func:`restore_training_state`.
 
 The format number changes whenever the same weights would compute something else; files of an older
@@ -89,7 +89,7 @@ def save_trained(path: str | os.PathLike[str], model: AutoDeepLabNet, info: Trai
     save_state(path, trained_record(model, info))
 
 
-def load_trained(
+def load_model(
     path: str | os.PathLike[str], num_classes: int | None = None, device: str | torch.device = "cpu"
 ) -> tuple[AutoDeepLabNet, TrainedInfo]:
     """Load ``model.pt`` (or a run directory holding one, or a training-state checkpoint), in eval mode.
@@ -164,7 +164,8 @@ def load_training_state(
 ) -> tuple[dict[str, Any], Path]:
     """The newest good training checkpoint, once ``config`` is known to fit it.
 
-    Only the ``allowed`` keys (``train.RESUMABLE_KEYS``) may differ from the checkpoint's settings; such
+    Only the ``allowed`` keys (``train.config.RESUMABLE_KEYS``) may differ from the checkpoint's settings;
+    such
     changes are written to ``config.yaml`` (``run_info.resumed_with``). Any other change is a one-line
     :class:`ConfigError`.
     """

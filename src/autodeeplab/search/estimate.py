@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from autodeeplab.data import build_dataset, dataset_class
+from autodeeplab.data.registry import build_dataset, dataset_class
 from autodeeplab.errors import AutoDeepLabError
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.memory import GIB, SavedRecord, SavedTensorCounter

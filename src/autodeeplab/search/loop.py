@@ -20,8 +20,9 @@ from torch import nn
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
-from autodeeplab.data import EvalTransform, TrainTransform, build_dataset, check_crop_size
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
+from autodeeplab.data.registry import build_dataset
+from autodeeplab.data.transforms import EvalTransform, TrainTransform, check_crop_size
 from autodeeplab.errors import DataError
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
@@ -84,7 +85,8 @@ def run_search(
     must pass the same builder.
 
     On ``resume`` the newest good checkpoint is read first and ``config`` compared with the one it was
-    written with: only :data:`RESUMABLE_KEYS` may differ (recorded in ``config.yaml``). A new run that
+    written with: only :data:`autodeeplab.search.state.RESUMABLE_KEYS` may differ (recorded in
+    ``config.yaml``). A new run that
     stops on a user error before its first checkpoint removes its files (``RunDir.removed_if_unstarted``).
     """
     config.validate()
@@ -205,7 +207,7 @@ def _search(
             position = SearchPosition(
                 epoch + 1, 0, position.global_step, position.b_cycle, position.b_batch
             )  # the sums start again
-            val_miou = validate(model, val, config, device)
+            val_miou = validation_miou(model, val, config, device)
             if tensorboard is not None:
                 log_prediction_panels(tensorboard, "search/predictions", model, val, epoch + 1, device)
             genotype = record_epoch(
@@ -340,7 +342,7 @@ def steps_per_epoch(num_a: int, config: SearchConfig) -> int:
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
 
-def validate(model: nn.Module, val, config: SearchConfig, device: torch.device) -> float:
+def validation_miou(model: nn.Module, val, config: SearchConfig, device: torch.device) -> float:
     result = evaluate(
         model,
         val,

@@ -1,1 +1,1 @@
-"""space"""
+"""What is searched: the search-space contract (:mod:`.contract`) and the spaces that implement it."""

@@ -1,1 +1,1 @@
-"""train"""
+"""Retraining a found network from scratch: the loop and its settings."""

@@ -89,7 +89,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
     return sgd(groups, lr=config.lr, momentum=config.momentum)
 
 
-def dataset_options(config: TrainConfig) -> dict[str, Any]:
+def train_dataset_options(config: TrainConfig) -> dict[str, Any]:
     """``build_dataset`` options shared by the training and evaluation splits (recorded in ``model.pt``)."""
     d = config.data
     return {"size": list(d.synthetic_size), "seed": config.seed} if d.dataset == "synthetic" else {}
@@ -97,11 +97,12 @@ def dataset_options(config: TrainConfig) -> dict[str, Any]:
 
 def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     """The augmented training split and the evaluation split (or None)."""
-    from autodeeplab.data import EvalTransform, TrainTransform, build_dataset, check_crop_size
+    from autodeeplab.data.registry import build_dataset
+    from autodeeplab.data.transforms import EvalTransform, TrainTransform, check_crop_size
 
     d = config.data
     synthetic = d.dataset == "synthetic"
-    options = dataset_options(config)
+    options = train_dataset_options(config)
     n_train = {"num_samples": d.synthetic_train_samples} if synthetic else {}
     transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip, jitter=d.jitter)
     train = build_dataset(
@@ -181,7 +182,7 @@ def _train(
         [list(c) for c in train.palette],
         train.ignore_index,
         iterations=config.iterations,
-        dataset_options=dataset_options(config),
+        dataset_options=train_dataset_options(config),
         data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
     )
     if loaded is not None:

@@ -1,1 +1,1 @@
-"""viz"""
+"""Every picture: the network-level path, the cell, α/β over the epochs, training curves."""
