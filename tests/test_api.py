@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import torch
-from tiny import SMALL, SMALL_HEADS, SUPERNET, SYNTHETIC_SEARCH_DATA
+from tiny import SMALL_HEADS, SUPERNET, SYNTHETIC_SEARCH_DATA
 
 import autodeeplab
 
@@ -28,47 +30,44 @@ def test_importing_the_package_does_not_import_torch():
 
 
 def test_readme_example_search_train_load(tmp_path):
-    """The README's API example at tiny size: search, retrain the result, load the model, run it."""
+    """The README's API example line by line, at tiny size (the overrides are the only additions)."""
     from autodeeplab import (
         Genotype,
         SearchConfig,
         TrainConfig,
         build_network,
         build_supernet,
+        decode,
         load_config,
         load_model,
         run_search,
         run_training,
     )
 
-    common = ["device=cpu", "batch_size=2"]
+    tiny_search = [*SUPERNET, *SYNTHETIC_SEARCH_DATA, "device=cpu", "batch_size=2", "steps_per_epoch=1"]
     search = load_config(
-        SearchConfig,
-        preset="cpu",
-        overrides=[
-            *SUPERNET,
-            *SYNTHETIC_SEARCH_DATA,
-            *common,
-            "epochs=1",
-            "arch_start_epoch=0",
-            "steps_per_epoch=1",
-        ],
+        SearchConfig, preset="cpu", overrides=[*tiny_search, "epochs=2", "arch_start_epoch=1"]
     )
     found = run_search(search, tmp_path / "search", quiet=True, echo=lambda s: None)
     assert isinstance(found.genotype, Genotype) and found.genotype.num_layers == 3
-    supernet = build_supernet(search.space, num_classes=3)
-    assert supernet(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
-
-    train = load_config(
-        TrainConfig,
-        preset="tiny",
-        overrides=[*SMALL_HEADS, "data.crop_size=32", "data.synthetic_size=[32,32]", *common, "iterations=1"],
-    )
-    trained = run_training(train, SMALL, tmp_path / "train", quiet=True, echo=lambda s: None)
+    tiny_train = [
+        *SMALL_HEADS,
+        "data.crop_size=32",
+        "data.synthetic_size=[32,32]",
+        "device=cpu",
+        "batch_size=2",
+    ]
+    train = load_config(TrainConfig, preset="cpu", overrides=[*tiny_train, "iterations=1"])
+    trained = run_training(train, found.genotype, tmp_path / "train", quiet=True, echo=lambda s: None)
     model, info = load_model(trained.model_path)
-    assert len(info.class_names) == model.config.num_classes
-    built = build_network(SMALL, model.config)
-    built.load_state_dict(model.state_dict())
-    built.eval()
+    assert not model.training and len(info.class_names) == model.config.num_classes
+    net = build_network(Genotype.load(tmp_path / "search" / "genotype.json"), model.config)
+    net.load_state_dict(model.state_dict())  # the same settings build the same network
     x = torch.randn(1, 3, 32, 32)
-    assert torch.equal(built(x), model(x))
+    assert torch.equal(net.eval()(x), model(x))
+    supernet = build_supernet(search.space, num_classes=19, execution=search.execution)
+    assert supernet.execution is search.execution
+    assert supernet(torch.randn(2, 3, 32, 32)).shape == (2, 19, 32, 32)
+    # decode: the arch_params.json the search wrote gives the genotype it found.
+    params = json.loads((tmp_path / "search" / "arch_params.json").read_text())
+    assert decode(np.array(params["alpha"]), np.array(params["beta"]), 2) == found.genotype

@@ -147,6 +147,10 @@ def test_search_loop_runs_a_second_space_end_to_end(tmp_path):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["genotype"] for m in metrics][-1] == result.genotype.short()
     assert all("arch_loss" in m for m in metrics)
+    # The pictures: this space's files are not Auto-DeepLab's, so only the (generic) curves are drawn.
+    from autodeeplab.viz.plots import render_run
+
+    assert [p.name for p in render_run(run)] == ["curves.png"]
 
 
 def test_arch_loss_terms_reach_the_architecture_step(tmp_path):

@@ -17,6 +17,7 @@ softmax weights in
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -309,6 +310,9 @@ def render_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "plots"
     written: list[Path] = []
+    if not _holds_autodeeplab_architecture(run_dir):  # another search space's run: its curves only
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        return [plot_curves(metrics, out / "curves.png")] if curve_series(metrics) else []
     genotype = Genotype.load(run_dir / "genotype.json") if (run_dir / "genotype.json").exists() else None
     beta = None
     if (run_dir / "arch_params.json").exists():
@@ -331,3 +335,18 @@ def render_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] 
     if curve_series(metrics):
         written.append(plot_curves(metrics, out / "curves.png"))
     return written
+
+
+def _holds_autodeeplab_architecture(run_dir: Path) -> bool:
+    """Whether the run's architecture files are Auto-DeepLab's (or absent, or unreadable: then the readers
+    report them). A search over another space (:mod:`autodeeplab.space.contract`) writes its own documents
+    to ``genotype.json`` and ``arch_params.json``; those have none of Auto-DeepLab's keys."""
+    keys = {"genotype.json": {"network_path", "cell"}, "arch_params.json": {"primitives", "beta"}}
+    for name, expected in keys.items():
+        try:
+            data = json.loads((run_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and not expected & set(data):
+            return False
+    return True
