@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -241,35 +243,151 @@ def test_resume_changes_outside_the_allowed_keys_are_refused(tmp_path):
     }
 
 
-def _real_configs_with_a_bad_value() -> list[tuple[str, object, str]]:
-    """(what, a valid config of each real settings type with one value spoiled afterwards, its error)."""
+# -- the real settings types ---------------------------------------------------------------------------------
+# (settings type whose validate() refuses it, the top-level config it is read in, its dotted key there, a bad
+# value, the error). Eight types: SearchConfig and its SearchSpaceConfig/SearchDataConfig/ExecutionConfig,
+# TrainConfig and its TrainDataConfig/NetworkConfig, EvalConfig.
+_BAD_VALUES = [
+    ("SearchConfig", "search", "batch_size", 0, "batch_size: must be at least 1, got 0"),
+    ("SearchConfig", "search", "momentum", 1.0, "momentum: must be in [0, 1), got 1.0"),
+    ("SearchConfig", "search", "arch_betas", (0.9, 1.0), "arch_betas[1]: must be in [0, 1), got 1.0"),
+    (
+        "SearchConfig",
+        "search",
+        "space.spatial_dims",
+        3,
+        "space.spatial_dims: only 2 (images) is supported by the search loop for now, got 3",
+    ),
+    ("SearchDataConfig", "search", "data.crop_size", 0, "data.crop_size: must be at least 1, got 0"),
+    (
+        "SearchDataConfig",
+        "search",
+        "data.max_val_images",
+        0,
+        "data.max_val_images: must be at least 1 or null, got 0",
+    ),
+    ("SearchSpaceConfig", "search", "space.num_blocks", 0, "space.num_blocks: must be at least 1, got 0"),
+    (
+        "SearchSpaceConfig",
+        "search",
+        "space.partial_channels",
+        3,
+        "space.partial_channels: must be at least 1 and divide space.filter_multiplier (8), got 3",
+    ),
+    (
+        "ExecutionConfig",
+        "search",
+        "execution.checkpoint_levels",
+        (0, 0),
+        "execution.checkpoint_levels: [0, 0] lists a level twice",
+    ),
+    (
+        "ExecutionConfig",  # the level count is the parent's (space.num_levels): unknown to a section alone
+        "search",
+        "execution.checkpoint_levels",
+        (4,),
+        "execution.checkpoint_levels: level 4 does not exist (levels are 0..3 with space.num_levels=4)",
+    ),
+    ("TrainConfig", "train", "batch_size", 0, "batch_size: must be at least 1, got 0"),
+    (
+        "TrainConfig",
+        "train",
+        "model.spatial_dims",
+        3,
+        "model.spatial_dims: only 2 (images) is supported by training for now, got 3",
+    ),
+    ("TrainDataConfig", "train", "data.jitter", 1.5, "data.jitter: must be in [0, 1), got 1.5"),
+    (
+        "TrainDataConfig",
+        "train",
+        "data.eval_max_images",
+        0,
+        "data.eval_max_images: must be at least 1 or null, got 0",
+    ),
+    (
+        "NetworkConfig",
+        "train",
+        "model.decoder_channels",
+        0,
+        "model.decoder_channels: must be at least 1, got 0",
+    ),
+    ("EvalConfig", "eval", "max_images", 0, "max_images: must be at least 1 or null, got 0"),
+    ("EvalConfig", "eval", "window_overlap", 1.0, "window_overlap: must be in [0, 1), got 1.0"),
+]
+_SECTIONS = {"search": ("space", "data", "execution"), "train": ("data", "model"), "eval": ()}
+"""The sections of each top-level config."""
+
+
+def _top_level(which: str) -> type:
     from autodeeplab.infer.evaluate import EvalConfig
-    from autodeeplab.nets.network import NetworkConfig
     from autodeeplab.search.config import SearchConfig
     from autodeeplab.train.config import TrainConfig
 
-    search, search_momentum = SearchConfig(), SearchConfig()
-    search.batch_size, search_momentum.momentum = 0, 1.0
-    train, train_model = TrainConfig(), TrainConfig()
-    train.batch_size, train_model.model.decoder_channels = 0, 0
-    evaluation, network = EvalConfig(), NetworkConfig()
-    evaluation.max_images, network.decoder_channels = 0, 0
-    return [
-        ("SearchConfig", search, "batch_size: must be at least 1, got 0"),
-        ("SearchConfig momentum", search_momentum, "momentum: must be in [0, 1), got 1.0"),
-        ("TrainConfig", train, "batch_size: must be at least 1, got 0"),
-        ("TrainConfig model", train_model, "model.decoder_channels: must be at least 1, got 0"),
-        ("EvalConfig", evaluation, "max_images: must be at least 1, got 0"),
-        ("NetworkConfig", network, "network.decoder_channels: must be at least 1, got 0"),
-    ]
+    return {"search": SearchConfig, "train": TrainConfig, "eval": EvalConfig}[which]
 
 
-_BAD_CONFIGS = _real_configs_with_a_bad_value()
+def _holder(config: object, key: str) -> tuple[object, str]:
+    """The settings object holding the dotted ``key``, and the field's name in it."""
+    *path, name = key.split(".")
+    for part in path:
+        config = getattr(config, part)
+    return config, name
 
 
-@pytest.mark.parametrize(("what", "config", "message"), _BAD_CONFIGS, ids=[case[0] for case in _BAD_CONFIGS])
-def test_every_real_config_validates_alike(what: str, config: object, message: str) -> None:
-    """One way for every settings type: ``validate()`` raises the one user-error type naming the field."""
+def _refusal(validate: Callable[[], None]) -> str:
     with pytest.raises(ConfigError) as info:
+        validate()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("what", "top", "key", "value", "message"),
+    _BAD_VALUES,
+    ids=[f"{case[0]}-{case[2]}" for case in _BAD_VALUES],
+)
+def test_every_real_config_validates_alike(
+    what: str, top: str, key: str, value: object, message: str
+) -> None:
+    """One way for every settings type: ``validate(where)`` raises the one user-error type in one line
+    ``<where>.<field>: must be …``, a parent validating its sections under their dotted keys; the top-level
+    settings validate when built, so a file, preset, ``--set`` or ``--resume`` override fails at once."""
+    cls = _top_level(top)
+    as_yaml = json.dumps(list(value) if isinstance(value, tuple) else value)
+    built = _refusal(lambda: load_config(cls, overrides=[f"{key}={as_yaml}"]))  # what every CLI path does
+    assert built == message and "\n" not in built
+
+    config = cls()  # valid when built, spoiled afterwards: validate() again (run_search/run_training do)
+    holder, name = _holder(config, key)
+    assert what in (type(holder).__name__, type(config).__name__)  # the parent's rules about a section
+    setattr(holder, name, value)
+    assert _refusal(config.validate) == message
+    # A parent passes its own name on (the pipeline could name the search settings ``search``).
+    named = message.partition(": ")[0]
+    assert _refusal(lambda: config.validate(where=top)).startswith(f"{top}.{named}: ")
+    if holder is not config and type(holder).__name__ == what and "does not exist" not in message:
+        # A section alone names itself under its own default name: its key, except a NetworkConfig, which
+        # is ``network`` (the record of model.pt) and ``model`` in the training settings.
+        own = "network" if what == "NetworkConfig" else key.split(".")[0]
+        assert _refusal(holder.validate) == own + message[message.index(".") :]
+
+
+@pytest.mark.parametrize("top", sorted(_SECTIONS))
+def test_every_real_config_passes_with_its_defaults_and_presets(top: str) -> None:
+    cls = _top_level(top)
+    for config in [cls(), *(load_config(cls, preset=name) for name in preset_names(cls))]:
         config.validate()
-    assert str(info.value) == message, what
+        for section in _SECTIONS[top]:
+            getattr(config, section).validate(section)
+
+
+def test_device_checks_are_separate_from_validate() -> None:
+    from autodeeplab.fast.execution import ExecutionConfig
+
+    fp16 = ExecutionConfig(precision="fp16")
+    fp16.validate()  # valid settings: whether they run depends on the device
+    fp16.check_device("cuda")
+    message = "execution.precision: fp16 needs a CUDA device (running on cpu); use bf16"
+    assert _refusal(lambda: fp16.check_device("cpu")) == message
+    assert _refusal(lambda: ExecutionConfig(precision="fp8").validate()) == (  # type: ignore[arg-type]
+        "execution.precision: must be one of fp32, bf16, fp16, got 'fp8'"
+    )

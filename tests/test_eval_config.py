@@ -95,7 +95,7 @@ def test_yaml_then_overrides_and_round_trip(tmp_path: Path) -> None:
         ("max_image=3", "override 'max_image=3': unknown key 'max_image' (did you mean 'max_images'?)"),
         ("scales=[1,0]", "scales: must be positive, got [1.0, 0.0]"),
         ("scales=[]", "scales: must be positive, got []"),
-        ("max_images=0", "max_images: must be at least 1, got 0"),
+        ("max_images=0", "max_images: must be at least 1 or null, got 0"),
         ("window=[0,4]", "window: must be two positive sizes, got [0, 4]"),
         ("window_overlap=1", "window_overlap: must be in [0, 1), got 1.0"),
         ("split=''", "split: must not be empty"),

@@ -97,8 +97,8 @@ def test_fp16_needs_a_gpu():
     with pytest.raises(
         ConfigError, match=r"^execution.precision: fp16 needs a CUDA device \(running on cpu\)"
     ):
-        ExecutionConfig(precision="fp16").validate("cpu")
-    ExecutionConfig(precision="bf16").validate("cpu")
+        ExecutionConfig(precision="fp16").check_device("cpu")
+    ExecutionConfig(precision="bf16").check_device("cpu")
 
 
 def test_partial_channels_shapes_memory_and_parameters():
@@ -111,7 +111,10 @@ def test_partial_channels_shapes_memory_and_parameters():
 
 
 def test_partial_channels_must_divide_f():
-    with pytest.raises(ConfigError, match=r"^space.partial_channels: 3 must be at least 1 and divide"):
+    message = (
+        r"^space\.partial_channels: must be at least 1 and divide space\.filter_multiplier \(4\), got 3$"
+    )
+    with pytest.raises(ConfigError, match=message):
         tiny_net(partial_channels=3)
 
 
@@ -152,7 +155,7 @@ def test_checkpoint_levels_are_validated_against_the_levels(levels, message):
     with pytest.raises(ConfigError, match=r"^execution\.checkpoint_levels: " + message):
         tiny_net(execution, num_levels=4)
     with pytest.raises(ConfigError, match=r"^execution\.checkpoint_levels: "):
-        execution.validate("cpu", num_levels=4)
+        execution.check_levels(4)
 
 
 def test_checkpoint_levels_default_to_all_levels_of_any_supernet():

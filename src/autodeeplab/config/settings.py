@@ -26,6 +26,9 @@ strings such as ``1e-3``, which PyYAML would otherwise read as text.
 Everything is strict: an unknown key raises :class:`~autodeeplab.errors.ConfigError` naming the source and
 the key and suggesting the closest valid one (``config.yaml: unknown key 'serch.lr' (did you mean
 'search.lr'?)``); a value of the wrong type names the key and the expected type.
+Values of the right type that cannot work are refused by each settings class's ``validate(where)``
+(:mod:`autodeeplab.config.checks`), which a top-level class runs when it is built, so :func:`load_config`
+returns only valid settings.
 
 A ``config.yaml`` written by :func:`dump_config_yaml` holds the resolved settings plus a reserved
 ``run_info`` section (package version, seed, ...) that loading skips; read it with :func:`read_run_info`.

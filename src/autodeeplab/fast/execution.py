@@ -13,8 +13,9 @@ that does change the model, partial channels (PC-DARTS), is part of the search s
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, get_args
 
+from autodeeplab.config.checks import dotted
 from autodeeplab.errors import ConfigError
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -70,17 +71,27 @@ class ExecutionConfig:
         if self.checkpoint_levels is not None:
             self.checkpoint_levels = tuple(self.checkpoint_levels)  # YAML gives lists
 
-    def validate(self, device_type: str, num_levels: int | None = None) -> None:
-        """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...) or, when given, with
-        ``num_levels`` levels, naming the field."""
+    def validate(self, where: str = "execution") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work on any
+        supernet or device. What depends on the supernet's level count is :meth:`check_levels` (the parent
+        ``SearchConfig`` calls it with ``space.num_levels``); what depends on the device is
+        :meth:`check_device` (called once the device is known)."""
+        for name, allowed in (("precision", get_args(Precision)), ("memory_format", get_args(MemoryFormat))):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(
+                    f"{dotted(where, name)}: must be one of {', '.join(allowed)}, got {value!r}"
+                )
+        self._check_level_list(where)
+
+    def check_device(self, device_type: str, where: str = "execution") -> None:
+        """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...), naming the field."""
         if self.precision == "fp16" and device_type != "cuda":
             raise ConfigError(
-                f"execution.precision: fp16 needs a CUDA device (running on {device_type}); use bf16"
+                f"{dotted(where, 'precision')}: fp16 needs a CUDA device (running on {device_type}); use bf16"
             )
-        if num_levels is not None:
-            self.check_levels(num_levels)
 
-    def check_levels(self, num_levels: int) -> None:
+    def check_levels(self, num_levels: int, where: str = "execution") -> None:
         """Reject ``checkpoint_levels`` that name no level of a supernet with ``num_levels`` levels.
 
         A level that does not exist would silently checkpoint nothing there (the user asked for a
@@ -91,15 +102,19 @@ class ExecutionConfig:
         valid = f"levels are 0..{num_levels - 1} with space.num_levels={num_levels}"
         for level in self.checkpoint_levels:
             if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < num_levels:
-                raise ConfigError(f"execution.checkpoint_levels: level {level!r} does not exist ({valid})")
-        if len(set(self.checkpoint_levels)) != len(self.checkpoint_levels):
-            raise ConfigError(
-                f"execution.checkpoint_levels: {list(self.checkpoint_levels)} lists a level twice"
-            )
-        if self.checkpoint_cells and not self.checkpoint_levels:
-            raise ConfigError(
-                f"execution.checkpoint_levels: empty, so checkpoint_cells would checkpoint nothing ({valid})"
-            )
+                key = dotted(where, "checkpoint_levels")
+                raise ConfigError(f"{key}: level {level!r} does not exist ({valid})")
+        self._check_level_list(where, f" ({valid})")
+
+    def _check_level_list(self, where: str, valid: str = "") -> None:
+        """The checks of ``checkpoint_levels`` that do not need the level count: no repeats, not empty."""
+        levels, key = self.checkpoint_levels, dotted(where, "checkpoint_levels")
+        if levels is None:
+            return
+        if len(set(levels)) != len(levels):
+            raise ConfigError(f"{key}: {list(levels)} lists a level twice")
+        if self.checkpoint_cells and not levels:
+            raise ConfigError(f"{key}: empty, so checkpoint_cells would checkpoint nothing{valid}")
 
     def checkpoints_level(self, level: int) -> bool:
         """Whether the nodes at ``level`` are checkpointed."""

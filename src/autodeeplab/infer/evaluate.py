@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from autodeeplab import __version__
+from autodeeplab.config.checks import at_least_one_or_null, below_one, dotted
 from autodeeplab.config.settings import config_to_dict, register_presets
 from autodeeplab.errors import ConfigError
 from autodeeplab.fileio import atomic_write_json
@@ -107,21 +108,22 @@ class EvalConfig:
         self.window = tuple(self.window) if self.window is not None else None
         self.validate()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the field for the first value that cannot work.
+    def validate(self, where: str = "") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` (bare at the top level, ``where=""``) for the
+        first value that cannot work.
 
         Runs when the settings are built (a bad file, ``--set`` or flag fails at once).
         """
         if not self.split:
-            raise ConfigError("split: must not be empty")
-        if self.max_images is not None and self.max_images < 1:
-            raise ConfigError(f"max_images: must be at least 1, got {self.max_images}")
+            raise ConfigError(f"{dotted(where, 'split')}: must not be empty")
+        at_least_one_or_null(dotted(where, "max_images"), self.max_images)
         if not self.scales or any(not (s > 0 and math.isfinite(s)) for s in self.scales):
-            raise ConfigError(f"scales: must be positive, got {list(self.scales)}")
+            raise ConfigError(f"{dotted(where, 'scales')}: must be positive, got {list(self.scales)}")
         if self.window is not None and (len(self.window) != 2 or min(self.window) < 1):
-            raise ConfigError(f"window: must be two positive sizes, got {list(self.window)}")
-        if not 0.0 <= self.window_overlap < 1.0:
-            raise ConfigError(f"window_overlap: must be in [0, 1), got {self.window_overlap}")
+            raise ConfigError(
+                f"{dotted(where, 'window')}: must be two positive sizes, got {list(self.window)}"
+            )
+        below_one(dotted(where, "window_overlap"), self.window_overlap)
 
     def inference_settings(self) -> InferenceSettings:
         """The inference part of these settings."""

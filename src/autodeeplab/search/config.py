@@ -8,8 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autodeeplab.config.checks import (
+    at_least,
+    at_least_one_or_null,
+    below_one,
+    dotted,
+    image_dims,
+    non_negative,
+    positive,
+    scale_range,
+)
 from autodeeplab.config.settings import register_presets
-from autodeeplab.errors import ConfigError
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 
@@ -36,8 +45,18 @@ class SearchDataConfig:
     synthetic_size: tuple[int, int] = (64, 64)
 
     def __post_init__(self) -> None:
+        # Normalise only; the checks are in validate(), called by SearchConfig with the section's name.
         self.scale_range = tuple(self.scale_range)
         self.synthetic_size = tuple(self.synthetic_size)
+
+    def validate(self, where: str = "data") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
+        at_least(dotted(where, "crop_size"), self.crop_size, 1)
+        scale_range(dotted(where, "scale_range"), self.scale_range)
+        at_least(dotted(where, "num_workers"), self.num_workers, 0)
+        at_least_one_or_null(dotted(where, "max_val_images"), self.max_val_images)
+        at_least(dotted(where, "synthetic_train_samples"), self.synthetic_train_samples, 1)
+        at_least(dotted(where, "synthetic_val_samples"), self.synthetic_val_samples, 1)
 
 
 @dataclass
@@ -79,55 +98,33 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         self.arch_betas = tuple(self.arch_betas)
+        self.validate()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the field for the first value that cannot work.
+    def validate(self, where: str = "") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` (bare at the top level, ``where=""``) for the
+        first value that cannot work; the sections are validated under their keys (``data.crop_size``).
 
-        Called by ``run_search`` (and the pipeline's input checks) before anything is read or written.
+        Runs when the settings are built, so a bad file, preset, ``--set`` or ``--resume`` override fails
+        before anything runs, and again in ``run_search`` (and the pipeline's input checks), for settings
+        changed after they were built. Device checks wait for the device
+        (:meth:`ExecutionConfig.check_device`).
         """
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "data.crop_size": self.data.crop_size,
-            "space.filter_multiplier": self.space.filter_multiplier,
-            "space.num_layers": self.space.num_layers,
-            "space.num_blocks": self.space.num_blocks,
-            "space.num_levels": self.space.num_levels,
-            "keep_checkpoints": self.keep_checkpoints,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key}: must be at least 1, got {value}")
-        for key, value in {"lr": self.lr, "arch_lr": self.arch_lr}.items():
-            if not value > 0:
-                raise ConfigError(f"{key}: must be positive, got {value}")
-        non_negative = {
-            "arch_start_epoch": self.arch_start_epoch,
-            "lr_min": self.lr_min,
-            "weight_decay": self.weight_decay,
-            "arch_weight_decay": self.arch_weight_decay,
-            "grad_clip": self.grad_clip,
-            "checkpoint_every": self.checkpoint_every,
-        }
-        for key, value in non_negative.items():
-            if not value >= 0:
-                raise ConfigError(f"{key}: must be >= 0, got {value}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"steps_per_epoch: must be at least 1 or null, got {self.steps_per_epoch}")
-        if self.data.num_workers < 0:
-            raise ConfigError(f"data.num_workers: must be >= 0, got {self.data.num_workers}")
-        if self.data.max_val_images is not None and self.data.max_val_images < 1:
-            raise ConfigError(
-                f"data.max_val_images: must be at least 1 or null, got {self.data.max_val_images}"
-            )
-        if self.space.spatial_dims != 2:
-            raise ConfigError("space.spatial_dims: only 2 (images) is supported by the search loop for now")
-        self.execution.check_levels(self.space.num_levels)  # before any data is read
-        low, high = self.data.scale_range
-        if not 0 < low <= high:
-            raise ConfigError(f"data.scale_range: must be 0 < low <= high, got {list(self.data.scale_range)}")
+        for name in ("epochs", "batch_size", "keep_checkpoints"):
+            at_least(dotted(where, name), getattr(self, name), 1)
+        for name in ("lr", "arch_lr"):
+            positive(dotted(where, name), getattr(self, name))
+        for name in ("arch_start_epoch", "lr_min", "weight_decay", "arch_weight_decay", "grad_clip"):
+            non_negative(dotted(where, name), getattr(self, name))
+        at_least(dotted(where, "checkpoint_every"), self.checkpoint_every, 0)
+        below_one(dotted(where, "momentum"), self.momentum)
+        for index, beta in enumerate(self.arch_betas):
+            below_one(dotted(where, f"arch_betas[{index}]"), beta)
+        at_least_one_or_null(dotted(where, "steps_per_epoch"), self.steps_per_epoch)
+        self.space.validate(dotted(where, "space"))
+        image_dims(dotted(where, "space.spatial_dims"), self.space.spatial_dims, "the search loop")
+        self.data.validate(dotted(where, "data"))
+        self.execution.validate(dotted(where, "execution"))
+        self.execution.check_levels(self.space.num_levels, dotted(where, "execution"))
 
 
 register_presets(

@@ -206,7 +206,8 @@ def estimate_search(
 
     The supernet's weights are random: memory and time do not depend on their values.
     """
-    config.execution.validate(device.type, config.space.num_levels)
+    config.validate()  # settings changed after they were built fail here, as in run_search
+    config.execution.check_device(device.type)
     classes, images, note = _dataset_facts(config)
     torch.manual_seed(config.seed)
     model = build_supernet(config.space, classes, execution=config.execution).to(device)

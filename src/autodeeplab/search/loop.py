@@ -100,6 +100,7 @@ def _search(
 ) -> SearchResult:
     loaded = load_resume_checkpoint(run, config, echo) if resume else None
     device = resolve_device(config.device)
+    config.execution.check_device(device.type)  # the rest was validated with the settings
     train_a, train_b, val = build_search_data(config)
     if config.data.dataset == "cityscapes" and tuple(train_a.image_size or ()) == CITYSCAPES_FULL_SIZE:
         echo(
@@ -111,7 +112,6 @@ def _search(
     else:
         split = restore_split(run, loaded[0].get("split"), loaded[1], len(train_a), config, echo)
     torch.manual_seed(config.seed)
-    config.execution.validate(device.type, config.space.num_levels)
     num_classes = train_a.num_classes
     model = build_space(config, num_classes).to(device)
     check_search_space(model)

@@ -17,6 +17,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from autodeeplab.config.checks import (
+    at_least,
+    at_least_one_or_null,
+    below_one,
+    dotted,
+    image_dims,
+    non_negative,
+    positive,
+    scale_range,
+)
 from autodeeplab.config.settings import register_presets
 from autodeeplab.errors import ConfigError
 from autodeeplab.nets.network import NetworkConfig
@@ -61,28 +71,19 @@ class TrainDataConfig:
     synthetic_size: tuple[int, int] = (64, 64)
 
     def __post_init__(self) -> None:
+        # Normalise only; the checks are in validate(), called by TrainConfig with the section's name.
         self.scale_range = tuple(self.scale_range)
         self.synthetic_size = tuple(self.synthetic_size)
 
     def validate(self, where: str = "data") -> None:
         """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
-        _at_least(f"{where}.crop_size", self.crop_size, 1)
-        low, high = self.scale_range
-        if not 0 < low <= high:
-            raise ConfigError(f"{where}.scale_range: must be 0 < low <= high, got {list(self.scale_range)}")
-        if not 0.0 <= self.jitter < 1.0:
-            raise ConfigError(f"{where}.jitter: must be in [0, 1), got {self.jitter}")
-        _at_least(f"{where}.num_workers", self.num_workers, 0)
-        if self.eval_max_images is not None:
-            _at_least(f"{where}.eval_max_images", self.eval_max_images, 1)
-        _at_least(f"{where}.synthetic_train_samples", self.synthetic_train_samples, 1)
-        _at_least(f"{where}.synthetic_eval_samples", self.synthetic_eval_samples, 1)
-
-
-def _at_least(key: str, value: int, low: int) -> None:
-    """``key: must be at least 1`` / ``must be >= 0``: the wording of every config's ``validate``."""
-    if value < low:
-        raise ConfigError(f"{key}: must be {'at least 1' if low == 1 else f'>= {low}'}, got {value}")
+        at_least(dotted(where, "crop_size"), self.crop_size, 1)
+        scale_range(dotted(where, "scale_range"), self.scale_range)
+        below_one(dotted(where, "jitter"), self.jitter)
+        at_least(dotted(where, "num_workers"), self.num_workers, 0)
+        at_least_one_or_null(dotted(where, "eval_max_images"), self.eval_max_images)
+        at_least(dotted(where, "synthetic_train_samples"), self.synthetic_train_samples, 1)
+        at_least(dotted(where, "synthetic_eval_samples"), self.synthetic_eval_samples, 1)
 
 
 TRAIN_IN_CHANNELS = 3
@@ -108,8 +109,9 @@ class TrainConfig:
     the default of DeepLab's ``train.py`` (the protocol the paper follows); batch 8 is our choice (the
     largest power of two that is common for 769 crops), not a value from the paper.
 
-    :meth:`validate` runs when the settings are built, so a bad file or ``--set`` fails before anything
-    runs, and again in ``run_training``.
+    :meth:`validate` runs when the settings are built, so a bad file, preset, ``--set`` or ``--resume``
+    override fails before anything runs, and again in ``run_training``, for settings changed after they were
+    built.
     """
 
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
@@ -139,31 +141,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the field for the first value that cannot work."""
+    def validate(self, where: str = "") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` (bare at the top level, ``where=""``) for the
+        first value that cannot work; the sections are validated under their keys (``model.aspp_channels``).
+        """
         for name in ("iterations", "batch_size", "log_every", "keep_checkpoints"):
-            _at_least(name, getattr(self, name), 1)
+            at_least(dotted(where, name), getattr(self, name), 1)
         for name in ("checkpoint_every", "eval_every"):
-            _at_least(name, getattr(self, name), 0)
-        if not self.lr > 0:
-            raise ConfigError(f"lr: must be positive, got {self.lr}")
+            at_least(dotted(where, name), getattr(self, name), 0)
+        positive(dotted(where, "lr"), self.lr)
         for name in ("lr_power", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
-        self.data.validate("data")
-        self.model.validate("model")
+            non_negative(dotted(where, name), getattr(self, name))
+        below_one(dotted(where, "momentum"), self.momentum)
+        self.data.validate(dotted(where, "data"))
+        self.model.validate(dotted(where, "model"))
         if self.model.in_channels != TRAIN_IN_CHANNELS:
             raise ConfigError(
-                f"model.in_channels: must be {TRAIN_IN_CHANNELS} (the training data are RGB images), got "
-                f"{self.model.in_channels}"
+                f"{dotted(where, 'model.in_channels')}: must be {TRAIN_IN_CHANNELS} (the training data are "
+                f"RGB images), got {self.model.in_channels}"
             )
-        if self.model.spatial_dims != 2:
-            raise ConfigError(
-                f"model.spatial_dims: only 2 (images) is supported by training for now, got "
-                f"{self.model.spatial_dims}"
-            )
+        image_dims(dotted(where, "model.spatial_dims"), self.model.spatial_dims, "training")
 
     def network_config(self, num_classes: int, source: str = "the data") -> NetworkConfig:
         """The network's settings for data of ``num_classes`` classes (``model.num_classes`` must agree)."""

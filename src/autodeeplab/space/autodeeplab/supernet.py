@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autodeeplab.config.checks import IMAGE_DIMS, VOLUME_DIMS, at_least, dotted, non_negative
 from autodeeplab.errors import ConfigError
 from autodeeplab.ops.primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
 from autodeeplab.space.autodeeplab.cell import SearchCell
@@ -72,7 +73,29 @@ class SearchSpaceConfig:
     bypass it (an approximation that saves memory and time; 1 = off, the paper)."""
 
     def __post_init__(self) -> None:
+        # Normalise only; the checks are in validate(), called by the parent config and by SearchNetwork.
         self.stem_channels = tuple(self.stem_channels)  # YAML gives lists
+
+    def validate(self, where: str = "space") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
+        for name in ("filter_multiplier", "num_layers", "num_blocks", "num_levels", "aspp_rate_base"):
+            at_least(dotted(where, name), getattr(self, name), 1)
+        if len(self.stem_channels) != 3 or min(self.stem_channels) < 1:
+            raise ConfigError(
+                f"{dotted(where, 'stem_channels')}: must be 3 positive widths, got {list(self.stem_channels)}"
+            )
+        non_negative(dotted(where, "arch_init_std"), self.arch_init_std)
+        if self.spatial_dims not in (IMAGE_DIMS, VOLUME_DIMS):
+            raise ConfigError(
+                f"{dotted(where, 'spatial_dims')}: must be {IMAGE_DIMS} (images) or {VOLUME_DIMS} (volumes), "
+                f"got {self.spatial_dims}"
+            )
+        if self.partial_channels < 1 or self.filter_multiplier % self.partial_channels:
+            f = dotted(where, "filter_multiplier")
+            raise ConfigError(
+                f"{dotted(where, 'partial_channels')}: must be at least 1 and divide {f} "
+                f"({self.filter_multiplier}), got {self.partial_channels}"
+            )
 
 
 def normalize_alpha(alpha: torch.Tensor) -> torch.Tensor:
@@ -149,11 +172,7 @@ class SearchNetwork(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.partial_channels < 1 or c.filter_multiplier % c.partial_channels:
-            raise ConfigError(
-                f"space.partial_channels: {c.partial_channels} must be at least 1 and divide "
-                f"space.filter_multiplier ({c.filter_multiplier})"
-            )
+        c.validate()  # built from a SearchConfig, already checked; built alone, checked here
         dims, conv, bn = c.spatial_dims, conv_nd(c.spatial_dims), batch_norm_nd(c.spatial_dims)
         s0, s1, s2 = c.stem_channels
         self.stem = nn.Sequential(
