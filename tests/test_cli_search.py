@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 from tiny import SUPERNET, SYNTHETIC_SEARCH_DATA
 
+from autodeeplab.checkpoint_io import load_checkpoint
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
 from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.synthetic import CLASS_NAMES, PALETTE
 from autodeeplab.data.transforms import EvalTransform
-from autodeeplab.runs.rundir import load_checkpoint, read_jsonl
+from autodeeplab.runs.rundir import read_jsonl
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import build_autodeeplab_space
 from autodeeplab.space.autodeeplab.decode import decode, load_arch_params

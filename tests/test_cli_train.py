@@ -175,7 +175,7 @@ def test_bad_network_setting_names_the_model_field(
 def test_model_file_of_an_older_format_is_refused_in_one_line(
     run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from autodeeplab.runs.rundir import load_checkpoint, save_checkpoint
+    from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(run_dir / "model.pt")
     state["model_format"], state["autodeeplab_version"] = 2, "0.1.0"

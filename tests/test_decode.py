@@ -10,11 +10,11 @@ import pytest
 from autodeeplab.errors import GenotypeError
 from autodeeplab.ops.primitives import PRIMITIVES
 from autodeeplab.space.autodeeplab.decode import (
+    arch_params_to_dict,
     decode,
     decode_cell,
     load_arch_params,
     path_score,
-    save_arch_params,
     viterbi_path,
 )
 from autodeeplab.space.autodeeplab.topology import beta_mask, edge_offset, num_edges
@@ -269,7 +269,7 @@ def test_arch_params_round_trip_and_decode(tmp_path):
     logits = rng.normal(size=(20, 8))
     alpha = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     path = tmp_path / "arch_params.json"
-    save_arch_params(path, alpha, beta)
+    path.write_text(json.dumps(arch_params_to_dict(alpha, beta)) + "\n")
     data = json.loads(path.read_text())
     assert data["primitives"] == list(PRIMITIVES) and len(data["alpha"]) == 20
     assert np.array(data["beta"]).shape == (12, 4, 3)
@@ -296,7 +296,7 @@ def test_arch_params_rejections(tmp_path, mutate, message):
     beta = random_beta(rng, 12)
     alpha = np.full((20, 8), 1 / 8)
     path = tmp_path / "a.json"
-    save_arch_params(path, alpha, beta)
+    path.write_text(json.dumps(arch_params_to_dict(alpha, beta)) + "\n")
     data = json.loads(path.read_text())
     mutate(data)
     path.write_text(json.dumps(data))

@@ -19,8 +19,8 @@ from autodeeplab.fast.cell import mixed_op
 from autodeeplab.fast.execution import ExecutionConfig, reference_switches
 from autodeeplab.fast.grouped_bn import batch_norm
 from autodeeplab.fast.memory import SavedTensorCounter
+from autodeeplab.fast.pooling import max_pool_saving_input
 from autodeeplab.fast.supernet import build_supernet
-from autodeeplab.ops.primitives import max_pool_saving_input
 from autodeeplab.space.autodeeplab.cell import MixedOp, channel_shuffle
 from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 

@@ -11,10 +11,10 @@ import yaml
 from PIL import Image
 from tiny import SMALL_HEADS, SUPERNET, SYNTHETIC_SEARCH_DATA
 
+from autodeeplab.checkpoint_io import load_checkpoint
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
 from autodeeplab.nets.model_file import load_model
-from autodeeplab.runs.rundir import load_checkpoint
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import run_search
 

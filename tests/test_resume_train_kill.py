@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from tiny import SMALL_HEADS
 
+from autodeeplab.checkpoint_io import load_checkpoint
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
 from autodeeplab.nets.model_file import load_model
-from autodeeplab.runs.rundir import load_checkpoint
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train.config import TrainConfig
 from autodeeplab.train.loop import run_training

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 from autodeeplab.errors import AutoDeepLabError, CheckpointError
-from autodeeplab.runs.rundir import RunDir, load_checkpoint, read_jsonl, save_checkpoint
+from autodeeplab.runs.rundir import RunDir, read_jsonl
 from autodeeplab.runs.state import (
     GracefulInterrupt,
     NonFiniteError,

@@ -14,14 +14,13 @@ import pytest
 import torch
 
 from autodeeplab import fileio
+from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 from autodeeplab.errors import CheckpointError
 from autodeeplab.runs.rundir import (
     CheckpointManager,
     RunDir,
     RunDirError,
-    load_checkpoint,
     maybe_tensorboard,
-    save_checkpoint,
 )
 from autodeeplab.runs.state import resume_hint
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from autodeeplab.runs.rundir import load_checkpoint
+from autodeeplab.checkpoint_io import load_checkpoint
 
 TINY = [
     "--set", "space.filter_multiplier=2",

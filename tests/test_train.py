@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 from autodeeplab.config.settings import load_config
 from autodeeplab.errors import CheckpointError, ConfigError
 from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.nets.model_file import MODEL_FILE, MODEL_FORMAT, load_model
 from autodeeplab.nets.network import AutoDeepLabNet
-from autodeeplab.runs.rundir import RunDirError, load_checkpoint, save_checkpoint
+from autodeeplab.runs.rundir import RunDirError
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train import loop as train_module
 from autodeeplab.train.config import TrainConfig

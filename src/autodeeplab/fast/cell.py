@@ -27,8 +27,8 @@ from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.fused_edges import fused_mixed_ops
 from autodeeplab.fast.grouped_bn import batch_norm
 from autodeeplab.fast.pointwise import apply_conv
-from autodeeplab.ops.primitives import max_pool_saving_input
-from autodeeplab.space.autodeeplab.cell import MixedOp, SearchCell, channel_shuffle
+from autodeeplab.fast.pooling import max_pool_saving_input
+from autodeeplab.space.autodeeplab.cell import MixedOp, SearchCell
 from autodeeplab.space.autodeeplab.topology import edge_offset
 
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
@@ -101,12 +101,6 @@ def mixed_op(
     return op.merge(out, bypass)
 
 
-def preprocess(modules: nn.Sequential, x: torch.Tensor, execution: ExecutionConfig, groups: int = 1):
-    """A cell's ``preprocess0`` or ``preprocess1`` (``modules``) on ``[G·N, c, *S]`` with per-group BN
-    statistics → ``[G·N, channels, *S]``."""
-    return run_sequence(modules, x, execution, groups)
-
-
 def cell_blocks(
     cell: SearchCell,
     s0: torch.Tensor,
@@ -162,20 +156,21 @@ def _fused_blocks(
     for j in range(cell.num_blocks + 1):
         readers = range(max(0, j - 1), cell.num_blocks)
         indices = [edge_offset(b) + j for b in readers]
+        edges = [cell.edges[i] for i in indices]
         x = states[j]
-        width = x.shape[1] // k
+        width = x.shape[1] // k  # MixedOp.split's, once for all the edges reading x
         fused = fused_mixed_ops(
             x[:, :width] if k > 1 else x,
-            [cell.edges[i] for i in indices],
+            edges,
             alpha[indices],
             execution,
             1 if j == 0 else groups,
             groups if j == 0 else 1,
         )
-        for i, b in enumerate(readers):
-            term = fused[i]
-            if k > 1:
-                term = channel_shuffle(torch.cat([term, x[:, width:]], dim=1), k)
+        for edge, b, term in zip(edges, readers, fused, strict=True):
+            # The bypass is sliced per edge, as each reference edge slices its own: one slice shared by
+            # the edges would sum their gradients in another order (equal only up to rounding).
+            term = edge.merge(term, x[:, width:] if k > 1 else None)
             term = term.unsqueeze(0) if j == 0 else term.unflatten(0, (groups, n))
             pending[b] = term if pending[b] is None else pending[b] + term
         if j >= 1:  # block j-1 has all its inputs

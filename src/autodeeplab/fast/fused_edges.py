@@ -28,7 +28,8 @@ from autodeeplab.fast.depthwise import depthwise_conv
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
 from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
-from autodeeplab.ops.primitives import PRIMITIVES, conv_function, max_pool_saving_input
+from autodeeplab.fast.pooling import max_pool_saving_input
+from autodeeplab.ops.primitives import PRIMITIVES, conv_function
 
 _ATROUS = ("atr_conv_3x3", "atr_conv_5x5")
 _SEPARABLE = ("sep_conv_3x3", "sep_conv_5x5")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from autodeeplab.fast.cell import cell_blocks, preprocess, run_sequence
+from autodeeplab.fast.cell import cell_blocks, run_sequence
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.grouped_bn import running_stats_frozen
 from autodeeplab.fast.memory import note_held
@@ -130,17 +130,17 @@ class FastSearchNetwork(SearchNetwork):
         resampled = [
             _resample(self.resamplers[f"{layer}_{s}_{level}"], prev[s], sizes[level], ex) for s, _ in sources
         ]
-        s0 = preprocess(cell.preprocess0, h_pp, ex)  # shared by the three incoming resolutions
+        s0 = run_sequence(cell.preprocess0, h_pp, ex)  # shared by the three incoming resolutions
         if not ex.batch_node_inputs:  # one resolution at a time
             out = None
             for h_prev, weight in zip(resampled, weights, strict=True):
-                s1 = preprocess(cell.preprocess1, h_prev, ex)
+                s1 = run_sequence(cell.preprocess1, h_prev, ex)
                 term = weight * torch.cat(cell_blocks(cell, s0, s1, alpha, 1, ex), dim=1)
                 out = term if out is None else out + term
             return out
         groups, n = len(sources), h_pp.shape[0]
         s1 = torch.cat(resampled, dim=0) if groups > 1 else resampled[0]
-        s1 = preprocess(cell.preprocess1, s1, ex, groups)
+        s1 = run_sequence(cell.preprocess1, s1, ex, groups)
         blocks = cell_blocks(cell, s0, s1, alpha, groups, ex)
         # Σ_g β_g · concat(blocks_g) = concat(Σ_g β_g · blocks_g): weigh each block, then concatenate.
         # Elementwise sums, not a reduction over the group axis: those keep the channels-last layout.

@@ -20,13 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autodeeplab.ops.primitives import ReLUConvBN, batch_norm_nd, build_op, conv_nd, resize
-
-ALIGN_CORNERS = True
-"""Every resize of the found network maps corner pixels onto corner pixels: the released model's
-``resize_bilinear`` (``deeplab/core/utils.py``) calls ``tf.image.resize_bilinear(align_corners=True)``
-for the h^{l-2} resize, the upward cell input, the decoder and the logits (and its strided atrous op,
-:class:`autodeeplab.ops.primitives.AtrousConv`)."""
+from autodeeplab.ops.primitives import ALIGN_CORNERS, ReLUConvBN, batch_norm_nd, build_op, conv_nd, resize
 
 
 def scheduled_keep_prob(keep_prob: float, cell_index: int, num_cells: int, progress: float) -> float:
@@ -121,4 +115,4 @@ class Stem(nn.Module):
         return h_minus1, self.conv2(h_minus1)
 
 
-__all__ = ["ALIGN_CORNERS", "FixedCell", "Stem", "conv_bn", "drop_path", "scheduled_keep_prob"]
+__all__ = ["FixedCell", "Stem", "conv_bn", "drop_path", "scheduled_keep_prob"]

@@ -1,12 +1,12 @@
 """The trained-model checkpoint: everything ``eval``, ``predict`` and ``export`` need, in one file.
 
-``model.pt`` is written at every checkpoint and at the end. It is a
-:func:`autodeeplab.runs.rundir.save_checkpoint`
-file (``torch.load(weights_only=True)``-safe, checksummed) whose state is ``{"kind": "trained-model",
-"model_format": MODEL_FORMAT, "autodeeplab_version", "model": net.config_dict(), "info": TrainedInfo fields
-(dataset, class names, palette, ignore index, step, metrics, ...), "weights": state_dict}``. Training-state
-checkpoints embed the same record under ``"trained"``, so :func:`load_model` reads either kind; they are
-read back for ``--resume`` by :func:`load_training_state` and :func:`restore_training_state`.
+``model.pt`` is written at every checkpoint and at the end (:func:`save_trained`). It is a
+:mod:`autodeeplab.checkpoint_io` file (``torch.load(weights_only=True)``-safe, checksummed) whose state is
+``{"kind": "trained-model", "model_format": MODEL_FORMAT, "autodeeplab_version", "model":
+net.config_dict(), "info": TrainedInfo fields (dataset, class names, palette, ignore index, step, metrics,
+...), "weights": state_dict}``. Training-state checkpoints (kind :data:`STATE_KIND`) embed the same record
+under ``"trained"``, so :func:`load_model` reads either kind; :mod:`autodeeplab.train.state` writes them and
+reads them back for ``--resume``.
 
 The format number changes whenever the same weights would compute something else; files of an older
 format are refused in one line that says why and to retrain (:data:`FORMAT_CHANGES`), never loaded into a
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,21 +24,14 @@ from typing import Any
 import torch
 
 from autodeeplab import __version__
-from autodeeplab.errors import AutoDeepLabError, CheckpointError, ConfigError
+from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
+from autodeeplab.errors import AutoDeepLabError, CheckpointError
 from autodeeplab.nets.network import AutoDeepLabNet
-from autodeeplab.optim import load_optimizer_state
-from autodeeplab.runs.resume import (
-    accept_resume_changes,
-    check_resume_changes,
-    checkpoint_must_fit,
-    latest_for_resume,
-)
-from autodeeplab.runs.rundir import RunDir, load_checkpoint
-from autodeeplab.runs.rundir import save_checkpoint as save_state
-from autodeeplab.runs.state import restore_rng_state
 
 MODEL_KIND = "trained-model"
 STATE_KIND = "train-state"
+"""A training-state checkpoint (:mod:`autodeeplab.train.state`): it holds a trained-model record under
+``"trained"``, which :func:`load_model` reads."""
 MODEL_FORMAT = 3
 """The format this version writes and reads (see :data:`FORMAT_CHANGES`)."""
 FORMAT_CHANGES: dict[int, str] = {
@@ -85,8 +77,8 @@ def trained_record(model: AutoDeepLabNet, info: TrainedInfo) -> dict[str, Any]:
 
 
 def save_trained(path: str | os.PathLike[str], model: AutoDeepLabNet, info: TrainedInfo) -> None:
-    """Write a trained-model checkpoint atomically."""
-    save_state(path, trained_record(model, info))
+    """Write ``model.pt`` (the record of :func:`trained_record`) to ``path`` atomically."""
+    save_checkpoint(path, trained_record(model, info))
 
 
 def load_model(
@@ -156,60 +148,3 @@ def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: 
             f"{path}: the checkpoint predicts {info.num_classes} classes ({info.dataset}) but {what} has "
             f"{num_classes}"
         )
-
-
-# -- training-state checkpoints (resume) ---------------------------------------------------------------
-def load_training_state(
-    run: RunDir, config: Any, allowed: Collection[str], echo: Callable[[str], None]
-) -> tuple[dict[str, Any], Path]:
-    """The newest good training checkpoint, once ``config`` is known to fit it.
-
-    Only the ``allowed`` keys (``train.config.RESUMABLE_KEYS``) may differ from the checkpoint's settings;
-    such
-    changes are written to ``config.yaml`` (``run_info.resumed_with``). Any other change is a one-line
-    :class:`ConfigError`.
-    """
-    state, path = latest_for_resume(run, echo)
-    if state.get("kind") != STATE_KIND:
-        raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
-    if isinstance(state.get("trained"), dict):  # weights of an older format must not be trained further
-        check_model_format(path, state["trained"])
-    changes = check_resume_changes(state.get("config", {}), config, allowed, f"--resume {run.path}")
-    if config.iterations < int(state["step"]):
-        raise ConfigError(
-            f"--resume {run.path}: iterations {config.iterations} is less than the {state['step']} steps done"
-        )
-    accept_resume_changes(config, run.path, changes, path.name, echo)
-    return state, path
-
-
-def restore_training_state(
-    run: RunDir, loaded: tuple[dict[str, Any], Path], model: AutoDeepLabNet, optimizer: Any, info: TrainedInfo
-) -> tuple[int, dict[str, Any] | None]:
-    """Put a checkpoint's weights, optimiser and RNG states back; ``(step, last metrics)``.
-
-    The data must have the checkpoint's classes (``data.root`` may move, so it is checked here, not by the
-    config comparison); weights that do not fit are a one-line :class:`CheckpointError`.
-    """
-    state, path = loaded
-    try:
-        saved = TrainedInfo(**state["trained"]["info"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: malformed training checkpoint ({exc})") from None
-    check_classes(path, saved, info.num_classes, f"{info.dataset} {run_data_split(state)}")
-    if saved.class_names != info.class_names:
-        raise CheckpointError(
-            f"{path}: the checkpoint's classes {saved.class_names} differ from the data's {info.class_names}"
-        )
-    with checkpoint_must_fit(path, "training's network"):
-        model.load_state_dict(state["trained"]["weights"])
-        load_optimizer_state(optimizer, state["optimizer"])
-    restore_rng_state(state["rng"])
-    step = int(state["step"])
-    run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
-    return step, saved.metrics
-
-
-def run_data_split(state: dict[str, Any]) -> str:
-    """The training split named in a checkpoint's settings (for messages)."""
-    return str(state.get("config", {}).get("data", {}).get("train_split", "train"))

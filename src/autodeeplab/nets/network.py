@@ -11,7 +11,7 @@ Structure (following Google's released ``hnasnet``, ``deeplab/core/nas_network.p
 - Head (:mod:`autodeeplab.ops.heads`): ASPP on the last cell, DeepLabv3+ decoder with the output of
   layer 3 (output stride 4) as low-level features, upsampling of the logits to the input.
 
-Every resize aligns corners (:data:`autodeeplab.nets.cell.ALIGN_CORNERS`), as the released model's
+Every resize aligns corners (:data:`autodeeplab.ops.primitives.ALIGN_CORNERS`), as the released model's
 ``resize_bilinear`` does: h^{l-2} to the cell's size, the upward cell input, the ASPP output in the
 decoder and the logits. ``NetworkConfig.spatial_dims`` selects images (2: ``[N, C, H, W]``, bilinear)
 or volumes (3: ``[N, C, D, H, W]``, trilinear); every module takes it, like the primitives.
@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from autodeeplab.errors import ConfigError, GenotypeError
-from autodeeplab.nets.cell import ALIGN_CORNERS, FixedCell, Stem, scheduled_keep_prob
+from autodeeplab.nets.cell import FixedCell, Stem, scheduled_keep_prob
 from autodeeplab.ops.heads import ASPP, DeepLabV3PlusDecoder, aspp_rates_for_stride
-from autodeeplab.ops.primitives import resize
+from autodeeplab.ops.primitives import ALIGN_CORNERS, resize
 from autodeeplab.space.autodeeplab.genotype import Genotype, resolve_genotype
 
 VARIANTS: dict[str, int] = {"S": 20, "M": 32, "L": 48}

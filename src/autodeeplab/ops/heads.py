@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autodeeplab.ops.primitives import batch_norm_nd, conv_nd, resize
+from autodeeplab.ops.primitives import ALIGN_CORNERS, batch_norm_nd, conv_nd, resize
 
 DEEPLAB_RATE_STRIDE = 16
 """DeepLab's atrous rates are given at output stride 16 and scale inversely with it."""
@@ -105,5 +105,5 @@ class DeepLabV3PlusDecoder(nn.Module):
     def forward(self, aspp_out: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         low = self.reduce(low_level)
         # DeepLab's refine_by_decoder resizes with its resize_bilinear, which aligns corners.
-        fused = torch.cat([resize(aspp_out, low.shape[2:], align_corners=True), low], dim=1)
+        fused = torch.cat([resize(aspp_out, low.shape[2:], align_corners=ALIGN_CORNERS), low], dim=1)
         return self.classifier(self.fuse(fused))

@@ -62,14 +62,21 @@ def _by_dims(dims: int, one: type, two: type, three: type) -> type:
     return {1: one, 2: two, 3: three}[dims]
 
 
+ALIGN_CORNERS = True
+"""How the released model resizes: corner pixels onto corner pixels. Its ``resize_bilinear``
+(``deeplab/core/utils.py``) calls ``tf.image.resize_bilinear(align_corners=True)`` for the found network's
+h^{l-2} resize, upward cell input, decoder and logits, and for its strided atrous op (:class:`AtrousConv`);
+those pass ``align_corners=ALIGN_CORNERS`` to :func:`resize`."""
+
+
 def resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = False) -> torch.Tensor:
     """Resample ``[N, C, *S]`` to ``[N, C, *size]`` with (bi/tri)linear interpolation.
 
     The single resampling function of the package. ``align_corners=True`` maps corner pixels onto
     corner pixels (TensorFlow's ``resize_bilinear(align_corners=True)``): the released model resizes
     that way everywhere, so the found network (:mod:`autodeeplab.nets`, :mod:`autodeeplab.ops.heads`)
-    and its strided atrous op pass it. The search supernet keeps the default ``False``, as it always has
-    (changing it would change every seeded search).
+    and its strided atrous op pass :data:`ALIGN_CORNERS`. The search supernet keeps the default
+    ``False``, as it always has (changing it would change every seeded search).
     """
     if tuple(x.shape[2:]) == tuple(size):
         return x
@@ -144,7 +151,7 @@ class AtrousConv(nn.Sequential):
         relu, conv, bn = self[0], self[1], self[2]
         x = relu(x)
         if self.stride > 1:
-            x = resize(x, strided_size(x.shape[2:], self.stride), align_corners=True)
+            x = resize(x, strided_size(x.shape[2:], self.stride), align_corners=ALIGN_CORNERS)
         return bn(conv(x))
 
     def extra_repr(self) -> str:
@@ -200,46 +207,6 @@ def _skip(c: int, stride: int, affine: bool, dims: int) -> nn.Module:
     if stride == 1:
         return nn.Identity()
     return ReLUConvBN(c, c, 1, stride=stride, affine=affine, dims=dims)
-
-
-class _MaxPoolSavingInput(torch.autograd.Function):
-    """Max pool whose backward recomputes the argmax instead of keeping it.
-
-    The native op keeps an int64 index tensor (twice the bytes of an fp32 output) alive until the
-    backward; its input is kept anyway (by the other ops that read the same state), so recomputing the
-    indices from it in the backward costs one cheap pool and saves those bytes. Gradients are identical.
-    """
-
-    @staticmethod
-    def forward(ctx, x, kernel: int, stride: int, padding: int):
-        dims = x.dim() - 2
-        ctx.save_for_backward(x)
-        ctx.args = ([kernel] * dims, [stride] * dims, [padding] * dims, [1] * dims)
-        pool = F.max_pool2d if dims == 2 else F.max_pool3d
-        return pool(x, kernel, stride, padding)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        kernel, stride, padding, dilation = ctx.args
-        if x.dim() == 4:
-            _, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
-            backward = torch.ops.aten.max_pool2d_with_indices_backward
-        else:
-            _, idx = F.max_pool3d(x, kernel, stride, padding, return_indices=True)
-            backward = torch.ops.aten.max_pool3d_with_indices_backward
-        return backward(grad, x, kernel, stride, padding, dilation, False, idx), None, None, None
-
-
-def max_pool_saving_input(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
-    """Apply max-pool module ``pool`` to ``[N, C, *S]`` without keeping indices for the backward.
-
-    Same values and gradients as ``pool(x)``; 2D and 3D pools only (others are applied as they are).
-    """
-    square = all(isinstance(v, int) for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation))
-    if x.dim() not in (4, 5) or pool.ceil_mode or not square or pool.dilation != 1:
-        return pool(x)  # the package's pools are square, undilated and floor-mode; anything else as it is
-    return _MaxPoolSavingInput.apply(x, pool.kernel_size, pool.stride, pool.padding)
 
 
 OpFactory = Callable[[int, int, bool, int], nn.Module]

@@ -1,6 +1,6 @@
 """What keeps a run reproducible and stoppable: RNG state capture, graceful SIGINT/SIGTERM, NaN checks.
 
-Split out of :mod:`autodeeplab.runs.rundir` (which re-exports these names): the run directory and checkpoint files
+Split out of :mod:`autodeeplab.runs.rundir`: the run directory and checkpoint files
 live there, the process-level state here.
 """
 

@@ -14,7 +14,8 @@ A run directory holds::
     checkpoints/*.pt      training state for --resume (weights, optimiser, step, RNG), rotated
     model.pt              the trained model: everything eval / predict / export need (see below)
 
-The trained-model file is described in :mod:`autodeeplab.nets.model_file`.
+The trained-model file is described in :mod:`autodeeplab.nets.model_file`; checkpoints and ``model.pt`` are
+written, and read back for ``--resume``, by :mod:`autodeeplab.train.state`.
 """
 
 from __future__ import annotations
@@ -30,31 +31,21 @@ import torch
 from torch import nn
 
 from autodeeplab import __version__
-from autodeeplab.config.settings import config_to_dict, dump_config_yaml
+from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.errors import DataError
 from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.infer.predict import log_prediction_panels
-from autodeeplab.nets.model_file import (
-    MODEL_FILE,
-    STATE_KIND,
-    TrainedInfo,
-    load_training_state,
-    restore_training_state,
-    trained_record,
-)
+from autodeeplab.nets.model_file import MODEL_FILE, TrainedInfo
 from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.optim import sgd
 from autodeeplab.runs.device import resolve_device
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
-from autodeeplab.runs.rundir import save_checkpoint as save_state
 from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
-from autodeeplab.runs.state import GracefulInterrupt, capture_rng_state, check_finite
+from autodeeplab.runs.state import GracefulInterrupt, check_finite
 from autodeeplab.space.autodeeplab.genotype import Genotype
-from autodeeplab.train.config import (
-    RESUMABLE_KEYS,
-    TrainConfig,
-)
+from autodeeplab.train.config import TrainConfig
+from autodeeplab.train.state import load_training_state, restore_training_state, save_training_state
 
 TRAIN_STREAM = 0  # the sampling stream id of the training batches
 
@@ -171,7 +162,7 @@ def _train(
     config: TrainConfig, genotype: Genotype, run: RunDir, resume: bool, quiet: bool, echo
 ) -> TrainResult:
     # The checkpoint first: a resume with settings that do not fit it stops before any data is read.
-    loaded = load_training_state(run, config, RESUMABLE_KEYS, echo or print) if resume else None
+    loaded = load_training_state(run, config, echo or print) if resume else None
     device = resolve_device(config.device)
     train, val = build_train_data(config)
     model = build_model(genotype, config, train.num_classes).to(device)
@@ -238,10 +229,10 @@ def _train(
                     log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
                     tensorboard.flush()
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                _save(run, model, optimizer, info, config)
+                save_training_state(run, model, optimizer, info, config)
     interrupted = stop.requested and info.step < config.iterations
     if interrupted:
-        _save(run, model, optimizer, info, config)
+        save_training_state(run, model, optimizer, info, config)
         say(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
     seconds = time.perf_counter() - start
     return TrainResult(run.path, run.file(MODEL_FILE), info.step, info.metrics, seconds, interrupted)
@@ -267,18 +258,3 @@ def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, e
         f"step {step}: {split} mIoU {100 * m.miou:.2f}%  pixel acc {100 * m.pixel_accuracy:.2f}% ({n} images)"
     )
     return {"split": config.data.eval_split, "images": n, **m.to_dict()}
-
-
-def _save(run: RunDir, model: AutoDeepLabNet, optimizer, info: TrainedInfo, config: TrainConfig) -> None:
-    record = trained_record(model, info)
-    state = {
-        "kind": STATE_KIND,
-        "autodeeplab_version": __version__,
-        "config": config_to_dict(config),
-        "step": info.step,
-        "optimizer": optimizer.state_dict(),
-        "rng": capture_rng_state(),
-        "trained": record,
-    }
-    run.checkpoints.save(state, f"step{info.step:08d}")
-    save_state(run.file(MODEL_FILE), record)

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from autodeeplab.errors import GenotypeError
-from autodeeplab.fileio import atomic_write_text
 from autodeeplab.ops.primitives import PRIMITIVES
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.space.autodeeplab.topology import beta_mask, edge_offset, num_edges
@@ -110,10 +109,6 @@ def arch_params_to_dict(alpha: np.ndarray, beta: np.ndarray) -> dict[str, Any]:
         "alpha": np.asarray(alpha, dtype=np.float64).round(8).tolist(),
         "beta": np.asarray(beta, dtype=np.float64).round(8).tolist(),
     }
-
-
-def save_arch_params(path: str | os.PathLike[str], alpha: np.ndarray, beta: np.ndarray) -> None:
-    atomic_write_text(Path(path), json.dumps(arch_params_to_dict(alpha, beta)) + "\n")
 
 
 def load_arch_params(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, int]:
