@@ -53,6 +53,8 @@ def test_readme_example_search_train_load(tmp_path):
     tiny_train = [
         *SMALL_HEADS,
         "data.crop_size=32",
+        "data.dataset=synthetic",
+        "data.root=null",
         "data.synthetic_size=[32,32]",
         "device=cpu",
         "batch_size=2",
