@@ -12,8 +12,14 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autodeeplab.config.settings import RESUMED_WITH_KEY, _plain, config_to_dict, dump_config_yaml, read_run_info
 from autodeeplab.config.schema import _short_repr
+from autodeeplab.config.settings import (
+    RESUMED_WITH_KEY,
+    _plain,
+    config_to_dict,
+    dump_config_yaml,
+    read_run_info,
+)
 from autodeeplab.errors import CheckpointError, ConfigError
 
 
@@ -69,8 +75,9 @@ def record_resume_changes(
 
 
 def latest_for_resume(run: Any, echo: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
-    """``(state, path)`` of the newest good checkpoint of ``run`` (a :class:`~autodeeplab.runs.rundir.RunDir`);
-    a :class:`ConfigError` when there is none (``--resume`` of a run that never checkpointed)."""
+    """``(state, path)`` of the newest good checkpoint of ``run``
+    (a :class:`~autodeeplab.runs.rundir.RunDir`); a :class:`ConfigError` when there is none
+    (``--resume`` of a run that never checkpointed)."""
     loaded = run.checkpoints.load_latest(warn=echo)
     if loaded is None:
         raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
