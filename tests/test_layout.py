@@ -38,6 +38,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "fileio": ROOMS - {"fileio", "errors"},
     "checkpoint_io": ROOMS - {"checkpoint_io", "fileio", "errors"},
     "optim": ROOMS - {"optim"},
+    "outputs": ROOMS - {"outputs", "errors"},
 }
 """For each room, the rooms it must not import. Nobody but ``__main__`` imports ``cli``."""
 

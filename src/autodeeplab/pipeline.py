@@ -15,7 +15,6 @@ the training, and nothing is written.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from PIL import Image
 
 from autodeeplab.data.registry import build_dataset, check_split
 from autodeeplab.data.transforms import EvalTransform
+from autodeeplab.errors import ConfigError
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
 from autodeeplab.infer.predict import (
@@ -36,6 +36,7 @@ from autodeeplab.infer.predict import (
     prediction_panel,
 )
 from autodeeplab.nets.model_file import load_model
+from autodeeplab.outputs import png_bytes
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import build_search_data, run_search
 from autodeeplab.space.autodeeplab.genotype import Genotype
@@ -71,6 +72,9 @@ def run_pipeline(
     """
     check_pipeline_inputs(search_config, train_config, eval_split)
     out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "is not empty" if out.is_dir() else "is a file"
+        raise ConfigError(f"output folder {out} {what}; give a new folder for the pipeline's runs")
     echo("== 1/4 search ==")
     found = run_search(search_config, out / "search", quiet=quiet, echo=echo)
     if found.interrupted:
@@ -145,6 +149,4 @@ def write_predictions(model: torch.nn.Module, dataset: Any, out_dir: Path, count
 
 
 def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png_bytes(image)

@@ -75,3 +75,11 @@ def resolve_run_config(
     return load_config(
         config_cls, preset=args.preset or default_preset, yaml_path=args.config, overrides=overrides
     )
+
+
+def add_overwrite_argument(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``: the one way to replace an existing output that autodeeplab did not write
+    (:mod:`autodeeplab.outputs`); an input is never replaced."""
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output not written by autodeeplab"
+    )

@@ -15,12 +15,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--output", "-o", metavar="GENOTYPE.json", help="where to write the genotype (default: print)"
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output not written by autodeeplab"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from autodeeplab.outputs import check_output_file
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
 
+    if args.output:  # checked before reading: a refusal changes nothing
+        check_output_file(args.output, "--output", inputs=[args.arch_params], overwrite=args.overwrite)
     alpha, beta, num_blocks = load_arch_params(args.arch_params)
     genotype = decode(alpha, beta, num_blocks)
     if args.output:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from autodeeplab.errors import ConfigError
 
@@ -35,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"input height and width traced into the graph (default: {DEFAULT_INPUT_SIZE[0]} "
         f"{DEFAULT_INPUT_SIZE[1]})",
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output not written by autodeeplab"
+    )
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.set_defaults(func=run)
 
@@ -47,9 +49,15 @@ def run(args: argparse.Namespace) -> int:
     height, width = args.input_size
     if height < 1 or width < 1:
         raise ConfigError(f"--input-size: must be two positive integers, got {height} {width}")
-    output = Path(args.output)
-    if output.is_dir():
-        raise ConfigError(f"--output: {output} is a directory, not a file name")
+    from autodeeplab.cli.evaluate import checkpoint_file
+    from autodeeplab.outputs import check_output_file
+
+    output = check_output_file(
+        args.output,
+        "--output",
+        inputs=[args.checkpoint, checkpoint_file(args.checkpoint)],
+        overwrite=args.overwrite,
+    )
     from autodeeplab.infer.export import (  # ExportError says how to install onnx when missing
         export_onnx,
         onnx_parity,

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--alpha", type=float, default=0.5, help="weight of the colours in the overlay, 0..1 (default 0.5)"
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output not written by autodeeplab"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (default: auto)")
     p.set_defaults(func=run)
 
@@ -54,11 +57,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise ConfigError(f"--alpha: must be between 0 and 1, got {args.alpha}")
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output: {output} exists and is not a folder")
+    from autodeeplab.infer.predict import output_names
+    from autodeeplab.outputs import check_output_folder, refuse_reading_back
+
     settings = inference_settings(args)
     images = expand_images(args.images)
+    output = Path(args.output)
+    refuse_reading_back(output, "--output", [Path(p) for p in args.images if Path(p).is_dir()])
+    names = [f"{name}_{kind}.png" for name in output_names(images) for kind in ("label", "overlay")]
+    check_output_folder(output, "--output", names, inputs=images, overwrite=args.overwrite)
     device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device=device)
     written = predict_files(model, images, output, info.palette, settings, args.alpha, device)

@@ -30,11 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder for the PNGs (default: RUN_DIR/plots, or NAME_plots beside a file or here)",
     )
     p.add_argument("--no-plots", action="store_true", help="print the summary only")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing PNGs not written by autodeeplab"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from autodeeplab.errors import GenotypeError
+    from autodeeplab.outputs import check_output_folder
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
     from autodeeplab.space.autodeeplab.genotype import BUILTIN, Genotype
     from autodeeplab.viz.plots import describe_genotype, plot_cell, plot_network_path, render_run
@@ -48,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         genotype = _run_genotype(target)
         out = Path(args.output) if args.output else target / "plots"
         if not args.no_plots:
+            # RUN/plots is the run's own picture folder (pictures from before the PNG marker included)
+            mine = args.overwrite or not args.output
+            check_output_folder(out, "--output", RUN_PICTURES, inputs=_run_inputs(target), overwrite=mine)
             written = render_run(target, out)
         if genotype is None and not written:
             raise GenotypeError(
@@ -70,10 +77,20 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.no_plots:
         out = Path(args.output) if args.output else default_out
+        check_output_folder(out, "--output", RUN_PICTURES[:2], inputs=[target], overwrite=args.overwrite)
         written.append(plot_network_path(beta, genotype, out / "network_path.png"))
         written.append(plot_cell(genotype, out / "cell.png"))
     _report(describe_genotype(genotype), written)
     return 0
+
+
+RUN_PICTURES = ["network_path.png", "cell.png", "arch_history.png", "curves.png"]
+"""What ``show`` may draw (a file's pictures are the first two); the names of :func:`render_run`."""
+
+
+def _run_inputs(run_dir: Path) -> list[Path]:
+    """The files of a run that ``show`` reads (a picture must never replace one of them)."""
+    return [run_dir / n for n in ("genotype.json", "arch_params.json", "arch_history.jsonl", "metrics.jsonl")]
 
 
 def _run_genotype(run_dir: Path) -> Genotype | None:

@@ -17,6 +17,8 @@ name it is read under) and is validated by its parent, or by what builds from it
 
 from __future__ import annotations
 
+import math
+
 from autodeeplab.errors import ConfigError
 
 IMAGE_DIMS = 2
@@ -43,15 +45,15 @@ def at_least_one_or_null(key: str, value: int | None) -> None:
 
 
 def positive(key: str, value: float) -> None:
-    """``key: must be positive, got …`` (NaN is refused too)."""
-    if not value > 0:
+    """``key: must be positive, got …`` (NaN and infinity are refused too)."""
+    if not 0 < value < math.inf:
         raise ConfigError(f"{key}: must be positive, got {value}")
 
 
 def non_negative(key: str, value: float) -> None:
-    """``key: must be >= 0, got …`` (NaN is refused too)."""
-    if not value >= 0:
-        raise ConfigError(f"{key}: must be >= 0, got {value}")
+    """``key: must be >= 0 and finite, got …`` (NaN and infinity are refused too)."""
+    if not 0 <= value < math.inf:
+        raise ConfigError(f"{key}: must be >= 0 and finite, got {value}")
 
 
 def below_one(key: str, value: float) -> None:
@@ -62,7 +64,7 @@ def below_one(key: str, value: float) -> None:
 
 def scale_range(key: str, value: tuple[float, float]) -> None:
     """``key: must be 0 < low <= high, got [low, high]`` (random rescaling before a crop)."""
-    if len(value) != 2 or not 0 < value[0] <= value[1]:
+    if len(value) != 2 or not 0 < value[0] <= value[1] < math.inf:
         raise ConfigError(f"{key}: must be 0 < low <= high, got {list(value)}")
 
 

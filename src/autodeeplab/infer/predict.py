@@ -11,7 +11,6 @@ Images go through the same normalisation as training (:func:`autodeeplab.data.no
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from autodeeplab.errors import DataError
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.infer.evaluate import InferenceSettings, predict_labels
+from autodeeplab.outputs import png_bytes
 
 DEFAULT_OVERLAY_ALPHA = 0.5
 """Weight of the colour mask in an overlay (0 = image only, 1 = mask only)."""
@@ -103,9 +103,7 @@ def _as_uint8_labels(labels: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def _png_bytes(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(im)  # marked as ours: a later prediction into the same folder may replace it
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from autodeeplab.fileio import atomic_write_bytes
+from autodeeplab.outputs import SOFTWARE
 
 DPI = 130
 PATH_COLOR = "#d62728"
@@ -42,7 +43,7 @@ def new_figure(size: tuple[float, float]) -> Figure:
 def save_png(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
     """Render ``fig`` to PNG in memory, then write it atomically (a reader never sees half a file)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": SOFTWARE})
     atomic_write_bytes(out_png, buffer.getvalue())
     return Path(out_png)
 
