@@ -145,11 +145,14 @@ def test_data_moved_to_a_folder_with_other_classes_is_refused(
     run = tmp_path / "run"
     assert train(run, "--dataset", "folder", "--data-root", str(three)) == 0
     capsys.readouterr()
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
     assert main(["train", "--resume", str(run), "-q", "--data-root", str(four), "--set", "iterations=4"]) == 2
     newest = sorted((run / "checkpoints").glob("*.pt"))[-1]
     assert one_line_error(capsys, "train") == (
         f"{newest}: the checkpoint predicts 3 classes (folder) but folder train has 4"
     )
+    # refused after its allowed changes (data.root, iterations) were checked: config.yaml not rewritten
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
     # the same data at a new place is fine (data may move)
     three.rename(tmp_path / "moved")
     assert main(["train", "--resume", str(run), "-q", "--data-root", str(tmp_path / "moved")]) == 0

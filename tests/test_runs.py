@@ -288,3 +288,14 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_pat
     with pytest.raises(DataError), resumed.removed_if_unstarted():
         raise DataError("bad image")
     assert (tmp_path / "resumed" / "config.yaml").read_text() == "mine"
+
+
+def test_setting_aside_never_replaces_an_earlier_set_aside_file(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=3)
+    manager.save(_state(1.0), "a")
+    for round_ in range(2):  # the same checkpoint name goes bad twice (a resume redoes the same step)
+        bad = manager.save(_state(2.0), "b")
+        bad.write_bytes(f"broken {round_}".encode())
+        assert manager.load_latest(warn=lambda s: None)[1].name == "000001-a.pt"
+    assert (tmp_path / "000002-b.pt.corrupt").read_bytes() == b"broken 0"
+    assert (tmp_path / "000002-b.pt.corrupt.1").read_bytes() == b"broken 1"

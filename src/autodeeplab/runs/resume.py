@@ -84,6 +84,12 @@ def latest_for_resume(run: Any, echo: Callable[[str], None]) -> tuple[dict[str, 
     return loaded
 
 
+PENDING_CHANGES = "resume_changes_pending"
+"""Key under which a loaded checkpoint carries its allowed settings changes from the check (before any data
+is read) to the restore; they reach ``config.yaml`` only once the checkpoint has been put back, so a resume
+refused on the way changes nothing on disk."""
+
+
 def accept_resume_changes(
     cfg: Any,
     run_path: Path,

@@ -104,9 +104,9 @@ class CheckpointManager:
                 state = load_checkpoint(path)
             except CheckpointError as exc:
                 errors.append(str(exc))
-                aside = path.with_name(path.name + CORRUPT_SUFFIX)
+                aside = free_name(path.with_name(path.name + CORRUPT_SUFFIX))
                 try:
-                    os.replace(path, aside)
+                    os.rename(path, aside)  # free_name: an earlier set-aside file is never replaced
                     warn(f"warning: {exc}; moved it aside to {aside.name}")
                 except OSError:  # a read-only folder: still skip it
                     warn(f"warning: {exc}; skipping it")
@@ -260,3 +260,12 @@ def maybe_tensorboard(
         warn("notice: tensorboard is not installed (pip install 'autodeeplab[tensorboard]'); no event files")
         return None
     return SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+
+def free_name(path: Path) -> Path:
+    """``path`` if nothing is there, else the first of ``path.1``, ``path.2``, ... that is free."""
+    candidate, n = path, 0
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate

@@ -25,6 +25,7 @@ from autodeeplab.fast.precision import load_scaler_states, scaler_states
 from autodeeplab.fileio import atomic_write_text
 from autodeeplab.optim import load_optimizer_state
 from autodeeplab.runs.resume import (
+    PENDING_CHANGES,
     accept_resume_changes,
     check_resume_changes,
     checkpoint_must_fit,
@@ -191,7 +192,8 @@ def save_search_checkpoint(
 def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dict, Path]:
     """The newest good search checkpoint, once ``config`` is known to fit it (before any data is read).
 
-    Allowed changes (:data:`RESUMABLE_KEYS`) are written to ``config.yaml`` under ``run_info.resumed_with``.
+    Allowed changes (:data:`RESUMABLE_KEYS`) are written to ``config.yaml`` under ``run_info.resumed_with``
+    by :func:`restore_checkpoint`, once the checkpoint has been put back.
     """
     state, path = latest_for_resume(run, echo)
     if state.get("format") != CHECKPOINT_FORMAT:
@@ -202,7 +204,7 @@ def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dic
         raise ConfigError(
             f"--resume {run.path}: epochs {config.epochs} is less than the {position.epoch} epochs done"
         )
-    accept_resume_changes(config, run.path, changes, path.name, echo)
+    state[PENDING_CHANGES] = changes  # recorded by restore_checkpoint once everything fits
     return state, path
 
 
@@ -230,6 +232,7 @@ def restore_checkpoint(
     device_type = next(model.parameters()).device.type
     load_scaler_states({"weight": weight_opt, "arch": arch_opt}, state.get("grad_scalers", {}), device_type)
     position = SearchPosition(**state["position"])
+    accept_resume_changes(config, run.path, state.pop(PENDING_CHANGES, []), path.name, echo)
     # Epoch records written after this checkpoint would otherwise appear twice.
     for name in ("metrics.jsonl", "arch_history.jsonl"):
         run.filter_jsonl(name, lambda record: record.get("epoch", 0) <= position.epoch)

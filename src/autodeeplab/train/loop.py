@@ -177,7 +177,9 @@ def _train(
         data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
     )
     if loaded is not None:
-        info.step, info.metrics = restore_training_state(run, loaded, model, optimizer, info)
+        info.step, info.metrics = restore_training_state(
+            run, loaded, model, optimizer, info, config, echo or print
+        )
     # The bar starts at the resumed step; its rates and ETA count only this process's steps.
     bar = Progress(config.iterations, "training", quiet=quiet, start=info.step)
     say = echo or (print if quiet else bar.log)  # quiet hides the bar, not the messages

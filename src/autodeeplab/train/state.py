@@ -32,6 +32,7 @@ from autodeeplab.nets.model_file import (
 from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.optim import load_optimizer_state
 from autodeeplab.runs.resume import (
+    PENDING_CHANGES,
     accept_resume_changes,
     check_resume_changes,
     checkpoint_must_fit,
@@ -69,7 +70,8 @@ def load_training_state(
     """The newest good training checkpoint, once ``config`` is known to fit it (before any data is read).
 
     Only :data:`autodeeplab.train.config.RESUMABLE_KEYS` may differ from the checkpoint's settings; such
-    changes are written to ``config.yaml`` (``run_info.resumed_with``). Any other change is a one-line
+    changes are written to ``config.yaml`` (``run_info.resumed_with``) by :func:`restore_training_state`, once
+    the checkpoint has been put back. Any other change is a one-line
     :class:`ConfigError`.
     """
     state, path = latest_for_resume(run, echo)
@@ -82,7 +84,7 @@ def load_training_state(
         raise ConfigError(
             f"--resume {run.path}: iterations {config.iterations} is less than the {state['step']} steps done"
         )
-    accept_resume_changes(config, run.path, changes, path.name, echo)
+    state[PENDING_CHANGES] = changes  # recorded by restore_training_state once everything fits
     return state, path
 
 
@@ -92,6 +94,8 @@ def restore_training_state(
     model: AutoDeepLabNet,
     optimizer: torch.optim.Optimizer,
     info: TrainedInfo,
+    config: TrainConfig,
+    echo: Callable[[str], None],
 ) -> tuple[int, dict[str, Any] | None]:
     """Put a checkpoint's weights, optimiser and RNG states back; ``(step, last metrics)``.
 
@@ -113,6 +117,7 @@ def restore_training_state(
         load_optimizer_state(optimizer, state["optimizer"])
     restore_rng_state(state["rng"])
     step = int(state["step"])
+    accept_resume_changes(config, run.path, state.pop(PENDING_CHANGES, []), path.name, echo)
     run.filter_jsonl("metrics.jsonl", lambda r: r.get("step", 0) <= step)
     return step, saved.metrics
 
