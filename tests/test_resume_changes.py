@@ -195,3 +195,28 @@ def test_extending_a_search_equals_the_longer_search(
     assert one_line_error(capsys, "search").startswith(
         f"{short / 'split.json'}: differs from the trainA/trainB split saved in "
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "command", "other"), [("search", "train", "training"), ("training", "search", "search")]
+)
+def test_resuming_the_other_kind_of_run_or_an_empty_config_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, command: str, other: str
+) -> None:
+    from autodeeplab.config.settings import dump_config_yaml
+    from autodeeplab.train.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    dump_config_yaml(SearchConfig() if kind == "search" else TrainConfig(), run / "config.yaml", {"seed": 0})
+    before = (run / "config.yaml").read_bytes()
+    assert main([command, "--resume", str(run), "-q"]) == 2
+    assert (run / "config.yaml").read_bytes() == before
+    right = "search" if kind == "search" else "train"
+    assert one_line_error(capsys, command) == (
+        f"{run}: a {kind} run, not a {other} run; resume it with 'autodeeplab {right} --resume {run}'"
+    )
+    (run / "config.yaml").write_text("")
+    assert main([command, "--resume", str(run), "-q"]) == 2
+    assert "config.yaml: empty, so this is not a" in one_line_error(capsys, command)
+    assert (run / "config.yaml").read_text() == ""  # nothing rewritten

@@ -71,6 +71,7 @@ def resolve_run_config(
         config_file = Path(args.resume) / "config.yaml"
         if not config_file.exists():
             raise ConfigError(f"{args.resume}: not a {what} run directory (no config.yaml)")
+        check_run_kind(config_file, what)
         return load_config(config_cls, yaml_path=config_file, overrides=overrides)
     return load_config(
         config_cls, preset=args.preset or default_preset, yaml_path=args.config, overrides=overrides
@@ -83,3 +84,30 @@ def add_overwrite_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing output not written by autodeeplab"
     )
+
+
+RUN_KINDS = {"search": ("space", "epochs"), "training": ("model", "iterations")}
+"""Top-level keys that only a search's / a training's ``config.yaml`` has."""
+
+
+def check_run_kind(config_file: Path, what: str) -> None:
+    """Refuse in one line a ``config.yaml`` that is empty or belongs to the other kind of run (``what``:
+    ``"search"`` or ``"training"``), before its keys are read as this kind's settings."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # load_config names the file and the problem
+    settings = {k for k in data if k != "run_info"} if isinstance(data, dict) else set()
+    if data is None or (isinstance(data, dict) and not settings):
+        raise ConfigError(
+            f"{config_file}: empty, so this is not a {what} run that can be resumed; start a new run"
+        )
+    for kind, keys in RUN_KINDS.items():
+        if kind != what and all(k in settings for k in keys):
+            command = "search" if kind == "search" else "train"
+            raise ConfigError(
+                f"{config_file.parent}: a {kind} run, not a {what} run; resume it with "
+                f"'autodeeplab {command} --resume {config_file.parent}'"
+            )
