@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -299,3 +300,33 @@ def test_setting_aside_never_replaces_an_earlier_set_aside_file(tmp_path):
         assert manager.load_latest(warn=lambda s: None)[1].name == "000001-a.pt"
     assert (tmp_path / "000002-b.pt.corrupt").read_bytes() == b"broken 0"
     assert (tmp_path / "000002-b.pt.corrupt.1").read_bytes() == b"broken 1"
+
+
+def test_a_run_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    import socket
+
+    from autodeeplab.runs.rundir import LOCK_FILE, RunDir, RunDirError
+
+    run = RunDir(tmp_path / "run")
+    lock = run.file(LOCK_FILE)
+    with run.locked():
+        assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}\n"
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            lock.write_text(f"{socket.gethostname()} {other.pid}\n")  # a second, live process holds it
+            with (
+                pytest.raises(RunDirError, match=rf"in use by process {other.pid} "),
+                RunDir(run.path, resume=True).locked(),
+            ):
+                pass
+        finally:
+            other.kill()
+            other.wait()
+        # the holder is gone: its lock is stale and taken over
+        with RunDir(run.path, resume=True).locked():
+            assert lock.read_text().endswith(f" {os.getpid()}\n")
+    assert not lock.exists()
+    lock.write_text("elsewhere 123\n")
+    with pytest.raises(RunDirError, match="process 123 on elsewhere .delete the lock file"), run.locked():
+        pass
+    assert lock.read_text() == "elsewhere 123\n"  # another host's lock is left alone

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from autodeeplab.fileio import atomic_write_json, atomic_write_text
 
 CHECKPOINT_SUFFIX = ".pt"
 CORRUPT_SUFFIX = ".corrupt"
+LOCK_FILE = "run.lock"
+"""Held by the process working on a run (:meth:`RunDir.locked`)."""
 _CKPT_NAME = re.compile(r"^(\d{6,})-(.+)\.pt$")
 _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -152,6 +155,44 @@ class RunDir:
             except OSError as exc:
                 raise RunDirError(f"{self.path}: cannot create run directory ({exc.strerror})") from None
         self.checkpoints = CheckpointManager(self.path / "checkpoints", keep=keep_checkpoints)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold ``run.lock`` (the owner's host and pid) while the run works, so that a second process
+        resuming the same run at the same time is refused in one line instead of mixing checkpoints.
+
+        A lock left by a process that no longer runs (killed, machine restarted) is taken over; one from
+        another host cannot be checked and is refused with the file to delete.
+        """
+        lock = self.file(LOCK_FILE)
+        owner = f"{socket.gethostname()} {os.getpid()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _live_holder(lock)
+                if holder:
+                    raise RunDirError(
+                        f"{self.path}: in use by {holder} ({lock}); wait for it to finish"
+                    ) from None
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()  # stale: its process is gone
+                continue
+            except OSError as exc:
+                raise RunDirError(
+                    f"{self.path}: cannot write in the run directory ({exc.strerror})"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(owner)
+            break
+        else:
+            raise RunDirError(f"{self.path}: could not take {lock}; another process keeps making it")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                if lock.read_text() == owner:
+                    lock.unlink()
 
     @contextlib.contextmanager
     def removed_if_unstarted(self) -> Iterator[None]:
@@ -269,3 +310,24 @@ def free_name(path: Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}.{n}")
     return candidate
+
+
+def _live_holder(lock: Path) -> str | None:
+    """``"process N on HOST"`` when ``lock`` names a process that still runs (or one on another host,
+    which cannot be checked); ``None`` when the lock is stale or unreadable."""
+    try:
+        host, pid_text = lock.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None  # torn or foreign content: a crash while writing it
+    if host != socket.gethostname():
+        return f"process {pid} on {host} (delete the lock file if that run has ended)"
+    if pid == os.getpid():
+        return None  # our own pid: the earlier holder was a process that had this pid and is gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    return f"process {pid}"

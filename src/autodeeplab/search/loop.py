@@ -91,7 +91,7 @@ def run_search(
     """
     config.validate()
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-    with run.removed_if_unstarted():
+    with run.locked(), run.removed_if_unstarted():
         return _search(config, run, resume, quiet, echo, build_space)
 
 

@@ -154,7 +154,7 @@ def run_training(
     """
     config.validate()  # settings changed after they were built fail here, before anything is written
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-    with run.removed_if_unstarted():
+    with run.locked(), run.removed_if_unstarted():
         return _train(config, genotype, run, resume, quiet, echo)
 
 
