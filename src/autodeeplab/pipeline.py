@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from autodeeplab.config.settings import dump_config_yaml, load_config, read_run_info
 from autodeeplab.data.registry import build_dataset, check_split
 from autodeeplab.data.transforms import EvalTransform
 from autodeeplab.errors import ConfigError
@@ -64,6 +65,7 @@ def run_pipeline(
     num_predictions: int = 4,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> PipelineResult:
     """Search with ``search_config``, retrain the result with ``train_config``, evaluate and predict.
 
@@ -72,17 +74,31 @@ def run_pipeline(
     """
     check_pipeline_inputs(search_config, train_config, eval_split)
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = "is not empty" if out.is_dir() else "is a file"
-        raise ConfigError(f"output folder {out} {what}; give a new folder for the pipeline's runs")
+    if not resume:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            what = "is not empty" if out.is_dir() else "is a file"
+            raise ConfigError(f"output folder {out} {what}; give a new folder for the pipeline's runs")
+        out.mkdir(parents=True, exist_ok=True)
+        # Both phases' settings first, so that `run --resume` can finish whatever phase was reached.
+        dump_config_yaml(search_config, out / SEARCH_SETTINGS)
+        dump_config_yaml(train_config, out / TRAIN_SETTINGS, {"eval_split": eval_split})
     echo("== 1/4 search ==")
-    found = run_search(search_config, out / "search", quiet=quiet, echo=echo)
+    found = run_search(
+        search_config, out / "search", resume=resume and _started(out / "search"), quiet=quiet, echo=echo
+    )
     if found.interrupted:
         return PipelineResult(out, found.genotype, Path(), {}, [], interrupted=True)
     echo(f"found: {found.genotype.short()}")
 
     echo("== 2/4 retrain the found network from scratch ==")
-    trained = run_training(train_config, found.genotype, out / "train", quiet=quiet, echo=echo)
+    trained = run_training(
+        train_config,
+        found.genotype,
+        out / "train",
+        resume=resume and _started(out / "train"),
+        quiet=quiet,
+        echo=echo,
+    )
     if trained.interrupted:
         return PipelineResult(out, found.genotype, trained.model_path, {}, [], interrupted=True)
 
@@ -99,6 +115,30 @@ def run_pipeline(
     pictures = write_predictions(model, dataset, out / "predictions", num_predictions)
     echo(f"{len(pictures)} prediction panels in {out / 'predictions'}")
     return PipelineResult(out, found.genotype, trained.model_path, result.metrics.to_dict(), pictures)
+
+
+SEARCH_SETTINGS, TRAIN_SETTINGS = "search_settings.yaml", "train_settings.yaml"
+"""The pipeline's settings, written before its first phase (what ``autodeeplab run --resume`` reads)."""
+
+
+def _started(phase_dir: Path) -> bool:
+    """Whether a phase has a checkpoint to resume from (else it starts again; a phase that failed before
+    its first checkpoint removed its folder)."""
+    return any((phase_dir / "checkpoints").glob("*.pt"))
+
+
+def load_pipeline_settings(out_dir: str | Path) -> tuple[SearchConfig, TrainConfig, str]:
+    """``(search settings, training settings, eval split)`` of the pipeline run in ``out_dir``."""
+    out = Path(out_dir)
+    for name in (SEARCH_SETTINGS, TRAIN_SETTINGS):
+        if not (out / name).is_file():
+            raise ConfigError(
+                f"{out}: not a pipeline run of 'autodeeplab run' (no {name}); nothing to resume"
+            )
+    search = load_config(SearchConfig, yaml_path=out / SEARCH_SETTINGS)
+    train = load_config(TrainConfig, yaml_path=out / TRAIN_SETTINGS)
+    eval_split = read_run_info(out / TRAIN_SETTINGS).get("eval_split", "test")
+    return search, train, str(eval_split)
 
 
 def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig, eval_split: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from autodeeplab.config.settings import load_config
 
 SEARCH_PRESET, TRAIN_PRESET = "cpu", "tiny"
+DEFAULTS = {"search_preset": SEARCH_PRESET, "train_preset": TRAIN_PRESET, "eval_split": "test"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,16 +27,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="dataset folder")
     p.add_argument("--eval-split", default="test", help="split to evaluate and predict on (default: test)")
     p.add_argument("--output", "-o", metavar="DIR", help="output folder (default: runs/pipeline-<time>)")
+    p.add_argument(
+        "--resume", metavar="DIR", help="finish an interrupted pipeline in DIR with its own settings"
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from autodeeplab.pipeline import run_pipeline
+    from autodeeplab.errors import ConfigError
+    from autodeeplab.pipeline import load_pipeline_settings
     from autodeeplab.search.config import SearchConfig
     from autodeeplab.train.config import TrainConfig
-    from autodeeplab.viz.plots import describe_genotype, render_run
 
+    if args.resume:
+        given = [f for f in ("search_set", "train_set", "dataset", "data_root", "output") if getattr(args, f)]
+        given += [
+            f for f in ("search_preset", "train_preset", "eval_split") if getattr(args, f) != DEFAULTS[f]
+        ]
+        if given:
+            flags = "/".join("--" + f.replace("_", "-") for f in given)
+            raise ConfigError(f"--resume takes the settings of the pipeline run itself; drop {flags}")
+        out = Path(args.resume)
+        search_config, train_config, eval_split = load_pipeline_settings(out)
+        return _finish(out, search_config, train_config, eval_split, args.quiet, resume=True)
     shared = []
     if args.dataset:
         shared.append(f"data.dataset={args.dataset}")
@@ -46,14 +61,22 @@ def run(args: argparse.Namespace) -> int:
     )
     train_config = load_config(TrainConfig, preset=args.train_preset, overrides=[*shared, *args.train_set])
     out = Path(args.output or Path("runs") / time.strftime("pipeline-%Y%m%d-%H%M%S"))
+    return _finish(out, search_config, train_config, args.eval_split, args.quiet, resume=False)
+
+
+def _finish(out: Path, search_config, train_config, eval_split: str, quiet: bool, resume: bool) -> int:
+    from autodeeplab.pipeline import run_pipeline
+    from autodeeplab.viz.plots import describe_genotype, render_run
+
     start = time.perf_counter()
-    result = run_pipeline(search_config, train_config, out, eval_split=args.eval_split, quiet=args.quiet)
+    result = run_pipeline(search_config, train_config, out, eval_split=eval_split, quiet=quiet, resume=resume)
     if result.interrupted:
+        print(f"pipeline interrupted; finish it with: autodeeplab run --resume {out}")
         return 130
     render_run(out / "search")
     print(f"\nfound architecture ({out / 'search' / 'genotype.json'}):")
     print(describe_genotype(result.genotype))
     print(f"trained model: {result.model_path}")
-    print(f"{args.eval_split} mIoU {100 * result.metrics['miou']:.2f}%; predictions: {out / 'predictions'}")
+    print(f"{eval_split} mIoU {100 * result.metrics['miou']:.2f}%; predictions: {out / 'predictions'}")
     print(f"done in {time.perf_counter() - start:.0f} s; everything is in {out}")
     return 0

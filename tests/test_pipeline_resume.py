@@ -1,0 +1,51 @@
+"""``autodeeplab run --resume``: an interrupted pipeline is finished with its own settings (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny import SUPERNET, SYNTHETIC_SEARCH_DATA
+
+from autodeeplab.cli.main import main
+
+SEARCH = [*SUPERNET, *SYNTHETIC_SEARCH_DATA, "batch_size=2", "epochs=2", "arch_start_epoch=1", "device=cpu"]
+TRAIN = [
+    "model.filter_multiplier=2",
+    "model.aspp_channels=8",
+    "model.decoder_channels=8",
+    "data.crop_size=32",
+    "data.synthetic_size=[32,32]",
+    "iterations=2",
+    "batch_size=2",
+    "device=cpu",
+]
+
+
+def sets(flag: str, items: list[str]) -> list[str]:
+    return [part for item in items for part in (flag, item)]
+
+
+def test_a_pipeline_stopped_after_its_search_is_finished_by_run_resume(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "p"
+    assert (
+        main(["run", "-q", "-o", str(out), *sets("--search-set", SEARCH), *sets("--train-set", TRAIN)]) == 0
+    )
+    full = json.loads((out / "eval.json").read_text())
+    genotype = (out / "search" / "genotype.json").read_bytes()
+    # as if it had been stopped after the search: no training, no evaluation yet
+    shutil.rmtree(out / "train")
+    (out / "eval.json").unlink()
+    capsys.readouterr()
+    assert main(["run", "--resume", str(out), "-q"]) == 0
+    assert (out / "search" / "genotype.json").read_bytes() == genotype
+    assert (out / "train" / "model.pt").is_file()
+    again = json.loads((out / "eval.json").read_text())
+    assert again["miou"] == pytest.approx(full["miou"])  # same seeds, same result
+
+    assert main(["run", "--resume", str(out), "--dataset", "camvid"]) == 2
+    assert "drop --dataset" in capsys.readouterr().err
+    assert main(["run", "--resume", str(out / "search")]) == 2
+    assert "not a pipeline run of 'autodeeplab run' (no search_settings.yaml)" in capsys.readouterr().err
