@@ -118,3 +118,22 @@ def test_one_bad_image_means_nothing_is_written(tmp_path: Path) -> None:
             pointwise_model(), [tmp_path / "good.png", tmp_path / "bad.png"], tmp_path / "out", PALETTE
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_16_bit_and_float_images_are_refused_not_clipped(tmp_path: Path) -> None:
+    """Converting a 16-bit grey PNG to 8-bit RGB would turn almost every pixel into 255."""
+    from autodeeplab.data.imageio import read_rgb
+    from autodeeplab.data.problems import DataProblemError
+
+    sixteen, floats = tmp_path / "g16.png", tmp_path / "f.tif"
+    Image.fromarray((np.arange(12 * 16).reshape(12, 16) * 300).astype(np.uint16)).save(sixteen)
+    Image.fromarray(np.linspace(0, 1, 12 * 16, dtype=np.float32).reshape(12, 16)).save(floats)
+    for path, mode in ((sixteen, "I;16"), (floats, "F")):
+        with pytest.raises(
+            DataError, match=rf"{path}: image has more than 8 bits per pixel \(PIL mode '{mode}'\)"
+        ):
+            load_image(path)
+        with pytest.raises(DataProblemError, match="more than 8 bits per pixel"):
+            read_rgb(path)
+    write_image(tmp_path / "ok.png")
+    assert load_image(tmp_path / "ok.png").dtype == np.uint8

@@ -59,9 +59,27 @@ def read_size(path: str | Path, kind: str = "image") -> tuple[int, int]:
     return height, width
 
 
+HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+"""PIL modes of 16-bit, 32-bit and float images: converting them to 8-bit RGB clips every value above 255."""
+
+
+def high_depth_problem(mode: str) -> str | None:
+    """Why an image of PIL ``mode`` is refused as input (``None`` when it is 8-bit and fine)."""
+    if mode not in HIGH_DEPTH_MODES:
+        return None
+    return (
+        f"image has more than 8 bits per pixel (PIL mode {mode!r}); converting it would clip its values, so "
+        "convert it to 8-bit yourself with the scaling your data needs"
+    )
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to ``uint8 [H, W, 3]`` RGB (grey, palette and RGBA files are converted)."""
+    """Decode an image file to ``uint8 [H, W, 3]`` RGB (grey, palette and RGBA files are converted;
+    16-bit and float images are refused, see :func:`high_depth_problem`)."""
     image = _open_decoded(Path(path), "image")
+    why = high_depth_problem(image.mode)
+    if why:
+        raise DataProblemError(problem(Path(path), why))
     if image.mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
+from autodeeplab.data.imageio import high_depth_problem
 from autodeeplab.errors import DataError
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.infer.evaluate import InferenceSettings, predict_labels
@@ -41,6 +42,9 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
+            why = high_depth_problem(im.mode)
+            if why:
+                raise DataError(f"{path}: {why}")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
