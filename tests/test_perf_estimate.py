@@ -148,3 +148,33 @@ def test_estimate_threads_must_be_positive(capsys):
     assert (
         capsys.readouterr().err.strip() == "autodeeplab search: error: --threads: must be at least 1, got 0"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["search", "--threads", "2"],
+            "--threads sets the threads of --estimate's calibration; give --estimate too",
+        ),
+        (
+            ["search", "--estimate", "-o", "x"],
+            "--estimate writes nothing and runs no search; drop --output/--resume",
+        ),
+        (
+            ["search", "--resume", "r", "-o", "x"],
+            "--resume continues the run in its own folder; drop --output",
+        ),
+        (
+            ["train", "--resume", "r", "-o", "x"],
+            "--resume continues the run in its own folder; drop --output",
+        ),
+    ],
+)
+def test_flags_a_mode_would_ignore_are_refused(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("seed: 0\n")
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"autodeeplab {argv[0]}: error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]

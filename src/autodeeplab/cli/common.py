@@ -68,6 +68,8 @@ def resolve_run_config(
         if given:
             flags = "/".join(f"--{flag}" for flag in given)
             raise ConfigError(f"--resume takes the settings of the run itself; drop {flags}")
+        if args.output:
+            raise ConfigError("--resume continues the run in its own folder; drop --output")
         config_file = Path(args.resume) / "config.yaml"
         if not config_file.exists():
             raise ConfigError(f"{args.resume}: not a {what} run directory (no config.yaml)")

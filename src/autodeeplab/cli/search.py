@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads: must be at least 1, got {args.threads}")
+    estimating = args.estimate or args.estimate_no_time
+    if args.threads is not None and not estimating:
+        raise ConfigError("--threads sets the threads of --estimate's calibration; give --estimate too")
+    if estimating and (args.output or args.resume):
+        raise ConfigError("--estimate writes nothing and runs no search; drop --output/--resume")
     config = resolve_config(args)
     if args.estimate or args.estimate_no_time:
         return print_estimate(
