@@ -122,3 +122,17 @@ def test_show_broken_history_is_one_line_and_writes_nothing(tmp_path, capsys):
         "differ from the first record's [20, 8] / [4, 4, 3]"
     )
     assert "Traceback" not in captured.err and not (run / "plots").exists()
+
+
+def test_show_says_which_pictures_it_left_out_and_refuses_unreadable_records(tmp_path, capsys):
+    run = _fake_search_run(tmp_path / "run")
+    (run / "arch_history.jsonl").write_text('{"epoch": 1, "alpha": [[0.1, 0.9]')  # one torn line
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')  # nothing to draw
+    assert main(["show", str(run), "-o", str(tmp_path / "pictures")]) == 0
+    err = capsys.readouterr().err
+    assert "arch_history.png left out" in err and "curves.png left out" in err, err
+    assert sorted(p.name for p in (tmp_path / "pictures").iterdir()) == ["cell.png", "network_path.png"]
+    (run / "metrics.jsonl").write_bytes(b"\xd6\xff\x00garbage\n")
+    assert main(["show", str(run), "-o", str(tmp_path / "pictures")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.jsonl: not a JSON-lines text file" in err, err

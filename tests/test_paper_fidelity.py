@@ -41,7 +41,7 @@ def tiny_space(**kw) -> SearchSpaceConfig:
 
 
 def test_optimisers_follow_section_5_1():
-    config = SearchConfig(space=tiny_space(), epochs=4)
+    config = SearchConfig(space=tiny_space(), epochs=4, arch_start_epoch=2)
     model = SearchNetwork(config.space, num_classes=3)
     weight_opt, arch_opt, scheduler = make_optimizers(model, config)
     assert isinstance(weight_opt, torch.optim.SGD) and isinstance(arch_opt, torch.optim.Adam)

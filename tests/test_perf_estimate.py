@@ -27,6 +27,7 @@ TINY = [
     "data.synthetic_train_samples=8",
     "batch_size=2",
     "epochs=2",
+    "arch_start_epoch=1",
     "device=cpu",
 ]
 

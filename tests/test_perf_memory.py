@@ -130,6 +130,7 @@ def test_estimate_cli_prints_prediction_and_creates_nothing(tmp_path, capsys, mo
         "data.synthetic_train_samples=8",
         "batch_size=2",
         "epochs=2",
+        "arch_start_epoch=1",
         "device=cpu",
     ]
     args = ["search", "--estimate", "--quiet"] + [part for s in tiny for part in ("--set", s)]

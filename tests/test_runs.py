@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import subprocess
@@ -19,6 +20,7 @@ from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 from autodeeplab.errors import CheckpointError
 from autodeeplab.runs.rundir import (
     CheckpointManager,
+    Interrupted,
     RunDir,
     RunDirError,
     maybe_tensorboard,
@@ -264,8 +266,8 @@ def test_checkpoint_cut_anywhere_is_truncated_or_corrupt_and_falls_back(tmp_path
 def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path):
     from autodeeplab.errors import DataError
 
-    def fail_in(run: RunDir, error: Exception) -> None:
-        with pytest.raises(type(error)), run.removed_if_unstarted():
+    def fail_in(run: RunDir, error: BaseException, expected: type[BaseException] | None = None) -> None:
+        with pytest.raises(expected or type(error)), run.kept_resumable("search"):
             run.write_json("split.json", {"train_a": [0]})
             (run.path / "plots").mkdir()
             (run.path / "plots" / "x.png").write_bytes(b"png")
@@ -276,6 +278,12 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_pat
     (tmp_path / "empty").mkdir()
     fail_in(RunDir(tmp_path / "empty"), DataError("bad image"))
     assert (tmp_path / "empty").is_dir() and not any((tmp_path / "empty").iterdir())  # it existed: kept
+    # the system refusing a write (disk full) and Ctrl-C during start-up: removed too, and said so
+    full = OSError(errno.ENOSPC, "No space left on device", "x")
+    with pytest.raises(RunDirError, match=r"^x: No space left on device; once that is fixed, nothing of"):
+        fail_in(RunDir(tmp_path / "full"), full, OSError)
+    fail_in(RunDir(tmp_path / "ctrl-c"), KeyboardInterrupt())
+    assert not (tmp_path / "full").exists() and not (tmp_path / "ctrl-c").exists()
     # kept: a programming error, a run with a checkpoint, a resumed run
     fail_in(RunDir(tmp_path / "bug"), RuntimeError("bug"))
     assert (tmp_path / "bug" / "split.json").exists()
@@ -283,10 +291,17 @@ def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_pat
     started.checkpoints.save({"step": 1}, "s1")
     fail_in(started, DataError("bad image"))
     assert (tmp_path / "started" / "split.json").exists() and started.checkpoints.latest() is not None
+    resume = f"resume with: autodeeplab search --resume {started.path}"
+    with pytest.raises(RunDirError) as refused, started.kept_resumable("search"):
+        raise full
+    assert str(refused.value) == f"x: No space left on device; once that is fixed, {resume}"
+    with pytest.raises(Interrupted) as stopped, started.kept_resumable("search"):
+        raise KeyboardInterrupt
+    assert str(stopped.value) == f"interrupted; {resume}" and started.checkpoints.latest() is not None
     (tmp_path / "resumed").mkdir()
     (tmp_path / "resumed" / "config.yaml").write_text("mine")
     resumed = RunDir(tmp_path / "resumed", resume=True)
-    with pytest.raises(DataError), resumed.removed_if_unstarted():
+    with pytest.raises(DataError), resumed.kept_resumable("search"):
         raise DataError("bad image")
     assert (tmp_path / "resumed" / "config.yaml").read_text() == "mine"
 

@@ -133,10 +133,17 @@ def test_search_run_directory_contents(tmp_path):
 
 
 def test_reusing_a_run_directory_is_refused(tmp_path):
-    run_search(tiny_search_config(epochs=1), tmp_path / "run", quiet=True, echo=lambda s: None)
+    run_search(
+        tiny_search_config(epochs=1, arch_start_epoch=0), tmp_path / "run", quiet=True, echo=lambda s: None
+    )
     before = (tmp_path / "run" / "genotype.json").read_text()
     with pytest.raises(Exception, match="run"):
-        run_search(tiny_search_config(epochs=1), tmp_path / "run", quiet=True, echo=lambda s: None)
+        run_search(
+            tiny_search_config(epochs=1, arch_start_epoch=0),
+            tmp_path / "run",
+            quiet=True,
+            echo=lambda s: None,
+        )
     assert (tmp_path / "run" / "genotype.json").read_text() == before
 
 

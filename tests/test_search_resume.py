@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,13 +94,28 @@ def _global_steps(run: Path) -> int:
     return int(names[-1].split("step")[-1].split(".")[0]) if names else 0
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_beginning(tmp_path):
+    """Killed (or the disk full) before the first checkpoint: --resume starts it again, its earlier records
+    dropped, and ends where an unbroken run ends; a finished run whose checkpoints were deleted is refused."""
+    short = [*TINY, "--set", "epochs=1", "--set", "arch_start_epoch=0"]
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("epochs: 1\n")
-    out = subprocess.run(cli("--resume", str(run)), env=env(), capture_output=True, text=True)
-    assert out.returncode == 2
-    assert out.stderr.strip().count("\n") == 0 and "nothing to resume" in out.stderr
+    assert subprocess.run(cli(*short, "-o", str(run)), env=env()).returncode == 0
+    reference = final_arch(run)
+    shutil.rmtree(run / "checkpoints")
+    refused = subprocess.run(cli("--resume", str(run)), env=env(), capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "nothing to resume" in refused.stderr and "genotype.json" in refused.stderr
+
+    (run / "genotype.json").unlink()
+    (run / "arch_params.json").unlink()  # now as a run killed in its first epoch, with stale records
+    resumed = subprocess.run(cli("--resume", str(run)), env=env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "starting it from the beginning" in resumed.stdout
+    for name in ("metrics.jsonl", "arch_history.jsonl"):
+        epochs = [json.loads(line)["epoch"] for line in (run / name).read_text().splitlines()]
+        assert epochs == [1], name
+    for a, b in zip(reference, final_arch(run), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_sigterm_checkpoints_and_says_how_to_resume(tmp_path):

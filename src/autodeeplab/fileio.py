@@ -49,6 +49,35 @@ def _final_mode(path: Path) -> int:
         return DEFAULT_FILE_MODE & ~current_umask()
 
 
+def loads_json(text: str) -> Any:
+    """``json.loads`` whose every failure on hostile text is a :class:`json.JSONDecodeError` (what callers
+    turn into their one-line error): nesting deeper than Python's recursion limit and integers too long to
+    convert raise other exceptions from the standard library."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise json.JSONDecodeError(str(exc).split(":")[0], text, 0) from None
+
+
+def loads_yaml(text: str) -> Any:
+    """``yaml.safe_load`` whose every failure on hostile text is a :class:`yaml.YAMLError` (deep nesting
+    and over-long integers raise other exceptions from PyYAML and Python)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise
+    except RecursionError:
+        raise yaml.MarkedYAMLError(problem="nested too deeply") from None
+    except ValueError as exc:
+        raise yaml.MarkedYAMLError(problem=str(exc).split(":")[0]) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, then rename."""
     path = Path(path)

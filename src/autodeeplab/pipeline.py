@@ -83,8 +83,14 @@ def run_pipeline(
         dump_config_yaml(search_config, out / SEARCH_SETTINGS)
         dump_config_yaml(train_config, out / TRAIN_SETTINGS, {"eval_split": eval_split})
     echo("== 1/4 search ==")
+    finish = f"autodeeplab run --resume {out}"
     found = run_search(
-        search_config, out / "search", resume=resume and _started(out / "search"), quiet=quiet, echo=echo
+        search_config,
+        out / "search",
+        resume=resume and _started(out / "search"),
+        quiet=quiet,
+        echo=echo,
+        continue_with=finish,
     )
     if found.interrupted:
         return PipelineResult(out, found.genotype, Path(), {}, [], interrupted=True)
@@ -98,6 +104,7 @@ def run_pipeline(
         resume=resume and _started(out / "train"),
         quiet=quiet,
         echo=echo,
+        continue_with=finish,
     )
     if trained.interrupted:
         return PipelineResult(out, found.genotype, trained.model_path, {}, [], interrupted=True)
@@ -122,9 +129,10 @@ SEARCH_SETTINGS, TRAIN_SETTINGS = "search_settings.yaml", "train_settings.yaml"
 
 
 def _started(phase_dir: Path) -> bool:
-    """Whether a phase has a checkpoint to resume from (else it starts again; a phase that failed before
-    its first checkpoint removed its folder)."""
-    return any((phase_dir / "checkpoints").glob("*.pt"))
+    """Whether a phase wrote anything: it resumes (from its newest checkpoint, or from the beginning when it
+    was killed before its first); else it starts (a phase that failed before its first checkpoint removed
+    its folder)."""
+    return phase_dir.is_dir() and any(phase_dir.iterdir())
 
 
 def load_pipeline_settings(out_dir: str | Path) -> tuple[SearchConfig, TrainConfig, str]:

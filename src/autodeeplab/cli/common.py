@@ -8,6 +8,7 @@ from typing import Any
 
 from autodeeplab.config.settings import load_config, preset_names
 from autodeeplab.errors import ConfigError
+from autodeeplab.fileio import loads_yaml
 
 
 def add_settings_arguments(
@@ -98,7 +99,7 @@ def check_run_kind(config_file: Path, what: str) -> None:
     import yaml
 
     try:
-        data = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+        data = loads_yaml(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return  # load_config names the file and the problem
     settings = {k for k in data if k != "run_info"} if isinstance(data, dict) else set()

@@ -3,7 +3,9 @@
 Each subcommand lives in its own module of this package and exposes
 ``register(subparsers) -> None``, which adds its parser and sets ``func=handler`` where
 ``handler(args: argparse.Namespace) -> int | None``. User errors (:class:`AutoDeepLabError`) become one
-line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+line on stderr and exit code 2, and so does an ``OSError`` of the system refusing a file operation (a
+read-only folder, a full disk: the path and the system's words); Ctrl-C at any moment, start-up included,
+is one line and exit 130. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -56,17 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # Named before the parser exists, for a Ctrl-C while it is built.
+    known = words[:1] and words[0] in {*COMMAND_MODULES, "eval"}
+    command = f"autodeeplab {words[0]}" if known else "autodeeplab"
     try:
-        code = args.func(args)
+        # Building the parser imports torch (seconds): a Ctrl-C then is an interrupt, not a traceback.
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"autodeeplab {args.command}"
+        return int(args.func(args) or 0)
     except AutoDeepLabError as exc:
-        print(f"autodeeplab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"autodeeplab {args.command}: interrupted", file=sys.stderr)
+    except OSError as exc:
+        if exc.errno is None:
+            raise  # not the system refusing a file operation: a bug, keep its traceback
+        # The machine said no (read-only folder, disk full, permissions): name the path and its words.
+        print(f"{command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt as exc:
+        print(f"{command}: {str(exc) or 'interrupted'}", file=sys.stderr)  # a run's says how to continue
         return EXIT_INTERRUPTED
-    return int(code or 0)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<path>: <what the system said>`` (both paths of a rename), in one line."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    reason = exc.strerror or type(exc).__name__
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 if __name__ == "__main__":  # pragma: no cover

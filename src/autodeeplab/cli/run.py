@@ -73,7 +73,7 @@ def _finish(out: Path, search_config, train_config, eval_split: str, quiet: bool
     if result.interrupted:
         print(f"pipeline interrupted; finish it with: autodeeplab run --resume {out}")
         return 130
-    render_run(out / "search")
+    render_run(out / "search", note=print)
     print(f"\nfound architecture ({out / 'search' / 'genotype.json'}):")
     print(describe_genotype(result.genotype))
     print(f"trained model: {result.model_path}")

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_search(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
     if result.interrupted:
         return 130
-    pictures = render_run(result.run_dir)
+    pictures = render_run(result.run_dir, note=print)
     print(f"\nfound architecture ({result.run_dir / 'genotype.json'}):")
     print(describe_genotype(result.genotype))
     if pictures:

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from autodeeplab.fileio import loads_json
 
 if TYPE_CHECKING:
     from autodeeplab.space.autodeeplab.genotype import Genotype
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             # RUN/plots is the run's own picture folder (pictures from before the PNG marker included)
             mine = args.overwrite or not args.output
             check_output_folder(out, "--output", RUN_PICTURES, inputs=_run_inputs(target), overwrite=mine)
-            written = render_run(target, out)
+            written = render_run(target, out, note=lambda line: print(line, file=sys.stderr))
         if genotype is None and not written:
             raise GenotypeError(
                 f"{target}: nothing to show (no genotype.json, arch_params.json, arch_history.jsonl or "
@@ -106,7 +109,7 @@ def _run_genotype(run_dir: Path) -> Genotype | None:
 
 def _looks_like_arch_params(path: Path) -> bool:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False  # let the genotype loader report the problem
     return isinstance(data, dict) and "alpha" in data

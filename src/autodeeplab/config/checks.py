@@ -44,6 +44,16 @@ def at_least_one_or_null(key: str, value: int | None) -> None:
         raise ConfigError(f"{key}: must be at least 1 or null, got {value}")
 
 
+SEED_LIMIT = 2**32
+"""Seeds are integers in ``[0, 2**32)``: what every generator the runs seed (torch, numpy) accepts."""
+
+
+def seed_range(key: str, value: int) -> None:
+    """``key: must be an integer in [0, 2**32), got …`` (torch and numpy refuse others mid-run)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ConfigError(f"{key}: must be an integer in [0, 2**32), got {value!r}")
+
+
 def positive(key: str, value: float) -> None:
     """``key: must be positive, got …`` (NaN and infinity are refused too)."""
     if not 0 < value < math.inf:

@@ -58,7 +58,7 @@ from autodeeplab.config.schema import (
     config_keys,
 )
 from autodeeplab.errors import ConfigError
-from autodeeplab.fileio import atomic_write_text
+from autodeeplab.fileio import atomic_write_text, loads_yaml
 
 T = TypeVar("T")
 
@@ -145,7 +145,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = loads_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -164,7 +164,7 @@ def _parse_override(cls: type, item: str) -> dict[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. lr=0.01 or data.crop=[64,64]")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
+        value = loads_yaml(raw) if raw.strip() else raw
     except yaml.YAMLError:
         value = raw
     tp = _leaf_type(cls, key)

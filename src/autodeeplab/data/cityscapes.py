@@ -14,13 +14,13 @@ See :mod:`autodeeplab.data.prepare`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from autodeeplab.data.base import PairedFilesDataset
 from autodeeplab.data.labels import IGNORE_INDEX, LabelMap
 from autodeeplab.data.problems import DataProblem
 from autodeeplab.data.scan import Sample, files_by_key, pair_by_key
+from autodeeplab.fileio import loads_json
 
 CLASS_NAMES: tuple[str, ...] = (
     "road",
@@ -152,7 +152,7 @@ def prepared_size(root: Path) -> tuple[int, int]:
     if not marker.is_file():
         return FULL_SIZE
     try:
-        scale = float(json.loads(marker.read_text(encoding="utf-8"))["scale"])
+        scale = float(loads_json(marker.read_text(encoding="utf-8"))["scale"])
     except (OSError, ValueError, KeyError, TypeError):
         return FULL_SIZE
     return round(FULL_SIZE[0] * scale), round(FULL_SIZE[1] * scale)

@@ -25,7 +25,6 @@ A stem in a split list with neither an image nor a mask is a problem (list file 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from autodeeplab.data.imageio import IMAGE_SUFFIXES
 from autodeeplab.data.labels import IGNORE_INDEX, Colour, LabelMap, bit_palette
 from autodeeplab.data.problems import DataProblem, DataProblemError, problem
 from autodeeplab.data.scan import Sample, files_by_key, pair_by_key, stem_key
+from autodeeplab.fileio import loads_json, loads_yaml
 
 CLASSES_FILES = ("classes.yaml", "classes.yml", "classes.json")
 FLAT_SPLITS = ("all", "train", "val")
@@ -86,7 +86,7 @@ class FolderDataset(PairedFilesDataset):
         path = self.classes_file = found[0]
         try:
             text = path.read_text(encoding="utf-8")
-            spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            spec = loads_json(text) if path.suffix == ".json" else loads_yaml(text)
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DataProblemError(problem(path, f"unreadable classes file ({reason})")) from None

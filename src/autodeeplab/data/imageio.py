@@ -22,8 +22,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 # Single-channel PIL modes whose pixel values are class values as they are.
 _INDEX_MODES = frozenset({"L", "P", "I", "I;16", "I;16B", "I;16L", "1"})
 _COLOUR_MODES = frozenset({"RGB", "RGBA"})
-# What PIL raises for a file it cannot identify, a truncated one, or one too large to be an image.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+"""What PIL raises for a file it cannot identify, a truncated or malformed one (some plugins raise
+``SyntaxError`` or ``EOFError``), or one too large to be an image."""
 
 
 def _open_decoded(path: Path, kind: str) -> Image.Image:
@@ -33,7 +34,7 @@ def _open_decoded(path: Path, kind: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise _unreadable(path, kind, exc) from None
     return image
 
@@ -54,7 +55,7 @@ def read_size(path: str | Path, kind: str = "image") -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise _unreadable(path, kind, exc) from None
     return height, width
 

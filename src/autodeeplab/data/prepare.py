@@ -10,7 +10,6 @@ into.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from PIL import Image
 from autodeeplab.data.cityscapes import IMAGE_SUFFIX, PREPARED_MARKER, TRAIN_ID_SUFFIX, CityscapesDataset
 from autodeeplab.data.imageio import encode_png
 from autodeeplab.errors import ConfigError, DataError
-from autodeeplab.fileio import atomic_write_bytes, atomic_write_json
+from autodeeplab.fileio import atomic_write_bytes, atomic_write_json, loads_json
 
 
 def prepare_cityscapes(
@@ -66,7 +65,7 @@ def _claim(out: Path, marker: dict) -> None:
     marker_path = out / PREPARED_MARKER
     if marker_path.is_file():
         try:
-            existing = json.loads(marker_path.read_text(encoding="utf-8"))
+            existing = loads_json(marker_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             existing = None
         if existing != marker:

@@ -20,7 +20,6 @@ which files it may replace.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -36,7 +35,7 @@ from autodeeplab import __version__
 from autodeeplab.config.checks import at_least_one_or_null, below_one, dotted
 from autodeeplab.config.settings import config_to_dict, register_presets
 from autodeeplab.errors import ConfigError
-from autodeeplab.fileio import atomic_write_json
+from autodeeplab.fileio import atomic_write_json, loads_json
 from autodeeplab.infer.metrics import ConfusionMatrix, SegmentationMetrics
 from autodeeplab.ops.primitives import resize
 
@@ -292,7 +291,7 @@ _LEGACY_EVAL_KEYS = frozenset({"checkpoint", "num_images", "scales", "confusion"
 def is_eval_json(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a results JSON written by this package (so a new evaluation may replace it)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = loads_json(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     if not isinstance(data, dict):

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from autodeeplab.data.imageio import high_depth_problem
+from autodeeplab.data.imageio import DECODE_ERRORS, high_depth_problem
 from autodeeplab.errors import DataError
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.infer.evaluate import InferenceSettings, predict_labels
@@ -48,8 +48,10 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        reason = "not a readable image" if isinstance(exc, UnidentifiedImageError) else str(exc)
+    except DECODE_ERRORS as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "not a readable image"
         raise DataError(f"{path}: cannot read image ({reason})") from None
 
 

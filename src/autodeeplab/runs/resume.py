@@ -74,14 +74,32 @@ def record_resume_changes(
     dump_config_yaml(cfg, path, {**info, RESUMED_WITH_KEY: history})
 
 
-def latest_for_resume(run: Any, echo: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+def latest_for_resume(
+    run: Any, echo: Callable[[str], None], results: Sequence[str], records: Sequence[str]
+) -> tuple[dict[str, Any], Path] | None:
     """``(state, path)`` of the newest good checkpoint of ``run``
-    (a :class:`~autodeeplab.runs.rundir.RunDir`); a :class:`ConfigError` when there is none
-    (``--resume`` of a run that never checkpointed)."""
+    (a :class:`~autodeeplab.runs.rundir.RunDir`), or None: the run stopped before its first checkpoint
+    (killed, the disk full, the power gone) and starts again from the beginning with its settings.
+
+    Starting again drops the JSON-lines ``records`` of the earlier attempt (as a resume drops the lines
+    logged after its checkpoint). A run without checkpoints that holds one of its final ``results`` had its
+    checkpoints deleted after it finished: that is a :class:`ConfigError`, not a restart over its results.
+    """
     loaded = run.checkpoints.load_latest(warn=echo)
-    if loaded is None:
-        raise ConfigError(f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'})")
-    return loaded
+    if loaded is not None:
+        return loaded
+    done = [name for name in results if run.file(name).exists()]
+    if done:
+        raise ConfigError(
+            f"{run.path}: nothing to resume (no checkpoint in {run.path / 'checkpoints'}, and the run holds "
+            f"its results: {done[0]}); start a new run in another folder"
+        )
+    dropped = sum(run.filter_jsonl(name, lambda record: False) for name in records)
+    echo(
+        f"note: {run.path} stopped before its first checkpoint; starting it from the beginning"
+        + (f" ({dropped} records of the earlier attempt dropped)" if dropped else "")
+    )
+    return None
 
 
 PENDING_CHANGES = "resume_changes_pending"

@@ -38,7 +38,7 @@ from typing import Any
 
 from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 from autodeeplab.errors import AutoDeepLabError, CheckpointError
-from autodeeplab.fileio import atomic_write_json, atomic_write_text
+from autodeeplab.fileio import atomic_write_json, atomic_write_text, loads_json
 
 CHECKPOINT_SUFFIX = ".pt"
 CORRUPT_SUFFIX = ".corrupt"
@@ -50,6 +50,10 @@ _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 class RunDirError(AutoDeepLabError):
     """A run directory cannot be created, reused or resumed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C outside a loop's own handling, carrying the one line that says how to continue."""
 
 
 class CheckpointManager:
@@ -130,7 +134,7 @@ class RunDir:
 
     A new run refuses a folder that exists and is not empty (so that two runs never mix their files);
     ``resume=True`` requires the folder to exist. A new run that stops on a user error before its first
-    checkpoint removes what it wrote (see :meth:`removed_if_unstarted`), so the same command can run again.
+    checkpoint removes what it wrote (see :meth:`kept_resumable`), so the same command can run again.
     """
 
     def __init__(self, path: str | os.PathLike[str], resume: bool = False, keep_checkpoints: int = 3) -> None:
@@ -195,26 +199,50 @@ class RunDir:
                     lock.unlink()
 
     @contextlib.contextmanager
-    def removed_if_unstarted(self) -> Iterator[None]:
-        """Undo a new run that fails on a user error (bad data, config, NaN) before its first checkpoint.
+    def kept_resumable(self, command: str, continue_with: str | None = None) -> Iterator[None]:
+        """Leave the folder, whatever stops the run, in a state from which the same command or ``--resume``
+        works, and say which (``command``: ``search`` or ``train``; ``continue_with``: the command line
+        that continues in every case, for a run that is part of a larger one such as the pipeline).
 
-        Without this, its ``config.yaml``/``split.json`` would block the same ``-o`` ("not empty") while
-        ``--resume`` has nothing to resume. Only a fresh run's folder is touched (it was empty or absent at
-        the start, so everything in it is this run's); a resumed run and a run with a checkpoint keep it all.
+        A new run that stops before its first checkpoint — a user error (bad data, config, NaN), the system
+        refusing a write (disk full, read-only folder) or Ctrl-C during start-up — removes what it wrote:
+        without this its ``config.yaml``/``split.json`` would block the same ``-o`` ("not empty"). Only a
+        fresh run's folder is touched (it was empty or absent at the start, so everything in it is this
+        run's); a resumed run and a run with a checkpoint keep it all, and ``--resume`` continues from the
+        newest checkpoint (or from the beginning when there is none). A system error becomes one
+        :class:`RunDirError` naming the path, what the system said and the command that continues.
         """
         try:
             yield
-        except AutoDeepLabError:
-            if self.fresh and self.checkpoints.latest() is None:
+        except (AutoDeepLabError, OSError, KeyboardInterrupt) as exc:
+            unstarted = self.checkpoints.latest() is None
+            # Never another process's files: two new runs started on one empty folder at once.
+            theirs = _live_holder(self.file(LOCK_FILE)) is not None
+            removed = self.fresh and unstarted and not theirs
+            if removed:
                 self._remove_contents()
+            if continue_with:
+                then = f"continue with: {continue_with}"
+            elif removed:
+                then = "nothing of this run was kept; run the same command again"
+            else:
+                then = f"resume with: autodeeplab {command} --resume {self.path}"
+            if isinstance(exc, OSError) and exc.errno is not None:
+                paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+                where = f"{paths}: " if paths else ""
+                raise RunDirError(f"{where}{exc.strerror}; once that is fixed, {then}") from None
+            if isinstance(exc, KeyboardInterrupt) and not removed:
+                raise Interrupted(f"interrupted; {then}") from None
             raise
 
     def _remove_contents(self) -> None:
+        # Best effort: a folder the system will not let us write in holds nothing of ours anyway.
         for child in list(self.path.iterdir()) if self.path.is_dir() else []:
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child, ignore_errors=True)
             else:
-                child.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    child.unlink(missing_ok=True)
         if self._created:
             with contextlib.suppress(OSError):
                 self.path.rmdir()
@@ -232,7 +260,7 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         path = self.file(name)
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return loads_json(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RunDirError(f"{path}: missing from the run directory") from None
         except (OSError, UnicodeDecodeError) as exc:
@@ -272,13 +300,18 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise RunDirError(f"{path}: not a JSON-lines text file (not UTF-8)") from None
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot read ({exc.strerror})") from None
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(loads_json(line))
         except json.JSONDecodeError:
             if number == len(lines):
                 break

@@ -17,8 +17,10 @@ from autodeeplab.config.checks import (
     non_negative,
     positive,
     scale_range,
+    seed_range,
 )
 from autodeeplab.config.settings import register_presets
+from autodeeplab.errors import ConfigError
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 
@@ -120,6 +122,14 @@ class SearchConfig:
         for index, beta in enumerate(self.arch_betas):
             below_one(dotted(where, f"arch_betas[{index}]"), beta)
         at_least_one_or_null(dotted(where, "steps_per_epoch"), self.steps_per_epoch)
+        seed_range(dotted(where, "seed"), self.seed)
+        if self.arch_start_epoch >= self.epochs:
+            # Otherwise α and β never take a step and their random start would be reported as "found".
+            raise ConfigError(
+                f"{dotted(where, 'arch_start_epoch')}: must be less than epochs ({self.epochs}), got "
+                f"{self.arch_start_epoch}: the architecture would never be optimised "
+                f"(e.g. --set arch_start_epoch={self.epochs // 2})"
+            )
         self.space.validate(dotted(where, "space"))
         image_dims(dotted(where, "space.spatial_dims"), self.space.spatial_dims, "the search loop")
         self.data.validate(dotted(where, "data"))

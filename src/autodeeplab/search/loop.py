@@ -77,8 +77,13 @@ def run_search(
     quiet: bool = False,
     echo: Callable[[str], None] = print,
     build_space: SpaceBuilder = build_autodeeplab_space,
+    continue_with: str | None = None,
 ) -> SearchResult:
     """Search an architecture with ``config``, writing everything into ``run_dir``.
+
+    ``continue_with``: the command line that continues an interrupted or failed run when it is part of a
+    larger one (default: ``search --resume``, or the same command for a run that stopped before its first
+    checkpoint).
 
     ``build_space`` makes the supernet (default: Auto-DeepLab's); the loop uses it only through the
     :class:`~autodeeplab.space.contract.SearchSpace` contract, so another space plugs in here. A resume
@@ -87,11 +92,11 @@ def run_search(
     On ``resume`` the newest good checkpoint is read first and ``config`` compared with the one it was
     written with: only :data:`autodeeplab.search.state.RESUMABLE_KEYS` may differ (recorded in
     ``config.yaml``). A new run that
-    stops on a user error before its first checkpoint removes its files (``RunDir.removed_if_unstarted``).
+    stops before its first checkpoint removes its files (``RunDir.kept_resumable``).
     """
     config.validate()
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-    with run.locked(), run.removed_if_unstarted():
+    with run.kept_resumable("search", continue_with), run.locked():
         return _search(config, run, resume, quiet, echo, build_space)
 
 

@@ -38,6 +38,11 @@ from autodeeplab.search.config import SearchConfig
 from autodeeplab.space.contract import Architecture, SearchSpace
 
 CHECKPOINT_FORMAT = "autodeeplab-search-1"
+SEARCH_RECORDS = ("metrics.jsonl", "arch_history.jsonl")
+"""The JSON-lines files of a search run (one line per epoch)."""
+SEARCH_RESULTS = ("genotype.json", "arch_params.json")
+"""Written at each epoch end together with a checkpoint: with no checkpoint beside them, the run finished
+and its checkpoints were deleted."""
 
 
 RESUMABLE_KEYS = frozenset(
@@ -189,13 +194,17 @@ def save_search_checkpoint(
     run.checkpoints.save(state, f"epoch{position.epoch:04d}-step{position.global_step:08d}")
 
 
-def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dict, Path]:
-    """The newest good search checkpoint, once ``config`` is known to fit it (before any data is read).
+def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dict, Path] | None:
+    """The newest good search checkpoint, once ``config`` is known to fit it (before any data is read);
+    None when the run stopped before its first checkpoint (it starts again from the beginning).
 
     Allowed changes (:data:`RESUMABLE_KEYS`) are written to ``config.yaml`` under ``run_info.resumed_with``
     by :func:`restore_checkpoint`, once the checkpoint has been put back.
     """
-    state, path = latest_for_resume(run, echo)
+    loaded = latest_for_resume(run, echo, SEARCH_RESULTS, SEARCH_RECORDS)
+    if loaded is None:
+        return None
+    state, path = loaded
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a search checkpoint (format {state.get('format')!r})")
     changes = check_resume_changes(state.get("config", {}), config, RESUMABLE_KEYS, f"--resume {run.path}")

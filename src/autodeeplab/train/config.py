@@ -26,6 +26,7 @@ from autodeeplab.config.checks import (
     non_negative,
     positive,
     scale_range,
+    seed_range,
 )
 from autodeeplab.config.settings import register_presets
 from autodeeplab.errors import ConfigError
@@ -153,6 +154,7 @@ class TrainConfig:
         for name in ("lr_power", "weight_decay"):
             non_negative(dotted(where, name), getattr(self, name))
         below_one(dotted(where, "momentum"), self.momentum)
+        seed_range(dotted(where, "seed"), self.seed)
         self.data.validate(dotted(where, "data"))
         self.model.validate(dotted(where, "model"))
         if self.model.in_channels != TRAIN_IN_CHANNELS:

@@ -146,15 +146,18 @@ def run_training(
     resume: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] | None = None,
+    continue_with: str | None = None,
 ) -> TrainResult:
     """Train ``genotype`` from scratch with ``config``, writing everything into ``run_dir``.
 
     Shows a progress bar (loss, lr, images/s) unless ``quiet``; messages (start, evaluations, interrupt) go
-    to ``echo``, by default printed above the bar.
+    to ``echo``, by default printed above the bar. ``continue_with``: the command line that continues an
+    interrupted or failed run when it is part of a larger one (default: ``train --resume``, or the same
+    command for a run that stopped before its first checkpoint).
     """
     config.validate()  # settings changed after they were built fail here, before anything is written
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-    with run.locked(), run.removed_if_unstarted():
+    with run.kept_resumable("train", continue_with), run.locked():
         return _train(config, genotype, run, resume, quiet, echo)
 
 

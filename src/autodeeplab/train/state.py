@@ -42,6 +42,10 @@ from autodeeplab.runs.rundir import RunDir
 from autodeeplab.runs.state import capture_rng_state, restore_rng_state
 from autodeeplab.train.config import RESUMABLE_KEYS, TrainConfig
 
+TRAIN_RESULTS = (MODEL_FILE,)
+"""Written when the training ends: with no checkpoint beside it, the run finished and its checkpoints
+were deleted."""
+
 
 def save_training_state(
     run: RunDir,
@@ -66,15 +70,19 @@ def save_training_state(
 
 def load_training_state(
     run: RunDir, config: TrainConfig, echo: Callable[[str], None]
-) -> tuple[dict[str, Any], Path]:
-    """The newest good training checkpoint, once ``config`` is known to fit it (before any data is read).
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest good training checkpoint, once ``config`` is known to fit it (before any data is read);
+    None when the run stopped before its first checkpoint (it starts again from the beginning).
 
     Only :data:`autodeeplab.train.config.RESUMABLE_KEYS` may differ from the checkpoint's settings; such
     changes are written to ``config.yaml`` (``run_info.resumed_with``) by :func:`restore_training_state`, once
     the checkpoint has been put back. Any other change is a one-line
     :class:`ConfigError`.
     """
-    state, path = latest_for_resume(run, echo)
+    loaded = latest_for_resume(run, echo, TRAIN_RESULTS, ("metrics.jsonl",))
+    if loaded is None:
+        return None
+    state, path = loaded
     if state.get("kind") != STATE_KIND:
         raise CheckpointError(f"{path}: not a training checkpoint (kind {state.get('kind')!r})")
     if isinstance(state.get("trained"), dict):  # weights of an older format must not be trained further

@@ -17,9 +17,8 @@ softmax weights in
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from autodeeplab.fileio import loads_json
 from autodeeplab.ops.primitives import PRIMITIVES
 from autodeeplab.runs.rundir import read_jsonl
 from autodeeplab.space.autodeeplab.decode import decode_cell, load_arch_params, viterbi_path
@@ -301,17 +301,27 @@ def _label_spot(
 
 
 # -- a whole run directory --------------------------------------------------------------------------------
-def render_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+def render_run(
+    run_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    note: Callable[[str], None] | None = None,
+) -> list[Path]:
     """Render every picture the files in ``run_dir`` allow into ``out_dir`` (default ``run_dir/plots``).
 
     ``genotype.json`` → cell and path (with β from ``arch_params.json`` when present);
     ``arch_history.jsonl`` → α/β evolution; ``metrics.jsonl`` → curves. Returns the written files.
+    A history or metrics file that exists but holds nothing to draw (a single torn line, records without
+    α/β or numbers) leaves its picture out, and ``note`` is told which and why.
     """
+    say = note or (lambda message: None)
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "plots"
     written: list[Path] = []
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics = read_jsonl(metrics_file)
+    if metrics_file.exists() and not curve_series(metrics):
+        say(f"note: {metrics_file} holds no complete record with a loss or score; curves.png left out")
     if not _holds_autodeeplab_architecture(run_dir):  # another search space's run: its curves only
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
         return [plot_curves(metrics, out / "curves.png")] if curve_series(metrics) else []
     genotype = Genotype.load(run_dir / "genotype.json") if (run_dir / "genotype.json").exists() else None
     beta = None
@@ -326,7 +336,8 @@ def render_run(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] 
     history_file = run_dir / "arch_history.jsonl"
     records = [r for r in read_jsonl(history_file) if "alpha" in r and "beta" in r]
     history = arch_history(records, str(history_file)) if records else None
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    if history_file.exists() and history is None:
+        say(f"note: {history_file} holds no complete record with alpha and beta; arch_history.png left out")
     if genotype is not None:
         written.append(plot_network_path(beta, genotype, out / "network_path.png"))
         written.append(plot_cell(genotype, out / "cell.png"))
@@ -344,7 +355,7 @@ def _holds_autodeeplab_architecture(run_dir: Path) -> bool:
     keys = {"genotype.json": {"network_path", "cell"}, "arch_params.json": {"primitives", "beta"}}
     for name, expected in keys.items():
         try:
-            data = json.loads((run_dir / name).read_text(encoding="utf-8"))
+            data = loads_json((run_dir / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and not expected & set(data):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from autodeeplab.errors import GenotypeError
+from autodeeplab.fileio import loads_json
 from autodeeplab.ops.primitives import PRIMITIVES
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.space.autodeeplab.topology import beta_mask, edge_offset, num_edges
@@ -115,7 +116,7 @@ def load_arch_params(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarr
     """Read and validate ``arch_params.json`` → ``(alpha [E, P], beta [L, levels, 3], num_blocks)``."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = loads_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GenotypeError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

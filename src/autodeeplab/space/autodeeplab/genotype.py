@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autodeeplab.errors import GenotypeError
-from autodeeplab.fileio import atomic_write_text
+from autodeeplab.fileio import atomic_write_text, loads_json
 from autodeeplab.ops.primitives import PRIMITIVES
 
 FORMAT_VERSION = 1
@@ -105,7 +105,7 @@ class Genotype:
     @classmethod
     def from_json(cls, text: str, source: str = "genotype") -> Genotype:
         try:
-            data = json.loads(text)
+            data = loads_json(text)
         except json.JSONDecodeError as exc:
             raise GenotypeError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return cls.from_dict(data, source)
