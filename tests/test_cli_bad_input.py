@@ -18,6 +18,7 @@ from tiny import SMALL, SUPERNET
 from autodeeplab.cli.main import main
 from autodeeplab.config.settings import load_config
 from autodeeplab.data.camvid import CLASS_NAMES, PALETTE
+from autodeeplab.data.registry import build_dataset
 from autodeeplab.nets.model_file import TrainedInfo, save_trained
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train.config import TrainConfig
@@ -157,8 +158,9 @@ def test_search_with_a_crop_larger_than_the_images(camvid, tmp_path, capsys):
 
 def test_search_crop_check_on_a_folder_whose_image_sizes_vary(tmp_path, capsys):
     root = write_folder(tmp_path / "folder", count=8)  # 3x4 images ...
-    save(root / "images" / "img1.png", rgb(1, 5, 9))  # ... and one 5x9, the largest of the split
-    save(root / "masks" / "img1.png", np.zeros((5, 9), np.uint8))
+    stem = build_dataset("folder", root, "train").samples[0][0].stem
+    save(root / "images" / f"{stem}.png", rgb(1, 5, 9))  # ... and one 5x9, the largest of the split
+    save(root / "masks" / f"{stem}.png", np.zeros((5, 9), np.uint8))
     argv = ["search", "-q", "-o", str(tmp_path / "run"), "--dataset", "folder", "--data-root", str(root)]
     message = one_line_error([*argv, *sets("--set", [*TINY_SEARCH, "data.crop_size=10"])], capsys)
     largest = "the images are at most 5x9 (HxW), 5x9 at the largest scale 1"

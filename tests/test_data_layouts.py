@@ -244,12 +244,12 @@ def test_folder_reads_classes_file_and_maps_ignore_value(tmp_path):
     assert np.array_equal(data.load_raw(0)[1][0], [0, 1, 2, 255])
 
 
-def test_folder_flat_split_puts_every_fifth_in_val(tmp_path):
+def test_folder_flat_split_is_seeded_and_disjoint(tmp_path):
     root = write_folder(tmp_path, count=10)
-    val = build_dataset("folder", root, "val")
-    train = build_dataset("folder", root, "train")
-    assert [p.stem for p, _ in val.samples] == ["img4", "img9"]  # the 5th and 10th stems
-    assert len(train) == 8 and not {p for p, _ in train.samples} & {p for p, _ in val.samples}
+    parts = {name: build_dataset("folder", root, name) for name in ("train", "val", "test")}
+    stems = [{p.stem for p, _ in d.samples} for d in parts.values()]
+    assert sum(map(len, stems)) == 10 and len(set().union(*stems)) == 10
+    assert all(stems) and parts["train"].split_record == parts["val"].split_record
 
 
 def test_folder_split_subfolders_and_split_lists(tmp_path):

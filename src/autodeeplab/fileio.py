@@ -63,13 +63,17 @@ def loads_json(text: str) -> Any:
         raise json.JSONDecodeError(str(exc).split(":")[0], text, 0) from None
 
 
-def loads_yaml(text: str) -> Any:
+def loads_yaml(text: str, plain: bool = False) -> Any:
     """``yaml.safe_load`` whose every failure on hostile text is a :class:`yaml.YAMLError` (deep nesting
-    and over-long integers raise other exceptions from PyYAML and Python)."""
+    and over-long integers raise other exceptions from PyYAML and Python).
+
+    ``plain``: every scalar comes back as the string it is written as (no ``null``/``yes``/number typing),
+    for files whose values are names.
+    """
     import yaml
 
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=yaml.BaseLoader) if plain else yaml.safe_load(text)
     except yaml.YAMLError:
         raise
     except RecursionError:

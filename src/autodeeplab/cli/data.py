@@ -68,9 +68,11 @@ def run_check(args: argparse.Namespace) -> int:
     report = check_dataset_report(args.dataset, args.data_root, args.split, progress=_progress_printer())
     where = args.dataset if args.data_root is None else f"{args.dataset} at {args.data_root}"
     counts = ", ".join(f"{split} {count}" for split, count in report.samples.items())
-    total = sum(report.samples.values())
+    total = report.distinct_samples
     for found in report.problems:
         print(found)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if report.problems:
         count = len(report.problems)
         noun = "problem" if count == 1 else "problems"

@@ -54,6 +54,17 @@ def seed_range(key: str, value: int) -> None:
         raise ConfigError(f"{key}: must be an integer in [0, 2**32), got {value!r}")
 
 
+def split_fractions(key: str, value: tuple[float, float]) -> None:
+    """``key: must be [val, test] with each >= 0 and val + test < 1, got …`` (a reader-made split)."""
+    ok = (
+        len(value) == 2
+        and all(isinstance(f, int | float) and not isinstance(f, bool) and 0 <= f < 1 for f in value)
+        and value[0] + value[1] < 1
+    )
+    if not ok:
+        raise ConfigError(f"{key}: must be [val, test] with each >= 0 and val + test < 1, got {list(value)}")
+
+
 def positive(key: str, value: float) -> None:
     """``key: must be positive, got …`` (NaN and infinity are refused too)."""
     if not 0 < value < math.inf:

@@ -55,6 +55,8 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.problems: list[DataProblem] = []
+        self.warnings: list[str] = []
+        """Things about the data a user should know that do not stop it (e.g. files no split list names)."""
 
     @property
     def num_classes(self) -> int:
@@ -130,6 +132,8 @@ class PairedFilesDataset(SegmentationDataset):
     label_map: LabelMap = LabelMap.identity(1)
     colour_labels: Mapping[Colour, int] | None = None
     """When set, RGB label files are decoded through this colour → stored value table."""
+    colour_hint: str = ""
+    """Ends the message for an RGB label file when :attr:`colour_labels` is not set: how to make it one."""
 
     def __init__(
         self,
@@ -196,7 +200,7 @@ class PairedFilesDataset(SegmentationDataset):
         image_path, label_path = self.samples[index]
         image = read_rgb(image_path)
         label_map = self.label_map_for(label_path)
-        raw = read_label(label_path, allow_colour=self.colour_labels is not None)
+        raw = read_label(label_path, allow_colour=self.colour_labels is not None, hint=self.colour_hint)
         if raw.ndim == 3 and self.colour_labels is not None:
             raw = decode_colours(raw, self.colour_labels, label_path, label_map.expected)
         try:

@@ -9,9 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from autodeeplab.data.problems import DataProblem, DataProblemError
+import numpy as np
+
+from autodeeplab.data.labels import IGNORE_INDEX
+from autodeeplab.data.problems import DataProblem, DataProblemError, problem
 from autodeeplab.data.registry import build_dataset, dataset_class
+
+IGNORE_WARNING_FRACTION = 0.5
+"""``data check`` warns when the ignore value covers more than this fraction of all pixels."""
 
 
 @dataclass
@@ -20,6 +27,9 @@ class CheckReport:
 
     problems: list[DataProblem] = field(default_factory=list)
     samples: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    distinct_samples: int = 0
+    """Samples counted once however many splits list them (``all`` repeats ``train`` and ``val``)."""
 
     @property
     def ok(self) -> bool:
@@ -41,6 +51,9 @@ def check_dataset_report(
     reader = dataset_class(name)
     report = CheckReport()
     seen: set[DataProblem] = set()
+    images: set[str] = set()
+    pixels: dict[str, np.ndarray] = {}  # split -> pixel count per train id (255: ignored)
+    last: Any = None
 
     def add(found: DataProblem) -> None:
         # VOC's trainval repeats train and val: report each broken file once.
@@ -57,15 +70,56 @@ def check_dataset_report(
             continue
         for found in dataset.problems:
             add(found)
+        report.warnings += [w for w in dataset.warnings if w not in report.warnings]
         report.samples[split] = len(dataset)
+        counts = pixels.setdefault(split, np.zeros(IGNORE_INDEX + 1, dtype=np.int64))
+        last = dataset
         for index in range(len(dataset)):
+            images.add(str(dataset.image_path(index)))
             try:
-                dataset.load_raw(index)
+                _, mask = dataset.load_raw(index)
+                counts += np.bincount(mask.ravel(), minlength=IGNORE_INDEX + 1)[: IGNORE_INDEX + 1]
             except DataProblemError as exc:
                 add(exc.problem)
             if progress is not None:
                 progress(split, index + 1, len(dataset))
+    report.distinct_samples = len(images)
+    if last is not None and pixels:
+        _check_label_balance(last, pixels, report, add)
     return report
+
+
+def _check_label_balance(dataset: Any, pixels: dict[str, np.ndarray], report: CheckReport, add) -> None:
+    """Masks whose ignore value hides a class: the two-class 0/255 case is a problem (with the lines to
+    write), an ignore value over half of the pixels and a class absent from ``train`` are warnings."""
+    total = sum(pixels.values())
+    names = dataset.class_names
+    ignored = total[IGNORE_INDEX] / max(int(total.sum()), 1)
+    absent = [i for i in range(len(names)) if total[i] == 0]
+    spec = getattr(dataset, "classes", None)  # a plain folder's classes file
+    if spec is not None and len(names) == 2 and len(absent) == 1 and total[IGNORE_INDEX] and spec.ignore:
+        stored = {i: v for v, i in sorted(spec.values.items(), reverse=True)}
+        missing, kept = absent[0], 1 - absent[0]
+        mapping = {stored[kept]: names[kept], spec.ignore[0]: names[missing]}
+        written = ", ".join(f"{v}: {n}" for v, n in sorted(mapping.items()))
+        add(
+            problem(
+                dataset.classes_file,
+                f"class {names[missing]!r} has no pixels while the ignore value {spec.ignore[0]} covers "
+                f"{100 * ignored:.1f}% of them: if {spec.ignore[0]} marks {names[missing]!r} (a 0/255 "
+                f"mask), write 'values: {{{written}}}' in this file",
+            )
+        )
+    elif ignored > IGNORE_WARNING_FRACTION:
+        report.warnings.append(
+            f"the ignore value covers {100 * ignored:.1f}% of all pixels (more than any class needs to be "
+            "learnt from); check 'ignore' and 'values' in the classes file"
+        )
+    train = pixels.get("train")
+    if train is not None and train[: len(names)].sum():
+        unseen = [names[i] for i in range(len(names)) if train[i] == 0]
+        if unseen:
+            report.warnings.append(f"classes with no pixels in train: {', '.join(unseen)}")
 
 
 def check_dataset(

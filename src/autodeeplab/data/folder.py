@@ -8,40 +8,51 @@ Layout under the data root, either flat or with one sub-folder per split::
     splits/<split>.txt        optional, flat layout only: one stem per line
 
 Splits: the sub-folder names when images/ has sub-folders; otherwise the ``splits/*.txt`` files when present;
-otherwise ``all`` (every sample), ``val`` (every fifth sample in stem order: the 5th, 10th, ...) and
-``train`` (the rest), so that a plain folder can be searched and validated without further set-up.
+otherwise ``all`` (every sample) and a seeded ``train``/``val``/``test`` split made here (see
+:func:`seeded_split`: about ``split_fractions`` = (val, test) of the samples, each file's split fixed by its
+stem and ``split_seed`` alone, so that adding files never moves the ones there), so that a plain folder is
+searched, trained and scored on held-out images without further set-up.
 
-Classes file (YAML or JSON)::
+The classes file says which stored mask value is which class and which is ignored: see
+:mod:`autodeeplab.data.classes_file` (``names``, ``values``, ``ignore``, ``colours``, ``ignore_colour``).
 
-    names: [background, road, car]             # required: mask value i is class names[i]
-    colours: [[0, 0, 0], [128, 64, 128], [0, 0, 142]]   # optional: palette; also decodes RGB masks
-    ignore: 255                                # optional (default 255): mask value meaning "unlabelled"
-    ignore_colour: [255, 255, 255]             # optional: the "unlabelled" colour of RGB masks
+Split lists hold one stem per line (``#`` starts a comment). A stem in two of the ``train``/``val``/``test``
+lists is a problem (the scores would be measured on trained-on images); files that no list names are a
+warning with their count. Entries whose name starts with a dot (``.ipynb_checkpoints``, ``.DS_Store``) are
+not part of the data anywhere.
 
-Masks are single-channel PNGs of class values (8 or 16 bit), or RGB pictures when ``colours`` is given.
+Masks are single-channel PNGs of class values (8 or 16 bit), or RGB pictures when ``colours`` is given;
+JPEG (and WebP) masks are refused: lossy compression changes class values where nobody can see it.
 Image sizes may vary: crop sizes are checked against the largest image of the split (from the file headers).
 A stem in a split list with neither an image nor a mask is a problem (list file and line), never skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from autodeeplab.config.checks import split_fractions as split_fractions_check
 from autodeeplab.data.base import PairedFilesDataset, Transform
+from autodeeplab.data.classes_file import (
+    CLASSES_FILES,
+    ClassesSpec,
+    find_classes_file,
+    read_classes_file,
+)
 from autodeeplab.data.imageio import IMAGE_SUFFIXES
-from autodeeplab.data.labels import IGNORE_INDEX, Colour, LabelMap, bit_palette
-from autodeeplab.data.problems import DataProblem, DataProblemError, problem
-from autodeeplab.data.scan import Sample, files_by_key, pair_by_key, stem_key
-from autodeeplab.fileio import loads_json, loads_yaml
+from autodeeplab.data.labels import bit_palette
+from autodeeplab.data.problems import DataProblem, problem
+from autodeeplab.data.scan import Sample, files_by_key, pair_by_key, stem_key, visible
 
-CLASSES_FILES = ("classes.yaml", "classes.yml", "classes.json")
-FLAT_SPLITS = ("all", "train", "val")
-VAL_EVERY = 5  # flat folder without split lists: every VAL_EVERY-th sample goes to "val"
-MAX_CLASSES = IGNORE_INDEX  # train ids must stay below the ignore label
-MAX_STORED_VALUE = 65535  # 16-bit masks
+FLAT_SPLITS = ("all", "train", "val", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.15, 0.15)
+"""A plain folder without split lists: about this fraction of the samples for val, and for test."""
+HELD_OUT = ("train", "val", "test")
+"""Split lists that must not share a stem."""
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg", ".webp")
+_SHOWN = 3  # examples named in a message
 
 
 class FolderDataset(PairedFilesDataset):
@@ -49,6 +60,7 @@ class FolderDataset(PairedFilesDataset):
 
     name = "folder"
     image_size = property(PairedFilesDataset.largest_image_size)  # sizes vary: the largest listed
+    colour_hint = "; for colour-coded masks give 'colours:' (one [R, G, B] per class) in the classes file"
     layout = (
         "a plain folder: <root>/images/ and <root>/masks/ (files matched by stem, optionally in per-split"
         " sub-folders) and <root>/classes.yaml (or classes.json)"
@@ -61,8 +73,17 @@ class FolderDataset(PairedFilesDataset):
         transform: Transform | None = None,
         seed: int = 0,
         strict: bool = True,
+        split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+        split_seed: int = 0,
     ) -> None:
+        split_fractions_check("split_fractions", tuple(split_fractions))
+        self.split_fractions = (float(split_fractions[0]), float(split_fractions[1]))
+        self.split_seed = split_seed
+        self.split_record: dict[str, list[str]] | None = None
+        """The stems of each split when this reader made the split (no lists, no sub-folders), else None:
+        what a run writes into its folder (``data_split.json``)."""
         self.classes_file: Path | None = None
+        self.classes: ClassesSpec | None = None
         if root is not None and Path(root).expanduser().is_dir():
             self._read_classes(Path(root).expanduser())
         super().__init__(root, split, transform, seed, strict)
@@ -73,35 +94,22 @@ class FolderDataset(PairedFilesDataset):
             return FLAT_SPLITS
         root = Path(root).expanduser()
         images = root / "images"
-        subfolders = sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
+        folders = sorted(images.iterdir()) if images.is_dir() else []
+        subfolders = [p.name for p in folders if p.is_dir() and visible(Path(p.name))]
         if subfolders:
             return tuple(subfolders)
-        lists = sorted(p.stem for p in (root / "splits").glob("*.txt"))
+        lists = sorted(p.stem for p in (root / "splits").glob("*.txt") if visible(Path(p.name)))
         return tuple(lists) if lists else FLAT_SPLITS
 
     def _read_classes(self, root: Path) -> None:
-        found = [root / n for n in CLASSES_FILES if (root / n).is_file()]
-        if not found:
+        path = self.classes_file = find_classes_file(root)
+        if path is None:
             return  # reported by _scan as a layout problem
-        path = self.classes_file = found[0]
-        try:
-            text = path.read_text(encoding="utf-8")
-            spec = loads_json(text) if path.suffix == ".json" else loads_yaml(text)
-        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DataProblemError(problem(path, f"unreadable classes file ({reason})")) from None
-        names, colours, ignore, ignore_colour = _parse_classes(spec, path)
-        self.class_names = names
-        self.palette = colours if colours is not None else bit_palette(len(names))
-        self.label_map = LabelMap(
-            {i: i for i in range(len(names))} | {ignore: IGNORE_INDEX},
-            f"0..{len(names) - 1}, or {ignore} (ignore)",
-        )
-        if colours is not None:
-            table = {colour: index for index, colour in enumerate(colours)}
-            if ignore_colour is not None:
-                table[ignore_colour] = ignore
-            self.colour_labels = table
+        spec = self.classes = read_classes_file(path)
+        self.class_names = spec.names
+        self.palette = spec.colours if spec.colours is not None else bit_palette(len(spec.names))
+        self.label_map = spec.label_map()
+        self.colour_labels = spec.colour_table()
 
     def _scan(self) -> tuple[list[Sample], list[DataProblem]]:
         image_root, mask_root = self.root / "images", self.root / "masks"
@@ -117,6 +125,16 @@ class FolderDataset(PairedFilesDataset):
             return [], [self.wrong_layout(mask_dir)]
         images, problems = files_by_key(image_dir, IMAGE_SUFFIXES, stem_key)
         masks, more = files_by_key(mask_dir, IMAGE_SUFFIXES, stem_key)
+        for stem, mask in sorted(masks.items()):
+            if mask.suffix.lower() in LOSSY_MASK_SUFFIXES:
+                del masks[stem]  # reported here, not again as an image without a mask
+                images.pop(stem, None)
+                more.append(
+                    problem(
+                        mask,
+                        "lossy mask: JPEG/WebP compression changes class values; save masks as PNG",
+                    )
+                )
         missing: list[DataProblem] = []
         if not nested:
             keep, missing = self._flat_split_stems(images.keys() | masks.keys())
@@ -128,71 +146,95 @@ class FolderDataset(PairedFilesDataset):
         return samples, problems + more + missing + orphans
 
     def _flat_split_stems(self, on_disk: set[str]) -> tuple[set[str], list[DataProblem]]:
-        """The stems of this split of a flat folder, and one problem per listed stem found on neither side."""
-        list_file = self.root / "splits" / f"{self.split}.txt"
-        if list_file.is_file():
-            keep: set[str] = set()
-            missing = []
-            for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
-                stem = line.strip()
-                if not stem:
+        """The stems of this split of a flat folder, and one problem per listed stem found on neither side,
+        per stem shared with another held-out list; files that no list names become a warning."""
+        lists = {p.stem: p for p in sorted((self.root / "splits").glob("*.txt")) if visible(Path(p.name))}
+        if self.split not in lists:
+            return self._default_split(on_disk), []
+        list_file = lists[self.split]
+        stems, problems = read_split_list(list_file, on_disk)
+        if self.split in HELD_OUT:
+            for other in HELD_OUT:
+                if other == self.split or other not in lists:
                     continue
-                keep.add(stem)
-                if stem not in on_disk:
-                    missing.append(problem(list_file, f"line {number}: {stem!r} has neither image nor label"))
-            return keep, missing
+                shared = sorted(set(stems) & set(read_split_list(lists[other], on_disk)[0]))
+                if shared:
+                    shown = _examples([repr(stem) for stem in shared])
+                    problems.append(
+                        problem(
+                            list_file,
+                            f"{len(shared)} stems are also in {lists[other].name} ({shown}): a sample in "
+                            f"two of {'/'.join(HELD_OUT)} leaks between training and scoring",
+                        )
+                    )
+        listed = set().union(*(read_split_list(path, on_disk)[0] for path in lists.values()))
+        unlisted = sorted(on_disk - listed)
+        if unlisted:
+            shown = _examples(unlisted)
+            self.warnings.append(
+                f"{self.root / 'splits'}: {len(unlisted)} samples are in no split list and not used ({shown})"
+            )
+        return set(stems), problems
+
+    def _default_split(self, on_disk: set[str]) -> set[str]:
+        """Without split lists: ``all``, or this split of :func:`seeded_split` (recorded in
+        :attr:`split_record`)."""
         if self.split == "all":
-            return set(on_disk), []
-        in_val = {stem for i, stem in enumerate(sorted(on_disk)) if i % VAL_EVERY == VAL_EVERY - 1}
-        return (in_val if self.split == "val" else on_disk - in_val), []
+            return set(on_disk)
+        self.split_record = seeded_split(on_disk, self.split_fractions, self.split_seed)
+        return set(self.split_record[self.split])
 
 
-def _parse_classes(spec: Any, path: Path) -> tuple[tuple[str, ...], list[Colour] | None, int, Colour | None]:
-    """Validate a classes file's content: (names, colours or None, ignore value, ignore colour or None)."""
+def seeded_split(stems: set[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` (sorted stems): a stem whose hash score
+    ``sha256(f"{seed}:{stem}")`` in [0, 1) is below ``fractions[0]`` goes to val, below their sum to test.
 
-    def bad(field: str, what: str) -> DataProblemError:
-        return DataProblemError(problem(path, f"field '{field}': {what}"))
-
-    if not isinstance(spec, dict):
-        raise DataProblemError(
-            problem(path, "expected a mapping with 'names' (and optional colours, ignore)")
-        )
-    unknown = sorted(set(spec) - {"names", "colours", "ignore", "ignore_colour"})
-    if unknown:
-        raise bad(unknown[0], "unknown field (known: names, colours, ignore, ignore_colour)")
-    names = spec.get("names")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise bad("names", "must be a non-empty list of class names")
-    if len(set(names)) != len(names):
-        raise bad("names", "class names must be unique")
-    if len(names) > MAX_CLASSES:
-        raise bad("names", f"at most {MAX_CLASSES} classes are supported, got {len(names)}")
-    ignore = spec.get("ignore", IGNORE_INDEX)
-    if (
-        not isinstance(ignore, int)
-        or isinstance(ignore, bool)
-        or not len(names) <= ignore <= MAX_STORED_VALUE
-    ):
-        raise bad(
-            "ignore",
-            f"must be an integer in {len(names)}..{MAX_STORED_VALUE} (not a class value), got {ignore!r}",
-        )
-    colours = spec.get("colours")
-    if colours is not None:
-        if not isinstance(colours, list) or len(colours) != len(names):
-            raise bad("colours", f"must list one [R, G, B] per class ({len(names)})")
-        colours = [_colour(c, lambda what: bad("colours", what)) for c in colours]
-        if len(set(colours)) != len(colours):
-            raise bad("colours", "class colours must be distinct")
-    ignore_colour = spec.get("ignore_colour")
-    if ignore_colour is not None:
-        ignore_colour = _colour(ignore_colour, lambda what: bad("ignore_colour", what))
-    return tuple(names), colours, ignore, ignore_colour
+    Each stem's split depends on its name and ``seed`` alone, so adding or removing files never moves
+    the others (the proportions are approximate). With three or more samples, every split gets at least
+    one (the lowest-scored stem of the largest split moves), so that a small folder still has all three.
+    """
+    val_cut, test_cut = fractions[0], fractions[0] + fractions[1]
+    scores = {stem: _score(seed, stem) for stem in stems}
+    split = {"train": [], "val": [], "test": []}
+    for stem in sorted(stems):
+        score = scores[stem]
+        split["val" if score < val_cut else "test" if score < test_cut else "train"].append(stem)
+    wanted = {"train": True, "val": fractions[0] > 0, "test": fractions[1] > 0}
+    for name in ("train", "val", "test"):
+        if wanted[name] and not split[name] and len(stems) >= 3:
+            donor = max(split.values(), key=len)  # the largest split keeps at least one
+            moved = min(donor, key=lambda stem: scores[stem])
+            donor.remove(moved)
+            split[name].append(moved)
+    return split
 
 
-def _colour(value: Any, bad) -> Colour:
-    if not (isinstance(value, list | tuple) and len(value) == 3 and all(isinstance(v, int) for v in value)):
-        raise bad(f"expected [R, G, B] integers, got {value!r}")
-    if not all(0 <= v <= 255 for v in value):
-        raise bad(f"colour values must be within 0..255, got {value!r}")
-    return (value[0], value[1], value[2])
+def _score(seed: int, stem: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{stem}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _examples(items: list[str]) -> str:
+    return ", ".join(items[:_SHOWN]) + (", ..." if len(items) > _SHOWN else "")
+
+
+def read_split_list(path: Path, on_disk: set[str]) -> tuple[dict[str, int], list[DataProblem]]:
+    """``{stem: line number}`` of a split list (``#`` starts a comment) and a problem per stem on disk on
+    neither side, with a hint when the line looks like a file name or a path."""
+    stems: dict[str, int] = {}
+    problems = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        stem = line.split("#", 1)[0].strip()
+        if not stem:
+            continue
+        stems.setdefault(stem, number)
+        if stem in on_disk:
+            continue
+        name = Path(stem)
+        hint = ""
+        if name.stem in on_disk and name.suffix:
+            hint = f"; list stems without the extension ({name.stem!r})"
+        elif name.name != stem and Path(name.name).stem in on_disk:
+            hint = f"; list stems, not paths ({Path(name.name).stem!r})"
+        problems.append(problem(path, f"line {number}: {stem!r} has neither image nor label{hint}"))
+    return stems, problems

@@ -86,12 +86,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def read_label(path: str | Path, allow_colour: bool = False) -> np.ndarray:
+def read_label(path: str | Path, allow_colour: bool = False, hint: str = "") -> np.ndarray:
     """Decode a label file without interpreting it.
 
     Returns ``[H, W]`` integers (``uint8`` for 8-bit/palette files, ``int32`` for 16-bit ones) as stored; with
     ``allow_colour`` an RGB(A) label comes back as ``uint8 [H, W, 3]`` for colour decoding, otherwise it is a
-    problem, since reading an RGB picture as class indices would train on nonsense.
+    problem, since reading an RGB picture as class indices would train on nonsense (``hint`` ends its
+    message: how this dataset could read colour-coded labels).
     """
     path = Path(path)
     image = _open_decoded(path, "label")
@@ -104,7 +105,8 @@ def read_label(path: str | Path, allow_colour: bool = False) -> np.ndarray:
     expected = (
         "single-channel class indices or RGB colours" if allow_colour else "single-channel class indices"
     )
-    raise DataProblemError(problem(path, f"label file has PIL mode {image.mode!r}; expected {expected}"))
+    message = f"label file has PIL mode {image.mode!r}; expected {expected}"
+    raise DataProblemError(problem(path, message + (hint if image.mode in _COLOUR_MODES else "")))
 
 
 def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:

@@ -34,6 +34,8 @@ def files_by_key(
     problems: list[DataProblem] = []
     paths = folder.rglob("*") if recursive else folder.iterdir()
     for path in sorted(paths):
+        if not visible(path.relative_to(folder)):
+            continue  # .ipynb_checkpoints/, .DS_Store, editors' ._files: never data
         if not (path.suffix.lower() in suffixes and path.is_file()):
             continue
         name = key(path)
@@ -61,6 +63,11 @@ def pair_by_key(
         label_without_image(labels[k], expected_image(k)) for k in sorted(labels.keys() - images.keys())
     ]
     return samples, problems
+
+
+def visible(path: Path) -> bool:
+    """Whether no part of ``path`` starts with a dot (hidden entries are never part of a dataset)."""
+    return not any(part.startswith(".") for part in path.parts if part not in (".", ".."))
 
 
 def stem_key(path: Path) -> str:

@@ -18,6 +18,7 @@ from autodeeplab.config.checks import (
     positive,
     scale_range,
     seed_range,
+    split_fractions,
 )
 from autodeeplab.config.settings import register_presets
 from autodeeplab.errors import ConfigError
@@ -45,11 +46,16 @@ class SearchDataConfig:
     synthetic_train_samples: int = 64
     synthetic_val_samples: int = 16
     synthetic_size: tuple[int, int] = (64, 64)
+    split_fractions: tuple[float, float] = (0.15, 0.15)
+    """A plain folder without split lists: about these fractions of its samples form val and test (each
+    file's split fixed by its name and ``split_seed``; see :func:`autodeeplab.data.folder.seeded_split`)."""
+    split_seed: int = 0
 
     def __post_init__(self) -> None:
         # Normalise only; the checks are in validate(), called by SearchConfig with the section's name.
         self.scale_range = tuple(self.scale_range)
         self.synthetic_size = tuple(self.synthetic_size)
+        self.split_fractions = tuple(self.split_fractions)
 
     def validate(self, where: str = "data") -> None:
         """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
@@ -58,6 +64,8 @@ class SearchDataConfig:
         at_least(dotted(where, "num_workers"), self.num_workers, 0)
         at_least_one_or_null(dotted(where, "max_val_images"), self.max_val_images)
         at_least(dotted(where, "synthetic_train_samples"), self.synthetic_train_samples, 1)
+        split_fractions(dotted(where, "split_fractions"), self.split_fractions)
+        seed_range(dotted(where, "split_seed"), self.split_seed)
         at_least(dotted(where, "synthetic_val_samples"), self.synthetic_val_samples, 1)
 
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from autodeeplab.data.registry import build_dataset
+from autodeeplab.data.splits import record_split
 from autodeeplab.data.transforms import EvalTransform, TrainTransform, check_crop_size
 from autodeeplab.errors import DataError
 from autodeeplab.fast.execution import Precision
@@ -107,6 +109,7 @@ def _search(
     device = resolve_device(config.device)
     config.execution.check_device(device.type)  # the rest was validated with the settings
     train_a, train_b, val = build_search_data(config)
+    record_split(run.path, train_a)  # a split made by the reader: written, or checked on resume
     if config.data.dataset == "cityscapes" and tuple(train_a.image_size or ()) == CITYSCAPES_FULL_SIZE:
         echo(
             "note: searching on full-resolution Cityscapes; the paper crops from half-resolution images "
@@ -325,9 +328,11 @@ def build_search_data(config: SearchConfig):
     train_transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip)
 
     def open_split(split: str, transform, synthetic_samples: int):
-        options = {"seed": config.seed}
+        options: dict[str, Any] = {"seed": config.seed}
         if d.dataset == "synthetic":
             options.update(num_samples=synthetic_samples, size=d.synthetic_size)
+        if d.dataset == "folder":
+            options.update(split_fractions=d.split_fractions, split_seed=d.split_seed)
         return build_dataset(d.dataset, d.root, split, transform=transform, **options)
 
     train_a = open_split(d.train_split, train_transform, d.synthetic_train_samples)

@@ -32,6 +32,7 @@ from torch import nn
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
+from autodeeplab.data.splits import record_split
 from autodeeplab.errors import DataError
 from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.infer.predict import log_prediction_panels
@@ -83,7 +84,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.SGD:
 def train_dataset_options(config: TrainConfig) -> dict[str, Any]:
     """``build_dataset`` options shared by the training and evaluation splits (recorded in ``model.pt``)."""
     d = config.data
-    return {"size": list(d.synthetic_size), "seed": config.seed} if d.dataset == "synthetic" else {}
+    if d.dataset == "synthetic":
+        return {"size": list(d.synthetic_size), "seed": config.seed}
+    if d.dataset == "folder":  # the held-out split of a plain folder is remade from these by eval
+        return {"split_fractions": list(d.split_fractions), "split_seed": d.split_seed}
+    return {}
 
 
 def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
@@ -168,6 +173,7 @@ def _train(
     loaded = load_training_state(run, config, echo or print) if resume else None
     device = resolve_device(config.device)
     train, val = build_train_data(config)
+    record_split(run.path, train)  # a split made by the reader: written, or checked on resume
     model = build_model(genotype, config, train.num_classes).to(device)
     optimizer = make_optimizer(model, config)
     info = TrainedInfo(
