@@ -99,3 +99,20 @@ def test_a_resumed_bar_starts_at_its_offset_and_times_only_new_steps():
     # 5 steps in 10 s: 0.5 it/s and 10 s for the 5 left (a rate over all 95 steps would claim 9.5 it/s)
     assert out.getvalue().splitlines()[-1] == "training  95% 95/100 [0:00:10<0:00:10] 0.5 it/s"
     assert out.getvalue().splitlines()[0] == "training  91% 91/100 [0:00:02<0:00:18] 0.5 it/s"
+
+
+def test_a_delayed_bar_stays_silent_when_short_and_shows_a_long_run():
+    clock, out = FakeClock(), io.StringIO()
+    with Progress(4, "validation", stream=out, clock=clock, is_tty=False, delay_s=3.0) as bar:
+        for _ in range(4):
+            clock.now += 0.5
+            bar.update()
+    assert out.getvalue() == ""  # 2 s in all: never shown
+    with Progress(4, "validation", stream=out, clock=clock, is_tty=False, delay_s=3.0) as bar:
+        for _ in range(4):
+            clock.now += 2.0
+            bar.update()
+    assert out.getvalue().splitlines() == [
+        "validation  50% 2/4 [0:00:04<0:00:04] 0.5 it/s",  # the first update past the delay
+        "validation 100% 4/4 [0:00:08<0:00:00] 0.5 it/s",
+    ]

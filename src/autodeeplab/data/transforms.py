@@ -96,6 +96,32 @@ class EvalTransform:
         return normalize_image(image), _mask_tensor(mask)
 
 
+class CentreCropTransform:
+    """Evaluation on the centre ``crop_size`` window of each image (padded where the image is smaller, the
+    mask with ``ignore_index``), unscaled and unflipped: a search validates at the size it trains at, so
+    that one validation image costs one supernet forward of a training crop, whatever the photo's size."""
+
+    def __init__(self, crop_size: int | tuple[int, int], ignore_index: int = IGNORE_INDEX) -> None:
+        self.crop_size = parse_crop_size(crop_size)
+        self.ignore_index = ignore_index
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = _as_uint8_mask(mask)
+        height, width = mask.shape
+        crop_h, crop_w = self.crop_size
+        top, left = max(height - crop_h, 0) // 2, max(width - crop_w, 0) // 2
+        window = image[top : top + crop_h, left : left + crop_w]
+        inner_h, inner_w = window.shape[:2]
+        out_image = np.empty((crop_h, crop_w, 3), dtype=np.uint8)
+        out_image[...] = _PAD_RGB
+        out_image[:inner_h, :inner_w] = window
+        out_mask = np.full((crop_h, crop_w), self.ignore_index, dtype=np.uint8)
+        out_mask[:inner_h, :inner_w] = mask[top : top + crop_h, left : left + crop_w]
+        return normalize_image(out_image), _mask_tensor(out_mask)
+
+
 class TrainTransform:
     """Random scale → random crop (padding where the scaled image is smaller) → flip → photometric jitter.
 

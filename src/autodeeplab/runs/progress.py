@@ -47,8 +47,9 @@ class Progress:
     """A progress display for ``total`` steps (None when unknown) labelled ``desc``.
 
     ``start``: steps done before the bar started (a resumed run); the bar begins there, and rates and the
-    ETA count only the steps done since. ``stream`` defaults to ``sys.stderr`` at construction time.
-    ``clock`` and ``is_tty`` exist for tests.
+    ETA count only the steps done since. ``delay_s``: nothing is shown before this many seconds (a short
+    evaluation stays silent, a long one shows its progress). ``stream`` defaults to ``sys.stderr`` at
+    construction time. ``clock`` and ``is_tty`` exist for tests.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class Progress:
         clock: Callable[[], float] = time.monotonic,
         is_tty: bool | None = None,
         start: int = 0,
+        delay_s: float = 0.0,
     ) -> None:
         self.total = total
         self.desc = desc
@@ -69,6 +71,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.log_every_s = log_every_s
         self.redraw_s = redraw_s
+        self.delay_s = delay_s
         self._clock = clock
         if is_tty is None:
             isatty = getattr(self.stream, "isatty", None)
@@ -116,6 +119,8 @@ class Progress:
         if self.quiet or self._closed:
             return
         now = self._clock()
+        if now - self._start < self.delay_s:
+            return
         finished = self.total is not None and self.n >= self.total
         if self.is_tty:
             if finished or self._last_output is None or now - self._last_output >= self.redraw_s:
@@ -143,6 +148,8 @@ class Progress:
         if self.quiet:
             return
         now = self._clock()
+        if self._last_output is None and now - self._start < self.delay_s:
+            return  # finished before the delay: never shown
         if self.is_tty:
             if self._last_output is not None:
                 self._draw(now)

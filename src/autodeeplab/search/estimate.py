@@ -7,7 +7,9 @@ input, the stem's stride 2, levels 0–3): activations are linear in the pixels 
 only the ceil() of odd sizes is extrapolated. Parameters, gradients and optimizer state are counted
 directly. Time: one weight step and one architecture step are timed at two calibration crops on the
 target device (after a warm-up) and fitted as ``a + b · pixels``; the projected search multiplies by the
-number of steps (validation not included). ``benchmarks/README.md`` compares both with measurements.
+number of steps, and adds each epoch's validation (an evaluation forward timed the same way, at the
+validation's image size, times the images validated). ``benchmarks/README.md`` compares both with
+measurements.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ TIME_CROPS = (65, 129)
 """Crops of the two timed iterations (the target crop itself when it is not larger)."""
 KNOWN_TRAIN_IMAGES = {("cityscapes", "train"): 2975, ("camvid", "train"): 367, ("ade20k", "train"): 20210}
 """Training-split sizes used when the dataset is not on this machine (for the projected search time)."""
+KNOWN_VAL_IMAGES = {("cityscapes", "val"): 500, ("camvid", "val"): 101, ("ade20k", "val"): 2000}
+KNOWN_IMAGE_SIZES = {"cityscapes": (1024, 2048), "camvid": (360, 480), "ade20k": (512, 683)}
+"""(H, W) of whole validation images when the dataset is not on this machine (ADE20K: a typical one)."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,18 @@ class SearchEstimate:
     steps_note: str = ""
     epochs: int = 0
     arch_start_epoch: int = 0
+    val_images: int | None = None
+    """Images validated after each epoch (``data.max_val_images`` applied); None: unknown."""
+    val_pixels: int | None = None
+    """Pixels of one validation image (the crop with ``data.val_crop``)."""
+    val_image_seconds: float | None = None
+    """One evaluation forward of the supernet on one validation image."""
+
+    @property
+    def val_epoch_seconds(self) -> float | None:
+        if self.val_images is None or self.val_image_seconds is None:
+            return None
+        return self.val_images * self.val_image_seconds
 
     @property
     def peak_bytes(self) -> int:
@@ -140,7 +157,8 @@ class SearchEstimate:
 
     @property
     def search_hours(self) -> float | None:
-        """Weight steps every epoch, architecture steps from ``arch_start_epoch`` on; no validation."""
+        """Weight steps every epoch, architecture steps from ``arch_start_epoch`` on, and each epoch's
+        validation when its size is known."""
         if self.iteration_seconds is None or self.steps_per_epoch is None:
             return None
         seconds = projected_search_seconds(
@@ -150,7 +168,7 @@ class SearchEstimate:
             self.epochs,
             self.arch_start_epoch,
         )
-        return seconds / 3600
+        return (seconds + self.epochs * (self.val_epoch_seconds or 0.0)) / 3600
 
 
 def _dataset_facts(config: SearchConfig) -> tuple[int, int | None, str]:
@@ -167,6 +185,48 @@ def _dataset_facts(config: SearchConfig) -> tuple[int, int | None, str]:
         known = KNOWN_TRAIN_IMAGES.get((d.dataset, d.train_split))
         note = f"{known} images assumed ({d.dataset} {d.train_split} not found)" if known else ""
         return classes, known, note
+
+
+def _validation_facts(config: SearchConfig) -> tuple[int | None, int | None]:
+    """(images validated per epoch, pixels of one) — None where the dataset is not on this machine and
+    its size is not known."""
+    d = config.data
+    options: dict = {"seed": config.seed}
+    if d.dataset == "synthetic":
+        options.update(num_samples=d.synthetic_val_samples, size=d.synthetic_size)
+    if d.dataset == "folder":
+        options.update(split_fractions=d.split_fractions, split_seed=d.split_seed)
+    try:
+        dataset = build_dataset(d.dataset, d.root, d.val_split, **options)
+        count, size = len(dataset), dataset.image_size
+    except AutoDeepLabError:
+        count = KNOWN_VAL_IMAGES.get((d.dataset, d.val_split))
+        size = KNOWN_IMAGE_SIZES.get(d.dataset)
+    if count is not None and d.max_val_images is not None:
+        count = min(count, d.max_val_images)
+    pixels = d.crop_size**2 if d.val_crop else (size[0] * size[1] if size else None)
+    return count, pixels
+
+
+def _time_forward(model, device: torch.device, crop: int, batch: int, repeats: int) -> float:
+    """Median seconds per image of an evaluation forward (eval mode, no gradients) of ``batch``
+    ``crop`` × ``crop`` images."""
+    images = torch.randn(batch, 3, crop, crop, device=device)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.no_grad():
+            for _ in range(repeats + 1):
+                _synchronize(device)
+                start = time.perf_counter()
+                model(images)
+                _synchronize(device)
+                times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
+    rest = sorted(times[1:])
+    return rest[len(rest) // 2] / batch
 
 
 def _synchronize(device: torch.device) -> None:
@@ -242,6 +302,14 @@ def estimate_search(
             points.append((c, *_time_steps(model, config, device, c, classes, repeats)))
         estimate.weight_step_seconds = _extrapolate([(c, w) for c, w, _ in points], crop)
         estimate.arch_step_seconds = _extrapolate([(c, a) for c, _, a in points], crop)
+    estimate.val_images, estimate.val_pixels = _validation_facts(config)
+    if measure_time and estimate.val_images and estimate.val_pixels:
+        echo("timing one validation forward ...")
+        sides = sorted({min(c, crop) for c in TIME_CROPS})
+        # Centre crops are validated in batches of batch_size, whole images one at a time.
+        batch = config.batch_size if config.data.val_crop else 1
+        forwards = [(c, _time_forward(model, device, c, batch, repeats)) for c in sides]
+        estimate.val_image_seconds = _extrapolate(forwards, math.isqrt(estimate.val_pixels))
     return estimate
 
 
@@ -281,9 +349,18 @@ def format_estimate(e: SearchEstimate) -> str:
         lines.append(
             f"  full search: {e.epochs} epochs x {e.steps_per_epoch} steps "
             f"(architecture steps from epoch {e.arch_start_epoch + 1}; {e.steps_note}): "
-            f"about {_duration(e.search_hours * 3600)} without validation"
+            f"about {_duration(e.search_hours * 3600)}"
+            + (" with validation" if e.val_epoch_seconds is not None else " without validation")
         )
-    elif e.iteration_seconds is not None and e.steps_per_epoch is None:
+    if e.val_epoch_seconds is not None:
+        side = math.isqrt(e.val_pixels or 0)
+        lines.append(
+            f"  validation: {e.val_images} images of about {side}x{side} pixels after each epoch, "
+            f"about {_duration(e.val_epoch_seconds)} each (data.max_val_images, data.val_crop)"
+        )
+    elif e.iteration_seconds is not None:
+        lines.append("  validation: not counted (validation split size or image size unknown)")
+    if e.iteration_seconds is not None and e.steps_per_epoch is None:
         lines.append("  full search: unknown epoch length (dataset not found; set steps_per_epoch)")
     if math.isfinite(e.peak_bytes) and e.device.startswith("cuda") and torch.cuda.is_available():
         total = torch.cuda.get_device_properties(torch.device(e.device)).total_memory

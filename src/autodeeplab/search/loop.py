@@ -18,13 +18,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.splits import record_split
-from autodeeplab.data.transforms import EvalTransform, TrainTransform, check_crop_size
+from autodeeplab.data.transforms import (
+    CentreCropTransform,
+    EvalTransform,
+    TrainTransform,
+    check_crop_size,
+)
 from autodeeplab.errors import DataError
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
@@ -60,6 +66,10 @@ def build_autodeeplab_space(config: SearchConfig, num_classes: int) -> SearchSpa
     """The default search space: Auto-DeepLab's supernet (``config.space``), run as ``config.execution``
     says."""
     return build_supernet(config.space, num_classes, execution=config.execution)
+
+
+VALIDATION_BAR_DELAY_S = 3.0
+"""A validation shorter than this shows no bar."""
 
 
 @dataclass
@@ -215,7 +225,7 @@ def _search(
             position = SearchPosition(
                 epoch + 1, 0, position.global_step, position.b_cycle, position.b_batch
             )  # the sums start again
-            val_miou = validation_miou(model, val, config, device)
+            val_miou = validation_miou(model, val, config, device, quiet)
             if tensorboard is not None:
                 log_prediction_panels(tensorboard, "search/predictions", model, val, epoch + 1, device)
             genotype = record_epoch(
@@ -338,7 +348,8 @@ def build_search_data(config: SearchConfig):
     train_a = open_split(d.train_split, train_transform, d.synthetic_train_samples)
     check_crop_size(d.crop_size, train_a.image_size, d.scale_range[1])
     train_b = open_split(d.train_split, train_transform, d.synthetic_train_samples)
-    val = open_split(d.val_split, EvalTransform(), d.synthetic_val_samples)
+    val_transform = CentreCropTransform(d.crop_size) if d.val_crop else EvalTransform()
+    val = open_split(d.val_split, val_transform, d.synthetic_val_samples)
     if len(train_a) < 2 * config.batch_size:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "
@@ -352,14 +363,26 @@ def steps_per_epoch(num_a: int, config: SearchConfig) -> int:
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
 
 
-def validation_miou(model: nn.Module, val, config: SearchConfig, device: torch.device) -> float:
-    result = evaluate(
-        model,
-        val,
-        val.num_classes,
-        val.class_names,
-        val.ignore_index,
-        device=device,
-        max_images=config.data.max_val_images,
-    )
+def validation_miou(
+    model: nn.Module, val, config: SearchConfig, device: torch.device, quiet: bool = False
+) -> float:
+    """mIoU of the supernet on the first ``data.max_val_images`` images of ``val`` (all: None); a bar
+    appears when it takes more than a few seconds. Centre crops (``data.val_crop``) share one size, so they
+    go through in batches of ``batch_size``: the supernet's time per forward is mostly per operation, not
+    per pixel, on a CPU."""
+    count = len(val) if config.data.max_val_images is None else min(len(val), config.data.max_val_images)
+    samples = val
+    if config.data.val_crop:
+        samples = DataLoader(Subset(val, range(count)), batch_size=config.batch_size, shuffle=False)
+    with Progress(count, "validation", quiet=quiet, delay_s=VALIDATION_BAR_DELAY_S) as bar:
+        result = evaluate(
+            model,
+            samples,
+            val.num_classes,
+            val.class_names,
+            val.ignore_index,
+            device=device,
+            max_images=count,
+            progress=lambda done: bar.update(done - bar.n, images=done - bar.n),
+        )
     return float(result.metrics.miou)
