@@ -170,3 +170,37 @@ def test_a_run_records_the_split_it_was_given_and_refuses_a_folder_that_changed(
     listed = write_folder(tmp_path / "listed", count=2, nested=True)
     record_split(tmp_path / "nothing", build_dataset("folder", listed, "train"))  # given splits: no record
     assert not (tmp_path / "nothing").exists()
+
+
+def test_data_stats_counts_pixels_and_images_per_class_by_hand(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "splits").mkdir(parents=True)
+    (root / "classes.yaml").write_text("names: [sky, road, car]\nignore: 9\n")
+    masks = {
+        "a": np.array([[0, 0, 1, 9]] * 2, np.uint8),  # sky 4, road 2, ignored 2
+        "b": np.array([[1, 1, 1, 1], [1, 1, 9, 9]], np.uint8),  # road 6, ignored 2
+        "c": np.array([[0, 0, 0, 0]] * 3, np.uint8),  # sky 12 (3x4)
+    }
+    for stem, mask in masks.items():
+        save(root / "images" / f"{stem}.png", rgb(1, *mask.shape))
+        save(root / "masks" / f"{stem}.png", mask)
+    (root / "splits" / "train.txt").write_text("a\nb\n")
+    (root / "splits" / "val.txt").write_text("c\n")
+    out = tmp_path / "stats"
+    assert main(["data", "stats", "--dataset", "folder", "--data-root", str(root), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 2 samples; sizes (HxW) min 2x4, median 2x4, max 2x4; ignored 25.0%" in printed
+    assert "classes never seen: car" in printed
+    data = json.loads((out / "stats.json").read_text())
+    train = data["splits"]["train"]
+    assert (train["pixels"], train["images"], train["ignored_pixels"]) == ([4, 8, 0], [1, 2, 0], 4)
+    assert train["class_fractions"] == {"sky": 1 / 3, "road": 2 / 3, "car": 0.0}
+    assert data["splits"]["val"]["sizes"] == {"min": [3, 4], "median": [3, 4], "max": [3, 4]}
+    assert data["never_seen"] == ["car"]
+    assert (out / "class_pixels.png").read_bytes()[:4] == b"\x89PNG"
+    # its own files are replaced; a foreign one is not
+    assert main(["data", "stats", "--dataset", "folder", "--data-root", str(root), "-o", str(out)]) == 0
+    (out / "stats.json").write_text("{}")
+    capsys.readouterr()
+    assert main(["data", "stats", "--dataset", "folder", "--data-root", str(root), "-o", str(out)]) == 2
+    assert "was not written by autodeeplab" in capsys.readouterr().err

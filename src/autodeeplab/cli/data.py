@@ -1,4 +1,5 @@
-"""``autodeeplab data``: check a dataset for every problem at once; prepare a resized Cityscapes copy.
+"""``autodeeplab data``: check a dataset for every problem at once; count what it holds; prepare a resized
+Cityscapes copy.
 
 ``autodeeplab data check --dataset NAME --data-root PATH [--split S ...]`` prints one line per problem and
 exits 2 when there is any; a clean dataset gets one summary line and exit 0.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from autodeeplab.cli.common import add_overwrite_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +35,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--split", action="append", metavar="SPLIT", help="split to check (repeatable; default: all splits)"
     )
     check.set_defaults(func=run_check)
+
+    stats = commands.add_parser(
+        "stats",
+        help="class balance and image sizes per split",
+        description="Per split: samples, image sizes, each class's share of the labelled pixels and the "
+        "images it appears in, the ignored fraction, classes never seen. Prints a table and writes "
+        "stats.json and class_pixels.png.",
+    )
+    stats.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASET_NAMES, help="dataset layout")
+    stats.add_argument("--data-root", metavar="PATH", help="dataset folder (not for synthetic)")
+    stats.add_argument(
+        "--split", action="append", metavar="SPLIT", help="split to count (repeatable; default: all splits)"
+    )
+    stats.add_argument(
+        "--output",
+        "-o",
+        metavar="DIR",
+        help="folder for stats.json and class_pixels.png (default: data-stats-<dataset>)",
+    )
+    add_overwrite_argument(stats)
+    stats.set_defaults(func=run_stats)
 
     prepare = commands.add_parser(
         "prepare",
@@ -79,6 +103,37 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"{where}: {count} {noun} in {total} samples ({counts})", file=sys.stderr)
         return 2
     print(f"{where}: no problems in {total} samples ({counts})")
+    return 0
+
+
+STATS_FILES = ("stats.json", "class_pixels.png")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autodeeplab.data.stats import STATS_FORMAT, dataset_stats, format_stats
+    from autodeeplab.fileio import atomic_write_json, loads_json
+    from autodeeplab.outputs import check_output_folder, is_our_png
+    from autodeeplab.viz.data import plot_class_fractions
+
+    def ours(path: Path) -> bool:
+        if path.suffix == ".png":
+            return is_our_png(path)
+        try:
+            return loads_json(path.read_text(encoding="utf-8")).get("format") == STATS_FORMAT
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            return False
+
+    out = Path(args.output or f"data-stats-{args.dataset}")
+    inputs = [Path(args.data_root)] if args.data_root else []
+    check_output_folder(out, "--output", STATS_FILES, inputs=inputs, overwrite=args.overwrite, ours=ours)
+    stats = dataset_stats(args.dataset, args.data_root, args.split, progress=_progress_printer())
+    print(format_stats(stats))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STATS_FILES[0], stats.to_json())
+    plot_class_fractions(stats, out / STATS_FILES[1])
+    print(f"wrote {out / STATS_FILES[0]} and {out / STATS_FILES[1]}")
     return 0
 
 
