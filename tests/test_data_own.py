@@ -204,3 +204,13 @@ def test_data_stats_counts_pixels_and_images_per_class_by_hand(tmp_path, capsys)
     capsys.readouterr()
     assert main(["data", "stats", "--dataset", "folder", "--data-root", str(root), "-o", str(out)]) == 2
     assert "was not written by autodeeplab" in capsys.readouterr().err
+
+
+def test_a_search_or_training_on_0_255_masks_refuses_before_losing_the_foreground(tmp_path, capsys):
+    root = binary_folder(tmp_path / "data", "names: [background, object]\n", count=8)
+    common = ["--dataset", "folder", "--data-root", str(root), "--set", "data.crop_size=4"]
+    run = tmp_path / "run"
+    code = main(["train", "--genotype", "paper", "--preset", "tiny", *common, "-o", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "write 'values: {0: background, 255: object}'" in err and not run.exists()

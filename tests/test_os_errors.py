@@ -214,3 +214,21 @@ def test_output_of_the_wrong_kind_is_one_line(user, capsys):  # noqa: F811
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
+
+
+@needs_mount
+def test_a_full_disk_during_training_says_so_and_resume_finishes(tmp_path):
+    disk = tmp_path / "disk"
+    run = disk / "run"
+    small = ["model.filter_multiplier=2", "model.aspp_channels=8", "model.decoder_channels=8"]
+    sets = [part for s in [*small, "iterations=4", "checkpoint_every=2"] for part in ("--set", s)]
+    steps = [
+        # 3 MiB: the first checkpoint (about 2.4 MB) fits, the second does not
+        {"argv": ["train", "-q", "--genotype", "paper", "--preset", "tiny", *sets, "-o", str(run)]},
+        {"sh": f'mount -o remount,size=64m "{disk}"'},
+        {"argv": ["train", "-q", "--resume", str(run)]},
+    ]
+    full, _, resumed = in_namespace(tmp_path, "size=3m", disk, steps)
+    one_line(full, "No space left on device", f"resume with: autodeeplab train --resume {run}")
+    assert resumed["code"] == 0, resumed["err"]
+    assert "resuming from" in resumed["out"] + resumed["err"]

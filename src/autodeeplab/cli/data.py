@@ -132,7 +132,8 @@ def run_stats(args: argparse.Namespace) -> int:
     print(format_stats(stats))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / STATS_FILES[0], stats.to_json())
-    plot_class_fractions(stats, out / STATS_FILES[1])
+    fractions = {name: split.fractions() for name, split in stats.splits.items()}
+    plot_class_fractions(stats.dataset, stats.class_names, fractions, out / STATS_FILES[1])
     print(f"wrote {out / STATS_FILES[0]} and {out / STATS_FILES[1]}")
     return 0
 

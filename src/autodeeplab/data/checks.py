@@ -89,6 +89,26 @@ def check_dataset_report(
     return report
 
 
+FIRST_MASKS = 8
+"""Masks a search or training reads at its start for :func:`refuse_hidden_class`."""
+
+
+def refuse_hidden_class(dataset: Any) -> None:
+    """Refuse, at the start of a search or training, a two-class dataset whose ignore value hides one class
+    (0/255 masks read with the default ``ignore: 255``), from its first few masks: the same problem
+    ``data check`` reports for the whole dataset, so that no run trains with its foreground ignored."""
+    if getattr(dataset, "classes", None) is None or len(dataset) == 0:
+        return
+    counts = np.zeros(IGNORE_INDEX + 1, dtype=np.int64)
+    for index in range(min(len(dataset), FIRST_MASKS)):
+        _, mask = dataset.load_raw(index)
+        counts += np.bincount(mask.ravel(), minlength=IGNORE_INDEX + 1)[: IGNORE_INDEX + 1]
+    found: list[DataProblem] = []
+    _check_label_balance(dataset, {dataset.split: counts}, CheckReport(), found.append)
+    if found:
+        raise DataProblemError(found[0])
+
+
 def _check_label_balance(dataset: Any, pixels: dict[str, np.ndarray], report: CheckReport, add) -> None:
     """Masks whose ignore value hides a class: the two-class 0/255 case is a problem (with the lines to
     write), an ignore value over half of the pixels and a class absent from ``train`` are warnings."""

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
+from autodeeplab.data.checks import refuse_hidden_class
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.splits import record_split
@@ -347,6 +348,7 @@ def build_search_data(config: SearchConfig):
 
     train_a = open_split(d.train_split, train_transform, d.synthetic_train_samples)
     check_crop_size(d.crop_size, train_a.image_size, d.scale_range[1])
+    refuse_hidden_class(train_a)  # 0/255 masks read with ignore 255 would lose their foreground
     train_b = open_split(d.train_split, train_transform, d.synthetic_train_samples)
     val_transform = CentreCropTransform(d.crop_size) if d.val_crop else EvalTransform()
     val = open_split(d.val_split, val_transform, d.synthetic_val_samples)

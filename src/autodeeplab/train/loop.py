@@ -32,6 +32,7 @@ from torch import nn
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
+from autodeeplab.data.checks import refuse_hidden_class
 from autodeeplab.data.splits import record_split
 from autodeeplab.errors import DataError
 from autodeeplab.infer.evaluate import evaluate
@@ -105,6 +106,7 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
         d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
     )
     check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
+    refuse_hidden_class(train)  # 0/255 masks read with ignore 255 would lose their foreground
     config.network_config(train.num_classes, f"{d.dataset} {d.train_split}")  # model.num_classes fits
     if batches_per_epoch(len(train), config.batch_size) == 0:
         raise DataError(

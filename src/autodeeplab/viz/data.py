@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from autodeeplab.data.stats import DatasetStats
 from autodeeplab.viz.common import new_figure, save_png
 
 
-def plot_class_fractions(stats: DatasetStats, out_png: str | os.PathLike[str]) -> Path:
-    """Grouped bars: classes along x, one bar per split, height = % of the split's labelled pixels."""
-    names = stats.class_names
-    splits = list(stats.splits)
+def plot_class_fractions(
+    title: str,
+    names: Sequence[str],
+    fractions: Mapping[str, Sequence[float]],
+    out_png: str | os.PathLike[str],
+) -> Path:
+    """Grouped bars: classes along x, one bar per split of ``fractions`` (split -> each class's share of
+    the split's labelled pixels, 0..1)."""
+    splits = list(fractions)
     fig = new_figure((max(4.0, 0.55 * len(names) * max(len(splits), 1) ** 0.5 + 1.5), 3.6))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
     width = 0.8 / max(len(splits), 1)
     for k, split in enumerate(splits):
-        values = [100 * f for f in stats.splits[split].fractions()]
+        values = [100 * f for f in fractions[split]]
         ax.bar(x + (k - (len(splits) - 1) / 2) * width, values, width, label=split)
     ax.set_xticks(x)
     ax.set_xticklabels(
         names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center"
     )
     ax.set_ylabel("% of labelled pixels")
-    ax.set_title(f"{stats.dataset}: class balance", fontsize=10)
+    ax.set_title(f"{title}: class balance", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     if splits:
         ax.legend(fontsize=7, frameon=False)
