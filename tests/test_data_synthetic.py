@@ -80,14 +80,16 @@ def test_generation_is_fast():
     assert per_sample < 0.02  # a few ms on a laptop; generous for a shared CI core
 
 
-def test_per_pixel_colour_classifier_fails():
+@pytest.mark.parametrize("style", ["easy", "hard"])
+def test_per_pixel_colour_classifier_fails(style):
     """The best class per quantised colour, fitted on the very pixels it is scored on, is far from solving it.
 
     Every class is a grating between the same two per-image colours, so colour carries only class priors
-    (the largest class holds about 24% of pixels). Measured: 0.36 with 8 levels per channel on these 128
-    images, 0.41 with 16 levels: finer bins only memorise more pixels of this particular set.
+    (the largest class holds about 24% of pixels). Measured on these 128 images: 0.31 (easy) and 0.36
+    (hard) with 8 levels per channel, 0.40 and 0.41 with 16 levels: finer bins only memorise more pixels of
+    this particular set.
     """
-    images, masks = stack(build_dataset("synthetic", None, "train", num_samples=128))
+    images, masks = stack(build_dataset("synthetic", None, "train", num_samples=128, style=style))
     levels = 8
     q = images // (256 // levels)
     colour = (q[..., 0].astype(np.int64) * levels + q[..., 1]) * levels + q[..., 2]
@@ -105,6 +107,7 @@ def test_per_pixel_colour_classifier_fails():
         ({"num_samples": -3}, "num_samples: must be a positive integer, got -3"),
         ({"size": (8, 64)}, "size: must be (height, width) integers of at least 16, got (8, 64)"),
         ({"seed": -1}, "seed: must be a non-negative integer, got -1"),
+        ({"style": "medium"}, "style: must be one of easy, hard, got 'medium'"),
     ],
 )
 def test_bad_options_name_the_field(options, message):

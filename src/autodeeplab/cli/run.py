@@ -8,7 +8,7 @@ from pathlib import Path
 
 from autodeeplab.config.settings import load_config
 
-SEARCH_PRESET, TRAIN_PRESET = "cpu", "tiny"
+SEARCH_PRESET, TRAIN_PRESET = "cpu", "synthetic"
 DEFAULTS = {"search_preset": SEARCH_PRESET, "train_preset": TRAIN_PRESET, "eval_split": "test"}
 
 

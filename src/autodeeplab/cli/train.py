@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train the network of a genotype from scratch. Writes a run directory whose model.pt "
         "is all that 'eval', 'predict' and 'export' need. The default preset "
         f"'{DEFAULT_PRESET}' trains a small model on CamVid in minutes on a CPU; 'paper' is the paper's "
-        "Cityscapes recipe; 'tiny' uses the built-in synthetic data. Every setting of the network is a "
+        "Cityscapes recipe; 'synthetic' (what 'autodeeplab run' uses, minutes) and 'tiny' (seconds) use the "
+        "built-in synthetic data. Every setting of the network is a "
         "'model.' key (filter_multiplier, stem_channels, aspp_channels, aspp_rates_os16, aspp_dropout, "
         "decoder_channels, low_level_channels, drop_path_keep_prob, num_classes).",
     )
