@@ -214,3 +214,43 @@ def test_a_search_or_training_on_0_255_masks_refuses_before_losing_the_foregroun
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "write 'values: {0: background, 255: object}'" in err and not run.exists()
+
+
+def test_a_plain_folder_without_lists_runs_end_to_end_and_is_scored_on_held_out_images(tmp_path, capsys):
+    root = tmp_path / "data"
+    (root / "classes.yaml").parent.mkdir(parents=True)
+    (root / "classes.yaml").write_text("values: {0: background, 255: object}\n")
+    for i in range(20):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4 + i % 8 : 20 + i % 8, 6:22] = 255
+        save(root / "images" / f"p{i:02d}.png", rgb(i, 32, 32))
+        save(root / "masks" / f"p{i:02d}.png", mask)
+    search = [
+        *("space.filter_multiplier=2", "space.num_layers=3", "space.num_blocks=2"),
+        *("space.stem_channels=[4,4,8]", "data.crop_size=16", "batch_size=2", "epochs=2"),
+        *("arch_start_epoch=1", "device=cpu", "data.split_fractions=[0.2,0.2]"),
+    ]
+    train = [
+        *("model.filter_multiplier=2", "model.aspp_channels=8", "model.decoder_channels=8"),
+        *(
+            "data.crop_size=16",
+            "iterations=2",
+            "batch_size=2",
+            "device=cpu",
+            "data.split_fractions=[0.2,0.2]",
+        ),
+    ]
+    out = tmp_path / "run"
+    argv = ["run", "-q", "--dataset", "folder", "--data-root", str(root), "-o", str(out)]
+    argv += [p for s in search for p in ("--search-set", s)] + [p for s in train for p in ("--train-set", s)]
+    assert main(argv) == 0, capsys.readouterr().err
+    record = json.loads((out / "search" / "data_split.json").read_text())["splits"]
+    assert record == json.loads((out / "train" / "data_split.json").read_text())["splits"]
+    assert record == seeded_split({f"p{i:02d}" for i in range(20)}, (0.2, 0.2), 0)
+    scored = json.loads((out / "eval.json").read_text())
+    assert (scored["dataset"], scored["split"], scored["num_images"]) == (
+        "folder",
+        "test",
+        len(record["test"]),
+    )
+    assert set(record["test"]).isdisjoint(record["train"] + record["val"]) and record["test"]
