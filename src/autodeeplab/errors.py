@@ -25,3 +25,10 @@ class DataError(AutoDeepLabError):
 
 class CheckpointError(AutoDeepLabError):
     """A checkpoint is missing, truncated, corrupt or from an incompatible version."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``<path>: <what the system said>`` (both paths of a rename), in one line."""
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    reason = exc.strerror or type(exc).__name__
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason

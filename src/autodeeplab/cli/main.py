@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from autodeeplab import __version__
-from autodeeplab.errors import AutoDeepLabError
+from autodeeplab.errors import AutoDeepLabError, describe_os_error
 
 # Subcommand modules, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -80,13 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"{command}: {str(exc) or 'interrupted'}", file=sys.stderr)  # a run's says how to continue
         return EXIT_INTERRUPTED
-
-
-def describe_os_error(exc: OSError) -> str:
-    """``<path>: <what the system said>`` (both paths of a rename), in one line."""
-    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
-    reason = exc.strerror or type(exc).__name__
-    return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -153,11 +153,13 @@ class FolderDataset(PairedFilesDataset):
             return self._default_split(on_disk), []
         list_file = lists[self.split]
         stems, problems = read_split_list(list_file, on_disk)
+        # Each list read once: this split's for its problems, every list's stems for leaks and leftovers.
+        listed_in = {name: set(read_split_list(path, on_disk)[0]) for name, path in lists.items()}
         if self.split in HELD_OUT:
             for other in HELD_OUT:
                 if other == self.split or other not in lists:
                     continue
-                shared = sorted(set(stems) & set(read_split_list(lists[other], on_disk)[0]))
+                shared = sorted(set(stems) & listed_in[other])
                 if shared:
                     shown = _examples([repr(stem) for stem in shared])
                     problems.append(
@@ -167,8 +169,7 @@ class FolderDataset(PairedFilesDataset):
                             f"two of {'/'.join(HELD_OUT)} leaks between training and scoring",
                         )
                     )
-        listed = set().union(*(read_split_list(path, on_disk)[0] for path in lists.values()))
-        unlisted = sorted(on_disk - listed)
+        unlisted = sorted(on_disk - set().union(*listed_in.values()))
         if unlisted:
             shown = _examples(unlisted)
             self.warnings.append(

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
-from autodeeplab.errors import AutoDeepLabError, CheckpointError
+from autodeeplab.errors import AutoDeepLabError, CheckpointError, describe_os_error
 from autodeeplab.fileio import atomic_write_json, atomic_write_text, loads_json
 
 CHECKPOINT_SUFFIX = ".pt"
@@ -228,9 +228,7 @@ class RunDir:
             else:
                 then = f"resume with: autodeeplab {command} --resume {self.path}"
             if isinstance(exc, OSError) and exc.errno is not None:
-                paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
-                where = f"{paths}: " if paths else ""
-                raise RunDirError(f"{where}{exc.strerror}; once that is fixed, {then}") from None
+                raise RunDirError(f"{describe_os_error(exc)}; once that is fixed, {then}") from None
             if isinstance(exc, KeyboardInterrupt) and not removed:
                 raise Interrupted(f"interrupted; {then}") from None
             raise
