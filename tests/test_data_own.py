@@ -254,3 +254,13 @@ def test_a_plain_folder_without_lists_runs_end_to_end_and_is_scored_on_held_out_
         len(record["test"]),
     )
     assert set(record["test"]).isdisjoint(record["train"] + record["val"]) and record["test"]
+
+
+def test_data_stats_never_writes_into_the_dataset(tmp_path, capsys):
+    root = write_folder(tmp_path / "data", count=3)
+    before = sorted(p.name for p in root.rglob("*"))
+    out = root / "images"
+    assert main(["data", "stats", "--dataset", "folder", "--data-root", str(root), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inside the data root" in err, err
+    assert sorted(p.name for p in root.rglob("*")) == before

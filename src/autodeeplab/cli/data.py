@@ -113,6 +113,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autodeeplab.data.stats import STATS_FORMAT, dataset_stats, format_stats
+    from autodeeplab.errors import ConfigError
     from autodeeplab.fileio import atomic_write_json, loads_json
     from autodeeplab.outputs import check_output_folder, is_our_png
     from autodeeplab.viz.data import plot_class_fractions
@@ -128,6 +129,10 @@ def run_stats(args: argparse.Namespace) -> int:
     out = Path(args.output or f"data-stats-{args.dataset}")
     inputs = [Path(args.data_root)] if args.data_root else []
     check_output_folder(out, "--output", STATS_FILES, inputs=inputs, overwrite=args.overwrite, ours=ours)
+    if args.data_root and out.resolve().is_relative_to(Path(args.data_root).resolve()):
+        # Files inside a dataset's folder could be read back as its images or labels.
+        root = args.data_root
+        raise ConfigError(f"--output: {out} is inside the data root {root}; write the stats elsewhere")
     stats = dataset_stats(args.dataset, args.data_root, args.split, progress=_progress_printer())
     print(format_stats(stats))
     out.mkdir(parents=True, exist_ok=True)
