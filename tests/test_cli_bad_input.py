@@ -207,7 +207,8 @@ def test_run_with_a_negative_batch_size(tmp_path, capsys, flag, message):
 
 
 UNKNOWN = (
-    "dataset: 'nope' is not a known dataset (choose from: synthetic, camvid, cityscapes, voc, ade20k, folder)"
+    "dataset: 'nope' is not a known dataset "
+    "(choose from: synthetic, camvid, cityscapes, voc, ade20k, folder, nifti, msd)"
 )
 
 

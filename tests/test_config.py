@@ -255,8 +255,8 @@ _BAD_VALUES = [
         "SearchConfig",
         "search",
         "space.spatial_dims",
-        3,
-        "space.spatial_dims: only 2 (images) is supported by the search loop for now, got 3",
+        4,
+        "space.spatial_dims: must be 2 (images) or 3 (volumes), got 4",
     ),
     ("SearchDataConfig", "search", "data.crop_size", 0, "data.crop_size: must be at least 1, got 0"),
     (
@@ -293,8 +293,8 @@ _BAD_VALUES = [
         "TrainConfig",
         "train",
         "model.spatial_dims",
-        3,
-        "model.spatial_dims: only 2 (images) is supported by training for now, got 3",
+        4,
+        "model.spatial_dims: must be 2 (images) or 3 (volumes), got 4",
     ),
     ("TrainDataConfig", "train", "data.jitter", 1.5, "data.jitter: must be in [0, 1), got 1.5"),
     (

@@ -108,7 +108,7 @@ def quiet(_: str) -> None:
 
 
 def build(penalty: float = 0.0):
-    return lambda config, num_classes: ChoiceSpace(num_classes, penalty)
+    return lambda config, num_classes, in_channels=3: ChoiceSpace(num_classes, penalty)
 
 
 def test_the_tiny_space_and_autodeeplab_both_satisfy_the_contract():

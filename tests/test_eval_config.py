@@ -96,7 +96,7 @@ def test_yaml_then_overrides_and_round_trip(tmp_path: Path) -> None:
         ("scales=[1,0]", "scales: must be positive, got [1.0, 0.0]"),
         ("scales=[]", "scales: must be positive, got []"),
         ("max_images=0", "max_images: must be at least 1 or null, got 0"),
-        ("window=[0,4]", "window: must be two positive sizes, got [0, 4]"),
+        ("window=[0,4]", "window: must be two (images) or three (volumes) positive sizes, got [0, 4]"),
         ("window_overlap=1", "window_overlap: must be in [0, 1), got 1.0"),
         ("split=''", "split: must not be empty"),
     ],
@@ -134,7 +134,9 @@ def test_cli_mistyped_set_key_is_one_line(checkpoint: Path, capsys: pytest.Captu
     assert main(["eval", str(checkpoint), "--set", "flipp=true"]) == 2
     assert one_line_error(capsys) == "override 'flipp=true': unknown key 'flipp' (did you mean 'flip'?)"
     assert main(["eval", str(checkpoint), "--window", "0", "4"]) == 2
-    assert one_line_error(capsys).endswith("window: must be two positive sizes, got [0, 4]")
+    assert one_line_error(capsys).endswith(
+        "window: must be two (images) or three (volumes) positive sizes, got [0, 4]"
+    )
 
 
 # --- the results JSON -------------------------------------------------------------------------------

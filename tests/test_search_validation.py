@@ -11,8 +11,8 @@ from torch import nn
 from autodeeplab.config.settings import load_config
 from autodeeplab.data.transforms import IGNORE_INDEX, CentreCropTransform
 from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.data import validation_miou
 from autodeeplab.search.estimate import SearchEstimate, format_estimate, projected_search_seconds
-from autodeeplab.search.loop import validation_miou
 
 
 def test_centre_crop_takes_the_middle_window_and_pads_small_images_with_ignore():

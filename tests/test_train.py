@@ -97,11 +97,9 @@ def test_paper_preset_is_the_papers_recipe() -> None:
             "model.aspp_rates_os16: must be a list of 3 positive integers, got [6, 0, 18]",
         ),
         ("model.num_classes=0", "model.num_classes: must be at least 1, got 0"),
-        ("model.in_channels=1", "model.in_channels: must be 3 (the training data are RGB images), got 1"),
-        (
-            "model.spatial_dims=3",
-            "model.spatial_dims: only 2 (images) is supported by training for now, got 3",
-        ),
+        ("model.in_channels=0", "model.in_channels: must be at least 1, got 0"),
+        ("model.spatial_dims=1", "model.spatial_dims: must be 2 (images) or 3 (volumes), got 1"),
+        ("loss=dice", "loss: must be one of auto, ce, dice_ce, got 'dice'"),
         (
             "model.stem_channels=[8,8]",
             "override 'model.stem_channels=[8,8]': model.stem_channels: expected a list of 3 values "

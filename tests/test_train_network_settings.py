@@ -50,8 +50,9 @@ def test_every_network_setting_is_a_training_key() -> None:
 )
 def test_presets_give_the_same_networks_as_before(preset: str, network: dict) -> None:
     config = load_config(TrainConfig, preset=preset)
-    assert config.model == NetworkConfig(**network, num_classes=None)
-    assert config.network_config(11) == NetworkConfig(**network, num_classes=11)
+    # in_channels: null (the data's, 3 for images) since training also reads volumes.
+    assert config.model == NetworkConfig(**network, num_classes=None, in_channels=None)
+    assert config.network_config(11) == NetworkConfig(**network, num_classes=11, in_channels=3)
 
 
 def test_network_settings_from_yaml_and_set_reach_model_pt(tmp_path: Path) -> None:
@@ -85,7 +86,7 @@ def test_network_settings_from_yaml_and_set_reach_model_pt(tmp_path: Path) -> No
         low_level_channels=4,
         drop_path_keep_prob=0.9,
     )
-    assert config.model == expected
+    assert config.model == dataclasses.replace(expected, in_channels=None)  # null: the data's
     run_training(config, SMALL, tmp_path / "run", echo=quiet)
     model, _ = load_model(tmp_path / "run")
     assert model.config == expected

@@ -48,6 +48,40 @@ def is_our_png(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+NIFTI_DESCRIPTION = "autodeeplab prediction"
+"""The ``descrip`` field of every NIfTI file this package writes."""
+_DESCRIP_OFFSET = {348: 148, 540: 240}  # NIfTI-1 and NIfTI-2 headers, by their ``sizeof_hdr``
+
+
+def is_our_nifti(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a NIfTI file this package wrote (its header's ``descrip`` says so). Reads the
+    header bytes only (gzip-compressed or not), without nibabel."""
+    import gzip
+    import struct
+
+    try:
+        with open(path, "rb") as raw:
+            start = raw.read(2)
+        opener = gzip.open if start == b"\x1f\x8b" else open
+        with opener(path, "rb") as stream:
+            header = stream.read(560)
+    except (OSError, EOFError):
+        return False
+    if len(header) < 4:
+        return False
+    for order in "<>":
+        offset = _DESCRIP_OFFSET.get(struct.unpack(f"{order}i", header[:4])[0])
+        if offset is not None:
+            text = header[offset : offset + 80].split(b"\0", 1)[0]
+            return text == NIFTI_DESCRIPTION.encode()
+    return False
+
+
+def is_ours(path: Path) -> bool:
+    """A PNG or NIfTI file this package wrote."""
+    return is_our_png(path) or is_our_nifti(path)
+
+
 def same_place(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Whether two paths name the same file or folder (through symlinks, ``..`` and hard links)."""
     a, b = Path(a), Path(b)

@@ -39,7 +39,8 @@ from autodeeplab.infer.predict import (
 from autodeeplab.nets.model_file import load_model
 from autodeeplab.outputs import png_bytes
 from autodeeplab.search.config import SearchConfig
-from autodeeplab.search.loop import build_search_data, run_search
+from autodeeplab.search.data import build_search_data
+from autodeeplab.search.loop import run_search
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train.config import TrainConfig
 from autodeeplab.train.loop import build_train_data, run_training, train_dataset_options

@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="class balance and image sizes per split",
         description="Per split: samples, image sizes, each class's share of the labelled pixels and the "
         "images it appears in, the ignored fraction, classes never seen. Prints a table and writes "
-        "stats.json and class_pixels.png.",
+        "stats.json and class_pixels.png. For volumes (nifti, msd): volumes, the range of shapes and voxel "
+        "spacings, voxel shares of each class and stored label value, the volumes each class appears in; "
+        "class_voxels.png.",
     )
     stats.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASET_NAMES, help="dataset layout")
     stats.add_argument("--data-root", metavar="PATH", help="dataset folder (not for synthetic)")
@@ -52,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--output",
         "-o",
         metavar="DIR",
-        help="folder for stats.json and class_pixels.png (default: data-stats-<dataset>)",
+        help="folder for stats.json and class_pixels.png (class_voxels.png for volumes; default: "
+        "data-stats-<dataset>)",
     )
     add_overwrite_argument(stats)
     stats.set_defaults(func=run_stats)
@@ -88,9 +91,11 @@ def _progress_printer():
 
 def run_check(args: argparse.Namespace) -> int:
     from autodeeplab.data.checks import check_dataset_report
+    from autodeeplab.data.registry import dataset_class
 
     report = check_dataset_report(args.dataset, args.data_root, args.split, progress=_progress_printer())
     where = args.dataset if args.data_root is None else f"{args.dataset} at {args.data_root}"
+    unit = "volumes" if getattr(dataset_class(args.dataset), "spatial_dims", 2) == 3 else "samples"
     counts = ", ".join(f"{split} {count}" for split, count in report.samples.items())
     total = report.distinct_samples
     for found in report.problems:
@@ -100,18 +105,21 @@ def run_check(args: argparse.Namespace) -> int:
     if report.problems:
         count = len(report.problems)
         noun = "problem" if count == 1 else "problems"
-        print(f"{where}: {count} {noun} in {total} samples ({counts})", file=sys.stderr)
+        print(f"{where}: {count} {noun} in {total} {unit} ({counts})", file=sys.stderr)
         return 2
-    print(f"{where}: no problems in {total} samples ({counts})")
+    print(f"{where}: no problems in {total} {unit} ({counts})")
     return 0
 
 
 STATS_FILES = ("stats.json", "class_pixels.png")
+VOLUME_STATS_FILES = ("stats.json", "class_voxels.png")
+"""What ``data stats`` writes for a volume dataset (``nifti``, ``msd``): the picture speaks of voxels."""
 
 
 def run_stats(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from autodeeplab.data.registry import dataset_class
     from autodeeplab.data.stats import STATS_FORMAT, dataset_stats, format_stats
     from autodeeplab.errors import ConfigError
     from autodeeplab.fileio import atomic_write_json, loads_json
@@ -126,9 +134,11 @@ def run_stats(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
             return False
 
+    volumes = getattr(dataset_class(args.dataset), "spatial_dims", 2) == 3
+    files = VOLUME_STATS_FILES if volumes else STATS_FILES
     out = Path(args.output or f"data-stats-{args.dataset}")
     inputs = [Path(args.data_root)] if args.data_root else []
-    check_output_folder(out, "--output", STATS_FILES, inputs=inputs, overwrite=args.overwrite, ours=ours)
+    check_output_folder(out, "--output", files, inputs=inputs, overwrite=args.overwrite, ours=ours)
     if args.data_root and out.resolve().is_relative_to(Path(args.data_root).resolve()):
         # Files inside a dataset's folder could be read back as its images or labels.
         root = args.data_root
@@ -136,10 +146,10 @@ def run_stats(args: argparse.Namespace) -> int:
     stats = dataset_stats(args.dataset, args.data_root, args.split, progress=_progress_printer())
     print(format_stats(stats))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / STATS_FILES[0], stats.to_json())
+    atomic_write_json(out / files[0], stats.to_json())
     fractions = {name: split.fractions() for name, split in stats.splits.items()}
-    plot_class_fractions(stats.dataset, stats.class_names, fractions, out / STATS_FILES[1])
-    print(f"wrote {out / STATS_FILES[0]} and {out / STATS_FILES[1]}")
+    plot_class_fractions(stats.dataset, stats.class_names, fractions, out / files[1], unit=stats.unit)
+    print(f"wrote {out / files[0]} and {out / files[1]}")
     return 0
 
 

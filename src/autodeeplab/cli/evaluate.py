@@ -64,9 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--window",
         type=int,
-        nargs=2,
-        metavar=("H", "W"),
-        help="sliding-window inference with tiles of H×W (for images too large for memory)",
+        nargs="+",
+        metavar="SIZE",
+        help="sliding-window inference with tiles of H W (images too large for memory) or D H W "
+        "(volumes; default: the training patch)",
     )
     p.add_argument("--max-images", type=int, metavar="N", help="evaluate the first N images only")
     p.add_argument("--device", help="auto, cpu or cuda[:i] (default: auto)")
@@ -174,7 +175,6 @@ def run(args: argparse.Namespace) -> int:
     from autodeeplab.runs.progress import Progress
 
     config = resolve_eval_config(args)
-    settings = config.inference_settings()
     json_path, skipped = json_target(args, config.split)
     device = resolve_device(config.device)
     model, info = load_model(args.checkpoint, device=device)
@@ -182,8 +182,16 @@ def run(args: argparse.Namespace) -> int:
     same = name == info.dataset
     root = config.data_root or (info.data_root if same else None)
     options = info.dataset_options if same else {}
-    dataset = build_dataset(name, root, config.split, transform=EvalTransform(), **options)
+    volumes = info.patch_size is not None
+    transform = None if volumes else EvalTransform()
+    dataset = build_dataset(name, root, config.split, transform=transform, **options)
     check_classes(args.checkpoint, info, dataset.num_classes, f"{name} {config.split}")
+    if volumes or getattr(dataset, "spatial_dims", 2) == 3:
+        from autodeeplab.cli.evaluate_volumes import evaluate_volume_split
+
+        where = (name, root, config.split)
+        return evaluate_volume_split(args, config, model, info, dataset, where, (json_path, skipped), device)
+    settings = config.inference_settings()
     total = len(dataset) if config.max_images is None else min(len(dataset), config.max_images)
     with Progress(total, f"eval {name} {config.split}", quiet=args.quiet) as bar:
         result = evaluate(

@@ -60,17 +60,73 @@ def run(args: argparse.Namespace) -> int:
     from autodeeplab.infer.predict import output_names
     from autodeeplab.outputs import check_output_folder, refuse_reading_back
 
+    device = resolve_device(args.device)
+    model, info = load_model(args.checkpoint, device=device)
+    if info.patch_size is not None:
+        return run_volumes(args, model, info)
     settings = inference_settings(args)
     images = expand_images(args.images)
     output = Path(args.output)
     refuse_reading_back(output, "--output", [Path(p) for p in args.images if Path(p).is_dir()])
     names = [f"{name}_{kind}.png" for name in output_names(images) for kind in ("label", "overlay")]
     check_output_folder(output, "--output", names, inputs=images, overwrite=args.overwrite)
-    device = resolve_device(args.device)
-    model, info = load_model(args.checkpoint, device=device)
     written = predict_files(model, images, output, info.palette, settings, args.alpha, device)
     for label, overlay in written:
         print(f"{label}  {overlay}")
     classes = ", ".join(info.class_names)
     print(f"{len(written)} images segmented into {output} ({info.num_classes} classes: {classes})")
+    return 0
+
+
+def expand_volumes(paths: list[str]) -> list[Path]:
+    """NIfTI files as given; a folder stands for its ``.nii``/``.nii.gz`` files (sorted)."""
+    from autodeeplab.data.nifti import nifti_stem
+
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and nifti_stem(p) is not None)
+            if not inside:
+                raise ConfigError(f"{path}: folder holds no NIfTI volumes (.nii.gz, .nii)")
+            found.extend(inside)
+        elif nifti_stem(path) is None:
+            raise ConfigError(f"{path}: not a NIfTI volume (.nii.gz or .nii); this model segments volumes")
+        else:
+            found.append(path)
+    return found
+
+
+def run_volumes(args: argparse.Namespace, model, info) -> int:
+    """``predict`` with a volumetric model: NAME_label.nii.gz and NAME_slices.png per input volume."""
+    from autodeeplab.infer.predict_volumes import (
+        LABEL_SUFFIX,
+        SLICES_SUFFIX,
+        predict_volume_files,
+        volume_output_names,
+    )
+    from autodeeplab.outputs import check_output_folder, is_ours, refuse_reading_back
+
+    if args.scales != [1.0] or args.flip:
+        raise ConfigError("--scales/--flip: multi-scale and flip inference are for images, not volumes")
+    volumes = expand_volumes(args.images)
+    output = Path(args.output)
+    refuse_reading_back(output, "--output", [Path(p) for p in args.images if Path(p).is_dir()])
+    names = [n + suffix for n in volume_output_names(volumes) for suffix in (LABEL_SUFFIX, SLICES_SUFFIX)]
+    check_output_folder(output, "--output", names, inputs=volumes, overwrite=args.overwrite, ours=is_ours)
+    spacing = info.dataset_options.get("target_spacing")
+    written = predict_volume_files(
+        model,
+        volumes,
+        output,
+        info.palette,
+        info.patch_size,
+        info.window_overlap or 0.5,
+        in_channels=model.config.in_channels,
+        target_spacing=spacing,
+    )
+    for label, slices in written:
+        print(f"{label}  {slices}")
+    classes = ", ".join(info.class_names)
+    print(f"{len(written)} volumes segmented into {output} ({info.num_classes} classes: {classes})")
     return 0

@@ -55,7 +55,15 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     print(f"\ntrained model: {result.model_path} ({result.step} steps, {result.seconds:.0f}s)")
-    if result.metrics is not None:
+    if result.metrics is not None and "mean_dice" in result.metrics:  # volumes
+        m = result.metrics
+        dice = ", ".join(f"{name} {_pct(v)}" for name, v in m["per_class_dice"].items())
+        print(
+            f"{m['split']} split, {m['num_volumes']} volumes, sliding window: "
+            f"mean Dice {_pct(m['mean_dice'])}"
+        )
+        print(f"Dice per class: {dice}")
+    elif result.metrics is not None:
         import torch
 
         m = metrics_from_confusion(torch.tensor(result.metrics["confusion"]), result.metrics["class_names"])
@@ -63,3 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(m.format_table())
     print(f"evaluate with: autodeeplab eval {result.model_path} --split test")
     return 0
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

@@ -2,6 +2,8 @@
 
 Every file is decoded in full (a truncated PNG only fails at its end), image and label sizes are compared, and
 label values are checked against the class set. The messages are the very ones training raises lazily.
+Volume datasets (``spatial_dims == 3``: NIfTI pairs) are checked by :mod:`autodeeplab.data.volume_checks`,
+and their warnings speak of voxels.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from autodeeplab.data.problems import DataProblem, DataProblemError, problem
 from autodeeplab.data.registry import build_dataset, dataset_class
 
 IGNORE_WARNING_FRACTION = 0.5
-"""``data check`` warns when the ignore value covers more than this fraction of all pixels."""
+"""``data check`` warns when the ignore value covers more than this fraction of all pixels (voxels)."""
 
 
 @dataclass
@@ -60,6 +62,14 @@ def check_dataset_report(
         if found not in seen:
             seen.add(found)
             report.problems.append(found)
+
+    if getattr(reader, "spatial_dims", 2) == 3:
+        from autodeeplab.data.volume_checks import check_volume_dataset
+
+        last, voxels = check_volume_dataset(name, root, splits, report, add, progress)
+        if last is not None and voxels:
+            _check_label_balance(last, voxels, report, add)
+        return report
 
     for split in splits if splits is not None else reader.available_splits(root):
         try:
@@ -111,7 +121,9 @@ def refuse_hidden_class(dataset: Any) -> None:
 
 def _check_label_balance(dataset: Any, pixels: dict[str, np.ndarray], report: CheckReport, add) -> None:
     """Masks whose ignore value hides a class: the two-class 0/255 case is a problem (with the lines to
-    write), an ignore value over half of the pixels and a class absent from ``train`` are warnings."""
+    write), an ignore value over half of the pixels and a class absent from ``train`` are warnings (voxels,
+    for a volume dataset)."""
+    unit = "voxels" if getattr(dataset, "spatial_dims", 2) == 3 else "pixels"
     total = sum(pixels.values())
     names = dataset.class_names
     ignored = total[IGNORE_INDEX] / max(int(total.sum()), 1)
@@ -125,21 +137,21 @@ def _check_label_balance(dataset: Any, pixels: dict[str, np.ndarray], report: Ch
         add(
             problem(
                 dataset.classes_file,
-                f"class {names[missing]!r} has no pixels while the ignore value {spec.ignore[0]} covers "
+                f"class {names[missing]!r} has no {unit} while the ignore value {spec.ignore[0]} covers "
                 f"{100 * ignored:.1f}% of them: if {spec.ignore[0]} marks {names[missing]!r} (a 0/255 "
                 f"mask), write 'values: {{{written}}}' in this file",
             )
         )
     elif ignored > IGNORE_WARNING_FRACTION:
         report.warnings.append(
-            f"the ignore value covers {100 * ignored:.1f}% of all pixels (more than any class needs to be "
+            f"the ignore value covers {100 * ignored:.1f}% of all {unit} (more than any class needs to be "
             "learnt from); check 'ignore' and 'values' in the classes file"
         )
     train = pixels.get("train")
     if train is not None and train[: len(names)].sum():
         unseen = [names[i] for i in range(len(names)) if train[i] == 0]
         if unseen:
-            report.warnings.append(f"classes with no pixels in train: {', '.join(unseen)}")
+            report.warnings.append(f"classes with no {unit} in train: {', '.join(unseen)}")
 
 
 def check_dataset(

@@ -13,6 +13,7 @@ from autodeeplab.data.cityscapes import CityscapesDataset
 from autodeeplab.data.folder import FolderDataset
 from autodeeplab.data.synthetic import SyntheticDataset
 from autodeeplab.data.voc import VOCDataset
+from autodeeplab.data.volumes import MSDDataset, NiftiFolderDataset
 from autodeeplab.errors import ConfigError
 
 READERS: dict[str, type[SegmentationDataset]] = {
@@ -22,6 +23,8 @@ READERS: dict[str, type[SegmentationDataset]] = {
     "voc": VOCDataset,
     "ade20k": ADE20KDataset,
     "folder": FolderDataset,
+    "nifti": NiftiFolderDataset,
+    "msd": MSDDataset,
 }
 DATASET_NAMES: tuple[str, ...] = tuple(READERS)
 """Names accepted by ``--dataset``; ``synthetic`` (the first) is the default and needs no data root."""

@@ -94,8 +94,9 @@ class EvalConfig:
     """Dataset folder; ``None``: the training run's folder (when the dataset is the training one)."""
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
-    window: tuple[int, int] | None = None
-    """Sliding-window tile ``[h, w]`` for images too large for memory; ``None``: whole images."""
+    window: tuple[int, ...] | None = None
+    """Sliding-window tile ``[h, w]`` for images too large for memory; ``None``: whole images. For
+    volumes ``[d, h, w]``; ``None``: the model's training patch."""
     window_overlap: float = DEFAULT_WINDOW_OVERLAP
     max_images: int | None = None
     """Evaluate the first N images only; ``None``: the whole split."""
@@ -118,9 +119,10 @@ class EvalConfig:
         at_least_one_or_null(dotted(where, "max_images"), self.max_images)
         if not self.scales or any(not (s > 0 and math.isfinite(s)) for s in self.scales):
             raise ConfigError(f"{dotted(where, 'scales')}: must be positive, got {list(self.scales)}")
-        if self.window is not None and (len(self.window) != 2 or min(self.window) < 1):
+        if self.window is not None and (len(self.window) not in (2, 3) or min(self.window) < 1):
             raise ConfigError(
-                f"{dotted(where, 'window')}: must be two positive sizes, got {list(self.window)}"
+                f"{dotted(where, 'window')}: must be two (images) or three (volumes) positive sizes, "
+                f"got {list(self.window)}"
             )
         below_one(dotted(where, "window_overlap"), self.window_overlap)
 

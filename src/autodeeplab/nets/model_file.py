@@ -57,6 +57,10 @@ class TrainedInfo:
     """Extra ``build_dataset`` options that evaluation needs to see the same data (synthetic size)."""
     data_root: str | None = None
     """The training data's folder (absolute), the default for ``eval``."""
+    patch_size: list[int] | None = None
+    """Volumes: the training patch (D, H, W), the sliding window of ``eval`` and ``predict``."""
+    window_overlap: float | None = None
+    """Volumes: the sliding window's overlap at evaluation."""
     autodeeplab_version: str = __version__
 
     @property

@@ -57,8 +57,8 @@ class NetworkConfig:
     """Settings of the found network besides the genotype: the ``network`` record of ``model.pt`` and the
     ``model`` section of the training settings (so every field can be set from YAML or ``--set``).
 
-    ``num_classes`` may be ``None`` only in training settings, where it means "the dataset's count"; a
-    network is always built with a number. ``spatial_dims`` is 2 for images, 3 for volumes.
+    ``num_classes`` and ``in_channels`` may be ``None`` only in training settings, where they mean "the
+    dataset's count"; a network is always built with numbers. ``spatial_dims`` is 2 for images, 3 for volumes.
     ``drop_path_keep_prob`` defaults to 1.0 (no drop path), the released model's default
     (``nas_network.config`` and ``train.py --drop_path_keep_prob``); training presets may lower it.
     ``aspp_rates_os16`` are the ASPP atrous rates at output stride 16; they are scaled by ``16 / OS``
@@ -70,7 +70,7 @@ class NetworkConfig:
 
     filter_multiplier: int = 20
     num_classes: int | None = 19
-    in_channels: int = 3
+    in_channels: int | None = 3
     spatial_dims: int = 2
     stem_channels: tuple[int, int, int] = (64, 64, 128)
     aspp_channels: int = 256
@@ -144,7 +144,7 @@ def _check_field(name: str, value: Any, where: str) -> None:
     elif name == "spatial_dims":
         if value not in SPATIAL_DIMS or not _is_int(value):
             raise ConfigError(f"{where}: must be 2 (images) or 3 (volumes), got {value!r}")
-    elif name == "num_classes" and value is None:
+    elif name in ("num_classes", "in_channels") and value is None:
         return  # training settings: the dataset's count
     elif not _is_int(value):
         raise ConfigError(f"{where}: must be an integer, got {value!r}")
@@ -173,11 +173,12 @@ class AutoDeepLabNet(nn.Module):
         super().__init__()
         config = config or NetworkConfig()
         config.validate()
-        if config.num_classes is None:
-            raise ConfigError(
-                "network.num_classes: must be a number to build a network (null, the dataset's count, is "
-                "for training settings)"
-            )
+        for name in ("num_classes", "in_channels"):
+            if getattr(config, name) is None:
+                raise ConfigError(
+                    f"network.{name}: must be a number to build a network (null, the dataset's count, is "
+                    "for training settings)"
+                )
         self.genotype = genotype
         self.config = config
         self._progress = 0.0

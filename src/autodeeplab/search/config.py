@@ -13,7 +13,6 @@ from autodeeplab.config.checks import (
     at_least_one_or_null,
     below_one,
     dotted,
-    image_dims,
     non_negative,
     positive,
     scale_range,
@@ -21,6 +20,7 @@ from autodeeplab.config.checks import (
     split_fractions,
 )
 from autodeeplab.config.settings import register_presets
+from autodeeplab.config.volumes import VolumeDataConfig
 from autodeeplab.errors import ConfigError
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
@@ -54,6 +54,8 @@ class SearchDataConfig:
     """A plain folder without split lists: about these fractions of its samples form val and test (each
     file's split fixed by its name and ``split_seed``; see :func:`autodeeplab.data.folder.seeded_split`)."""
     split_seed: int = 0
+    volumes: VolumeDataConfig = field(default_factory=VolumeDataConfig)
+    """Volumes (``nifti``, ``msd``): split order, training patch, resampling, sliding window."""
 
     def __post_init__(self) -> None:
         # Normalise only; the checks are in validate(), called by SearchConfig with the section's name.
@@ -71,6 +73,7 @@ class SearchDataConfig:
         split_fractions(dotted(where, "split_fractions"), self.split_fractions)
         seed_range(dotted(where, "split_seed"), self.split_seed)
         at_least(dotted(where, "synthetic_val_samples"), self.synthetic_val_samples, 1)
+        self.volumes.validate(dotted(where, "volumes"))
 
 
 @dataclass
@@ -143,7 +146,6 @@ class SearchConfig:
                 f"(e.g. --set arch_start_epoch={self.epochs // 2})"
             )
         self.space.validate(dotted(where, "space"))
-        image_dims(dotted(where, "space.spatial_dims"), self.space.spatial_dims, "the search loop")
         self.data.validate(dotted(where, "data"))
         self.execution.validate(dotted(where, "execution"))
         self.execution.check_levels(self.space.num_levels, dotted(where, "execution"))
@@ -173,6 +175,34 @@ register_presets(
             "batch_size": 8,
             "lr": 0.05,
             "checkpoint_every": 0,  # epochs of a few seconds: their ends are checkpoints enough
+        },
+        # A 3D search on Hippocampus (MSD Task04) for 2 CPU cores: a short, narrow volumetric supernet
+        # (L=4, B=5 as in the paper, F=4) on 32x40x32 patches, the training preset's split (182 training
+        # volumes: trainA/trainB halves of 91), validated on the centre patches of 13 val volumes. 3D
+        # depthwise and dilated convolutions are slow on CPU (no optimised kernels): see
+        # benchmarks/hippocampus_result.md for its time.
+        "hippocampus": {
+            "space": {
+                "spatial_dims": 3,
+                "filter_multiplier": 4,
+                "num_layers": 4,
+                "stem_channels": [8, 8, 16],
+            },
+            "data": {
+                "dataset": "nifti",
+                "root": "../shared/data/hippocampus",
+                "split_fractions": [0.1, 0.2],
+                "volumes": {"split_order": "sorted", "patch_size": [32, 40, 32], "foreground_prob": 0.5},
+                "num_workers": 0,
+                "max_val_images": 13,
+            },
+            "epochs": 6,
+            "arch_start_epoch": 2,
+            "steps_per_epoch": 20,
+            "batch_size": 2,
+            "lr": 0.05,
+            "checkpoint_every": 20,
+            "device": "cpu",
         },
     },
 )

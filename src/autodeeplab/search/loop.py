@@ -14,30 +14,19 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
-from autodeeplab.data.checks import refuse_hidden_class
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
-from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.splits import record_split
-from autodeeplab.data.transforms import (
-    CentreCropTransform,
-    EvalTransform,
-    TrainTransform,
-    check_crop_size,
-)
-from autodeeplab.errors import DataError
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
 from autodeeplab.fast.supernet import build_supernet
-from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.infer.predict import log_prediction_panels
+from autodeeplab.ops.losses import make_loss
 from autodeeplab.optim import sgd
 from autodeeplab.runs.device import resolve_device
 from autodeeplab.runs.progress import Progress
@@ -45,6 +34,7 @@ from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
 from autodeeplab.runs.state import GracefulInterrupt, check_finite
 from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.data import build_search_data, is_volumes, validation_score
 from autodeeplab.search.state import (
     SearchPosition,
     load_or_make_split,
@@ -59,18 +49,15 @@ from autodeeplab.space.contract import Architecture, SearchSpace, check_search_s
 STREAM_A, STREAM_B = 1, 2  # independent batch orders for trainA and trainB
 
 
-SpaceBuilder = Callable[[SearchConfig, int], SearchSpace]
-"""``(config, num_classes) → supernet``: how :func:`run_search` makes the search space it searches."""
+SpaceBuilder = Callable[[SearchConfig, int, int], SearchSpace]
+"""``(config, num_classes, in_channels) → supernet``: how :func:`run_search` makes the search space it
+searches (``in_channels``: the data's, 3 for RGB images, the modalities of volumes)."""
 
 
-def build_autodeeplab_space(config: SearchConfig, num_classes: int) -> SearchSpace:
+def build_autodeeplab_space(config: SearchConfig, num_classes: int, in_channels: int = 3) -> SearchSpace:
     """The default search space: Auto-DeepLab's supernet (``config.space``), run as ``config.execution``
     says."""
-    return build_supernet(config.space, num_classes, execution=config.execution)
-
-
-VALIDATION_BAR_DELAY_S = 3.0
-"""A validation shorter than this shows no bar."""
+    return build_supernet(config.space, num_classes, in_channels=in_channels, execution=config.execution)
 
 
 @dataclass
@@ -132,7 +119,7 @@ def _search(
         split = restore_split(run, loaded[0].get("split"), loaded[1], len(train_a), config, echo)
     torch.manual_seed(config.seed)
     num_classes = train_a.num_classes
-    model = build_space(config, num_classes).to(device)
+    model = build_space(config, num_classes, getattr(train_a, "in_channels", 3)).to(device)
     check_search_space(model)
     weight_opt, arch_opt, scheduler = make_optimizers(model, config)
     position = SearchPosition()
@@ -143,7 +130,8 @@ def _search(
         dump_config_yaml(
             config, run.path / "config.yaml", {"autodeeplab_version": __version__, "seed": config.seed}
         )
-    criterion = nn.CrossEntropyLoss(ignore_index=train_a.ignore_index)
+    # Volumes: Dice + cross-entropy, as in their training (the small foreground would drown in plain CE).
+    criterion = make_loss("dice_ce" if is_volumes(train_a) else "ce", train_a.ignore_index)
     precision = config.execution.precision
     b_stream = CyclingLoader(
         train_b,
@@ -226,13 +214,14 @@ def _search(
             position = SearchPosition(
                 epoch + 1, 0, position.global_step, position.b_cycle, position.b_batch
             )  # the sums start again
-            val_miou = validation_miou(model, val, config, device, quiet)
-            if tensorboard is not None:
+            scores = validation_score(model, val, config, device, quiet)
+            if tensorboard is not None and not is_volumes(val):
                 log_prediction_panels(tensorboard, "search/predictions", model, val, epoch + 1, device)
             genotype = record_epoch(
-                run, model, epoch, val_miou, scheduler.get_last_lr()[0], losses, tensorboard
+                run, model, epoch, scores, scheduler.get_last_lr()[0], losses, tensorboard
             )
-            echo(f"epoch {epoch + 1}/{config.epochs}: val mIoU {100 * val_miou:.2f}%  {genotype.short()}")
+            shown = "  ".join(f"{k.replace('_', ' ')} {100 * v:.2f}%" for k, v in scores.items())
+            echo(f"epoch {epoch + 1}/{config.epochs}: {shown.replace('miou', 'mIoU')}  {genotype.short()}")
             checkpoint()
     genotype = model.decode()
     genotype.save(run.path / "genotype.json")
@@ -332,59 +321,6 @@ def make_optimizers(
     return weight_opt, arch_opt, scheduler
 
 
-# -- data -------------------------------------------------------------------------------------------
-def build_search_data(config: SearchConfig):
-    """trainA and trainB views (each with its own epoch counter for augmentation) and the val split."""
-    d = config.data
-    train_transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip)
-
-    def open_split(split: str, transform, synthetic_samples: int):
-        options: dict[str, Any] = {"seed": config.seed}
-        if d.dataset == "synthetic":
-            options.update(num_samples=synthetic_samples, size=d.synthetic_size)
-        if d.dataset == "folder":
-            options.update(split_fractions=d.split_fractions, split_seed=d.split_seed)
-        return build_dataset(d.dataset, d.root, split, transform=transform, **options)
-
-    train_a = open_split(d.train_split, train_transform, d.synthetic_train_samples)
-    check_crop_size(d.crop_size, train_a.image_size, d.scale_range[1])
-    refuse_hidden_class(train_a)  # 0/255 masks read with ignore 255 would lose their foreground
-    train_b = open_split(d.train_split, train_transform, d.synthetic_train_samples)
-    val_transform = CentreCropTransform(d.crop_size) if d.val_crop else EvalTransform()
-    val = open_split(d.val_split, val_transform, d.synthetic_val_samples)
-    if len(train_a) < 2 * config.batch_size:
-        raise DataError(
-            f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "
-            f"{config.batch_size} in each of trainA and trainB"
-        )
-    return train_a, train_b, val
-
-
 def steps_per_epoch(num_a: int, config: SearchConfig) -> int:
     steps = batches_per_epoch(num_a, config.batch_size)
     return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
-
-
-def validation_miou(
-    model: nn.Module, val, config: SearchConfig, device: torch.device, quiet: bool = False
-) -> float:
-    """mIoU of the supernet on the first ``data.max_val_images`` images of ``val`` (all: None); a bar
-    appears when it takes more than a few seconds. Centre crops (``data.val_crop``) share one size, so they
-    go through in batches of ``batch_size``: the supernet's time per forward is mostly per operation, not
-    per pixel, on a CPU."""
-    count = len(val) if config.data.max_val_images is None else min(len(val), config.data.max_val_images)
-    samples = val
-    if config.data.val_crop:
-        samples = DataLoader(Subset(val, range(count)), batch_size=config.batch_size, shuffle=False)
-    with Progress(count, "validation", quiet=quiet, delay_s=VALIDATION_BAR_DELAY_S) as bar:
-        result = evaluate(
-            model,
-            samples,
-            val.num_classes,
-            val.class_names,
-            val.ignore_index,
-            device=device,
-            max_images=count,
-            progress=lambda done: bar.update(done - bar.n, images=done - bar.n),
-        )
-    return float(result.metrics.miou)

@@ -125,7 +125,7 @@ def record_epoch(
     run: RunDir,
     model: SearchSpace,
     epoch: int,
-    val_miou: float,
+    scores: dict[str, float],
     lr: float,
     losses: dict[str, float],
     tensorboard=None,
@@ -141,7 +141,7 @@ def record_epoch(
     run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **record})
     architecture = model.decode()
     architecture.save(run.path / "genotype.json")
-    metrics = {"phase": "search", "epoch": epoch + 1, **losses, "val_miou": val_miou, "lr": lr}
+    metrics = {"phase": "search", "epoch": epoch + 1, **losses, **scores, "lr": lr}
     run.append_jsonl("metrics.jsonl", {**metrics, "genotype": architecture.short()})
     if tensorboard is not None:
         _log_tensorboard(tensorboard, metrics, record, epoch + 1)
@@ -150,7 +150,7 @@ def record_epoch(
 
 def _log_tensorboard(tensorboard, metrics: dict[str, Any], record: dict[str, Any], step: int) -> None:
     """Scalars of the epoch, and each array of the architecture record as a histogram and an image."""
-    for key in ("train_loss", "arch_loss", "val_miou", "lr"):
+    for key in ("train_loss", "arch_loss", "val_miou", "val_dice", "lr"):
         if key in metrics:
             tensorboard.add_scalar(f"search/{key}", metrics[key], step)
     for key, value in record.items():

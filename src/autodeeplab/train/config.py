@@ -4,7 +4,8 @@ The ``model`` section is the found network's own settings type,
 :class:`~autodeeplab.nets.network.NetworkConfig`, so every setting of the network (stem widths, ASPP
 rates and width, decoder widths, dropout, drop path, ...) can be set from YAML or ``--set model.<field>``.
 In training ``model.num_classes`` defaults to ``null``: the dataset's class count (a number must equal it);
-``model.in_channels`` must be 3 and ``model.spatial_dims`` 2, since the training data are RGB images.
+``model.in_channels`` defaults to ``null`` too (the data's channels: 3 for images, the modalities of
+volumes); ``model.spatial_dims`` must be 2 for images and 3 for volumes (``nifti``, ``msd``).
 
 Presets: ``paper`` (the defaults: Cityscapes, 769×769 crops, 1.5M iterations, poly lr 0.05; see
 :class:`TrainConfig` for what the paper leaves open), ``cpu`` (CamVid at
@@ -22,7 +23,6 @@ from autodeeplab.config.checks import (
     at_least_one_or_null,
     below_one,
     dotted,
-    image_dims,
     non_negative,
     positive,
     scale_range,
@@ -30,6 +30,7 @@ from autodeeplab.config.checks import (
     split_fractions,
 )
 from autodeeplab.config.settings import register_presets
+from autodeeplab.config.volumes import VolumeDataConfig
 from autodeeplab.errors import ConfigError
 from autodeeplab.nets.network import NetworkConfig
 
@@ -75,6 +76,8 @@ class TrainDataConfig:
     """A plain folder without split lists: about these fractions of its samples form val and test (each
     file's split fixed by its name and ``split_seed``; see :func:`autodeeplab.data.folder.seeded_split`)."""
     split_seed: int = 0
+    volumes: VolumeDataConfig = field(default_factory=VolumeDataConfig)
+    """Volumes (``nifti``, ``msd``): split order, training patch, resampling, sliding window."""
 
     def __post_init__(self) -> None:
         # Normalise only; the checks are in validate(), called by TrainConfig with the section's name.
@@ -93,10 +96,10 @@ class TrainDataConfig:
         split_fractions(dotted(where, "split_fractions"), self.split_fractions)
         seed_range(dotted(where, "split_seed"), self.split_seed)
         at_least(dotted(where, "synthetic_eval_samples"), self.synthetic_eval_samples, 1)
+        self.volumes.validate(dotted(where, "volumes"))
 
 
-TRAIN_IN_CHANNELS = 3
-"""Every training dataset yields RGB images."""
+LOSSES = ("auto", "ce", "dice_ce")
 
 
 def training_network_defaults() -> NetworkConfig:
@@ -106,7 +109,7 @@ def training_network_defaults() -> NetworkConfig:
     The paper does not give that keep probability; 0.7 is our choice, the value of TF-slim's NASNet-A
     Large ImageNet setting (Scheduled Drop Path comes from NASNet). 1.0 switches drop path off.
     """
-    return NetworkConfig(num_classes=None, drop_path_keep_prob=0.7)
+    return NetworkConfig(num_classes=None, in_channels=None, drop_path_keep_prob=0.7)
 
 
 @dataclass
@@ -146,6 +149,9 @@ class TrainConfig:
     """Also write TensorBoard event files (needs the optional ``tensorboard`` extra)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
+    loss: str = "auto"
+    """``ce`` (cross-entropy), ``dice_ce`` (soft Dice over the foreground classes + cross-entropy, as
+    nnU-Net) or ``auto``: ``ce`` for images, ``dice_ce`` for volumes."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -165,22 +171,41 @@ class TrainConfig:
         seed_range(dotted(where, "seed"), self.seed)
         self.data.validate(dotted(where, "data"))
         self.model.validate(dotted(where, "model"))
-        if self.model.in_channels != TRAIN_IN_CHANNELS:
+        if self.loss not in LOSSES:
             raise ConfigError(
-                f"{dotted(where, 'model.in_channels')}: must be {TRAIN_IN_CHANNELS} (the training data are "
-                f"RGB images), got {self.model.in_channels}"
+                f"{dotted(where, 'loss')}: must be one of {', '.join(LOSSES)}, got {self.loss!r}"
             )
-        image_dims(dotted(where, "model.spatial_dims"), self.model.spatial_dims, "training")
 
-    def network_config(self, num_classes: int, source: str = "the data") -> NetworkConfig:
-        """The network's settings for data of ``num_classes`` classes (``model.num_classes`` must agree)."""
-        given = self.model.num_classes
-        if given is not None and given != num_classes:
+    def loss_name(self) -> str:
+        """The loss actually used: ``auto`` resolved by the model's dimensions."""
+        if self.loss != "auto":
+            return self.loss
+        return "dice_ce" if self.model.spatial_dims == 3 else "ce"
+
+    def network_config(
+        self, num_classes: int, source: str = "the data", in_channels: int = 3, spatial_dims: int = 2
+    ) -> NetworkConfig:
+        """The network's settings for data of ``num_classes`` classes and ``in_channels`` channels with
+        ``spatial_dims`` dimensions (``model.num_classes``/``in_channels``/``spatial_dims`` must agree)."""
+        kinds = {2: "images", 3: "volumes"}
+        if self.model.spatial_dims != spatial_dims:
             raise ConfigError(
-                f"model.num_classes: {given} does not match the {num_classes} classes of {source} "
-                "(null takes the data's count)"
+                f"model.spatial_dims: {self.model.spatial_dims} ({kinds[self.model.spatial_dims]}) but "
+                f"{source} "
+                f"holds {kinds[spatial_dims]}; use --set model.spatial_dims={spatial_dims}"
+                + (" or --preset hippocampus" if spatial_dims == 3 else "")
             )
-        return dataclasses.replace(self.model, num_classes=num_classes)
+        for name, found, unit in (
+            ("num_classes", num_classes, "classes"),
+            ("in_channels", in_channels, "channels"),
+        ):
+            given = getattr(self.model, name)
+            if given is not None and given != found:
+                raise ConfigError(
+                    f"model.{name}: {given} does not match the {found} {unit} of {source} "
+                    "(null takes the data's count)"
+                )
+        return dataclasses.replace(self.model, num_classes=num_classes, in_channels=in_channels)
 
 
 CAMVID_ROOT = "../shared/data/camvid"
@@ -195,6 +220,26 @@ _TINY_MODEL = {
     "aspp_channels": 32,
     "decoder_channels": 32,
 }
+HIPPOCAMPUS_ROOT = "../shared/data/hippocampus"
+"""Where this project keeps MSD Task04 Hippocampus as NIfTI pairs (images/, labels/)."""
+# The documented split: sorted ids, the last 52 of 260 for test, the 26 before them for val, 182 for training.
+_HIPPOCAMPUS_DATA = {
+    "dataset": "nifti",
+    "root": HIPPOCAMPUS_ROOT,
+    "split_fractions": [0.1, 0.2],
+    "volumes": {"split_order": "sorted", "patch_size": [40, 56, 40]},
+    "num_workers": 0,
+}
+# The found network in 3D with a small F and slim stem and heads: about 4.6M parameters.
+_VOLUME_MODEL = {
+    "spatial_dims": 3,
+    "filter_multiplier": 8,
+    "stem_channels": [16, 16, 32],
+    "aspp_channels": 32,
+    "decoder_channels": 32,
+    "low_level_channels": 16,
+    "drop_path_keep_prob": 1.0,
+}
 register_presets(
     TrainConfig,
     {
@@ -208,6 +253,19 @@ register_presets(
             "batch_size": 4,
             "log_every": 10,
             "checkpoint_every": 100,
+            "device": "cpu",
+        },
+        # Hippocampus (MSD Task04) on 2 CPU cores within an hour: 40x56x40 patches (each volume is about
+        # 36x50x36 voxels), batch 2, Dice + cross-entropy (benchmarks/hippocampus_result.md).
+        "hippocampus": {
+            "data": _HIPPOCAMPUS_DATA,
+            "model": _VOLUME_MODEL,
+            "iterations": 4000,
+            "batch_size": 2,
+            "lr": 0.02,
+            "log_every": 20,
+            "checkpoint_every": 250,
+            "eval_every": 1000,
             "device": "cpu",
         },
         # The built-in synthetic data, seconds: the quick end-to-end check (too short to learn much).

@@ -34,11 +34,13 @@ from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.data.checks import refuse_hidden_class
 from autodeeplab.data.splits import record_split
+from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import DataError
 from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.infer.predict import log_prediction_panels
 from autodeeplab.nets.model_file import MODEL_FILE, TrainedInfo
 from autodeeplab.nets.network import AutoDeepLabNet
+from autodeeplab.ops.losses import make_loss
 from autodeeplab.optim import sgd
 from autodeeplab.runs.device import resolve_device
 from autodeeplab.runs.progress import Progress
@@ -89,6 +91,8 @@ def train_dataset_options(config: TrainConfig) -> dict[str, Any]:
         return {"size": list(d.synthetic_size), "seed": config.seed}
     if d.dataset == "folder":  # the held-out split of a plain folder is remade from these by eval
         return {"split_fractions": list(d.split_fractions), "split_seed": d.split_seed}
+    if d.dataset in VOLUME_DATASETS:
+        return d.volumes.dataset_options(d.split_fractions, d.split_seed)
     return {}
 
 
@@ -96,18 +100,23 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     """The augmented training split and the evaluation split (or None)."""
     from autodeeplab.data.registry import build_dataset
     from autodeeplab.data.transforms import EvalTransform, TrainTransform, check_crop_size
+    from autodeeplab.data.volume_transforms import PatchTransform
 
     d = config.data
-    synthetic = d.dataset == "synthetic"
+    synthetic, volumes = d.dataset == "synthetic", d.dataset in VOLUME_DATASETS
     options = train_dataset_options(config)
     n_train = {"num_samples": d.synthetic_train_samples} if synthetic else {}
-    transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip, jitter=d.jitter)
+    if volumes:
+        transform = PatchTransform(d.volumes.patch_size, d.volumes.foreground_prob, flip=d.flip)
+    else:
+        transform = TrainTransform(d.crop_size, scale_range=d.scale_range, flip=d.flip, jitter=d.jitter)
     train = build_dataset(
         d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
     )
-    check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
-    refuse_hidden_class(train)  # 0/255 masks read with ignore 255 would lose their foreground
-    config.network_config(train.num_classes, f"{d.dataset} {d.train_split}")  # model.num_classes fits
+    if not volumes:
+        check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
+        refuse_hidden_class(train)  # 0/255 masks read with ignore 255 would lose their foreground
+    network_config(config, train)  # model.num_classes, in_channels and spatial_dims fit the data
     if batches_per_epoch(len(train), config.batch_size) == 0:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train)} images cannot fill one batch of {config.batch_size}"
@@ -116,14 +125,26 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
         return train, None
     n_eval = {"num_samples": d.synthetic_eval_samples} if synthetic else {}
     return train, build_dataset(
-        d.dataset, d.root, d.eval_split, transform=EvalTransform(), **options, **n_eval
+        d.dataset, d.root, d.eval_split, transform=None if volumes else EvalTransform(), **options, **n_eval
     )
 
 
-def build_model(genotype: Genotype, config: TrainConfig, num_classes: int) -> AutoDeepLabNet:
-    """The network of ``config.model`` for ``num_classes`` classes, initialised from ``config.seed``."""
+def network_config(config: TrainConfig, data: Any) -> Any:
+    """``config.model`` completed for ``data`` (its classes, channels and dimensions)."""
+    where = f"{config.data.dataset} {data.split}"
+    dims = getattr(data, "spatial_dims", 2)
+    channels = getattr(data, "in_channels", 3)
+    return config.network_config(data.num_classes, where, in_channels=channels, spatial_dims=dims)
+
+
+def build_model(
+    genotype: Genotype, config: TrainConfig, num_classes: int, in_channels: int = 3, spatial_dims: int = 2
+) -> AutoDeepLabNet:
+    """The network of ``config.model`` for data of ``num_classes`` classes and ``in_channels`` channels
+    (images: 3, 2D; volumes: their modalities, 3D), initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
-    return AutoDeepLabNet(genotype, config.network_config(num_classes))
+    settings = config.network_config(num_classes, in_channels=in_channels, spatial_dims=spatial_dims)
+    return AutoDeepLabNet(genotype, settings)
 
 
 def training_batches(
@@ -176,7 +197,8 @@ def _train(
     device = resolve_device(config.device)
     train, val = build_train_data(config)
     record_split(run.path, train)  # a split made by the reader: written, or checked on resume
-    model = build_model(genotype, config, train.num_classes).to(device)
+    dims, channels = getattr(train, "spatial_dims", 2), getattr(train, "in_channels", 3)
+    model = build_model(genotype, config, train.num_classes, channels, dims).to(device)
     optimizer = make_optimizer(model, config)
     info = TrainedInfo(
         config.data.dataset,
@@ -186,6 +208,8 @@ def _train(
         iterations=config.iterations,
         dataset_options=train_dataset_options(config),
         data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
+        patch_size=list(config.data.volumes.patch_size) if is_volumes(train) else None,
+        window_overlap=config.data.volumes.window_overlap if is_volumes(train) else None,
     )
     if loaded is not None:
         info.step, info.metrics = restore_training_state(
@@ -200,7 +224,7 @@ def _train(
         extra = {"autodeeplab_version": __version__, "seed": config.seed}
         dump_config_yaml(config, run.file("config.yaml"), extra)
         genotype.save(run.file("genotype.json"))
-    criterion = nn.CrossEntropyLoss(ignore_index=train.ignore_index)
+    criterion = make_loss(config.loss_name(), train.ignore_index)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     say(
         f"training {genotype.short()}: {len(train)} {config.data.dataset} images, "
@@ -238,8 +262,12 @@ def _train(
             if val is not None and (done or (config.eval_every and step % config.eval_every == 0)):
                 info.metrics = _evaluate(model, val, config, run, step, device, say)
                 if tensorboard is not None:
-                    tensorboard.add_scalar(f"train/{config.data.eval_split}_miou", info.metrics["miou"], step)
-                    log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
+                    score = "mean_dice" if is_volumes(val) else "miou"
+                    tensorboard.add_scalar(
+                        f"train/{config.data.eval_split}_{score}", info.metrics[score], step
+                    )
+                    if not is_volumes(val):
+                        log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
                     tensorboard.flush()
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 save_training_state(run, model, optimizer, info, config)
@@ -253,6 +281,8 @@ def _train(
 
 def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, echo) -> dict[str, Any]:
     n = len(val) if config.data.eval_max_images is None else min(len(val), config.data.eval_max_images)
+    if is_volumes(val):
+        return _evaluate_volumes(model, val, config, run, step, device, echo, n)
     samples = (val[i] for i in range(n))
     result = evaluate(model, samples, val.num_classes, val.class_names, val.ignore_index, device=device)
     m = result.metrics
@@ -271,3 +301,22 @@ def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, e
         f"step {step}: {split} mIoU {100 * m.miou:.2f}%  pixel acc {100 * m.pixel_accuracy:.2f}% ({n} images)"
     )
     return {"split": config.data.eval_split, "images": n, **m.to_dict()}
+
+
+def is_volumes(dataset: Any) -> bool:
+    return getattr(dataset, "spatial_dims", 2) == 3
+
+
+def _evaluate_volumes(model, val, config: TrainConfig, run: RunDir, step: int, device, echo, n: int):
+    """Sliding-window Dice (and HD95) of the first ``n`` volumes of ``val``; restores train mode."""
+    from autodeeplab.infer.volumes import evaluate_volumes
+
+    d = config.data
+    v = d.volumes
+    result = evaluate_volumes(model, val, v.patch_size, v.window_overlap, device=device, max_volumes=n)
+    model.train()
+    record = {"step": step, "split": d.eval_split, "volumes": n, "mean_dice": result.mean_dice}
+    summary = {k: v for k, v in result.to_dict().items() if k != "volumes"}  # rows stay in eval's JSON
+    run.append_jsonl("metrics.jsonl", {**record, "dice": summary["per_class_dice"]})
+    echo(f"step {step}: {d.eval_split} mean Dice {result.mean_dice:.4f} ({n} volumes)")
+    return {"split": d.eval_split, **summary}

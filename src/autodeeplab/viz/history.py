@@ -321,8 +321,14 @@ def _epochs_text(epochs: np.ndarray) -> str:
 
 # -- training curves --------------------------------------------------------------------------------------
 def curve_series(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[str, list, list]]]:
-    """``panel -> label -> (x name, xs, ys)``: losses, mIoU and learning rate from metrics records."""
-    panels: dict[str, dict[str, tuple[str, list, list]]] = {"loss": {}, "mIoU": {}, "learning rate": {}}
+    """``panel -> label -> (x name, xs, ys)``: losses, mIoU (images), Dice (volumes) and learning rate from
+    metrics records."""
+    panels: dict[str, dict[str, tuple[str, list, list]]] = {
+        "loss": {},
+        "mIoU": {},
+        "Dice": {},
+        "learning rate": {},
+    }
     for index, record in enumerate(metrics):
         x_name = "step" if "step" in record else "epoch" if "epoch" in record else "record"
         x = record.get(x_name, index)
@@ -334,6 +340,8 @@ def curve_series(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tu
                 panel = "loss"
             elif "miou" in key.lower():
                 panel = "mIoU"
+            elif "dice" in key.lower():
+                panel = "Dice"
             elif key == "lr" or key.endswith("_lr"):
                 panel = "learning rate"
             else:

@@ -1,0 +1,89 @@
+"""``autodeeplab eval`` of a volumetric model: sliding-window Dice and HD95 per volume and per class.
+
+The window is the model's training patch (``--window D H W`` to change it) and its overlap the training's
+``data.window_overlap``; multi-scale and flip inference are for images only and refused here. The JSON holds
+the summary, one row per volume (``volumes``) and the resolved settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from autodeeplab.errors import ConfigError
+
+
+def evaluate_volume_split(
+    args: argparse.Namespace,
+    config: Any,
+    model: Any,
+    info: Any,
+    dataset: Any,
+    where: tuple[str, Any, str],
+    output: tuple[Path | None, str | None],
+    device: Any,
+) -> int:
+    """Evaluate ``dataset`` (a volume split) with ``model``; print the table, write the JSON; exit code."""
+    from autodeeplab import __version__
+    from autodeeplab.cli.evaluate import checkpoint_file
+    from autodeeplab.config.settings import config_to_dict
+    from autodeeplab.fileio import atomic_write_json
+    from autodeeplab.infer.evaluate import EVAL_JSON_KIND
+    from autodeeplab.infer.volumes import evaluate_volumes
+    from autodeeplab.runs.progress import Progress
+
+    name, root, split = where
+    json_path, skipped = output
+    if info.patch_size is None or getattr(dataset, "spatial_dims", 2) != 3:
+        raise ConfigError(
+            f"--dataset: {name} and the model {args.checkpoint} differ in dimensions (2D vs 3D)"
+        )
+    if tuple(config.scales) != (1.0,) or config.flip:
+        raise ConfigError("--scales/--flip: multi-scale and flip inference are for images, not volumes")
+    window = tuple(config.window) if config.window is not None else tuple(info.patch_size)
+    if len(window) != 3:
+        raise ConfigError(f"--window: a volume's window is three sizes D H W, got {list(window)}")
+    overlap = info.window_overlap if info.window_overlap is not None else 0.5
+    total = len(dataset) if config.max_images is None else min(len(dataset), config.max_images)
+    with Progress(total, f"eval {name} {split}", quiet=args.quiet) as bar:
+        result = evaluate_volumes(
+            model,
+            dataset,
+            window,
+            overlap,
+            device=device,
+            max_volumes=total,
+            progress=lambda done, n: bar.update(images=1),
+        )
+    print(
+        f"{args.checkpoint}: {name} {split}, {total} volumes, window {'x'.join(map(str, window))}, "
+        f"overlap {overlap:g}, {result.seconds:.1f}s"
+    )
+    print(result.format_table())
+    if json_path is not None:
+        data = {
+            "kind": EVAL_JSON_KIND,
+            "autodeeplab_version": __version__,
+            "checkpoint": str(checkpoint_file(args.checkpoint).resolve()),
+            "dataset": name,
+            "data_root": str(Path(root).resolve()) if root else None,
+            "split": split,
+            "window": list(window),
+            "window_overlap": overlap,
+            **result.to_dict(),
+            "config": config_to_dict(config),
+        }
+        try:
+            atomic_write_json(json_path, data)
+        except OSError as exc:
+            reason = f"cannot write {json_path} ({exc.strerror or exc})"
+            if args.json:
+                raise ConfigError(f"--json: {reason}") from None
+            skipped = f"{reason}; give --json OUT to write elsewhere"
+        else:
+            print(f"results written to {json_path}")
+    if skipped:
+        print(f"note: results JSON not written: {skipped}", file=sys.stderr)
+    return 0

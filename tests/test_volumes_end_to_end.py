@@ -1,0 +1,195 @@
+"""Volumes end to end through the CLI: a 3D training, its resume, eval (Dice per volume), predict (NIfTI on
+the input's grid + slices PNG), a 3D search and its resume, on tiny NIfTI volumes written here; and the
+Dice + cross-entropy loss against MONAI's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+nib = pytest.importorskip("nibabel")
+pytest.importorskip("monai")
+
+from autodeeplab.cli.main import main  # noqa: E402
+from autodeeplab.nets.model_file import load_model  # noqa: E402
+from autodeeplab.ops.losses import DiceCELoss  # noqa: E402
+
+SHAPE = (10, 12, 9)
+AFFINE = np.diag([1.5, 1.0, 2.0, 1.0])
+AFFINE[:3, 3] = [-7.0, 3.0, 11.0]
+VOLUME_MODEL = [
+    "model.spatial_dims=3",
+    "model.filter_multiplier=2",
+    "model.stem_channels=[4,4,8]",
+    "model.aspp_channels=8",
+    "model.decoder_channels=8",
+    "model.low_level_channels=4",
+]
+VOLUME_DATA = [
+    "data.dataset=nifti",
+    "data.num_workers=0",
+    "data.split_fractions=[0.2,0.2]",
+    "data.volumes.split_order=sorted",
+    "data.volumes.patch_size=[8,8,8]",
+]
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def write_volumes(root: Path, count: int = 10) -> Path:
+    """``count`` volumes: a bright box of class 1 and a dark one of class 2 at random places."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(count):
+        label = np.zeros(SHAPE, np.uint8)
+        image = rng.normal(100, 5, SHAPE).astype(np.float32)
+        for value, brightness in ((1, 160), (2, 40)):
+            corner = [int(rng.integers(0, s - 4)) for s in SHAPE]
+            box = tuple(slice(c, c + 4) for c in corner)
+            label[box], image[box] = value, brightness
+        nib.save(nib.Nifti1Image(image, AFFINE), root / "images" / f"case_{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(label, AFFINE), root / "labels" / f"case_{i:03d}.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_volumes(tmp_path_factory.mktemp("vol") / "data")
+
+
+@pytest.fixture(scope="module")
+def trained(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "run"
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--genotype",
+        "paper",
+        "--data-root",
+        str(volumes),
+        "-o",
+        str(out),
+        "-q",
+    ]
+    extra = ["iterations=4", "batch_size=2", "checkpoint_every=2", "eval_every=0"]
+    assert main(args + sets(VOLUME_DATA + VOLUME_MODEL + extra)) == 0
+    return out
+
+
+def test_training_a_volumetric_network_writes_a_3d_model_with_dice(trained: Path):
+    model, info = load_model(trained / "model.pt")
+    assert model.config.spatial_dims == 3 and model.config.in_channels == 1
+    assert info.patch_size == [8, 8, 8] and info.step == 4
+    assert info.dataset_options["split_order"] == "sorted"
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 1, *SHAPE)).shape == (1, 3, *SHAPE)
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    final = records[-1]
+    assert final["split"] == "val" and final["volumes"] == 2 and 0.0 <= final["mean_dice"] <= 1.0
+    split = json.loads((trained / "data_split.json").read_text())["splits"]
+    assert split["test"] == ["case_008", "case_009"] and len(split["train"]) == 6
+
+
+def test_training_resumes_and_extends(trained: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained, copy)
+    assert main(["train", "--resume", str(copy), "-q", "--set", "iterations=6"]) == 0
+    assert load_model(copy / "model.pt")[1].step == 6
+
+
+def test_eval_scores_each_test_volume(trained: Path, tmp_path: Path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(trained), "--split", "test", "--json", str(out), "-q"]) == 0
+    data = json.loads(out.read_text())
+    assert data["kind"] == "autodeeplab-eval" and data["num_volumes"] == 2
+    assert [row["id"] for row in data["volumes"]] == ["case_008", "case_009"]
+    assert set(data["per_class_dice"]) == {"background", "class 1", "class 2"}
+    assert data["window"] == [8, 8, 8]
+
+
+def test_eval_refuses_image_flags_for_volumes(trained: Path, capsys):
+    assert main(["eval", str(trained), "--flip", "--no-json"]) == 2
+    assert "not volumes" in capsys.readouterr().err
+
+
+def test_predict_writes_labels_on_the_input_grid(trained: Path, volumes: Path, tmp_path: Path):
+    source = volumes / "images" / "case_001.nii.gz"
+    out = tmp_path / "pred"
+    assert main(["predict", str(trained), str(source), "-o", str(out)]) == 0
+    written = nib.load(out / "case_001_label.nii.gz")
+    assert written.shape == SHAPE
+    np.testing.assert_array_equal(written.affine, AFFINE)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    assert (out / "case_001_slices.png").stat().st_size > 0
+    assert main(["predict", str(trained), str(source), "-o", str(out)]) == 0  # ours: replaced
+
+
+def test_predict_keeps_a_file_it_did_not_write(trained: Path, volumes: Path, tmp_path: Path, capsys):
+    out = tmp_path / "pred"
+    out.mkdir()
+    foreign = out / "case_001_label.nii.gz"
+    foreign.write_bytes(b"user data")
+    code = main(["predict", str(trained), str(volumes / "images" / "case_001.nii.gz"), "-o", str(out)])
+    assert code == 2 and foreign.read_bytes() == b"user data"
+    assert "not written by autodeeplab" in capsys.readouterr().err
+
+
+def test_a_2d_network_on_volumes_is_refused_with_the_fix(volumes: Path, tmp_path: Path, capsys):
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--genotype",
+        "paper",
+        "--data-root",
+        str(volumes),
+        "-o",
+        str(tmp_path / "r"),
+    ]
+    assert main(args + sets(VOLUME_DATA)) == 2
+    err = capsys.readouterr().err
+    assert "model.spatial_dims: 2 (images)" in err and "--set model.spatial_dims=3" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_3d_search_finds_an_architecture_and_resumes(volumes: Path, tmp_path: Path):
+    out = tmp_path / "search"
+    space = ["space.spatial_dims=3", "space.filter_multiplier=2", "space.num_layers=2", "space.num_blocks=2"]
+    data = [*VOLUME_DATA, "space.stem_channels=[4,4,8]", "data.max_val_images=1"]
+    loop = ["epochs=1", "arch_start_epoch=0", "batch_size=2", "steps_per_epoch=1", "device=cpu"]
+    args = ["search", "--preset", "cpu", "--data-root", str(volumes), "-o", str(out), "-q"]
+    assert main(args + sets(space + data + loop)) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_dice" in record and "val_miou" not in record
+    genotype = json.loads((out / "genotype.json").read_text())
+    assert len(genotype["network_path"]) == 2
+    assert main(["search", "--resume", str(out), "-q", "--set", "epochs=2"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_dice_ce_equals_monai_without_ignored_voxels_and_skips_ignored_ones():
+    from monai.losses import DiceCELoss as MonaiDiceCE
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    target = torch.randint(0, 3, (2, 4, 5, 6))
+    ours = DiceCELoss()(logits, target)
+    reference = MonaiDiceCE(include_background=False, to_onehot_y=True, softmax=True)(logits, target[:, None])
+    torch.testing.assert_close(ours, reference)
+    # An ignored voxel changes nothing, whatever the network says there.
+    masked = target.clone()
+    masked[0, 0, 0, 0] = 255
+    changed = logits.detach().clone()
+    changed[0, :, 0, 0, 0] = torch.tensor([9.0, -9.0, 3.0])
+    a, b = DiceCELoss()(logits.detach(), masked), DiceCELoss()(changed, masked)
+    torch.testing.assert_close(a, b)
