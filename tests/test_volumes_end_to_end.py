@@ -193,3 +193,20 @@ def test_dice_ce_equals_monai_without_ignored_voxels_and_skips_ignored_ones():
     changed[0, :, 0, 0, 0] = torch.tensor([9.0, -9.0, 3.0])
     a, b = DiceCELoss()(logits.detach(), masked), DiceCELoss()(changed, masked)
     torch.testing.assert_close(a, b)
+
+
+def test_search_estimate_counts_a_3d_supernet_on_its_patch(volumes: Path, capsys):
+    space = ["space.spatial_dims=3", "space.filter_multiplier=2", "space.num_layers=2", "space.num_blocks=2"]
+    data = [*VOLUME_DATA, "space.stem_channels=[4,4,8]", "batch_size=2", "device=cpu"]
+    args = ["search", "--preset", "cpu", "--data-root", str(volumes), "--estimate", "--estimate-no-time"]
+    assert main(args + sets(space + data)) == 0
+    assert "estimate for patch 8x8x8, batch 2" in capsys.readouterr().out
+    from autodeeplab.config.settings import load_config
+    from autodeeplab.search.config import SearchConfig
+    from autodeeplab.search.estimate import estimate_search
+
+    config = load_config(SearchConfig, preset="cpu", overrides=[*space, *data, f"data.root={volumes}"])
+    estimate = estimate_search(config, torch.device("cpu"), measure_time=False)
+    assert estimate.saved_bytes_weight_step > 0 and estimate.sample_shape == (8, 8, 8)
+    # 6 training volumes: trainA and trainB of 3, one step of 2 per epoch; 2 val volumes.
+    assert estimate.steps_per_epoch == 1 and estimate.val_images == 2

@@ -28,6 +28,7 @@ from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.memory import GIB, SavedRecord, SavedTensorCounter
 from autodeeplab.fast.precision import autocast
 from autodeeplab.fast.supernet import build_supernet
+from autodeeplab.ops.losses import make_loss
 from autodeeplab.runs.sampling import batches_per_epoch
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import arch_step, frozen, make_optimizers, weight_step
@@ -133,6 +134,8 @@ class SearchEstimate:
     arch_start_epoch: int = 0
     val_images: int | None = None
     """Images validated after each epoch (``data.max_val_images`` applied); None: unknown."""
+    sample_shape: tuple[int, ...] | None = None
+    """Volumes: the patch (D, H, W) the figures are for (``crop_size`` is then 0)."""
     val_pixels: int | None = None
     """Pixels of one validation image (the crop with ``data.val_crop``)."""
     val_image_seconds: float | None = None
@@ -208,10 +211,12 @@ def _validation_facts(config: SearchConfig) -> tuple[int | None, int | None]:
     return count, pixels
 
 
-def _time_forward(model, device: torch.device, crop: int, batch: int, repeats: int) -> float:
+def _time_forward(
+    model, device: torch.device, crop: int, batch: int, repeats: int, shape: tuple[int, ...] | None = None
+) -> float:
     """Median seconds per image of an evaluation forward (eval mode, no gradients) of ``batch``
-    ``crop`` × ``crop`` images."""
-    images = torch.randn(batch, 3, crop, crop, device=device)
+    ``crop`` × ``crop`` images (or of ``shape`` = ``(C, *S)`` samples, e.g. volume patches)."""
+    images = torch.randn(batch, *(shape or (3, crop, crop)), device=device)
     was_training = model.training
     model.eval()
     times = []
@@ -234,12 +239,16 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_steps(model, config, device, crop: int, classes: int, repeats: int) -> tuple[float, float]:
-    """Median seconds of a weight step and an architecture step at ``crop`` (after one warm-up)."""
+def _time_steps(
+    model, config, device, crop: int, classes: int, repeats: int, shape: tuple[int, ...] | None = None
+) -> tuple[float, float]:
+    """Median seconds of a weight step and an architecture step at ``crop`` (or on samples of ``shape`` =
+    ``(C, *S)``, e.g. volume patches, with the volumes' Dice + cross-entropy) after one warm-up."""
     weight_opt, arch_opt, _ = make_optimizers(model, config)
-    images = torch.randn(config.batch_size, 3, crop, crop, device=device)
-    masks = torch.randint(0, classes, (config.batch_size, crop, crop), device=device)
-    criterion = nn.CrossEntropyLoss()
+    shape = shape or (3, crop, crop)
+    images = torch.randn(config.batch_size, *shape, device=device)
+    masks = torch.randint(0, classes, (config.batch_size, *shape[1:]), device=device)
+    criterion = make_loss("dice_ce" if len(shape) == 4 else "ce", 255)
     times: list[tuple[float, float]] = []
     for _ in range(repeats + 1):
         _synchronize(device)
@@ -268,6 +277,10 @@ def estimate_search(
     """
     config.validate()  # settings changed after they were built fail here, as in run_search
     config.execution.check_device(device.type)
+    if config.space.spatial_dims == 3:
+        from autodeeplab.search.estimate_volumes import estimate_volume_search
+
+        return estimate_volume_search(config, device, measure_time, repeats, echo)
     classes, images, note = _dataset_facts(config)
     torch.manual_seed(config.seed)
     model = build_supernet(config.space, classes, execution=config.execution).to(device)
@@ -331,8 +344,13 @@ def _duration(seconds: float) -> str:
 
 def format_estimate(e: SearchEstimate) -> str:
     """A few readable lines: memory, time per iteration, projected search time."""
+    sample = (
+        f"patch {'x'.join(map(str, e.sample_shape))}"
+        if e.sample_shape
+        else f"crop {e.crop_size}x{e.crop_size}"
+    )
     lines = [
-        f"estimate for crop {e.crop_size}x{e.crop_size}, batch {e.batch_size}, on {e.device}:",
+        f"estimate for {sample}, batch {e.batch_size}, on {e.device}:",
         f"  activations kept for backward: weight step {e.saved_bytes_weight_step / GIB:.2f} GiB, "
         f"architecture step {e.saved_bytes_arch_step / GIB:.2f} GiB",
         f"  parameters + gradients + optimizer state: {e.state_bytes / GIB:.2f} GiB",
@@ -354,8 +372,9 @@ def format_estimate(e: SearchEstimate) -> str:
         )
     if e.val_epoch_seconds is not None:
         side = math.isqrt(e.val_pixels or 0)
+        size = "x".join(map(str, e.sample_shape)) + " voxels" if e.sample_shape else f"{side}x{side} pixels"
         lines.append(
-            f"  validation: {e.val_images} images of about {side}x{side} pixels after each epoch, "
+            f"  validation: {e.val_images} images of about {size} after each epoch, "
             f"about {_duration(e.val_epoch_seconds)} each (data.max_val_images, data.val_crop)"
         )
     elif e.iteration_seconds is not None:

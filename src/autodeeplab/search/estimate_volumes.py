@@ -1,0 +1,67 @@
+"""``search --estimate`` of a volumetric search space (``space.spatial_dims=3``): memory counted and steps
+timed on the training patch itself, which in 3D is small enough to need no extrapolation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from autodeeplab.fast.supernet import build_supernet
+from autodeeplab.ops.losses import make_loss
+from autodeeplab.runs.sampling import batches_per_epoch
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.data import build_search_data
+from autodeeplab.search.estimate import SearchEstimate, _time_forward, _time_steps, count_saved
+
+
+def estimate_volume_search(
+    config: SearchConfig, device: torch.device, measure_time: bool, repeats: int, echo: Callable[[str], None]
+) -> SearchEstimate:
+    """:func:`estimate_search` for a volumetric space: counted and timed on the training patch itself
+    (``data.volumes.patch_size``; small enough in 3D to need no extrapolation), with the data's channels;
+    validation as the search does it, one centre patch per volume (``data.val_crop``)."""
+    d = config.data
+    train, _, val = build_search_data(config)  # the data must be there: a volume search reads it anyway
+    classes, channels, patch = train.num_classes, getattr(train, "in_channels", 1), d.volumes.patch_size
+    shape = (channels, *patch)
+    torch.manual_seed(config.seed)
+    model = build_supernet(config.space, classes, in_channels=channels, execution=config.execution).to(device)
+    echo(f"counting saved activations on {'x'.join(map(str, patch))} patches ...")
+    x = torch.randn(config.batch_size, *shape, device=device)
+    y = torch.randint(0, classes, (config.batch_size, *patch), device=device)
+    criterion = make_loss("dice_ce", 255)
+    saved = {
+        step: sum(r.nbytes for r in count_saved(model, x, y, criterion, step, config.execution.precision))
+        for step in ("weight", "arch")
+    }
+    weights = sum(p.numel() * p.element_size() for p in model.weight_parameters())
+    arch = sum(p.numel() * p.element_size() for p in model.arch_parameters())
+    estimate = SearchEstimate(
+        str(device),
+        0,
+        config.batch_size,
+        saved["weight"],
+        saved["arch"],
+        3 * weights + 4 * arch,
+        epochs=config.epochs,
+        sample_shape=tuple(patch),
+    )
+    estimate.arch_start_epoch = config.arch_start_epoch
+    steps = batches_per_epoch((len(train) + 1) // 2, config.batch_size)
+    estimate.steps_per_epoch = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+    estimate.steps_note = f"{len(train)} {d.dataset} {d.train_split} volumes"
+    if measure_time:
+        echo("timing one weight step and one architecture step ...")
+        w, a = _time_steps(model, config, device, 0, classes, repeats, shape=shape)
+        estimate.weight_step_seconds, estimate.arch_step_seconds = w, a
+    count = len(val) if d.max_val_images is None else min(len(val), d.max_val_images)
+    if d.val_crop:
+        estimate.val_images, estimate.val_pixels = count, math.prod(patch)
+        if measure_time:
+            echo("timing one validation forward ...")
+            estimate.val_image_seconds = _time_forward(
+                model, device, 0, config.batch_size, repeats, shape=shape
+            )
+    return estimate
