@@ -210,3 +210,24 @@ def test_search_estimate_counts_a_3d_supernet_on_its_patch(volumes: Path, capsys
     assert estimate.saved_bytes_weight_step > 0 and estimate.sample_shape == (8, 8, 8)
     # 6 training volumes: trainA and trainB of 3, one step of 2 per epoch; 2 val volumes.
     assert estimate.steps_per_epoch == 1 and estimate.val_images == 2
+
+
+def test_the_fine_decoder_stage_is_off_by_default_and_trains_when_on():
+    from autodeeplab.nets.network import AutoDeepLabNet, build_network
+
+    small = {"filter_multiplier": 2, "num_classes": 3, "stem_channels": (4, 4, 8), "aspp_channels": 8}
+    small |= {"decoder_channels": 8, "low_level_channels": 4, "in_channels": 1, "spatial_dims": 3}
+    plain = build_network("paper", **small)
+    assert plain.fine_decoder is None and not any(k.startswith("fine") for k in plain.state_dict())
+    torch.manual_seed(0)
+    net = build_network("paper", **small, fine_skip_channels=4)
+    x = torch.randn(2, 1, 11, 14, 9)
+    out = net(x)
+    assert out.shape == (2, 3, 11, 14, 9)
+    out.square().mean().backward()
+    assert net.fine_decoder.reduce[0].weight.grad.abs().sum() > 0  # the stem's stride-2 features are used
+    # The setting travels with the model file's config and rebuilds the same network.
+    rebuilt = AutoDeepLabNet.from_config_dict(net.config_dict())
+    rebuilt.load_state_dict(net.state_dict())
+    net.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x), net(x))

@@ -38,7 +38,7 @@ from torch import nn
 
 from autodeeplab.errors import ConfigError, GenotypeError
 from autodeeplab.nets.cell import FixedCell, Stem, scheduled_keep_prob
-from autodeeplab.ops.heads import ASPP, DeepLabV3PlusDecoder, aspp_rates_for_stride
+from autodeeplab.ops.heads import ASPP, DeepLabV3PlusDecoder, FineDecoderStage, aspp_rates_for_stride
 from autodeeplab.ops.primitives import ALIGN_CORNERS, resize
 from autodeeplab.space.autodeeplab.genotype import Genotype, resolve_genotype
 
@@ -79,6 +79,11 @@ class NetworkConfig:
     decoder_channels: int = 256
     low_level_channels: int = 48
     drop_path_keep_prob: float = 1.0
+    fine_skip_channels: int = 0
+    """0 (the paper): the decoder ends at output stride 4. More: a second decoder stage at output stride 2
+    fed by the stem's stride-2 features reduced to this many channels (:class:`FineDecoderStage`), for
+    inputs whose structures are a few voxels thick (e.g. 1 mm hippocampus volumes, where upsampling
+    stride-4 logits caps Dice near 0.78: benchmarks/hippocampus_result.md)."""
 
     def __post_init__(self) -> None:
         # Normalise only (lists from JSON/YAML become tuples, int probabilities floats); the checks are in
@@ -144,6 +149,8 @@ def _check_field(name: str, value: Any, where: str) -> None:
     elif name == "spatial_dims":
         if value not in SPATIAL_DIMS or not _is_int(value):
             raise ConfigError(f"{where}: must be 2 (images) or 3 (volumes), got {value!r}")
+    elif name == "fine_skip_channels" and _is_int(value) and value == 0:
+        return  # off
     elif name in ("num_classes", "in_channels") and value is None:
         return  # training settings: the dataset's count
     elif not _is_int(value):
@@ -203,13 +210,25 @@ class AutoDeepLabNet(nn.Module):
         self.output_stride = STEM_OUTPUT_STRIDE * 2 ** genotype.network_path[-1]
         rates = aspp_rates_for_stride(config.aspp_rates_os16, self.output_stride)
         self.aspp = ASPP(c_prev, config.aspp_channels, rates, dropout=config.aspp_dropout, dims=dims)
+        fine = config.fine_skip_channels > 0
         self.decoder = DeepLabV3PlusDecoder(
             low_channels,
             config.aspp_channels,
             config.low_level_channels,
             config.decoder_channels,
-            config.num_classes,
+            None if fine else config.num_classes,
             dims=dims,
+        )
+        self.fine_decoder = (
+            FineDecoderStage(
+                config.decoder_channels,
+                config.stem_channels[1],
+                config.fine_skip_channels,
+                config.num_classes,
+                dims,
+            )
+            if fine
+            else None
         )
         self._init_weights()
 
@@ -241,13 +260,14 @@ class AutoDeepLabNet(nn.Module):
             sizes.append(tuple(math.ceil(s / 2) for s in sizes[-1]))
         return sizes
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, with_stem: bool = False) -> tuple[torch.Tensor, ...]:
         """``[N, C, *S]`` → (last cell after ReLU, low-level features).
 
         The last cell's output is ``[N, B·F·2^s, *ceil(S/OS)]`` for its level ``s``; the low-level
         features are ``[N, c_low, *S4]`` at output stride 4.
         """
         prev_prev, prev = self.stem(x)
+        stem_features = prev_prev  # output stride 2, for the optional fine decoder stage
         sizes = self.level_sizes(tuple(prev.shape[2:]))
         low_level = prev
         previous_level = 0
@@ -260,12 +280,18 @@ class AutoDeepLabNet(nn.Module):
             prev_prev, prev, previous_level = prev, out, level
             if i == self.low_level_index:
                 low_level = out
+        if with_stem:
+            return torch.relu(prev), low_level, stem_features
         return torch.relu(prev), low_level
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, in_channels, *S]`` → logits ``[N, num_classes, *S]`` (any size)."""
-        features, low_level = self.forward_features(x)
-        logits = self.decoder(self.aspp(features), low_level)
+        if self.fine_decoder is None:
+            features, low_level = self.forward_features(x)
+            logits = self.decoder(self.aspp(features), low_level)
+        else:
+            features, low_level, stem_features = self.forward_features(x, with_stem=True)
+            logits = self.fine_decoder(self.decoder(self.aspp(features), low_level), stem_features)
         return resize(logits, x.shape[2:], align_corners=ALIGN_CORNERS)
 
     def config_dict(self) -> dict[str, Any]:

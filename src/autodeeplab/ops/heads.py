@@ -83,7 +83,8 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3PlusDecoder(nn.Module):
-    """(ASPP ``[N, aspp_channels, *s]``, low-level ``[N, low_in, *S4]``) → logits ``[N, K, *S4]``."""
+    """(ASPP ``[N, aspp_channels, *s]``, low-level ``[N, low_in, *S4]``) → logits ``[N, K, *S4]``
+    (``num_classes`` None: the fused features ``[N, channels, *S4]``, for a further decoder stage)."""
 
     def __init__(
         self,
@@ -91,7 +92,7 @@ class DeepLabV3PlusDecoder(nn.Module):
         aspp_channels: int,
         low_level_channels: int,
         channels: int,
-        num_classes: int,
+        num_classes: int | None,
         dims: int = 2,
     ) -> None:
         super().__init__()
@@ -100,10 +101,31 @@ class DeepLabV3PlusDecoder(nn.Module):
             conv_bn_relu(aspp_channels + low_level_channels, channels, 3, dims=dims),
             conv_bn_relu(channels, channels, 3, dims=dims),
         )
-        self.classifier = conv_nd(dims)(channels, num_classes, 1, bias=True)
+        self.classifier = (
+            conv_nd(dims)(channels, num_classes, 1, bias=True) if num_classes is not None else nn.Identity()
+        )
 
     def forward(self, aspp_out: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         low = self.reduce(low_level)
         # DeepLab's refine_by_decoder resizes with its resize_bilinear, which aligns corners.
         fused = torch.cat([resize(aspp_out, low.shape[2:], align_corners=ALIGN_CORNERS), low], dim=1)
         return self.classifier(self.fuse(fused))
+
+
+class FineDecoderStage(nn.Module):
+    """A second decoder stage at output stride 2 (not in the paper; for small volumes, see
+    ``NetworkConfig.fine_skip_channels``): (decoder features ``[N, c, *S4]``, stem features
+    ``[N, skip_in, *S2]``) → logits ``[N, K, *S2]``, built like the DeepLabv3+ stage above."""
+
+    def __init__(
+        self, channels: int, skip_in: int, skip_channels: int, num_classes: int, dims: int = 2
+    ) -> None:
+        super().__init__()
+        self.reduce = conv_bn_relu(skip_in, skip_channels, 1, dims=dims)
+        self.fuse = conv_bn_relu(channels + skip_channels, channels, 3, dims=dims)
+        self.classifier = conv_nd(dims)(channels, num_classes, 1, bias=True)
+
+    def forward(self, features: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        fine = self.reduce(skip)
+        coarse = resize(features, fine.shape[2:], align_corners=ALIGN_CORNERS)
+        return self.classifier(self.fuse(torch.cat([coarse, fine], dim=1)))

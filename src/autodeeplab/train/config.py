@@ -230,7 +230,8 @@ _HIPPOCAMPUS_DATA = {
     "volumes": {"split_order": "sorted", "patch_size": [40, 56, 40]},
     "num_workers": 0,
 }
-# The found network in 3D with a small F and slim stem and heads: about 4.6M parameters.
+# The found network in 3D with a small F and slim stem and heads (about 4.6M parameters), plus a decoder
+# stage at output stride 2: at 1 mm, upsampling stride-4 logits caps the hippocampus Dice near 0.78.
 _VOLUME_MODEL = {
     "spatial_dims": 3,
     "filter_multiplier": 8,
@@ -238,6 +239,7 @@ _VOLUME_MODEL = {
     "aspp_channels": 32,
     "decoder_channels": 32,
     "low_level_channels": 16,
+    "fine_skip_channels": 16,
     "drop_path_keep_prob": 1.0,
 }
 register_presets(
