@@ -115,15 +115,16 @@ class DeepLabV3PlusDecoder(nn.Module):
 class FineDecoderStage(nn.Module):
     """A second decoder stage at output stride 2 (not in the paper; for small volumes, see
     ``NetworkConfig.fine_skip_channels``): (decoder features ``[N, c, *S4]``, stem features
-    ``[N, skip_in, *S2]``) → logits ``[N, K, *S2]``, built like the DeepLabv3+ stage above."""
+    ``[N, skip_in, *S2]``) → logits ``[N, K, *S2]``, built like the DeepLabv3+ stage above but narrow
+    (``skip_channels`` wide throughout: a 3×3(×3) convolution at stride 2 is 8× the voxels of stride 4)."""
 
     def __init__(
         self, channels: int, skip_in: int, skip_channels: int, num_classes: int, dims: int = 2
     ) -> None:
         super().__init__()
         self.reduce = conv_bn_relu(skip_in, skip_channels, 1, dims=dims)
-        self.fuse = conv_bn_relu(channels + skip_channels, channels, 3, dims=dims)
-        self.classifier = conv_nd(dims)(channels, num_classes, 1, bias=True)
+        self.fuse = conv_bn_relu(channels + skip_channels, skip_channels, 3, dims=dims)
+        self.classifier = conv_nd(dims)(skip_channels, num_classes, 1, bias=True)
 
     def forward(self, features: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         fine = self.reduce(skip)
