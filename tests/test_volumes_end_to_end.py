@@ -231,3 +231,56 @@ def test_the_fine_decoder_stage_is_off_by_default_and_trains_when_on():
     rebuilt.load_state_dict(net.state_dict())
     net.eval(), rebuilt.eval()
     torch.testing.assert_close(rebuilt(x), net(x))
+
+
+def train_args(root: Path, out: Path, *extra: str) -> list[str]:
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--genotype",
+        "paper",
+        "--data-root",
+        str(root),
+        "-o",
+        str(out),
+        "-q",
+    ]
+    return args + sets([*VOLUME_DATA, *VOLUME_MODEL, "iterations=2", "batch_size=2", *extra])
+
+
+def test_a_broken_volume_stops_a_training_before_anything_is_written(tmp_path: Path, capsys):
+    root = write_volumes(tmp_path / "data")
+    label = root / "labels" / "case_004.nii.gz"  # a training volume (sorted: 0..5 train)
+    label.write_bytes(label.read_bytes()[: len(label.read_bytes()) // 2])
+    assert main(train_args(root, tmp_path / "run", "checkpoint_every=1")) == 2
+    assert "case_004.nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_single_sample_batch_is_one_line_and_leaves_nothing(volumes: Path, tmp_path: Path, capsys):
+    assert main(train_args(volumes, tmp_path / "run", "batch_size=1")) == 2
+    assert "batch_size: 1 leaves batch norm a single value" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_and_the_pipeline_refuse_volumes_in_one_line(
+    trained: Path, volumes: Path, tmp_path: Path, capsys
+):
+    assert main(["export", str(trained), "--format", "onnx", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "ONNX export is for 2D models" in capsys.readouterr().err
+    assert main(["run", "--dataset", "nifti", "--data-root", str(volumes), "-o", str(tmp_path / "p")]) == 2
+    assert "autodeeplab run is for images" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_folder_whose_split_changed_since_training(trained: Path, tmp_path: Path, capsys):
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "data"
+    shutil.copytree(yaml.safe_load((trained / "config.yaml").read_text())["data"]["root"], root)
+    for kind in ("images", "labels"):  # a new last id moves the sorted test split
+        shutil.copy(root / kind / "case_000.nii.gz", root / kind / "case_999.nii.gz")
+    assert main(["eval", str(trained), "--data-root", str(root), "--split", "test", "--no-json"]) == 2
+    assert "changed since this run started" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from PIL import Image
 from autodeeplab.config.settings import dump_config_yaml, load_config, read_run_info
 from autodeeplab.data.registry import build_dataset, check_split
 from autodeeplab.data.transforms import EvalTransform
+from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import ConfigError
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
@@ -162,6 +163,11 @@ def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig
     """
     search_config.validate()
     s, t = search_config.data, train_config.data
+    if s.dataset in VOLUME_DATASETS or t.dataset in VOLUME_DATASETS:
+        raise ConfigError(
+            "--dataset: autodeeplab run is for images for now; for volumes run search, train and eval one "
+            "after another (README, Volumes)"
+        )
     requests = [
         ("search data.train_split", s.dataset, s.root, s.train_split),
         ("search data.val_split", s.dataset, s.root, s.val_split),

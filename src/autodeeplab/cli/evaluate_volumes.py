@@ -14,6 +14,21 @@ from typing import Any
 
 from autodeeplab.errors import ConfigError
 
+DEFAULT_VOLUME_OVERLAP = 0.5
+"""The overlap of models trained before it was recorded (the training default)."""
+
+
+def check_recorded_split(checkpoint: str, info: Any, dataset: Any) -> None:
+    """When the model's run folder holds the split its training made (``data_split.json``) and ``dataset``
+    is that dataset, refuse a folder whose split has changed since: its test volumes could include
+    trained-on ones (a sorted split moves whenever a file is added or removed)."""
+    from autodeeplab.cli.evaluate import checkpoint_file
+    from autodeeplab.data.splits import SPLIT_RECORD, record_split
+
+    run = checkpoint_file(checkpoint).parent
+    if (run / SPLIT_RECORD).exists() and dataset.name == info.dataset:
+        record_split(run, dataset)  # checks only: the record exists
+
 
 def evaluate_volume_split(
     args: argparse.Namespace,
@@ -30,7 +45,7 @@ def evaluate_volume_split(
     from autodeeplab.cli.evaluate import checkpoint_file
     from autodeeplab.config.settings import config_to_dict
     from autodeeplab.fileio import atomic_write_json
-    from autodeeplab.infer.evaluate import EVAL_JSON_KIND
+    from autodeeplab.infer.evaluate import DEFAULT_WINDOW_OVERLAP, EVAL_JSON_KIND
     from autodeeplab.infer.volumes import evaluate_volumes
     from autodeeplab.runs.progress import Progress
 
@@ -45,7 +60,17 @@ def evaluate_volume_split(
     window = tuple(config.window) if config.window is not None else tuple(info.patch_size)
     if len(window) != 3:
         raise ConfigError(f"--window: a volume's window is three sizes D H W, got {list(window)}")
-    overlap = info.window_overlap if info.window_overlap is not None else 0.5
+    # The training's overlap, unless --set window_overlap gave another than the images' default.
+    overlap = info.window_overlap if info.window_overlap is not None else DEFAULT_VOLUME_OVERLAP
+    if config.window_overlap != DEFAULT_WINDOW_OVERLAP:
+        overlap = config.window_overlap
+    channels = getattr(dataset, "in_channels", 1)
+    if channels != model.config.in_channels:
+        raise ConfigError(
+            f"--dataset: {name} {split} volumes have {channels} channels but {args.checkpoint} takes "
+            f"{model.config.in_channels}"
+        )
+    check_recorded_split(args.checkpoint, info, dataset)
     total = len(dataset) if config.max_images is None else min(len(dataset), config.max_images)
     with Progress(total, f"eval {name} {split}", quiet=args.quiet) as bar:
         result = evaluate_volumes(

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     model, info = load_model(args.checkpoint, device="cpu")
+    if model.config.spatial_dims != 2:
+        raise ConfigError(f"{args.checkpoint}: a volumetric (3D) model; ONNX export is for 2D models for now")
     shape = (1, 3, height, width)
     export_onnx(model, output, shape)
     print(f"{output}: ONNX model of {args.checkpoint} ({info.num_classes} classes, input {height}x{width})")

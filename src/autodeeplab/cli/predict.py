@@ -121,7 +121,7 @@ def run_volumes(args: argparse.Namespace, model, info) -> int:
         output,
         info.palette,
         info.patch_size,
-        info.window_overlap or 0.5,
+        0.5 if info.window_overlap is None else info.window_overlap,
         in_channels=model.config.in_channels,
         target_spacing=spacing,
     )

@@ -105,3 +105,19 @@ def check_volume_dataset(
                 progress(split, index + 1, len(dataset))
     report.distinct_samples = len(results)
     return last, voxels
+
+
+def refuse_broken_volumes(dataset: Any) -> None:
+    """Read every pair of a volume split once before a run starts: the first problem (with the count of the
+    others) as a :class:`DataProblemError`, so that a broken volume stops the run before it writes anything,
+    not when the training first reaches it (a volume is small next to a training step: about 4 s for the
+    260 hippocampus pairs)."""
+    found: list[DataProblem] = []
+    for image_path, label_path in dataset.samples:
+        found += check_pair_files(dataset, image_path, label_path)[0]
+    if found:
+        first, more = found[0], len(found) - 1
+        if more:
+            hint = f" (and {more} more problems; run 'autodeeplab data check' to list them)"
+            first = DataProblem(first.path, first.message + hint)
+        raise DataProblemError(first)

@@ -352,7 +352,7 @@ class MSDDataset(VolumeDataset):
             return {}, [exc.problem]
         self._spec = spec
         modality = spec.get("modality", {"0": "image"})
-        self.in_channels = len(modality) if isinstance(modality, dict) and modality else 1
+        self.in_channels = len(modality) if isinstance(modality, (dict, list)) and modality else 1
         pairs: dict[str, tuple[Path, Path]] = {}
         problems: list[DataProblem] = []
         for n, entry in enumerate(spec["training"]):

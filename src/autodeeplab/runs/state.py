@@ -6,20 +6,21 @@ live there, the process-level state here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
 
-from autodeeplab.errors import AutoDeepLabError, CheckpointError
+from autodeeplab.errors import AutoDeepLabError, CheckpointError, ConfigError
 
 
 class NonFiniteError(AutoDeepLabError):
@@ -150,3 +151,22 @@ def check_finite(
     parts = [f"{k} {v}" for k, v in (("epoch", epoch), ("step", step)) if v is not None]
     where = f" at {' '.join(parts)}" if parts else ""
     raise NonFiniteError(f"{what} became {number}{where}; {hint}")
+
+
+_SINGLE_VALUE_BN = "Expected more than 1 value per channel when training"
+
+
+@contextlib.contextmanager
+def batch_norm_needs_two_values(batch_size: int) -> Iterator[None]:
+    """Turn torch's "more than 1 value per channel" error into a one-line :class:`ConfigError`: a batch of
+    one whose deepest features (or the ASPP's image pooling) are one voxel leaves batch norm one value per
+    channel; small 3D patches meet this easily."""
+    try:
+        yield
+    except ValueError as exc:
+        if _SINGLE_VALUE_BN not in str(exc):
+            raise
+        raise ConfigError(
+            f"batch_size: {batch_size} leaves batch norm a single value per channel at the deepest level "
+            "(one sample of one voxel); use batch_size 2 or more, or larger crops / patches"
+        ) from None

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from autodeeplab.data.checks import refuse_hidden_class
 from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.transforms import CentreCropTransform, EvalTransform, TrainTransform, check_crop_size
+from autodeeplab.data.volume_checks import refuse_broken_volumes
 from autodeeplab.data.volume_transforms import CentrePatchTransform, PatchTransform
 from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import ConfigError, DataError
@@ -62,6 +63,9 @@ def build_search_data(config: SearchConfig):
     else:
         val_transform = CentreCropTransform(d.crop_size) if d.val_crop else EvalTransform()
     val = open_split(d.val_split, val_transform, d.synthetic_val_samples)
+    if volumes:  # every pair read once now, not first met at step N
+        refuse_broken_volumes(train_a)
+        refuse_broken_volumes(val)
     if len(train_a) < 2 * config.batch_size:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "

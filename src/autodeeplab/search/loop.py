@@ -32,7 +32,7 @@ from autodeeplab.runs.device import resolve_device
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
-from autodeeplab.runs.state import GracefulInterrupt, check_finite
+from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.data import build_search_data, is_volumes, validation_score
 from autodeeplab.search.state import (
@@ -96,7 +96,8 @@ def run_search(
     """
     config.validate()
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-    with run.kept_resumable("search", continue_with), run.locked():
+    single_sample_bn = batch_norm_needs_two_values(config.batch_size)
+    with run.kept_resumable("search", continue_with), run.locked(), single_sample_bn:
         return _search(config, run, resume, quiet, echo, build_space)
 
 

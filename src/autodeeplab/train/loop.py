@@ -46,7 +46,7 @@ from autodeeplab.runs.device import resolve_device
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
-from autodeeplab.runs.state import GracefulInterrupt, check_finite
+from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train.config import TrainConfig
 from autodeeplab.train.state import load_training_state, restore_training_state, save_training_state
@@ -100,6 +100,7 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     """The augmented training split and the evaluation split (or None)."""
     from autodeeplab.data.registry import build_dataset
     from autodeeplab.data.transforms import EvalTransform, TrainTransform, check_crop_size
+    from autodeeplab.data.volume_checks import refuse_broken_volumes
     from autodeeplab.data.volume_transforms import PatchTransform
 
     d = config.data
@@ -117,6 +118,8 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
         check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
         refuse_hidden_class(train)  # 0/255 masks read with ignore 255 would lose their foreground
     network_config(config, train)  # model.num_classes, in_channels and spatial_dims fit the data
+    if volumes:
+        refuse_broken_volumes(train)  # every pair read once now, not first met at step N
     if batches_per_epoch(len(train), config.batch_size) == 0:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train)} images cannot fill one batch of {config.batch_size}"
@@ -124,9 +127,12 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     if d.eval_split is None:
         return train, None
     n_eval = {"num_samples": d.synthetic_eval_samples} if synthetic else {}
-    return train, build_dataset(
+    val = build_dataset(
         d.dataset, d.root, d.eval_split, transform=None if volumes else EvalTransform(), **options, **n_eval
     )
+    if volumes:
+        refuse_broken_volumes(val)
+    return train, val
 
 
 def network_config(config: TrainConfig, data: Any) -> Any:
@@ -185,7 +191,8 @@ def run_training(
     """
     config.validate()  # settings changed after they were built fail here, before anything is written
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-    with run.kept_resumable("train", continue_with), run.locked():
+    single_sample_bn = batch_norm_needs_two_values(config.batch_size)
+    with run.kept_resumable("train", continue_with), run.locked(), single_sample_bn:
         return _train(config, genotype, run, resume, quiet, echo)
 
 
