@@ -32,7 +32,10 @@ def add_run_arguments(
 ) -> None:
     """--preset/--config/--set/--dataset/--data-root/--output/--resume/--quiet for a run of ``config_cls``."""
     add_settings_arguments(p, config_cls, f"named settings (default: {default_preset})", example)
-    p.add_argument("--dataset", help="dataset name (synthetic, camvid, cityscapes, voc, ade20k, folder)")
+    p.add_argument(
+        "--dataset",
+        help="dataset name (synthetic, camvid, cityscapes, voc, ade20k, folder; volumes: nifti, msd)",
+    )
     p.add_argument("--data-root", help="dataset folder")
     p.add_argument("--output", "-o", metavar="RUN_DIR", help="run directory (default: runs/<command>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")

@@ -145,7 +145,8 @@ def _search(
     )
     steps = steps_per_epoch(len(split["train_a"]), config)
     echo(
-        f"searching: {len(split['train_a'])} trainA / {len(split['train_b'])} trainB images, "
+        f"searching: {len(split['train_a'])} trainA / {len(split['train_b'])} trainB "
+        f"{'volumes' if is_volumes(train_a) else 'images'}, "
         f"{steps} steps x {config.epochs} epochs, device {device}, run dir {run.path}"
     )
     tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=echo)

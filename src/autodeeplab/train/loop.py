@@ -234,7 +234,8 @@ def _train(
     criterion = make_loss(config.loss_name(), train.ignore_index)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     say(
-        f"training {genotype.short()}: {len(train)} {config.data.dataset} images, "
+        f"training {genotype.short()}: {len(train)} {config.data.dataset} "
+        f"{'volumes' if is_volumes(train) else 'images'}, "
         f"{config.iterations} steps of {config.batch_size}, {millions:.2f}M parameters, device {device}, "
         f"run dir {run.path}"
     )
