@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from autodeeplab.config.checks import split_fractions as split_fractions_check
+from autodeeplab.config.volumes import SPLIT_ORDERS
 from autodeeplab.data.base import SegmentationDataset
 from autodeeplab.data.classes_file import MAX_CLASSES, find_classes_file, read_classes_file
 from autodeeplab.data.folder import seeded_split
@@ -58,7 +59,6 @@ VolumeTransform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[
 VOLUME_SPLITS = ("all", "train", "val", "test")
 VOLUME_DATASETS = ("nifti", "msd")
 """The dataset names whose samples are volumes (``[C, D, H, W]``)."""
-SPLIT_ORDERS = ("seeded", "sorted")
 
 
 def as_tensors(

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from autodeeplab.data.checks import refuse_hidden_class
 from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.transforms import CentreCropTransform, EvalTransform, TrainTransform, check_crop_size
-from autodeeplab.data.volume_checks import refuse_broken_volumes
+from autodeeplab.data.volume_checks import is_volume_dataset, refuse_broken_volumes
 from autodeeplab.data.volume_transforms import CentrePatchTransform, PatchTransform
 from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import ConfigError, DataError
@@ -22,11 +22,6 @@ from autodeeplab.search.config import SearchConfig
 
 VALIDATION_BAR_DELAY_S = 3.0
 """A validation shorter than this shows no bar."""
-
-
-def is_volumes(dataset: Any) -> bool:
-    """Whether ``dataset`` yields volumes ``[C, D, H, W]`` (rather than images)."""
-    return getattr(dataset, "spatial_dims", 2) == 3
 
 
 def build_search_data(config: SearchConfig):
@@ -97,7 +92,7 @@ def validation_score(
     window (the mean of the volumes' Dice, as ``eval`` reports).
     """
     count = len(val) if config.data.max_val_images is None else min(len(val), config.data.max_val_images)
-    if not is_volumes(val):
+    if not is_volume_dataset(val):
         return {"val_miou": validation_miou(model, val, config, device, quiet)}
     from autodeeplab.infer.volumes import dice_per_class, evaluate_volumes
 

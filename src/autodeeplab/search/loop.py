@@ -22,6 +22,7 @@ from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from autodeeplab.data.splits import record_split
+from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
 from autodeeplab.fast.supernet import build_supernet
@@ -34,7 +35,7 @@ from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
 from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
 from autodeeplab.search.config import SearchConfig
-from autodeeplab.search.data import build_search_data, is_volumes, validation_score
+from autodeeplab.search.data import build_search_data, validation_score
 from autodeeplab.search.state import (
     SearchPosition,
     load_or_make_split,
@@ -132,7 +133,7 @@ def _search(
             config, run.path / "config.yaml", {"autodeeplab_version": __version__, "seed": config.seed}
         )
     # Volumes: Dice + cross-entropy, as in their training (the small foreground would drown in plain CE).
-    criterion = make_loss("dice_ce" if is_volumes(train_a) else "ce", train_a.ignore_index)
+    criterion = make_loss("dice_ce" if is_volume_dataset(train_a) else "ce", train_a.ignore_index)
     precision = config.execution.precision
     b_stream = CyclingLoader(
         train_b,
@@ -146,7 +147,7 @@ def _search(
     steps = steps_per_epoch(len(split["train_a"]), config)
     echo(
         f"searching: {len(split['train_a'])} trainA / {len(split['train_b'])} trainB "
-        f"{'volumes' if is_volumes(train_a) else 'images'}, "
+        f"{'volumes' if is_volume_dataset(train_a) else 'images'}, "
         f"{steps} steps x {config.epochs} epochs, device {device}, run dir {run.path}"
     )
     tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=echo)
@@ -217,7 +218,7 @@ def _search(
                 epoch + 1, 0, position.global_step, position.b_cycle, position.b_batch
             )  # the sums start again
             scores = validation_score(model, val, config, device, quiet)
-            if tensorboard is not None and not is_volumes(val):
+            if tensorboard is not None and not is_volume_dataset(val):
                 log_prediction_panels(tensorboard, "search/predictions", model, val, epoch + 1, device)
             genotype = record_epoch(
                 run, model, epoch, scores, scheduler.get_last_lr()[0], losses, tensorboard

@@ -34,6 +34,7 @@ from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.data.checks import refuse_hidden_class
 from autodeeplab.data.splits import record_split
+from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import DataError
 from autodeeplab.infer.evaluate import evaluate
@@ -215,8 +216,8 @@ def _train(
         iterations=config.iterations,
         dataset_options=train_dataset_options(config),
         data_root=str(Path(config.data.root).resolve()) if config.data.root else None,
-        patch_size=list(config.data.volumes.patch_size) if is_volumes(train) else None,
-        window_overlap=config.data.volumes.window_overlap if is_volumes(train) else None,
+        patch_size=list(config.data.volumes.patch_size) if is_volume_dataset(train) else None,
+        window_overlap=config.data.volumes.window_overlap if is_volume_dataset(train) else None,
     )
     if loaded is not None:
         info.step, info.metrics = restore_training_state(
@@ -235,7 +236,7 @@ def _train(
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     say(
         f"training {genotype.short()}: {len(train)} {config.data.dataset} "
-        f"{'volumes' if is_volumes(train) else 'images'}, "
+        f"{'volumes' if is_volume_dataset(train) else 'images'}, "
         f"{config.iterations} steps of {config.batch_size}, {millions:.2f}M parameters, device {device}, "
         f"run dir {run.path}"
     )
@@ -270,11 +271,11 @@ def _train(
             if val is not None and (done or (config.eval_every and step % config.eval_every == 0)):
                 info.metrics = _evaluate(model, val, config, run, step, device, say)
                 if tensorboard is not None:
-                    score = "mean_dice" if is_volumes(val) else "miou"
+                    score = "mean_dice" if is_volume_dataset(val) else "miou"
                     tensorboard.add_scalar(
                         f"train/{config.data.eval_split}_{score}", info.metrics[score], step
                     )
-                    if not is_volumes(val):
+                    if not is_volume_dataset(val):
                         log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
                     tensorboard.flush()
             if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
@@ -289,7 +290,7 @@ def _train(
 
 def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, echo) -> dict[str, Any]:
     n = len(val) if config.data.eval_max_images is None else min(len(val), config.data.eval_max_images)
-    if is_volumes(val):
+    if is_volume_dataset(val):
         return _evaluate_volumes(model, val, config, run, step, device, echo, n)
     samples = (val[i] for i in range(n))
     result = evaluate(model, samples, val.num_classes, val.class_names, val.ignore_index, device=device)
@@ -309,10 +310,6 @@ def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, e
         f"step {step}: {split} mIoU {100 * m.miou:.2f}%  pixel acc {100 * m.pixel_accuracy:.2f}% ({n} images)"
     )
     return {"split": config.data.eval_split, "images": n, **m.to_dict()}
-
-
-def is_volumes(dataset: Any) -> bool:
-    return getattr(dataset, "spatial_dims", 2) == 3
 
 
 def _evaluate_volumes(model, val, config: TrainConfig, run: RunDir, step: int, device, echo, n: int):
