@@ -284,3 +284,18 @@ def test_eval_refuses_a_folder_whose_split_changed_since_training(trained: Path,
         shutil.copy(root / kind / "case_000.nii.gz", root / kind / "case_999.nii.gz")
     assert main(["eval", str(trained), "--data-root", str(root), "--split", "test", "--no-json"]) == 2
     assert "changed since this run started" in capsys.readouterr().err
+
+
+def test_data_check_and_stats_take_the_runs_split_order(volumes: Path, tmp_path: Path, capsys):
+    split = ["--split-order", "sorted", "--split-fractions", "0.2", "0.2"]
+    assert main(["data", "check", "--dataset", "nifti", "--data-root", str(volumes), *split]) == 0
+    assert "train 6, val 2, test 2" in capsys.readouterr().out
+    out = tmp_path / "stats"
+    assert (
+        main(["data", "stats", "--dataset", "nifti", "--data-root", str(volumes), *split, "-o", str(out)])
+        == 0
+    )
+    stats = json.loads((out / "stats.json").read_text())
+    assert "test" in json.dumps(stats) and (out / "class_voxels.png").exists()
+    assert main(["data", "check", "--dataset", "synthetic", *split]) == 2
+    assert "for volume datasets" in capsys.readouterr().err

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     check.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASET_NAMES, help="dataset layout")
     check.add_argument("--data-root", metavar="PATH", help="dataset folder (not for synthetic)")
+    add_volume_split_arguments(check)
     check.add_argument(
         "--split", action="append", metavar="SPLIT", help="split to check (repeatable; default: all splits)"
     )
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     stats.add_argument("--dataset", default=DEFAULT_DATASET, choices=DATASET_NAMES, help="dataset layout")
     stats.add_argument("--data-root", metavar="PATH", help="dataset folder (not for synthetic)")
+    add_volume_split_arguments(stats)
     stats.add_argument(
         "--split", action="append", metavar="SPLIT", help="split to count (repeatable; default: all splits)"
     )
@@ -89,11 +91,38 @@ def _progress_printer():
     return show
 
 
+def add_volume_split_arguments(p: argparse.ArgumentParser) -> None:
+    """How a volume dataset (nifti, msd) is split, as in a run's data.volumes.split_order and
+    data.split_fractions (the hippocampus presets: --split-order sorted --split-fractions 0.1 0.2)."""
+    p.add_argument("--split-order", choices=("seeded", "sorted"), help="volumes: how ids are split (seeded)")
+    p.add_argument(
+        "--split-fractions", type=float, nargs=2, metavar=("VAL", "TEST"), help="volumes: (0.15 0.15)"
+    )
+
+
+def volume_split_options(args: argparse.Namespace) -> dict:
+    """The reader options of --split-order/--split-fractions; refused for datasets of images."""
+    from autodeeplab.data.volume_checks import is_volume_dataset
+    from autodeeplab.errors import ConfigError
+
+    options = {}
+    if args.split_order is not None:
+        options["split_order"] = args.split_order
+    if args.split_fractions is not None:
+        options["split_fractions"] = tuple(args.split_fractions)
+    if options and not is_volume_dataset(args.dataset):
+        raise ConfigError("--split-order/--split-fractions: for volume datasets (nifti, msd) only")
+    return options
+
+
 def run_check(args: argparse.Namespace) -> int:
     from autodeeplab.data.checks import check_dataset_report
     from autodeeplab.data.registry import dataset_class
 
-    report = check_dataset_report(args.dataset, args.data_root, args.split, progress=_progress_printer())
+    options = volume_split_options(args)
+    report = check_dataset_report(
+        args.dataset, args.data_root, args.split, progress=_progress_printer(), volume_options=options
+    )
     where = args.dataset if args.data_root is None else f"{args.dataset} at {args.data_root}"
     unit = "volumes" if getattr(dataset_class(args.dataset), "spatial_dims", 2) == 3 else "samples"
     counts = ", ".join(f"{split} {count}" for split, count in report.samples.items())
@@ -143,7 +172,8 @@ def run_stats(args: argparse.Namespace) -> int:
         # Files inside a dataset's folder could be read back as its images or labels.
         root = args.data_root
         raise ConfigError(f"--output: {out} is inside the data root {root}; write the stats elsewhere")
-    stats = dataset_stats(args.dataset, args.data_root, args.split, progress=_progress_printer())
+    options = volume_split_options(args)
+    stats = dataset_stats(args.dataset, args.data_root, args.split, progress=_progress_printer(), **options)
     print(format_stats(stats))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / files[0], stats.to_json())

@@ -43,6 +43,7 @@ def check_dataset_report(
     root: str | Path | None,
     splits: Sequence[str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    volume_options: dict | None = None,
 ) -> CheckReport:
     """Check ``splits`` (default: every split the dataset offers) of dataset ``name`` under ``root``.
 
@@ -66,7 +67,7 @@ def check_dataset_report(
     if getattr(reader, "spatial_dims", 2) == 3:
         from autodeeplab.data.volume_checks import check_volume_dataset
 
-        last, voxels = check_volume_dataset(name, root, splits, report, add, progress)
+        last, voxels = check_volume_dataset(name, root, splits, report, add, progress, volume_options or {})
         if last is not None and voxels:
             _check_label_balance(last, voxels, report, add)
         return report

@@ -72,6 +72,7 @@ def check_volume_dataset(
     report: Any,
     add: Callable[[DataProblem], None],
     progress: Callable[[str, int, int], None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, np.ndarray]]:
     """Fill ``report`` (a :class:`~autodeeplab.data.checks.CheckReport`) for the volume dataset ``name``;
     return the last dataset opened and the voxels per train id of each split, for the balance warnings."""
@@ -81,7 +82,7 @@ def check_volume_dataset(
     last: Any = None
     for split in splits if splits is not None else reader.available_splits(root):
         try:
-            dataset = build_dataset(name, root, split, strict=False)
+            dataset = build_dataset(name, root, split, strict=False, **(options or {}))
         except DataProblemError as exc:  # e.g. an unreadable classes file
             add(exc.problem)
             report.samples[split] = 0
