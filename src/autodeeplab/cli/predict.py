@@ -124,6 +124,7 @@ def run_volumes(args: argparse.Namespace, model, info) -> int:
         0.5 if info.window_overlap is None else info.window_overlap,
         in_channels=model.config.in_channels,
         target_spacing=spacing,
+        alpha=args.alpha,
     )
     for label, slices in written:
         print(f"{label}  {slices}")

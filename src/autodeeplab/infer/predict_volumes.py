@@ -73,6 +73,7 @@ def predict_volume_files(
     overlap: float,
     in_channels: int = 1,
     target_spacing: Sequence[float] | None = None,
+    alpha: float = 0.5,
 ) -> list[tuple[Path, Path]]:
     """Segment every volume of ``paths`` into ``output_dir``; ``(label .nii.gz, slices .png)`` per input."""
     from autodeeplab.viz.volumes import plot_orthogonal_slices
@@ -91,7 +92,13 @@ def predict_volume_files(
         labels = predict_volume(model, image, volume.spacing, patch_size, overlap, target_spacing)
         label_path = write_label_volume(labels, path, out / f"{name}{LABEL_SUFFIX}")
         slices = plot_orthogonal_slices(
-            image[0], labels, palette, name, out / f"{name}{SLICES_SUFFIX}", spacing=volume.spacing
+            image[0],
+            labels,
+            palette,
+            name,
+            out / f"{name}{SLICES_SUFFIX}",
+            spacing=volume.spacing,
+            alpha=alpha,
         )
         written.append((label_path, slices))
     return written

@@ -33,13 +33,15 @@ def _grey_range(image: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1.0)
 
 
-def _overlay(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+def _overlay(
+    labels: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
     """RGBA ``[h, w, 4]`` in 0..1: each class in its palette colour, class 0 (and labels without a colour,
     such as an ignore value) fully transparent."""
     colours = np.zeros((len(palette), 4))
     if len(palette):
         colours[:, :3] = np.asarray([tuple(c)[:3] for c in palette], dtype=np.float64) / 255.0
-    colours[1:, 3] = OVERLAY_ALPHA
+    colours[1:, 3] = alpha
     rgba = np.zeros((*labels.shape, 4))
     known = (labels >= 0) & (labels < len(palette))
     rgba[known] = colours[labels[known]]
@@ -53,6 +55,7 @@ def orthogonal_slices(
     title: str | None = None,
     *,
     spacing: Sequence[float] | None = None,
+    alpha: float = OVERLAY_ALPHA,
 ) -> Figure:
     """Three panels: the slices across axes 0, 1 and 2 of ``image`` ``[D, H, W]`` (grey) through the centre
     of mass of the foreground ``labels`` ``[D, H, W]`` (overlaid in ``palette``'s RGB 0..255 colours; None
@@ -80,7 +83,7 @@ def orthogonal_slices(
             image[tuple(index)], cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest"
         )
         if labels is not None:
-            ax.imshow(_overlay(labels[tuple(index)], palette), aspect=aspect, interpolation="nearest")
+            ax.imshow(_overlay(labels[tuple(index)], palette, alpha), aspect=aspect, interpolation="nearest")
         ax.set_title(f"{AXIS_NAMES[axis]} = {centre[axis]}", fontsize=9)
         ax.set_axis_off()
     if title:
@@ -96,6 +99,7 @@ def plot_orthogonal_slices(
     out_png: str | os.PathLike[str],
     *,
     spacing: Sequence[float] | None = None,
+    alpha: float = OVERLAY_ALPHA,
 ) -> Path:
-    """:func:`orthogonal_slices` written to ``out_png`` (atomically)."""
-    return save_png(orthogonal_slices(image, labels, palette, title, spacing=spacing), out_png)
+    """:func:`orthogonal_slices` written to ``out_png`` (atomically); ``alpha``: the labels' opacity."""
+    return save_png(orthogonal_slices(image, labels, palette, title, spacing=spacing, alpha=alpha), out_png)
