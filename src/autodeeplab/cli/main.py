@@ -11,9 +11,12 @@ is one line and exit 130. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from autodeeplab import __version__
 from autodeeplab.errors import AutoDeepLabError, describe_os_error
@@ -57,6 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block and raise it as KeyboardInterrupt when the block ends.
+
+    Building the parser imports torch and numpy (seconds). A KeyboardInterrupt raised in the middle of a C
+    extension's import can be lost there and leave a half-initialised module behind (seen: numpy without
+    ``matrix``, the run carrying on and crashing later), so during the imports the signal only sets a flag.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (tests call main() in threads)
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     # Named before the parser exists, for a Ctrl-C while it is built.
@@ -64,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = f"autodeeplab {words[0]}" if known else "autodeeplab"
     try:
         # Building the parser imports torch (seconds): a Ctrl-C then is an interrupt, not a traceback.
-        parser = build_parser()
+        with interrupts_held():
+            parser = build_parser()
         args = parser.parse_args(argv)
         command = f"autodeeplab {args.command}"
         return int(args.func(args) or 0)
