@@ -216,9 +216,17 @@ def run(args: argparse.Namespace) -> int:
         f"{' + flip' if settings.flip else ''}, {result.seconds:.1f}s"
     )
     print(result.metrics.format_table())
+    return write_results(args, json_path, skipped, lambda path: write_eval_json(path, result, config))
+
+
+def write_results(args: argparse.Namespace, json_path: Path | None, skipped: str | None, write) -> int:
+    """Write the results JSON with ``write(json_path)`` (unless there is none) and say where, or why not.
+
+    A failure to write is an error when ``--json`` asked for the file (the table is printed already), a
+    note on stderr when it was only the default place. Returns the exit code, 0."""
     if json_path is not None:
         try:
-            write_eval_json(json_path, result, config)
+            write(json_path)
         except OSError as exc:
             reason = f"cannot write {json_path} ({exc.strerror or exc})"
             if args.json:  # asked for explicitly: a failure, though the table above is printed

@@ -8,7 +8,6 @@ the summary, one row per volume (``volumes``) and the resolved settings.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ def evaluate_volume_split(
 ) -> int:
     """Evaluate ``dataset`` (a volume split) with ``model``; print the table, write the JSON; exit code."""
     from autodeeplab import __version__
-    from autodeeplab.cli.evaluate import checkpoint_file
+    from autodeeplab.cli.evaluate import checkpoint_file, write_results
     from autodeeplab.config.settings import config_to_dict
     from autodeeplab.fileio import atomic_write_json
     from autodeeplab.infer.evaluate import DEFAULT_WINDOW_OVERLAP, EVAL_JSON_KIND
@@ -87,28 +86,16 @@ def evaluate_volume_split(
         f"overlap {overlap:g}, {result.seconds:.1f}s"
     )
     print(result.format_table())
-    if json_path is not None:
-        data = {
-            "kind": EVAL_JSON_KIND,
-            "autodeeplab_version": __version__,
-            "checkpoint": str(checkpoint_file(args.checkpoint).resolve()),
-            "dataset": name,
-            "data_root": str(Path(root).resolve()) if root else None,
-            "split": split,
-            "window": list(window),
-            "window_overlap": overlap,
-            **result.to_dict(),
-            "config": config_to_dict(config),
-        }
-        try:
-            atomic_write_json(json_path, data)
-        except OSError as exc:
-            reason = f"cannot write {json_path} ({exc.strerror or exc})"
-            if args.json:
-                raise ConfigError(f"--json: {reason}") from None
-            skipped = f"{reason}; give --json OUT to write elsewhere"
-        else:
-            print(f"results written to {json_path}")
-    if skipped:
-        print(f"note: results JSON not written: {skipped}", file=sys.stderr)
-    return 0
+    data = {
+        "kind": EVAL_JSON_KIND,
+        "autodeeplab_version": __version__,
+        "checkpoint": str(checkpoint_file(args.checkpoint).resolve()),
+        "dataset": name,
+        "data_root": str(Path(root).resolve()) if root else None,
+        "split": split,
+        "window": list(window),
+        "window_overlap": overlap,
+        **result.to_dict(),
+        "config": config_to_dict(config),
+    }
+    return write_results(args, json_path, skipped, lambda path: atomic_write_json(path, data))
