@@ -33,6 +33,7 @@ from torch import nn
 from autodeeplab.errors import ConfigError, DataError
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.outputs import NIFTI_DESCRIPTION
+from autodeeplab.runs.device import preferred_memory_format
 
 INSTALL_HINT = "pip install -e '.[medical]'"
 BLEND_MODES = ("gaussian", "constant")
@@ -87,7 +88,8 @@ def sliding_window_probabilities(
     gets whole patches of exactly ``patch_size`` (network strides need not divide the volume).
 
     Runs under ``torch.no_grad()`` (not inference mode, whose tensors refuse later in-place edits) but
-    leaves the model's mode alone: the caller puts it in eval mode (:func:`evaluate_volumes` does).
+    leaves the model's mode alone: the caller puts it in eval mode (:func:`evaluate_volumes` does). The
+    model's weights are put in the device's preferred memory layout (same values, faster on a CPU).
     """
     inferers = _require("monai.inferers", "sliding-window inference on volumes")
     if image.dim() != 4:
@@ -100,9 +102,11 @@ def sliding_window_probabilities(
     if sw_batch_size < 1:
         raise ConfigError(f"sw_batch_size must be at least 1, got {sw_batch_size}")
     model_device = next((p.device for p in model.parameters()), image.device)
+    layout = preferred_memory_format(model_device, len(size))
+    model.to(memory_format=layout)  # the same numbers, faster convolutions (see preferred_memory_format)
 
     def predictor(patches: torch.Tensor) -> torch.Tensor:  # [n, C, *size] -> [n, K, *size]
-        return torch.softmax(model(patches).float(), dim=1)
+        return torch.softmax(model(patches.contiguous(memory_format=layout)).float(), dim=1)
 
     with torch.no_grad():
         probs = inferers.sliding_window_inference(

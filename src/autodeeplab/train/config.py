@@ -257,17 +257,17 @@ register_presets(
             "checkpoint_every": 100,
             "device": "cpu",
         },
-        # Hippocampus (MSD Task04) on 2 CPU cores within an hour: 3000 steps of two 40x56x40 patches (each
+        # Hippocampus (MSD Task04) on 2 CPU cores within an hour: 5000 steps of two 40x56x40 patches (each
         # volume is about 36x50x36 voxels), Dice + cross-entropy (benchmarks/hippocampus_result.md).
         "hippocampus": {
             "data": _HIPPOCAMPUS_DATA,
             "model": _VOLUME_MODEL,
-            "iterations": 3000,
+            "iterations": 5000,
             "batch_size": 2,
             "lr": 0.02,
             "log_every": 20,
             "checkpoint_every": 250,
-            "eval_every": 500,
+            "eval_every": 1000,
             "device": "cpu",
         },
         # The built-in synthetic data, seconds: the quick end-to-end check (too short to learn much).

@@ -43,7 +43,7 @@ from autodeeplab.nets.model_file import MODEL_FILE, TrainedInfo
 from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.optim import sgd
-from autodeeplab.runs.device import resolve_device
+from autodeeplab.runs.device import preferred_memory_format, resolve_device
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
@@ -206,7 +206,8 @@ def _train(
     train, val = build_train_data(config)
     record_split(run.path, train)  # a split made by the reader: written, or checked on resume
     dims, channels = getattr(train, "spatial_dims", 2), getattr(train, "in_channels", 3)
-    model = build_model(genotype, config, train.num_classes, channels, dims).to(device)
+    layout = preferred_memory_format(device, dims)
+    model = build_model(genotype, config, train.num_classes, channels, dims).to(device, memory_format=layout)
     optimizer = make_optimizer(model, config)
     info = TrainedInfo(
         config.data.dataset,
@@ -251,7 +252,7 @@ def _train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.set_drop_path_progress(info.step / config.iterations)
-            loss = criterion(model(images.to(device)), masks.to(device))
+            loss = criterion(model(images.to(device, memory_format=layout)), masks.to(device))
             # Stop before a non-finite loss reaches the weights: the last checkpoint stays good.
             check_finite(loss.item(), "training loss", step=info.step + 1)
             optimizer.zero_grad(set_to_none=True)
