@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from autodeeplab.data.volumes import NiftiFolderDataset
-from autodeeplab.infer.volumes import dice_per_class
+from autodeeplab.infer.volume_metrics import dice_per_class
 
 
 def ceiling(mask: torch.Tensor, stride: int, classes: int) -> list[float]:

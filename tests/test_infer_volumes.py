@@ -12,13 +12,8 @@ import torch
 from torch import nn
 
 from autodeeplab.errors import ConfigError, DataError
-from autodeeplab.infer.volumes import (
-    dice_per_class,
-    evaluate_volumes,
-    hd95_per_class,
-    sliding_window_probabilities,
-    write_label_volume,
-)
+from autodeeplab.infer.volume_metrics import dice_per_class, hd95_per_class
+from autodeeplab.infer.volumes import evaluate_volumes, sliding_window_probabilities, write_label_volume
 from autodeeplab.viz.volumes import plot_orthogonal_slices, slice_centre
 
 
@@ -227,3 +222,43 @@ def test_orthogonal_slices_png(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
     plain = plot_orthogonal_slices(image, None, palette, None, tmp_path / "plain.png")
     assert plain.stat().st_size > 1000
+
+
+class AllBackground(nn.Module):
+    """Class 0 everywhere: its Dice is 2·n₀ / (N + n₀), a function of the grid it is counted on."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 3, *x.shape[2:])
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_a_resampled_dataset_is_scored_on_the_files_own_grid(tmp_path):
+    pytest.importorskip("monai")
+    pytest.importorskip("nibabel")
+    from test_data_volumes import label, write_nifti_folder
+
+    from autodeeplab.data.registry import build_dataset
+
+    root = write_nifti_folder(tmp_path / "data", count=2)  # 6x7x5 voxels of 1.5x2.0x2.5 mm
+    data = build_dataset("nifti", root, "all", target_spacing=(1.0, 1.0, 1.0))
+    image, mask = data[0]
+    assert tuple(mask.shape) == (9, 14, 12)  # the network sees the resampled grid ...
+    result = evaluate_volumes(AllBackground(), data, (8, 8, 8), with_hd95=False)
+    for i, row in enumerate(result.rows):
+        truth = label(i)  # ... the scores count the file's 6x7x5 voxels
+        n0, n = int((truth == 0).sum()), truth.size
+        assert row.dice[0] == pytest.approx(2 * n0 / (n + n0), abs=1e-6)
+        assert row.dice[1:] == [0.0, 0.0]
+
+
+def test_volumes_whose_class_was_missed_are_counted_beside_the_hd95_mean():
+    pytest.importorskip("monai")
+    result = evaluate_volumes(AllBackground(), FakeVolumes(), (4, 4, 4))
+    # Nothing predicted: both classes of case 0 and the liver of case 1 are missed (the tumour of case 1
+    # is in neither, so it has no Dice and is not counted).
+    assert result.hd95_undefined() == [0, 2, 1]
+    assert math.isnan(result.mean_hd95)
+    assert result.to_dict()["hd95_undefined"] == {"background": 0, "liver": 2, "tumour": 1}
+    perfect = evaluate_volumes(Oracle(), FakeVolumes(), (4, 4, 4))
+    assert perfect.hd95_undefined() == [0, 0, 0] and "left out" not in perfect.format_table()

@@ -212,6 +212,48 @@ def test_search_estimate_counts_a_3d_supernet_on_its_patch(volumes: Path, capsys
     assert estimate.steps_per_epoch == 1 and estimate.val_images == 2
 
 
+def test_a_3d_preset_on_images_is_told_about_dimensions_not_crop_size(tmp_path: Path, capsys):
+    args = ["train", "--preset", "hippocampus", "--genotype", "paper", "--dataset", "synthetic"]
+    assert main(args + ["-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "model.spatial_dims: 3 (volumes)" in err and "--set model.spatial_dims=2" in err
+    assert "crop_size" not in err and not (tmp_path / "r").exists()
+
+
+def test_channels_last_volumes_give_the_default_layouts_outputs_and_gradients():
+    """The CPU speed layout for 3D (runs.device.preferred_memory_format) changes no number beyond float
+    rounding: train-mode BatchNorm, separable and atrous cells, ASPP and the fine stage, both passes."""
+    from autodeeplab.nets.network import build_network
+    from autodeeplab.runs.device import preferred_memory_format
+
+    cpu = torch.device("cpu")
+    assert preferred_memory_format(cpu, 3) == torch.channels_last_3d
+    assert preferred_memory_format(cpu, 2) == torch.contiguous_format
+    assert preferred_memory_format(torch.device("cuda"), 3) == torch.contiguous_format
+    small = {"filter_multiplier": 2, "num_classes": 3, "stem_channels": (4, 4, 8), "aspp_channels": 8}
+    small |= {"decoder_channels": 8, "low_level_channels": 4, "in_channels": 1, "spatial_dims": 3}
+    small |= {"fine_skip_channels": 4, "aspp_dropout": 0.0}
+    torch.manual_seed(0)
+    net = build_network("paper", **small)
+    x = torch.randn(2, 1, 12, 16, 12)
+    target = torch.randint(0, 3, (2, 12, 16, 12))
+
+    def step(model, images):
+        model.zero_grad()
+        out = model(images)
+        torch.nn.functional.cross_entropy(out, target).backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    ref_out, ref_grads = step(net, x)
+    net.to(memory_format=torch.channels_last_3d)
+    conv_weights = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last_3d) for w in conv_weights)
+    out, grads = step(net, x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+
+
 def test_the_fine_decoder_stage_is_off_by_default_and_trains_when_on():
     from autodeeplab.nets.network import AutoDeepLabNet, build_network
 

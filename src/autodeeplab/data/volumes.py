@@ -239,6 +239,13 @@ class VolumeDataset(SegmentationDataset):
             mask = resample(torch.from_numpy(mask), shape, labels=True).numpy()
         return data, mask
 
+    def original_labels(self, index: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """Labels ``int64 [D, H, W]`` of volume ``index`` on its file's own grid, and their voxel size (mm):
+        scores are computed on these, also for a dataset resampled to ``target_spacing``."""
+        path = self.label_path(index)
+        label = read_label_volume(path)
+        return self.label_map.apply(label.data, path).astype(np.int64), tuple(label.spacing)
+
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
         return self.load_volume(index)
 

@@ -94,7 +94,8 @@ def validation_score(
     count = len(val) if config.data.max_val_images is None else min(len(val), config.data.max_val_images)
     if not is_volume_dataset(val):
         return {"val_miou": validation_miou(model, val, config, device, quiet)}
-    from autodeeplab.infer.volumes import dice_per_class, evaluate_volumes
+    from autodeeplab.infer.volume_metrics import dice_per_class
+    from autodeeplab.infer.volumes import evaluate_volumes
 
     if config.data.val_crop:
         batches = DataLoader(Subset(val, range(count)), batch_size=config.batch_size, shuffle=False)

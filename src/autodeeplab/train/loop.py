@@ -115,10 +115,12 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     train = build_dataset(
         d.dataset, d.root, d.train_split, transform=transform, **{"seed": config.seed, **options, **n_train}
     )
+    # model.num_classes, in_channels and spatial_dims fit the data: first, since a 3D preset on images
+    # would otherwise be told about its (unused) crop size
+    network_config(config, train)
     if not volumes:
         check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
         refuse_hidden_class(train)  # 0/255 masks read with ignore 255 would lose their foreground
-    network_config(config, train)  # model.num_classes, in_channels and spatial_dims fit the data
     if volumes:
         refuse_broken_volumes(train)  # every pair read once now, not first met at step N
     if batches_per_epoch(len(train), config.batch_size) == 0:
