@@ -262,3 +262,22 @@ def test_volumes_whose_class_was_missed_are_counted_beside_the_hd95_mean():
     assert result.to_dict()["hd95_undefined"] == {"background": 0, "liver": 2, "tumour": 1}
     perfect = evaluate_volumes(Oracle(), FakeVolumes(), (4, 4, 4))
     assert perfect.hd95_undefined() == [0, 0, 0] and "left out" not in perfect.format_table()
+
+
+def test_mirroring_averages_the_eight_flips_each_flipped_back():
+    pytest.importorskip("monai")
+    torch.manual_seed(0)
+    model = nn.Conv3d(2, 3, 3, padding=1).eval()  # a 3x3x3 kernel: not symmetric under flips
+    image = torch.randn(2, 6, 5, 4)
+    # One window covers the volume, so each pass is the softmax of the model's whole-volume output.
+    plain = sliding_window_probabilities(model, image, (6, 5, 4), overlap=0.0)
+    mirrored = sliding_window_probabilities(model, image, (6, 5, 4), overlap=0.0, mirror=True)
+    expected = torch.zeros(3, 6, 5, 4)
+    with torch.no_grad():
+        for axes in [(), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)]:
+            flipped = image.flip(axes) if axes else image
+            probs = torch.softmax(model(flipped[None])[0], dim=0)
+            expected += probs.flip(axes) if axes else probs
+    torch.testing.assert_close(plain, torch.softmax(model(image[None])[0], dim=0).detach())
+    torch.testing.assert_close(mirrored, expected / 8)
+    assert not torch.allclose(mirrored, plain, atol=1e-3)

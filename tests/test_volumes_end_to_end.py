@@ -117,9 +117,14 @@ def test_eval_scores_each_test_volume(trained: Path, tmp_path: Path):
     assert data["window"] == [8, 8, 8]
 
 
-def test_eval_refuses_image_flags_for_volumes(trained: Path, capsys):
-    assert main(["eval", str(trained), "--flip", "--no-json"]) == 2
+def test_eval_refuses_image_flags_for_volumes_and_mirrors_with_flip(trained: Path, tmp_path: Path, capsys):
+    assert main(["eval", str(trained), "--scales", "0.5", "1", "--no-json"]) == 2
     assert "not volumes" in capsys.readouterr().err
+    out = tmp_path / "mirrored.json"
+    assert main(["eval", str(trained), "--split", "test", "--flip", "--json", str(out), "-q"]) == 0
+    assert "mirrored 8 ways" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["mirror"] is True and data["num_volumes"] == 2
 
 
 def test_predict_writes_labels_on_the_input_grid(trained: Path, volumes: Path, tmp_path: Path):

@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,
-        help="also average the horizontally flipped images (--no-flip: do not)",
+        help="also average the horizontally flipped images; volumes: all 8 mirrorings along the 3 axes "
+        "(--no-flip: do not)",
     )
     p.add_argument(
         "--window",

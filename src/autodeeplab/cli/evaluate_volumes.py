@@ -1,7 +1,8 @@
 """``autodeeplab eval`` of a volumetric model: sliding-window Dice and HD95 per volume and per class.
 
 The window is the model's training patch (``--window D H W`` to change it) and its overlap the training's
-``data.window_overlap``; multi-scale and flip inference are for images only and refused here. The JSON holds
+``data.window_overlap``; ``--flip`` averages the 8 mirrorings along the three axes (nnU-Net's test-time
+mirroring); multi-scale inference is for images only and refused here. The JSON holds
 the summary, one row per volume (``volumes``) and the resolved settings.
 """
 
@@ -54,8 +55,8 @@ def evaluate_volume_split(
         raise ConfigError(
             f"--dataset: {name} and the model {args.checkpoint} differ in dimensions (2D vs 3D)"
         )
-    if tuple(config.scales) != (1.0,) or config.flip:
-        raise ConfigError("--scales/--flip: multi-scale and flip inference are for images, not volumes")
+    if tuple(config.scales) != (1.0,):
+        raise ConfigError("--scales: multi-scale inference is for images, not volumes")
     window = tuple(config.window) if config.window is not None else tuple(info.patch_size)
     if len(window) != 3:
         raise ConfigError(f"--window: a volume's window is three sizes D H W, got {list(window)}")
@@ -80,10 +81,11 @@ def evaluate_volume_split(
             device=device,
             max_volumes=total,
             progress=lambda done, n: bar.update(images=1),
+            mirror=config.flip,  # volumes: the 8 mirrorings along every axis (nnU-Net's test-time mirroring)
         )
     print(
         f"{args.checkpoint}: {name} {split}, {total} volumes, window {'x'.join(map(str, window))}, "
-        f"overlap {overlap:g}, {result.seconds:.1f}s"
+        f"overlap {overlap:g}{', mirrored 8 ways' if config.flip else ''}, {result.seconds:.1f}s"
     )
     print(result.format_table())
     data = {
@@ -95,6 +97,7 @@ def evaluate_volume_split(
         "split": split,
         "window": list(window),
         "window_overlap": overlap,
+        "mirror": bool(config.flip),
         **result.to_dict(),
         "config": config_to_dict(config),
     }

@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders of images")
     p.add_argument("--output", "-o", default="predictions", metavar="DIR", help="output folder")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S", help="image scales")
-    p.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    p.add_argument(
+        "--flip",
+        action="store_true",
+        help="also average the horizontally flipped image (volumes: all 8 mirrorings along the 3 axes)",
+    )
     p.add_argument(
         "--alpha", type=float, default=0.5, help="weight of the colours in the overlay, 0..1 (default 0.5)"
     )
@@ -107,8 +111,8 @@ def run_volumes(args: argparse.Namespace, model, info) -> int:
     )
     from autodeeplab.outputs import check_output_folder, is_ours, refuse_reading_back
 
-    if args.scales != [1.0] or args.flip:
-        raise ConfigError("--scales/--flip: multi-scale and flip inference are for images, not volumes")
+    if args.scales != [1.0]:
+        raise ConfigError("--scales: multi-scale inference is for images, not volumes")
     volumes = expand_volumes(args.images)
     output = Path(args.output)
     refuse_reading_back(output, "--output", [Path(p) for p in args.images if Path(p).is_dir()])
@@ -125,6 +129,7 @@ def run_volumes(args: argparse.Namespace, model, info) -> int:
         in_channels=model.config.in_channels,
         target_spacing=spacing,
         alpha=args.alpha,
+        mirror=args.flip,  # volumes: the 8 mirrorings along every axis
     )
     for label, slices in written:
         print(f"{label}  {slices}")

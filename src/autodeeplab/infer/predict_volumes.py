@@ -42,11 +42,12 @@ def predict_volume(
     patch_size: Sequence[int],
     overlap: float,
     target_spacing: Sequence[float] | None = None,
+    mirror: bool = False,
 ) -> np.ndarray:
     """Labels ``int64 [D, H, W]`` of a normalised image ``float32 [C, D, H, W]`` with voxel size ``spacing``.
 
     With ``target_spacing`` the image is resampled to it first and the class probabilities back to the
-    input's grid (trilinear) before the argmax.
+    input's grid (trilinear) before the argmax. ``mirror``: average the 8 mirrorings (test-time mirroring).
     """
     x = torch.from_numpy(image)
     shape = tuple(image.shape[1:])
@@ -56,7 +57,7 @@ def predict_volume(
     was_training = model.training
     model.eval()
     try:
-        probs = sliding_window_probabilities(model, x, patch_size, overlap)
+        probs = sliding_window_probabilities(model, x, patch_size, overlap, mirror=mirror)
     finally:
         model.train(was_training)
     if tuple(probs.shape[1:]) != shape:
@@ -74,8 +75,10 @@ def predict_volume_files(
     in_channels: int = 1,
     target_spacing: Sequence[float] | None = None,
     alpha: float = 0.5,
+    mirror: bool = False,
 ) -> list[tuple[Path, Path]]:
-    """Segment every volume of ``paths`` into ``output_dir``; ``(label .nii.gz, slices .png)`` per input."""
+    """Segment every volume of ``paths`` into ``output_dir``; ``(label .nii.gz, slices .png)`` per input.
+    ``mirror``: test-time mirroring (:func:`predict_volume`)."""
     from autodeeplab.viz.volumes import plot_orthogonal_slices
 
     volumes = [read_image_volume(p, channels=in_channels > 1) for p in paths]  # all read before writing
@@ -89,7 +92,7 @@ def predict_volume_files(
     written = []
     for path, volume, name in zip(paths, volumes, volume_output_names(paths), strict=True):
         image = zscore_nonzero(volume.data)
-        labels = predict_volume(model, image, volume.spacing, patch_size, overlap, target_spacing)
+        labels = predict_volume(model, image, volume.spacing, patch_size, overlap, target_spacing, mirror)
         label_path = write_label_volume(labels, path, out / f"{name}{LABEL_SUFFIX}")
         slices = plot_orthogonal_slices(
             image[0],

@@ -18,6 +18,7 @@ alone takes seconds), and a missing one is a one-line :class:`ConfigError`.
 from __future__ import annotations
 
 import gzip
+import itertools
 import math
 import os
 import time
@@ -76,6 +77,7 @@ def sliding_window_probabilities(
     overlap: float = 0.5,
     sw_batch_size: int = 1,
     mode: str = "gaussian",
+    mirror: bool = False,
 ) -> torch.Tensor:
     """Class probabilities ``[K, D, H, W]`` (float32, on ``image``'s device) of one volume ``[C, D, H, W]``.
 
@@ -85,6 +87,10 @@ def sliding_window_probabilities(
     2D sliding window of :mod:`autodeeplab.infer.evaluate`, so they sum to 1 over ``K`` at every voxel. A
     volume smaller than the patch along an axis is zero-padded by MONAI and cropped back: the model always
     gets whole patches of exactly ``patch_size`` (network strides need not divide the volume).
+
+    ``mirror``: test-time mirroring as nnU-Net does it: the mean of the probabilities of the volume flipped
+    along every subset of its three axes (8 passes, each flipped back), for a network trained with random
+    flips on every axis.
 
     Runs under ``torch.no_grad()`` (not inference mode, whose tensors refuse later in-place edits) but
     leaves the model's mode alone: the caller puts it in eval mode (:func:`evaluate_volumes` does). The
@@ -107,17 +113,24 @@ def sliding_window_probabilities(
     def predictor(patches: torch.Tensor) -> torch.Tensor:  # [n, C, *size] -> [n, K, *size]
         return torch.softmax(model(patches.contiguous(memory_format=layout)).float(), dim=1)
 
+    # With mirroring: each subset of the spatial axes (2, 3, 4 of [1, C, D, H, W]), the identity first.
+    flips = [a for r in range(4) for a in itertools.combinations((2, 3, 4), r)] if mirror else [()]
+    volume, probs = image.unsqueeze(0).float(), None
     with torch.no_grad():
-        probs = inferers.sliding_window_inference(
-            image.unsqueeze(0).float(),
-            roi_size=size,
-            sw_batch_size=sw_batch_size,
-            predictor=predictor,
-            overlap=overlap,
-            mode=mode,
-            sw_device=model_device,  # patches go where the model is ...
-            device=image.device,  # ... the stitched volume stays with the image (CPU memory for big ones)
-        )
+        for axes in flips:
+            one = inferers.sliding_window_inference(
+                volume.flip(axes) if axes else volume,
+                roi_size=size,
+                sw_batch_size=sw_batch_size,
+                predictor=predictor,
+                overlap=overlap,
+                mode=mode,
+                sw_device=model_device,  # patches go where the model is ...
+                device=image.device,  # ... the stitched volume stays with the image (CPU memory for big ones)
+            )
+            one = one.flip(axes) if axes else one
+            probs = one if probs is None else probs.add_(one)
+        probs /= len(flips)
     if probs.shape[2:] != image.shape[1:]:  # MONAI crops its padding away; a model must keep sizes
         raise RuntimeError(f"sliding window gave {tuple(probs.shape)} for an image {tuple(image.shape)}")
     return probs[0]
@@ -212,6 +225,7 @@ def evaluate_volumes(
     *,
     sw_batch_size: int = 1,
     with_hd95: bool = True,
+    mirror: bool = False,
 ) -> VolumeEvalResult:
     """Sliding-window inference, Dice and HD95 on each of the first ``max_volumes`` volumes of ``dataset``
     (all when ``None``).
@@ -219,7 +233,8 @@ def evaluate_volumes(
     ``device`` is where each volume and its stitched probabilities ``[K, D, H, W]`` live; the patches run on
     the model's own device (so a model on a GPU with ``device="cpu"`` keeps big volumes in host memory).
     ``progress(done, total)`` is called after each volume. The model is put in eval mode and restored.
-    ``with_hd95=False`` skips the distances (all NaN): the search's validation needs only Dice.
+    ``with_hd95=False`` skips the distances (all NaN): the search's validation needs only Dice. ``mirror``:
+    test-time mirroring (see :func:`sliding_window_probabilities`).
     """
     k, ignore = int(dataset.num_classes), dataset.ignore_index
     names = [str(n) for n in dataset.class_names]
@@ -240,7 +255,9 @@ def evaluate_volumes(
                     f"{dataset.volume_id(i)}: mask {tuple(mask.shape)} does not match image "
                     f"{tuple(image.shape)}"
                 )
-            probs = sliding_window_probabilities(model, image.to(device), patch_size, overlap, sw_batch_size)
+            probs = sliding_window_probabilities(
+                model, image.to(device), patch_size, overlap, sw_batch_size, mirror=mirror
+            )
             spacing = dataset.spacing(i)
             if (
                 getattr(dataset, "target_spacing", None) is not None
