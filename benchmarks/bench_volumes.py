@@ -4,8 +4,10 @@
   (default F=8, L=12, B=5, 3 classes, one channel, the exact fast path), counted exactly with the
   saved-tensor hooks as in 2D, on one ``1×1×S³`` volume (default S=96).
 - ``train`` / ``infer``: the paper genotype's 3D found network with the ``hippocampus`` training preset's
-  settings (F=8, slim heads): a training step (Dice + cross-entropy, SGD) on a batch of ``S³`` patches and
-  an eval-mode forward under ``torch.inference_mode``, in voxels per second.
+  settings (F=8, slim heads, the OS2 stage): a training step (Dice + cross-entropy, SGD) on a batch of ``S³``
+  patches and an eval-mode forward under ``torch.inference_mode``, in voxels per second; in the default
+  memory layout and in ``channels_last_3d`` (what training and inference use on a CPU), and with every
+  kernel tap against only those that can reach the map (``ops.primitives.CroppedConv3d``), side by side.
 
 Prints one line per measurement and appends JSON lines to ``benchmarks/results_volumes.jsonl``.
 
@@ -72,10 +74,26 @@ def time_it(step, warmup: int, iters: int) -> float:
 
 
 def network_throughput(size: int, batch: int, classes: int, warmup: int, iters: int) -> list[dict]:
+    records = []
+    variants = [("contiguous", "cropped"), ("channels_last_3d", "full"), ("channels_last_3d", "cropped")]
+    for layout, kernels in variants:
+        records += _throughput_in(layout, kernels, size, batch, classes, warmup, iters)
+    return records
+
+
+def _throughput_in(
+    layout: str, kernels: str, size: int, batch: int, classes: int, warmup: int, iters: int
+) -> list[dict]:
     model_settings = load_config(TrainConfig, preset="hippocampus").model
+    memory_format = torch.channels_last_3d if layout == "channels_last_3d" else torch.contiguous_format
     torch.manual_seed(0)
     net = build_network("paper", model_settings, num_classes=classes, in_channels=1)
-    x = torch.randn(batch, 1, size, size, size)
+    if kernels == "full":  # plain nn.Conv3d: every tap computed, also those reading only padding
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.__class__ = torch.nn.Conv3d
+    net.to(memory_format=memory_format)
+    x = torch.randn(batch, 1, size, size, size).contiguous(memory_format=memory_format)
     y = torch.randint(0, classes, (batch, size, size, size))
     loss_fn, optimizer = DiceCELoss(), torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
@@ -95,12 +113,15 @@ def network_throughput(size: int, batch: int, classes: int, warmup: int, iters: 
         seconds = time_it(step, warmup, iters)
         voxels = batch * size**3 / seconds
         print(
-            f"{mode}: 3D found network ({params / 1e6:.2f}M parameters) batch {batch} at {size}^3: "
-            f"{seconds:.3f} s/iter, {voxels / 1e6:.2f}M voxels/s"
+            f"{mode}: 3D found network ({params / 1e6:.2f}M parameters, {layout}, {kernels} kernels) "
+            f"batch {batch} at "
+            f"{size}^3: {seconds:.3f} s/iter, {voxels / 1e6:.2f}M voxels/s"
         )
         records.append(
             {
                 "benchmark": f"network3d_{mode}",
+                "layout": layout,
+                "kernels": kernels,
                 "input_size": [batch, 1, size, size, size],
                 "params": params,
                 "seconds_per_iter": seconds,

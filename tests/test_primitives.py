@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from autodeeplab.ops.primitives import OPS, PRIMITIVES, ReLUConvBN, SepConv, build_op, resize, strided_size
@@ -117,3 +118,50 @@ def test_resize_identity_and_size():
 def test_unknown_primitive():
     with pytest.raises(KeyError, match="unknown primitive 'conv_7x7'"):
         build_op("conv_7x7", 4)
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "stride", "groups"),
+    [
+        (3, 1, 1, 1),
+        (5, 1, 1, 4),
+        (5, 2, 1, 4),
+        (3, 6, 1, 1),
+        (3, 12, 1, 1),
+        (5, 1, 2, 4),
+        (3, 2, 2, 1),
+        (1, 1, 1, 1),
+    ],
+)
+def test_cropped_kernel_convolutions_equal_the_full_kernel(dims, kernel, dilation, stride, groups):
+    """Skipping the taps that read only padding changes no output and no gradient (float64, brute force
+    against ``nn.ConvNd``), on maps smaller than, equal to and larger than the kernel's reach."""
+    from autodeeplab.ops.primitives import conv_nd
+
+    full_class = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    pad = dilation * (kernel - 1) // 2
+    torch.manual_seed(dims * 100 + kernel * 10 + dilation)
+    cropped = conv_nd(dims)(4, 4, kernel, stride, pad, dilation, groups, bias=True).double()
+    full = full_class(4, 4, kernel, stride, pad, dilation, groups, bias=True).double()
+    full.load_state_dict(cropped.state_dict())
+    for size in [(1, 2, 3), (2, 2, 2), (3, 4, 3), (5, 7, 6), (13, 9, 11)]:
+        x = torch.randn(2, 4, *size[:dims], dtype=torch.float64, requires_grad=True)
+        out = cropped(x)
+        want = full(x)
+        torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(want)
+        grads = torch.autograd.grad(out, [x, cropped.weight, cropped.bias], g)
+        wants = torch.autograd.grad(want, [x, full.weight, full.bias], g)
+        for got, expected in zip(grads, wants, strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_useful_half_widths_by_hand():
+    from autodeeplab.ops.primitives import useful_half_widths
+
+    # A 5x5x5 kernel on a 2x2x2 map reaches one voxel either side; rate 12 on a 3x4x3 map only its centre.
+    assert useful_half_widths((2, 2, 2), (5, 5, 5), (1, 1, 1)) == (1, 1, 1)
+    assert useful_half_widths((3, 4, 3), (3, 3, 3), (12, 12, 12)) == (0, 0, 0)
+    assert useful_half_widths((5, 7, 5), (5, 5, 5), (2, 2, 2)) == (2, 2, 2)  # offsets 2, 4 both reach
+    assert useful_half_widths((4, 9), (5, 5), (2, 2)) == (1, 2)

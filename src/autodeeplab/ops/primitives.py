@@ -41,9 +41,60 @@ PRIMITIVES: tuple[str, ...] = (
 POOL_PRIMITIVES: frozenset[str] = frozenset({"max_pool_3x3", "avg_pool_3x3"})
 
 
+def useful_half_widths(
+    size: tuple[int, ...] | torch.Size, kernel: tuple[int, ...], dilation: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Per axis, how many taps either side of a centred odd kernel can touch an input of ``size``.
+
+    With "same" zero padding (``dilation * (kernel - 1) / 2``) the tap at offset ``t * dilation`` from the
+    output position reads only padding when ``|t| * dilation >= size``, whatever the position and stride: it
+    multiplies zeros forward and gets a zero gradient backward. On small maps (the OS16/OS32 levels of a
+    volume, ASPP's rates 6-18 on a 3x4x3 map) most taps are such: a 5x5x5 kernel on 2x2x2 maps uses 27 of its
+    125, a rate-12 3x3x3 only its centre.
+    """
+    return tuple(min((k - 1) // 2, (s - 1) // d) for s, k, d in zip(size, kernel, dilation, strict=True))
+
+
+class _CroppedKernelConv:
+    """A convolution that skips the kernel taps that would read only zero padding (see
+    :func:`useful_half_widths`): the same function, the same parameters and state-dict keys, less work.
+
+    Applies to "same"-padded odd kernels with zero padding, any stride and groups; any other convolution
+    runs unchanged. The result equals the full kernel's up to float summation order (tested).
+    """
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        kernel, dilation, padding = self.kernel_size, self.dilation, self.padding
+        centres = [(k - 1) // 2 for k in kernel]
+        same = not isinstance(padding, str) and all(  # not padding="same"/"valid" given as a string
+            k % 2 == 1 and p == d * c for k, d, p, c in zip(kernel, dilation, padding, centres, strict=True)
+        )
+        if self.padding_mode == "zeros" and same:
+            halves = useful_half_widths(input.shape[2:], kernel, dilation)
+            if halves != tuple(centres):
+                taps = [slice(c - h, c + h + 1) for c, h in zip(centres, halves, strict=True)]
+                pads = tuple(h * d for h, d in zip(halves, dilation, strict=True))
+                conv = conv_function(len(kernel))
+                return conv(input, weight[(..., *taps)], bias, self.stride, pads, dilation, self.groups)
+        return super()._conv_forward(input, weight, bias)  # type: ignore[misc]
+
+
+class CroppedConv1d(_CroppedKernelConv, nn.Conv1d):
+    """:class:`nn.Conv1d` without the taps that read only padding."""
+
+
+class CroppedConv2d(_CroppedKernelConv, nn.Conv2d):
+    """:class:`nn.Conv2d` without the taps that read only padding."""
+
+
+class CroppedConv3d(_CroppedKernelConv, nn.Conv3d):
+    """:class:`nn.Conv3d` without the taps that read only padding."""
+
+
 def conv_nd(dims: int) -> type[nn.Module]:
-    """The convolution class for ``dims`` spatial dimensions."""
-    return _by_dims(dims, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    """The convolution class for ``dims`` spatial dimensions (a subclass of ``nn.Conv{dims}d`` that skips the
+    kernel taps reading only padding: :class:`CroppedConv3d`)."""
+    return _by_dims(dims, CroppedConv1d, CroppedConv2d, CroppedConv3d)
 
 
 def conv_function(dims: int) -> Callable[..., torch.Tensor]:
