@@ -1,0 +1,130 @@
+"""DiNTS cells: an edge between depths (down ×2, same, up ×2) followed by a mix of candidate ops.
+
+Every op maps ``[N, C, *S]`` to ``[N, C, *S]`` and is ``activation → conv → norm`` (MONAI's order, DiNTS
+§3.1): ``skip_connect`` (identity), ``conv_3x3x3`` (2D: ``conv_3x3``), and the pseudo-3D pairs
+``conv_3x3x1`` / ``conv_3x1x3`` / ``conv_1x3x3``: a 2D kernel in one plane, then a 1D kernel along the
+remaining axis (``conv_3x3x1`` is 3×3×1 then 1×1×3), no norm between them. The name gives the kernel along
+``D, H, W`` of ``[N, C, D, H, W]``.
+
+An edge first brings its input to the output depth's resolution and width: a down edge (depth ``d - 1`` to
+``d``, channels ``c/2 → c``) is a factorised reduction (ReLU, two 1×1 stride-2 convolutions, the second on
+the input shifted by one voxel along every axis, their outputs concatenated, norm); an up edge (``d + 1`` to
+``d``, ``2c → c``) resizes to the target size (linear, corners aligned), then ReLU → 1×1 conv → norm; a
+same-depth edge passes its input on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autodeeplab.ops.primitives import conv_nd, resize
+from autodeeplab.space.dints.arch import OP_SETS
+
+NORMS = ("instance", "batch")
+
+
+def norm_nd(kind: str, channels: int, dims: int) -> nn.Module:
+    """Instance norm with affine parameters (DiNTS's, fit for batches of one or two volumes) or batch norm."""
+    if kind not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {kind!r}")
+    if kind == "instance":
+        return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
+    return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels)
+
+
+def _kernel_pair(name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``conv_3x3x1`` → ``((3, 3, 1), (1, 1, 3))``: a 2D kernel, then a 1D one along the axis it left out."""
+    first = tuple(int(k) for k in name.removeprefix("conv_").split("x"))
+    return first, tuple(3 if k == 1 else 1 for k in first)
+
+
+def _conv(c: int, kernel: tuple[int, ...], dims: int) -> nn.Module:
+    return conv_nd(dims)(c, c, kernel, padding=tuple(k // 2 for k in kernel), bias=False)
+
+
+def build_dints_op(name: str, channels: int, dims: int, norm: str = "instance") -> nn.Module:
+    """One candidate op of DiNTS's op set for ``dims`` (2 or 3); shapes kept."""
+    names = OP_SETS[f"dints-{dims}d"]
+    if name not in names:
+        raise ValueError(f"unknown DiNTS op {name!r} for {dims}D (choose from {', '.join(names)})")
+    if name == "skip_connect":
+        return nn.Identity()
+    full = (3,) * dims
+    first, second = _kernel_pair(name) if dims == 3 and name != "conv_3x3x3" else (full, None)
+    convs = [_conv(channels, first, dims)] + ([_conv(channels, second, dims)] if second else [])
+    return nn.Sequential(nn.ReLU(), *convs, norm_nd(norm, channels, dims))
+
+
+class FactorizedReduce(nn.Module):
+    """Down edge: ``[N, c_in, *S]`` → ``[N, c_out, *ceil(S / 2)]`` (two offset 1×1 stride-2 convs)."""
+
+    def __init__(self, c_in: int, c_out: int, dims: int, norm: str) -> None:
+        super().__init__()
+        conv = conv_nd(dims)
+        self.first = conv(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.second = conv(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        self.norm = norm_nd(norm, c_out, dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(x)
+        # The shifted copy: drop the first voxel of every axis, pad one at the end (sizes stay ceil(S/2)).
+        dims = x.dim() - 2
+        shifted = F.pad(x[(..., *[slice(1, None)] * dims)], [0, 1] * dims)
+        return self.norm(torch.cat([self.first(x), self.second(shifted)], dim=1))
+
+
+class FactorizedIncrease(nn.Module):
+    """Up edge: ``[N, c_in, *s]`` → ``[N, c_out, *size]`` (resize, ReLU, 1×1 conv, norm)."""
+
+    def __init__(self, c_in: int, c_out: int, dims: int, norm: str) -> None:
+        super().__init__()
+        self.conv = conv_nd(dims)(c_in, c_out, 1, bias=False)
+        self.norm = norm_nd(norm, c_out, dims)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+        return self.norm(self.conv(F.relu(resize(x, size, align_corners=True))))
+
+
+class EdgeCell(nn.Module):
+    """One edge of a block: resample from depth ``source`` to ``target``, then ``Σ_k w_k op_k``.
+
+    ``ops`` names the candidates (all of an op set during the search, the one chosen in a found network).
+    ``forward(x [N, c_source, *s], size, weights [K] or None)`` → ``[N, c_target, *size]``.
+    """
+
+    def __init__(
+        self,
+        source: int,
+        target: int,
+        channels: Callable[[int], int],
+        ops: tuple[str, ...],
+        dims: int,
+        norm: str = "instance",
+    ) -> None:
+        super().__init__()
+        if abs(source - target) > 1:
+            raise ValueError(f"an edge joins neighbouring depths, got {source} -> {target}")
+        c_in, c_out = channels(source), channels(target)
+        self.direction = target - source  # +1 down (deeper), -1 up, 0 same
+        if self.direction > 0:
+            self.resample: nn.Module | None = FactorizedReduce(c_in, c_out, dims, norm)
+        elif self.direction < 0:
+            self.resample = FactorizedIncrease(c_in, c_out, dims, norm)
+        else:
+            self.resample = None
+        self.ops = nn.ModuleList(build_dints_op(name, c_out, dims, norm) for name in ops)
+
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, ...], weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.direction < 0:
+            x = self.resample(x, size)  # type: ignore[misc]
+        elif self.direction > 0:
+            x = self.resample(x)  # type: ignore[misc]
+        if weights is None:
+            return sum(op(x) for op in self.ops)  # a found network: one op
+        return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
