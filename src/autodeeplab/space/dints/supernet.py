@@ -1,0 +1,197 @@
+"""The DiNTS search supernet (every edge of every block, every op of the op set) and the found network.
+
+Architecture weights: edge logits ``a [B, E]`` (each edge on with probability ``sigmoid(a)``) and op logits
+``w [B, E, K]``. A node sums its incoming edges, each scaled by :func:`~.losses.edge_weights` (the edge's
+probability given that its block has some edge on) and mixing its ops by ``softmax(w)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autodeeplab.space.dints.arch import OP_SETS, DintsArch
+from autodeeplab.space.dints.cells import EdgeCell
+from autodeeplab.space.dints.decode import best_chain
+from autodeeplab.space.dints.losses import (
+    budget_loss,
+    edge_entropy,
+    edge_weights,
+    expected_memory,
+    full_memory,
+    op_entropy,
+    topology_loss,
+)
+from autodeeplab.space.dints.network import DintsBody, DintsShape
+from autodeeplab.space.dints.topology import Topology, pattern_log_probs
+
+OP_MEMORY = {
+    "skip_connect": 0.0,  # nothing kept
+    "conv_3x3x3": 2.0,  # the ReLU's output (which the conv reads) and the conv's output (the norm's input)
+    "conv_3x3": 2.0,
+    "conv_3x3x1": 3.0,  # ... and the first conv's output, which the second reads
+    "conv_3x1x3": 3.0,
+    "conv_1x3x3": 3.0,
+}
+"""Activations an op keeps for its backward, in units of its output (``[N, C, *S]`` at the target depth)."""
+NORM_STATISTICS = 3
+"""Per-channel values a norm keeps for its backward (instance norm: per sample and channel)."""
+
+
+def edge_memory(direction: int, dims: int) -> float:
+    """What an edge's resampling keeps, in units of the output of the edge: a down edge's ReLU output and
+    its shifted copy (each ``2^dims / 2`` outputs: twice the voxels per axis, half the channels) and the
+    concatenation; an up edge's ReLU output (the resized input, twice the channels) and its conv's output."""
+    if direction > 0:
+        return 2.0 * 2**dims / 2 + 1.0
+    if direction < 0:
+        return 2.0 + 1.0
+    return 0.0
+
+
+def memory_cost(shape: DintsShape, ops: tuple[str, ...], input_size: tuple[int, ...]) -> torch.Tensor:
+    """``[E, K]``: the float32 bytes edge ``i`` with op ``k`` keeps for its backward on one ``input_size``
+    sample (a found network's cells; checked against the saved-tensor counter)."""
+    topo, sizes = Topology(shape.depths), shape.sizes(input_size)
+    cost = torch.zeros(topo.num_edges, len(ops), dtype=torch.float64)
+    for i, (source, target) in enumerate(topo.edges):
+        width, voxels = shape.width(target), float(np.prod(sizes[target]))
+        for k, op in enumerate(ops):
+            norms = (op != "skip_connect") + (source != target)
+            units = OP_MEMORY[op] + edge_memory(target - source, shape.spatial_dims)
+            # Each norm also keeps three per-channel statistics (a few bytes beside the maps at real sizes).
+            cost[i, k] = 4 * width * (units * voxels + NORM_STATISTICS * norms)
+    return cost
+
+
+class DintsSupernet(nn.Module):
+    """DiNTS's search space as a :class:`~autodeeplab.space.contract.SearchSpace`.
+
+    ``memory_budget``: the target expected memory as a fraction of every edge on; ``probe_size``: the patch
+    the memory is counted on (its proportions, not its size, matter for the fraction).
+    """
+
+    def __init__(
+        self,
+        shape: DintsShape,
+        memory_budget: float = 0.5,
+        topology_weight: float = 1e-3,
+        probe_size: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.shape, self.topology = shape, Topology(shape.depths)
+        self.op_names = OP_SETS[f"dints-{shape.spatial_dims}d"]
+        cells = [
+            {
+                i: EdgeCell(a, z, shape.width, self.op_names, shape.spatial_dims, shape.norm)
+                for i, (a, z) in enumerate(self.topology.edges)
+            }
+            for _ in range(shape.blocks)
+        ]
+        self.body = DintsBody(shape, cells)
+        e, k = self.topology.num_edges, len(self.op_names)
+        self.edge_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e))
+        self.op_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e, k))
+        self.memory_budget, self.topology_weight = memory_budget, topology_weight
+        probe = probe_size or (2 ** (shape.depths + 1),) * shape.spatial_dims
+        self.register_buffer("cost", memory_cost(shape, self.op_names, probe).float(), persistent=False)
+        self.arch_weight = 1.0  # the ramp of the extra terms; the loop sets it (0 in the warm-up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, in_channels, *S]`` → ``[N, num_classes, *S]`` with every edge and op, weighted."""
+        ops = torch.softmax(self.op_logits, dim=-1)
+        return self.body.forward_with(x, edge_weights(self.edge_logits), ops)
+
+    # -- search-space contract ---------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.edge_logits, self.op_logits]
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self.body.parameters())
+
+    @torch.no_grad()
+    def decode(self) -> DintsArch:
+        """The most probable valid topology (:func:`best_chain`), each active edge with its argmax op."""
+        log_p = pattern_log_probs(self.edge_logits.double(), self.topology).cpu().numpy()
+        chain, _ = best_chain(log_p, self.topology)
+        ops = self.op_logits.argmax(dim=-1).cpu().numpy()
+        return DintsArch.from_chain(chain, ops, self.topology, f"dints-{self.shape.spatial_dims}d")
+
+    def random_architecture(self, generator: torch.Generator) -> DintsArch:
+        """A topology drawn uniformly from the valid chains of patterns, an op uniformly per active edge."""
+        topo, blocks = self.topology, self.shape.blocks
+        # ways[b][n]: how many valid chains blocks b .. B-1 have when block b must read node set n.
+        ways = np.zeros((blocks + 1, 2**topo.depths), dtype=object)  # exact integers (they grow as C^B)
+        ways[blocks, 1:] = 1
+        for b in range(blocks - 1, -1, -1):
+            for c in range(topo.num_patterns):
+                ways[b, topo.inputs[c]] += ways[b + 1, topo.outputs[c]]
+        chain: list[int] = []
+        for b in range(blocks):
+            allowed = [
+                c for c in range(topo.num_patterns) if b == 0 or topo.inputs[c] == topo.outputs[chain[-1]]
+            ]
+            counts = [ways[b + 1, topo.outputs[c]] for c in allowed]
+            pick = int(torch.randint(int(sum(counts)), (1,), generator=generator))  # exact: Python ints
+            for c, count in zip(allowed, counts, strict=True):
+                if pick < count:
+                    chain.append(c)
+                    break
+                pick -= count
+        ops = torch.randint(len(self.op_names), (blocks, topo.num_edges), generator=generator).numpy()
+        return DintsArch.from_chain(chain, ops, topo, f"dints-{self.shape.spatial_dims}d")
+
+    def arch_loss_terms(self) -> dict[str, torch.Tensor]:
+        """The DiNTS terms, each times :attr:`arch_weight` (ramped after the warm-up by the loop)."""
+        a, w, weight = self.edge_logits, self.op_logits, self.arch_weight
+        return {
+            "edge_entropy": weight * edge_entropy(a),
+            "op_entropy": weight * op_entropy(w),
+            "memory": weight * budget_loss(a, w, self.cost, self.memory_budget),
+            "topology": weight * self.topology_weight * topology_loss(a, self.topology),
+        }
+
+    @torch.no_grad()
+    def arch_record(self) -> dict[str, Any]:
+        """Edge probabilities ``sigmoid(a) [B, E]``, op weights ``[B, E, K]`` and the expected memory."""
+        usage = expected_memory(self.edge_logits, self.op_logits, self.cost)
+        full = full_memory(self.op_logits, self.cost)
+        return {
+            "kind": "dints",
+            "edges": [list(e) for e in self.topology.edges],
+            "ops": list(self.op_names),
+            "edge_probabilities": torch.sigmoid(self.edge_logits).tolist(),
+            "op_weights": torch.softmax(self.op_logits, dim=-1).tolist(),
+            "memory_fraction": float(usage / full),
+        }
+
+
+class DintsNet(nn.Module):
+    """A found DiNTS network: the edges and ops of ``arch`` only, trained from scratch."""
+
+    def __init__(self, arch: DintsArch, shape: DintsShape) -> None:
+        super().__init__()
+        if (arch.depths, arch.num_blocks) != (shape.depths, shape.blocks):
+            raise ValueError(
+                f"the architecture has {arch.depths} depths x {arch.num_blocks} blocks, the settings "
+                f"{shape.depths} x {shape.blocks}"
+            )
+        if arch.op_set != f"dints-{shape.spatial_dims}d":
+            raise ValueError(f"op set {arch.op_set} does not fit a {shape.spatial_dims}D network")
+        index = {edge: i for i, edge in enumerate(Topology(shape.depths).edges)}
+        cells = [
+            {
+                index[(a, z)]: EdgeCell(a, z, shape.width, (op,), shape.spatial_dims, shape.norm)
+                for a, z, op in block
+            }
+            for block in arch.blocks
+        ]
+        self.arch, self.body = arch, DintsBody(shape, cells)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, in_channels, *S]`` → ``[N, num_classes, *S]``."""
+        return self.body.forward_with(x, None, None)
