@@ -31,3 +31,14 @@ def test_a_dints_search_runs_decodes_and_resumes_exactly(tmp_path):
     run_search(search_config(2), tmp_path / "parts", resume=True, quiet=True, echo=quiet, build_space=build)
     for name in ("arch_params.json", "genotype.json"):
         assert (tmp_path / "whole" / name).read_text() == (tmp_path / "parts" / name).read_text()
+
+
+def test_the_extra_terms_ramp_in_after_the_warm_up():
+    net = build(None, 2)
+    weights = []
+    for epoch in range(6):
+        net.set_search_progress(epoch, 6, 2)
+        weights.append(net.arch_weight)
+        terms = net.arch_loss_terms()
+        assert all(float(t.detach()) == 0.0 for t in terms.values()) == (net.arch_weight == 0.0)
+    assert weights == [0.0, 0.0, 0.0, 0.25, 0.5, 0.75]

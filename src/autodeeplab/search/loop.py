@@ -161,6 +161,8 @@ def _search(
         while position.epoch < config.epochs:
             epoch = position.epoch
             searching_arch = epoch >= config.arch_start_epoch
+            if hasattr(model, "set_search_progress"):  # optional: a space whose extra terms follow a schedule
+                model.set_search_progress(epoch, config.epochs, config.arch_start_epoch)
             # A resume mid-epoch starts the bar at its position, so that rates and the ETA stay right.
             desc = f"epoch {epoch + 1}/{config.epochs}"
             progress = Progress(steps, desc, quiet=quiet, start=position.batch)

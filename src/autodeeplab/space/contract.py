@@ -78,6 +78,10 @@ class SearchSpace(Protocol):
         with the epoch, as a line of ``arch_history.jsonl`` after every epoch."""
         ...
 
+    # Optional: ``set_search_progress(epoch, epochs, arch_start_epoch)``, called by the loop at the start of
+    # every epoch (0-based), for a space whose :meth:`arch_loss_terms` follow a schedule (DiNTS ramps its
+    # terms in from the end of the warm-up). A function of the epoch only, so a resumed search is exact.
+
 
 def check_search_space(model: Any) -> None:
     """Fail early, naming the method, when ``model`` does not implement :class:`SearchSpace`.

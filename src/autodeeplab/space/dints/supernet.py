@@ -145,6 +145,12 @@ class DintsSupernet(nn.Module):
         ops = torch.randint(len(self.op_names), (blocks, topo.num_edges), generator=generator).numpy()
         return DintsArch.from_chain(chain, ops, topo, f"dints-{self.shape.spatial_dims}d")
 
+    def set_search_progress(self, epoch: int, epochs: int, arch_start_epoch: int) -> None:
+        """The terms' weight ramps linearly from 0 at the first architecture epoch (the end of the warm-up)
+        towards 1 at the last, as in DiNTS's search script."""
+        span = max(1, epochs - arch_start_epoch)
+        self.arch_weight = min(1.0, max(0.0, (epoch - arch_start_epoch) / span))
+
     def arch_loss_terms(self) -> dict[str, torch.Tensor]:
         """The DiNTS terms, each times :attr:`arch_weight` (ramped after the warm-up by the loop)."""
         a, w, weight = self.edge_logits, self.op_logits, self.arch_weight
