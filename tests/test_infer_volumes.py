@@ -281,3 +281,21 @@ def test_mirroring_averages_the_eight_flips_each_flipped_back():
     torch.testing.assert_close(plain, torch.softmax(model(image[None])[0], dim=0).detach())
     torch.testing.assert_close(mirrored, expected / 8)
     assert not torch.allclose(mirrored, plain, atol=1e-3)
+
+
+def test_keep_largest_component_by_hand():
+    pytest.importorskip("scipy")
+    from autodeeplab.infer.volume_metrics import keep_largest_component
+
+    labels = np.zeros((5, 6, 7), dtype=np.int64)
+    labels[0:2, 0:2, 0:2] = 1  # 8 voxels of class 1
+    labels[4, 5, 6] = 1  # an island of class 1, far away
+    labels[2, 2, 2] = 1  # touches the big piece at a corner only: 26-connected, kept
+    labels[3:5, 0:3, 3:6] = 2  # 18 voxels of class 2
+    labels[0, 5, 0] = 2  # an island of class 2
+    kept = keep_largest_component(labels)
+    expected = labels.copy()
+    expected[4, 5, 6] = 0
+    expected[0, 5, 0] = 0
+    assert np.array_equal(kept, expected) and labels[4, 5, 6] == 1  # a copy; the input untouched
+    assert np.array_equal(keep_largest_component(expected), expected)  # nothing more to remove

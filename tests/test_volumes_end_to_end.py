@@ -124,7 +124,11 @@ def test_eval_refuses_image_flags_for_volumes_and_mirrors_with_flip(trained: Pat
     assert main(["eval", str(trained), "--split", "test", "--flip", "--json", str(out), "-q"]) == 0
     assert "mirrored 8 ways" in capsys.readouterr().out
     data = json.loads(out.read_text())
-    assert data["mirror"] is True and data["num_volumes"] == 2
+    assert data["mirror"] is True and data["num_volumes"] == 2 and data["largest_component"] is False
+    kept = tmp_path / "largest.json"
+    args = ["eval", str(trained), "--split", "test", "--largest-component", "--json", str(kept), "-q"]
+    assert main(args) == 0
+    assert json.loads(kept.read_text())["largest_component"] is True
 
 
 def test_predict_writes_labels_on_the_input_grid(trained: Path, volumes: Path, tmp_path: Path):

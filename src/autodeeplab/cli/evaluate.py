@@ -25,6 +25,7 @@ FLAG_FIELDS: dict[str, str] = {
     "scales": "scales",
     "flip": "flip",
     "window": "window",
+    "largest_component": "largest_component",
     "max_images": "max_images",
     "device": "device",
 }
@@ -69,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SIZE",
         help="sliding-window inference with tiles of H W (images too large for memory) or D H W "
         "(volumes; default: the training patch)",
+    )
+    p.add_argument(
+        "--largest-component",
+        action="store_true",
+        default=None,
+        help="volumes: keep each class's largest connected piece only (nnU-Net's post-processing)",
     )
     p.add_argument("--max-images", type=int, metavar="N", help="evaluate the first N images only")
     p.add_argument("--device", help="auto, cpu or cuda[:i] (default: auto)")
@@ -187,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     transform = None if volumes else EvalTransform()
     dataset = build_dataset(name, root, config.split, transform=transform, **options)
     check_classes(args.checkpoint, info, dataset.num_classes, f"{name} {config.split}")
+    if config.largest_component and not (volumes or getattr(dataset, "spatial_dims", 2) == 3):
+        raise ConfigError("--largest-component: a post-processing of volumes, not of images")
     if volumes or getattr(dataset, "spatial_dims", 2) == 3:
         from autodeeplab.cli.evaluate_volumes import evaluate_volume_split
 

@@ -82,10 +82,12 @@ def evaluate_volume_split(
             max_volumes=total,
             progress=lambda done, n: bar.update(images=1),
             mirror=config.flip,  # volumes: the 8 mirrorings along every axis (nnU-Net's test-time mirroring)
+            largest_component=config.largest_component,
         )
     print(
         f"{args.checkpoint}: {name} {split}, {total} volumes, window {'x'.join(map(str, window))}, "
-        f"overlap {overlap:g}{', mirrored 8 ways' if config.flip else ''}, {result.seconds:.1f}s"
+        f"overlap {overlap:g}{', mirrored 8 ways' if config.flip else ''}"
+        f"{', largest component per class' if config.largest_component else ''}, {result.seconds:.1f}s"
     )
     print(result.format_table())
     data = {
@@ -98,6 +100,7 @@ def evaluate_volume_split(
         "window": list(window),
         "window_overlap": overlap,
         "mirror": bool(config.flip),
+        "largest_component": bool(config.largest_component),
         **result.to_dict(),
         "config": config_to_dict(config),
     }

@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also average the horizontally flipped image (volumes: all 8 mirrorings along the 3 axes)",
     )
     p.add_argument(
+        "--largest-component",
+        action="store_true",
+        help="volumes: keep each class's largest connected piece only (nnU-Net's post-processing)",
+    )
+    p.add_argument(
         "--alpha", type=float, default=0.5, help="weight of the colours in the overlay, 0..1 (default 0.5)"
     )
     p.add_argument(
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint, device=device)
     if info.patch_size is not None:
         return run_volumes(args, model, info)
+    if args.largest_component:
+        raise ConfigError("--largest-component: a post-processing of volumes, not of images")
     settings = inference_settings(args)
     images = expand_images(args.images)
     output = Path(args.output)
@@ -130,6 +137,7 @@ def run_volumes(args: argparse.Namespace, model, info) -> int:
         target_spacing=spacing,
         alpha=args.alpha,
         mirror=args.flip,  # volumes: the 8 mirrorings along every axis
+        largest_component=args.largest_component,
     )
     for label, slices in written:
         print(f"{label}  {slices}")

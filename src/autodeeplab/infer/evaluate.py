@@ -98,6 +98,8 @@ class EvalConfig:
     """Sliding-window tile ``[h, w]`` for images too large for memory; ``None``: whole images. For
     volumes ``[d, h, w]``; ``None``: the model's training patch."""
     window_overlap: float = DEFAULT_WINDOW_OVERLAP
+    largest_component: bool = False
+    """Volumes: cut each class to its largest connected piece before scoring (nnU-Net's post-processing)."""
     max_images: int | None = None
     """Evaluate the first N images only; ``None``: the whole split."""
     device: str = "auto"

@@ -19,6 +19,7 @@ from torch import nn
 
 from autodeeplab.data.nifti import nifti_stem, read_image_volume, zscore_nonzero
 from autodeeplab.data.volumes import resample
+from autodeeplab.infer.volume_metrics import keep_largest_component
 from autodeeplab.infer.volumes import sliding_window_probabilities, write_label_volume
 
 LABEL_SUFFIX, SLICES_SUFFIX = "_label.nii.gz", "_slices.png"
@@ -43,11 +44,13 @@ def predict_volume(
     overlap: float,
     target_spacing: Sequence[float] | None = None,
     mirror: bool = False,
+    largest_component: bool = False,
 ) -> np.ndarray:
     """Labels ``int64 [D, H, W]`` of a normalised image ``float32 [C, D, H, W]`` with voxel size ``spacing``.
 
     With ``target_spacing`` the image is resampled to it first and the class probabilities back to the
-    input's grid (trilinear) before the argmax. ``mirror``: average the 8 mirrorings (test-time mirroring).
+    input's grid (trilinear) before the argmax. ``mirror``: average the 8 mirrorings (test-time mirroring);
+    ``largest_component``: keep each class's largest connected piece only.
     """
     x = torch.from_numpy(image)
     shape = tuple(image.shape[1:])
@@ -62,7 +65,8 @@ def predict_volume(
         model.train(was_training)
     if tuple(probs.shape[1:]) != shape:
         probs = resample(probs, shape, labels=False)
-    return probs.argmax(dim=0).numpy()
+    labels = probs.argmax(dim=0).numpy()
+    return keep_largest_component(labels) if largest_component else labels
 
 
 def predict_volume_files(
@@ -76,9 +80,10 @@ def predict_volume_files(
     target_spacing: Sequence[float] | None = None,
     alpha: float = 0.5,
     mirror: bool = False,
+    largest_component: bool = False,
 ) -> list[tuple[Path, Path]]:
     """Segment every volume of ``paths`` into ``output_dir``; ``(label .nii.gz, slices .png)`` per input.
-    ``mirror``: test-time mirroring (:func:`predict_volume`)."""
+    ``mirror`` and ``largest_component``: as :func:`predict_volume`."""
     from autodeeplab.viz.volumes import plot_orthogonal_slices
 
     volumes = [read_image_volume(p, channels=in_channels > 1) for p in paths]  # all read before writing
@@ -92,7 +97,9 @@ def predict_volume_files(
     written = []
     for path, volume, name in zip(paths, volumes, volume_output_names(paths), strict=True):
         image = zscore_nonzero(volume.data)
-        labels = predict_volume(model, image, volume.spacing, patch_size, overlap, target_spacing, mirror)
+        labels = predict_volume(
+            model, image, volume.spacing, patch_size, overlap, target_spacing, mirror, largest_component
+        )
         label_path = write_label_volume(labels, path, out / f"{name}{LABEL_SUFFIX}")
         slices = plot_orthogonal_slices(
             image[0],

@@ -125,3 +125,24 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def _json(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 6)
+
+
+def keep_largest_component(labels: np.ndarray) -> np.ndarray:
+    """Labels ``[D, H, W]`` with every foreground class reduced to its largest connected component
+    (26-connectivity: voxels touching at a corner belong together); the rest becomes background (0).
+
+    nnU-Net's post-processing for structures that come in one piece (it applies it when it raises the
+    cross-validation Dice): islands of a class away from the structure are removed. A copy; ties between
+    components of equal size keep the first in scan order.
+    """
+    ndimage = _require("scipy.ndimage", "keeping the largest component")
+    out = np.array(labels, copy=True)
+    structure = np.ones((3,) * out.ndim, dtype=bool)
+    for c in np.unique(out):
+        if c == 0:
+            continue
+        components, count = ndimage.label(out == c, structure=structure)
+        if count > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            out[(components > 0) & (components != int(np.argmax(sizes)) + 1)] = 0
+    return out

@@ -41,6 +41,7 @@ from autodeeplab.infer.volume_metrics import (
     _require,
     dice_per_class,
     hd95_per_class,
+    keep_largest_component,
 )
 from autodeeplab.outputs import NIFTI_DESCRIPTION
 from autodeeplab.runs.device import preferred_memory_format
@@ -226,6 +227,7 @@ def evaluate_volumes(
     sw_batch_size: int = 1,
     with_hd95: bool = True,
     mirror: bool = False,
+    largest_component: bool = False,
 ) -> VolumeEvalResult:
     """Sliding-window inference, Dice and HD95 on each of the first ``max_volumes`` volumes of ``dataset``
     (all when ``None``).
@@ -234,7 +236,8 @@ def evaluate_volumes(
     the model's own device (so a model on a GPU with ``device="cpu"`` keeps big volumes in host memory).
     ``progress(done, total)`` is called after each volume. The model is put in eval mode and restored.
     ``with_hd95=False`` skips the distances (all NaN): the search's validation needs only Dice. ``mirror``:
-    test-time mirroring (see :func:`sliding_window_probabilities`).
+    test-time mirroring (see :func:`sliding_window_probabilities`); ``largest_component``: each class cut
+    to its largest connected piece before scoring (:func:`keep_largest_component`).
     """
     k, ignore = int(dataset.num_classes), dataset.ignore_index
     names = [str(n) for n in dataset.class_names]
@@ -267,6 +270,8 @@ def evaluate_volumes(
                     probs = resample(probs, mask.shape, labels=False)
             labels = probs.argmax(dim=0).cpu().numpy()
             del probs  # K float volumes: free them before the next volume is read
+            if largest_component:
+                labels = keep_largest_component(labels)
             dice = dice_per_class(labels, mask, k, ignore)
             hd95 = hd95_per_class(labels, mask, k, spacing, ignore) if with_hd95 else [math.nan] * k
             rows.append(
