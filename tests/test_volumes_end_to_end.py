@@ -284,6 +284,28 @@ def test_the_fine_decoder_stage_is_off_by_default_and_trains_when_on():
     torch.testing.assert_close(rebuilt(x), net(x))
 
 
+def test_the_full_resolution_stage_needs_the_fine_one_and_trains():
+    from autodeeplab.errors import ConfigError
+    from autodeeplab.nets.network import AutoDeepLabNet, build_network
+
+    small = {"filter_multiplier": 2, "num_classes": 3, "stem_channels": (4, 4, 8), "aspp_channels": 8}
+    small |= {"decoder_channels": 8, "low_level_channels": 4, "in_channels": 1, "spatial_dims": 3}
+    with pytest.raises(ConfigError, match="full_skip_channels: 4 needs the stride-2 stage"):
+        build_network("paper", **small, full_skip_channels=4)
+    torch.manual_seed(0)
+    net = build_network("paper", **small, fine_skip_channels=4, full_skip_channels=4)
+    assert isinstance(net.fine_decoder.classifier, torch.nn.Identity)  # features go on to full resolution
+    x = torch.randn(2, 1, 11, 14, 9)
+    out = net(x)
+    assert out.shape == (2, 3, 11, 14, 9)
+    out.square().mean().backward()
+    assert net.full_decoder.reduce[0].weight.grad.abs().sum() > 0  # the input itself is used
+    rebuilt = AutoDeepLabNet.from_config_dict(net.config_dict())
+    rebuilt.load_state_dict(net.state_dict())
+    net.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x), net(x))
+
+
 def train_args(root: Path, out: Path, *extra: str) -> list[str]:
     args = [
         "train",

@@ -38,7 +38,13 @@ from torch import nn
 
 from autodeeplab.errors import ConfigError, GenotypeError
 from autodeeplab.nets.cell import FixedCell, Stem, scheduled_keep_prob
-from autodeeplab.ops.heads import ASPP, DeepLabV3PlusDecoder, FineDecoderStage, aspp_rates_for_stride
+from autodeeplab.ops.heads import (
+    ASPP,
+    DeepLabV3PlusDecoder,
+    FineDecoderStage,
+    FullResolutionStage,
+    aspp_rates_for_stride,
+)
 from autodeeplab.ops.primitives import ALIGN_CORNERS, resize
 from autodeeplab.space.autodeeplab.genotype import Genotype, resolve_genotype
 
@@ -84,6 +90,10 @@ class NetworkConfig:
     fed by the stem's stride-2 features reduced to this many channels (:class:`FineDecoderStage`), for
     inputs whose structures are a few voxels thick (e.g. 1 mm hippocampus volumes, where upsampling
     stride-4 logits caps Dice near 0.78: benchmarks/hippocampus_result.md)."""
+    full_skip_channels: int = 0
+    """0: the logits are made at output stride 2 (with ``fine_skip_channels``) or 4. More (needs
+    ``fine_skip_channels``): one more stage at the input's resolution, this many channels wide, fed by a
+    3×3(×3) convolution of the input (:class:`FullResolutionStage`; not in the paper)."""
 
     def __post_init__(self) -> None:
         # Normalise only (lists from JSON/YAML become tuples, int probabilities floats); the checks are in
@@ -101,6 +111,11 @@ class NetworkConfig:
         """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
         for f in dataclasses.fields(self):
             _check_field(f.name, getattr(self, f.name), f"{where}.{f.name}")
+        if self.full_skip_channels and not self.fine_skip_channels:
+            raise ConfigError(
+                f"{where}.full_skip_channels: {self.full_skip_channels} needs the stride-2 stage too "
+                f"(set {where}.fine_skip_channels as well)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists)."""
@@ -149,7 +164,7 @@ def _check_field(name: str, value: Any, where: str) -> None:
     elif name == "spatial_dims":
         if value not in SPATIAL_DIMS or not _is_int(value):
             raise ConfigError(f"{where}: must be 2 (images) or 3 (volumes), got {value!r}")
-    elif name == "fine_skip_channels" and _is_int(value) and value == 0:
+    elif name in ("fine_skip_channels", "full_skip_channels") and _is_int(value) and value == 0:
         return  # off
     elif name in ("num_classes", "in_channels") and value is None:
         return  # training settings: the dataset's count
@@ -219,15 +234,27 @@ class AutoDeepLabNet(nn.Module):
             None if fine else config.num_classes,
             dims=dims,
         )
+        full = config.full_skip_channels > 0
         self.fine_decoder = (
             FineDecoderStage(
                 config.decoder_channels,
                 config.stem_channels[1],
                 config.fine_skip_channels,
-                config.num_classes,
+                None if full else config.num_classes,
                 dims,
             )
             if fine
+            else None
+        )
+        self.full_decoder = (
+            FullResolutionStage(
+                config.fine_skip_channels,
+                config.in_channels,
+                config.full_skip_channels,
+                config.num_classes,
+                dims,
+            )
+            if full
             else None
         )
         self._init_weights()
@@ -292,6 +319,8 @@ class AutoDeepLabNet(nn.Module):
         else:
             features, low_level, stem_features = self.forward_features(x, with_stem=True)
             logits = self.fine_decoder(self.decoder(self.aspp(features), low_level), stem_features)
+            if self.full_decoder is not None:
+                logits = self.full_decoder(logits, x)  # the stride-2 stage's features, then full resolution
         return resize(logits, x.shape[2:], align_corners=ALIGN_CORNERS)
 
     def config_dict(self) -> dict[str, Any]:

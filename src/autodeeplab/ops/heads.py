@@ -119,14 +119,36 @@ class FineDecoderStage(nn.Module):
     (``skip_channels`` wide throughout: a 3×3(×3) convolution at stride 2 is 8× the voxels of stride 4)."""
 
     def __init__(
-        self, channels: int, skip_in: int, skip_channels: int, num_classes: int, dims: int = 2
+        self, channels: int, skip_in: int, skip_channels: int, num_classes: int | None, dims: int = 2
     ) -> None:
         super().__init__()
         self.reduce = conv_bn_relu(skip_in, skip_channels, 1, dims=dims)
         self.fuse = conv_bn_relu(channels + skip_channels, skip_channels, 3, dims=dims)
-        self.classifier = conv_nd(dims)(skip_channels, num_classes, 1, bias=True)
+        self.classifier = (  # None: the features go on to a FullResolutionStage
+            conv_nd(dims)(skip_channels, num_classes, 1, bias=True)
+            if num_classes is not None
+            else nn.Identity()
+        )
 
     def forward(self, features: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         fine = self.reduce(skip)
+        coarse = resize(features, fine.shape[2:], align_corners=ALIGN_CORNERS)
+        return self.classifier(self.fuse(torch.cat([coarse, fine], dim=1)))
+
+
+class FullResolutionStage(nn.Module):
+    """A last decoder stage at the input's resolution (not in the paper; ``full_skip_channels``):
+    (stride-2 features ``[N, c, *S2]``, the input ``[N, C_in, *S]``) → logits ``[N, K, *S]``. The input
+    passes one 3×3(×3) conv, is fused with the upsampled features by another, then classified: boundaries
+    are placed on the voxel grid itself instead of interpolated from stride-2 logits."""
+
+    def __init__(self, channels: int, in_channels: int, width: int, num_classes: int, dims: int = 2) -> None:
+        super().__init__()
+        self.reduce = conv_bn_relu(in_channels, width, 3, dims=dims)
+        self.fuse = conv_bn_relu(channels + width, width, 3, dims=dims)
+        self.classifier = conv_nd(dims)(width, num_classes, 1, bias=True)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        fine = self.reduce(image)
         coarse = resize(features, fine.shape[2:], align_corners=ALIGN_CORNERS)
         return self.classifier(self.fuse(torch.cat([coarse, fine], dim=1)))
