@@ -69,7 +69,9 @@ class _CroppedKernelConv:
         same = not isinstance(padding, str) and all(  # not padding="same"/"valid" given as a string
             k % 2 == 1 and p == d * c for k, d, p, c in zip(kernel, dilation, padding, centres, strict=True)
         )
-        if self.padding_mode == "zeros" and same:
+        # The TorchScript ONNX exporter cannot give a sliced weight a kernel shape: exports keep every tap.
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if self.padding_mode == "zeros" and same and not exporting:
             halves = useful_half_widths(input.shape[2:], kernel, dilation)
             if halves != tuple(centres):
                 taps = [slice(c - h, c + h + 1) for c, h in zip(centres, halves, strict=True)]
