@@ -191,8 +191,11 @@ def test_ctrl_c_during_start_up_is_one_line_and_the_run_can_continue(tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode in ENDED_BY_CTRL_C, err
     assert "Traceback" not in err and err.count("\n") <= 1, err
+    if proc.returncode == 0:  # on a loaded host the tiny search can end before the signal is delivered
+        assert (run / "genotype.json").exists() and err == "", err
+        return
+    assert proc.returncode in ENDED_BY_CTRL_C, err
     # whatever it had reached: the folder is gone or empty (the same command works), or it says how to resume
     kept = run.exists() and any(run.iterdir())
     again = ["--quiet", "--resume", str(run)] if kept else [*TINY_SEARCH, "-o", str(run)]
