@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper genotype's 3D found network on MSD Hippocampus (../shared/data/hippocampus): train with the
-# `hippocampus` preset (182 training volumes, 3000 steps of two 40x56x40 patches), then score the 52 test
+# `hippocampus` preset (182 training volumes, 3500 steps of two 40x56x40 patches), then score the 52 test
 # volumes (the last 52 sorted ids) by sliding window: Dice per class, HD95, one row per volume.
 # Resumable: run it again with the same folder and the training continues from its last checkpoint.
 # GENOTYPE: the architecture to train (default paper; a search run directory retrains what it found).
