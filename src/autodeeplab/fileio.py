@@ -63,6 +63,24 @@ def loads_json(text: str) -> Any:
         raise json.JSONDecodeError(str(exc).split(":")[0], text, 0) from None
 
 
+def parse_json_document(text: str, source: str, error: type[Exception]) -> Any:
+    """``loads_json`` whose failure is one ``error`` line naming ``source`` (architecture files)."""
+    try:
+        return loads_json(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def read_document(path: Path, what: str, error: type[Exception]) -> str:
+    """The UTF-8 text of ``path``; a missing or unreadable file is one ``error`` line naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read {what} ({exc})") from None
+
+
 def loads_yaml(text: str, plain: bool = False) -> Any:
     """``yaml.safe_load`` whose every failure on hostile text is a :class:`yaml.YAMLError` (deep nesting
     and over-long integers raise other exceptions from PyYAML and Python).

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autodeeplab.errors import GenotypeError
-from autodeeplab.fileio import atomic_write_text, loads_json
+from autodeeplab.fileio import atomic_write_text, parse_json_document, read_document
 from autodeeplab.ops.primitives import PRIMITIVES
 
 FORMAT_VERSION = 1
@@ -104,22 +104,12 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str, source: str = "genotype") -> Genotype:
-        try:
-            data = loads_json(text)
-        except json.JSONDecodeError as exc:
-            raise GenotypeError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_json_document(text, source, GenotypeError), source)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Genotype:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise GenotypeError(f"{path}: no such genotype file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GenotypeError(f"{path}: cannot read genotype ({exc})") from None
-        return cls.from_json(text, str(path))
+        return cls.from_json(read_document(path, "genotype", GenotypeError), str(path))
 
 
 def _is_int(x: Any) -> bool:

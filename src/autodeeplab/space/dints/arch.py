@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from autodeeplab.errors import GenotypeError
-from autodeeplab.fileio import atomic_write_text, loads_json
+from autodeeplab.fileio import atomic_write_text, parse_json_document, read_document
 from autodeeplab.space.dints.topology import Topology
 
 FORMAT_VERSION = 1
@@ -122,22 +122,12 @@ class DintsArch:
 
     @classmethod
     def from_json(cls, text: str, source: str = "dints_arch") -> DintsArch:
-        try:
-            data = loads_json(text)
-        except json.JSONDecodeError as exc:
-            raise GenotypeError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_json_document(text, source, GenotypeError), source)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DintsArch:
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise GenotypeError(f"{path}: no such architecture file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GenotypeError(f"{path}: cannot read the architecture ({exc})") from None
-        return cls.from_json(text, str(path))
+        return cls.from_json(read_document(path, "architecture", GenotypeError), str(path))
 
 
 def _validate_blocks(
