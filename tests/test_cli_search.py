@@ -17,7 +17,7 @@ from autodeeplab.data.synthetic import CLASS_NAMES, PALETTE
 from autodeeplab.data.transforms import EvalTransform
 from autodeeplab.runs.rundir import read_jsonl
 from autodeeplab.search.config import SearchConfig
-from autodeeplab.search.loop import build_autodeeplab_space
+from autodeeplab.search.spaces import build_autodeeplab_space
 from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
 from autodeeplab.space.autodeeplab.genotype import Genotype
 
@@ -171,7 +171,7 @@ def test_pipeline_cli_end_to_end(tmp_path, capsys):
         (["search", "--preset", "nope"], "invalid choice: 'nope'"),
         (["search", "--dataset", "camvid", "--data-root", "/nonexistent"], "/nonexistent"),
         (["search", "--resume", "/nonexistent/run"], "not a search run directory"),
-        (["decode", "/nonexistent/arch.json"], "no such file"),
+        (["decode", "/nonexistent/arch.json"], "no such arch_params file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

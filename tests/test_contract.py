@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -34,6 +34,7 @@ class Choice:
     """The architecture of :class:`ChoiceSpace`: which op its one edge keeps."""
 
     op: str
+    FILE_NAME: ClassVar[str] = "choice.json"
 
     def to_json(self) -> str:
         return json.dumps({"version": 1, "op": self.op}) + "\n"
@@ -136,8 +137,8 @@ def test_search_loop_runs_a_second_space_end_to_end(tmp_path):
     result = run_search(search_config(), tmp_path / "run", quiet=True, echo=quiet, build_space=build())
     run = tmp_path / "run"
     assert isinstance(result.genotype, Choice)
-    # genotype.json is the space's own architecture document, read back equal.
-    assert Choice.from_json((run / "genotype.json").read_text()) == result.genotype
+    # choice.json (its FILE_NAME) is the space's own architecture document, read back equal.
+    assert Choice.from_json((run / "choice.json").read_text()) == result.genotype
     # arch_params.json is the space's record; the history has one line per epoch; α moved in arch steps.
     record = json.loads((run / "arch_params.json").read_text())
     assert set(record) == {"version", "alpha"} and abs(sum(record["alpha"]) - 1) < 1e-6
@@ -174,7 +175,7 @@ def test_resume_of_a_second_space_continues_exactly(tmp_path):
     run_search(search_config(2), tmp_path / "whole", quiet=True, echo=quiet, build_space=build())
     run_search(search_config(1), tmp_path / "parts", quiet=True, echo=quiet, build_space=build())
     run_search(search_config(2), tmp_path / "parts", resume=True, quiet=True, echo=quiet, build_space=build())
-    for name in ("arch_params.json", "genotype.json"):
+    for name in ("arch_params.json", "choice.json"):
         assert (tmp_path / "whole" / name).read_text() == (tmp_path / "parts" / name).read_text()
     whole = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
     parts = (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()

@@ -57,3 +57,47 @@ def test_edges_resample_to_the_target_depth_and_mix_their_ops():
     assert chosen(x1, (5, 6, 4)).shape == x1.shape  # a found network's edge: one op, no weights
     with pytest.raises(ValueError, match="neighbouring depths"):
         EdgeCell(0, 2, widths, ops, 3)
+
+
+@pytest.mark.parametrize("size", [(6, 8, 4), (5, 7, 3)])
+def test_factorized_reduce_equals_two_offset_stride_2_convolutions(size):
+    """The subsample-first evaluation against the definition: ReLU, 1×1 stride-2 convs of the input and of
+    the input shifted by one voxel along every axis (zero at the end), concatenated, normed."""
+    torch.manual_seed(0)
+    down = FactorizedReduce(2, 4, 3, "instance").double()
+    x = torch.randn(2, 2, *size, dtype=torch.float64)
+    r = torch.relu(x)
+    shifted = nn.functional.pad(r[..., 1:, 1:, 1:], [0, 1] * 3)
+    first = nn.functional.conv3d(r, down.first.weight, stride=2)
+    second = nn.functional.conv3d(shifted, down.second.weight, stride=2)
+    torch.testing.assert_close(down(x), down.norm(torch.cat([first, second], dim=1)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_the_lean_supernet_equals_the_reference(norm):
+    """Shared ReLU and weights folded into the norms: outputs, gradients of weights and architecture
+    logits, and batch-norm running statistics as the reference Σ_k η·w_k·op_k(x), in float64."""
+    from autodeeplab.space.dints.network import DintsShape
+    from autodeeplab.space.dints.supernet import DintsSupernet
+
+    shape = DintsShape(3, 2, 4, spatial_dims=3, norm=norm, in_channels=1, num_classes=3)
+    nets = []
+    for lean in (True, False):
+        torch.manual_seed(0)
+        net = DintsSupernet(shape, lean=lean).double()
+        with torch.no_grad():
+            net.edge_logits.normal_()
+            net.op_logits.normal_()
+        nets.append(net)
+    # Not smaller: instance norm over the 2×2×1 maps of 1/8 would make the comparison ill-conditioned.
+    x = torch.randn(2, 1, 24, 20, 16, dtype=torch.float64)
+    outs = []
+    for net in nets:
+        out = net(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-10, atol=1e-12)
+    for (name, p), q in zip(nets[0].named_parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+    for (name, a), b in zip(nets[0].named_buffers(), nets[1].buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from autodeeplab.fast.memory import SavedTensorCounter
+from autodeeplab.nets.dints import DintsNet
 from autodeeplab.space.contract import check_search_space
 from autodeeplab.space.dints.arch import DintsArch
 from autodeeplab.space.dints.network import DintsShape
-from autodeeplab.space.dints.supernet import DintsNet, DintsSupernet, memory_cost
+from autodeeplab.space.dints.supernet import DintsSupernet, memory_cost
 
 TINY = {"depths": 3, "blocks": 3, "channels": 4, "in_channels": 1, "num_classes": 3}
 

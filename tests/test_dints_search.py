@@ -7,10 +7,11 @@ import json
 
 from test_contract import quiet, search_config
 
+from autodeeplab.nets.dints import DintsNet
 from autodeeplab.search.loop import run_search
 from autodeeplab.space.dints.arch import DintsArch
 from autodeeplab.space.dints.network import DintsShape
-from autodeeplab.space.dints.supernet import DintsNet, DintsSupernet
+from autodeeplab.space.dints.supernet import DintsSupernet
 
 
 def build(config, num_classes: int, in_channels: int = 3) -> DintsSupernet:
@@ -20,7 +21,7 @@ def build(config, num_classes: int, in_channels: int = 3) -> DintsSupernet:
 
 def test_a_dints_search_runs_decodes_and_resumes_exactly(tmp_path):
     result = run_search(search_config(2), tmp_path / "whole", quiet=True, echo=quiet, build_space=build)
-    arch = DintsArch.from_json((tmp_path / "whole" / "genotype.json").read_text())
+    arch = DintsArch.from_json((tmp_path / "whole" / "dints_arch.json").read_text())
     assert arch == result.genotype and arch.depths == 2 and arch.num_blocks == 2
     record = json.loads((tmp_path / "whole" / "arch_params.json").read_text())
     assert record["kind"] == "dints" and 0 < record["memory_fraction"] <= 1
@@ -29,7 +30,7 @@ def test_a_dints_search_runs_decodes_and_resumes_exactly(tmp_path):
     DintsNet(arch, DintsShape(depths=2, blocks=2, channels=4, spatial_dims=2, in_channels=3))  # builds
     run_search(search_config(1), tmp_path / "parts", quiet=True, echo=quiet, build_space=build)
     run_search(search_config(2), tmp_path / "parts", resume=True, quiet=True, echo=quiet, build_space=build)
-    for name in ("arch_params.json", "genotype.json"):
+    for name in ("arch_params.json", "dints_arch.json"):
         assert (tmp_path / "whole" / name).read_text() == (tmp_path / "parts" / name).read_text()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from autodeeplab.cli.common import add_run_arguments, resolve_run_config
 from autodeeplab.errors import ConfigError
-from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.config import SEARCH_SPACES, SearchConfig
 
 DEFAULT_PRESET = "cpu"
 
@@ -16,9 +16,15 @@ DEFAULT_PRESET = "cpu"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "search",
-        help="search a cell and a network path (Auto-DeepLab §4)",
+        help="search a cell and a network path (Auto-DeepLab §4), or a DiNTS topology (--space dints)",
         description="Search an architecture. With no arguments: a short search on the built-in synthetic "
-        f"data (preset '{DEFAULT_PRESET}'); '--preset paper' gives the paper's setting.",
+        f"data (preset '{DEFAULT_PRESET}'); '--preset paper' gives the paper's setting. '--space dints' "
+        "searches DiNTS's multi-path topology under a memory budget (--set dints.memory_budget=0.5) instead.",
+    )
+    p.add_argument(
+        "--space",
+        choices=SEARCH_SPACES,
+        help="the search space (the setting search_space; default: autodeeplab, or the run's on --resume)",
     )
     add_run_arguments(p, SearchConfig, DEFAULT_PRESET, "--set epochs=10 --set space.filter_multiplier=8")
     p.add_argument(
@@ -42,12 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
+    if getattr(args, "space", None):
+        args.overrides = [*args.overrides, f"search_space={args.space}"]
     return resolve_run_config(args, SearchConfig, DEFAULT_PRESET, "search")
 
 
 def run(args: argparse.Namespace) -> int:
     from autodeeplab.search.loop import run_search
-    from autodeeplab.viz.plots import describe_genotype, render_run
+    from autodeeplab.viz.dints import describe_architecture
+    from autodeeplab.viz.plots import render_run
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads: must be at least 1, got {args.threads}")
@@ -66,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         return 130
     pictures = render_run(result.run_dir, note=print)
-    print(f"\nfound architecture ({result.run_dir / 'genotype.json'}):")
-    print(describe_genotype(result.genotype))
+    print(f"\nfound architecture ({result.run_dir / result.genotype.FILE_NAME}):")
+    print(describe_architecture(result.genotype))
     if pictures:
         print("pictures: " + ", ".join(str(p) for p in pictures))
     return 0

@@ -7,12 +7,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from autodeeplab.fileio import loads_json
-
-if TYPE_CHECKING:
-    from autodeeplab.space.autodeeplab.genotype import Genotype
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,10 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from autodeeplab.outputs import check_output_folder
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
     from autodeeplab.space.autodeeplab.genotype import BUILTIN, Genotype
-    from autodeeplab.viz.plots import describe_genotype, plot_cell, plot_network_path, render_run
+    from autodeeplab.viz.dints import describe_architecture
+    from autodeeplab.viz.plots import plot_cell, plot_network_path, render_run
 
     target = Path(args.target)
     written: list[Path] = []
+    if target.is_file() and _dints_document(target):
+        return _show_dints_file(target, args)
     if args.target in BUILTIN and not target.exists():
         genotype, beta = BUILTIN[args.target], None
         default_out = Path(f"{args.target}_plots")
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{target}: nothing to show (no genotype.json, arch_params.json, arch_history.jsonl or "
                 "metrics.jsonl)"
             )
-        _report(describe_genotype(genotype) if genotype else None, written)
+        _report(describe_architecture(genotype) if genotype else None, written)
         return 0
     elif target.is_file():
         if _looks_like_arch_params(target):
@@ -83,27 +83,65 @@ def run(args: argparse.Namespace) -> int:
         check_output_folder(out, "--output", RUN_PICTURES[:2], inputs=[target], overwrite=args.overwrite)
         written.append(plot_network_path(beta, genotype, out / "network_path.png"))
         written.append(plot_cell(genotype, out / "cell.png"))
-    _report(describe_genotype(genotype), written)
+    _report(describe_architecture(genotype), written)
     return 0
 
 
-RUN_PICTURES = ["network_path.png", "cell.png", "arch_history.png", "curves.png"]
-"""What ``show`` may draw (a file's pictures are the first two); the names of :func:`render_run`."""
+RUN_PICTURES = ["network_path.png", "cell.png", "arch_history.png", "curves.png", "topology.png"]
+"""What ``show`` may draw (an Auto-DeepLab file's pictures are the first two, a DiNTS file's the last);
+the names of :func:`render_run`."""
+RUN_FILES = ("genotype.json", "dints_arch.json", "arch_params.json", "arch_history.jsonl", "metrics.jsonl")
 
 
 def _run_inputs(run_dir: Path) -> list[Path]:
     """The files of a run that ``show`` reads (a picture must never replace one of them)."""
-    return [run_dir / n for n in ("genotype.json", "arch_params.json", "arch_history.jsonl", "metrics.jsonl")]
+    return [run_dir / n for n in RUN_FILES]
 
 
-def _run_genotype(run_dir: Path) -> Genotype | None:
+def _dints_document(path: Path) -> bool:
+    """Whether ``path`` is a DiNTS architecture or arch_params file (its ``kind``)."""
+    try:
+        data = loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # let the genotype loader report the problem
+    return isinstance(data, dict) and data.get("kind") == "dints"
+
+
+def _show_dints_file(target: Path, args: argparse.Namespace) -> int:
+    """``show dints_arch.json`` / ``show arch_params.json`` of a DiNTS search: the topology picture."""
+    from autodeeplab.outputs import check_output_folder
+    from autodeeplab.space.dints.arch import DintsArch
+    from autodeeplab.space.dints.decode import decode_record
+    from autodeeplab.viz.dints import describe_dints, plot_dints_topology
+
+    record = loads_json(target.read_text(encoding="utf-8"))
+    if "edge_logits" in record or "edge_probabilities" in record:
+        arch = decode_record(record, str(target))
+    else:
+        arch, record = DintsArch.from_dict(record, str(target)), None
+    written = []
+    if not args.no_plots:
+        out = Path(args.output) if args.output else target.with_name(f"{target.stem}_plots")
+        check_output_folder(out, "--output", ["topology.png"], inputs=[target], overwrite=args.overwrite)
+        written.append(plot_dints_topology(arch, record, out / "topology.png"))
+    _report(describe_dints(arch), written)
+    return 0
+
+
+def _run_genotype(run_dir: Path) -> Any:
+    """The run's architecture (a genotype, or a DiNTS topology), decoded from arch_params.json without one."""
+    from autodeeplab.space.architectures import load_architecture, run_architecture_file
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
-    from autodeeplab.space.autodeeplab.genotype import Genotype
+    from autodeeplab.space.dints.decode import decode_record
 
-    if (run_dir / "genotype.json").exists():
-        return Genotype.load(run_dir / "genotype.json")
-    if (run_dir / "arch_params.json").exists():
-        return decode(*load_arch_params(run_dir / "arch_params.json"))
+    found = run_architecture_file(run_dir)
+    if found is not None:
+        return load_architecture(found)
+    params = run_dir / "arch_params.json"
+    if _dints_document(params):
+        return decode_record(loads_json(params.read_text(encoding="utf-8")), str(params))
+    if params.exists():
+        return decode(*load_arch_params(params))
     return None
 
 

@@ -18,18 +18,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train a found network from scratch (Auto-DeepLab §5.2)",
-        description="Train the network of a genotype from scratch. Writes a run directory whose model.pt "
-        "is all that 'eval', 'predict' and 'export' need. The default preset "
+        description="Train the network of a genotype (or a DiNTS dints_arch.json) from scratch. Writes a run "
+        "directory whose model.pt is all that 'eval', 'predict' and 'export' need. The default preset "
         f"'{DEFAULT_PRESET}' trains a small model on CamVid in minutes on a CPU; 'paper' is the paper's "
         "Cityscapes recipe; 'synthetic' (what 'autodeeplab run' uses, minutes) and 'tiny' (seconds) use the "
         "built-in synthetic data. Every setting of the network is a "
         "'model.' key (filter_multiplier, stem_channels, aspp_channels, aspp_rates_os16, aspp_dropout, "
-        "decoder_channels, low_level_channels, drop_path_keep_prob, num_classes).",
+        "decoder_channels, low_level_channels, drop_path_keep_prob, num_classes); a DiNTS network's widths "
+        "and norm are 'dints.channels' and 'dints.norm'.",
     )
     p.add_argument(
+        "--arch",
         "--genotype",
+        dest="genotype",
         metavar="paper|FILE|RUN_DIR",
-        help="architecture: 'paper', a genotype.json, or a search run directory (required unless --resume)",
+        help="architecture: 'paper', a genotype.json or dints_arch.json, or a search run directory "
+        "(required unless --resume)",
     )
     add_run_arguments(p, TrainConfig, DEFAULT_PRESET, "--set iterations=500 --set model.filter_multiplier=20")
     p.set_defaults(func=run)
@@ -43,13 +47,15 @@ def resolve_config(args: argparse.Namespace):  # -> TrainConfig (imported lazily
 
 def run(args: argparse.Namespace) -> int:
     from autodeeplab.infer.metrics import metrics_from_confusion
-    from autodeeplab.space.autodeeplab.genotype import resolve_genotype
+    from autodeeplab.space.architectures import resolve_architecture
     from autodeeplab.train.loop import run_training
 
     if not args.resume and not args.genotype:
-        raise ConfigError("--genotype: required (paper, a genotype.json, or a search run directory)")
+        raise ConfigError(
+            "--arch: required (paper, a genotype.json or dints_arch.json, or a search run directory)"
+        )
     config = resolve_config(args)
-    genotype = resolve_genotype(Path(args.resume) / "genotype.json" if args.resume else args.genotype)
+    genotype = resolve_architecture(args.resume or args.genotype)
     run_dir = Path(args.resume or args.output or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
     result = run_training(config, genotype, run_dir, resume=bool(args.resume), quiet=args.quiet)
     if result.interrupted:

@@ -26,7 +26,11 @@ import torch
 from autodeeplab import __version__
 from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 from autodeeplab.errors import AutoDeepLabError, CheckpointError
+from autodeeplab.nets.dints import DintsNet
 from autodeeplab.nets.network import AutoDeepLabNet
+
+TrainedNet = AutoDeepLabNet | DintsNet
+"""A found network that ``model.pt`` holds: Auto-DeepLab's or DiNTS's (``model.kind == "dints"``)."""
 
 MODEL_KIND = "trained-model"
 STATE_KIND = "train-state"
@@ -68,7 +72,7 @@ class TrainedInfo:
         return len(self.class_names)
 
 
-def trained_record(model: AutoDeepLabNet, info: TrainedInfo) -> dict[str, Any]:
+def trained_record(model: TrainedNet, info: TrainedInfo) -> dict[str, Any]:
     """The weights-only-safe record of a trained model (see the module docstring)."""
     return {
         "kind": MODEL_KIND,
@@ -80,14 +84,14 @@ def trained_record(model: AutoDeepLabNet, info: TrainedInfo) -> dict[str, Any]:
     }
 
 
-def save_trained(path: str | os.PathLike[str], model: AutoDeepLabNet, info: TrainedInfo) -> None:
+def save_trained(path: str | os.PathLike[str], model: TrainedNet, info: TrainedInfo) -> None:
     """Write ``model.pt`` (the record of :func:`trained_record`) to ``path`` atomically."""
     save_checkpoint(path, trained_record(model, info))
 
 
 def load_model(
     path: str | os.PathLike[str], num_classes: int | None = None, device: str | torch.device = "cpu"
-) -> tuple[AutoDeepLabNet, TrainedInfo]:
+) -> tuple[TrainedNet, TrainedInfo]:
     """Load ``model.pt`` (or a run directory holding one, or a training-state checkpoint), in eval mode.
 
     Raises:
@@ -106,7 +110,7 @@ def load_model(
         raise CheckpointError(f"{path}: not a trained-model checkpoint (kind {state.get('kind')!r})")
     check_model_format(path, state)
     try:
-        model = AutoDeepLabNet.from_config_dict(state["model"], source=str(path))
+        model = network_from_record(state["model"], source=str(path))
         info = TrainedInfo(**state["info"])
         model.load_state_dict(state["weights"])
     except AutoDeepLabError as exc:
@@ -152,3 +156,10 @@ def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: 
             f"{path}: the checkpoint predicts {info.num_classes} classes ({info.dataset}) but {what} has "
             f"{num_classes}"
         )
+
+
+def network_from_record(data: Any, source: str = "model") -> TrainedNet:
+    """The network a ``model.pt`` record's ``"model"`` entry describes (DiNTS when its kind says so)."""
+    if isinstance(data, dict) and data.get("kind") == "dints":
+        return DintsNet.from_config_dict(data, source=source)
+    return AutoDeepLabNet.from_config_dict(data, source=source)

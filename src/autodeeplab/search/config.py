@@ -24,6 +24,9 @@ from autodeeplab.config.volumes import VolumeDataConfig
 from autodeeplab.errors import ConfigError
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
+from autodeeplab.space.dints.config import DintsSpaceConfig
+
+SEARCH_SPACES = ("autodeeplab", "dints")
 
 
 @dataclass
@@ -80,7 +83,13 @@ class SearchDataConfig:
 class SearchConfig:
     """Everything a search run depends on; written to the run directory as ``config.yaml``."""
 
+    search_space: str = "autodeeplab"
+    """``autodeeplab`` (the paper's cell and network-level search: ``space``) or ``dints`` (DiNTS's
+    multi-path topology search: ``dints``; CLI ``--space dints``). Both take their dimensions from
+    ``space.spatial_dims``."""
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
+    dints: DintsSpaceConfig = field(default_factory=DintsSpaceConfig)
+    """The DiNTS supernet and its budget (used when ``search_space`` is ``dints``)."""
     data: SearchDataConfig = field(default_factory=SearchDataConfig)
     epochs: int = 40
     arch_start_epoch: int = 20
@@ -145,10 +154,25 @@ class SearchConfig:
                 f"{self.arch_start_epoch}: the architecture would never be optimised "
                 f"(e.g. --set arch_start_epoch={self.epochs // 2})"
             )
+        if self.search_space not in SEARCH_SPACES:
+            raise ConfigError(
+                f"{dotted(where, 'search_space')}: must be one of {', '.join(SEARCH_SPACES)}, got "
+                f"{self.search_space!r}"
+            )
         self.space.validate(dotted(where, "space"))
+        self.dints.validate(dotted(where, "dints"))
         self.data.validate(dotted(where, "data"))
         self.execution.validate(dotted(where, "execution"))
-        self.execution.check_levels(self.space.num_levels, dotted(where, "execution"))
+        if self.search_space == "dints":
+            # DiNTS runs its reference path; a memory saving asked for would silently not happen.
+            for name in ("checkpoint_cells", "checkpoint_levels"):
+                if getattr(self.execution, name):
+                    raise ConfigError(
+                        f"{dotted(where, 'execution.' + name)}: applies to the Auto-DeepLab supernet only, "
+                        "not to search_space=dints"
+                    )
+        else:
+            self.execution.check_levels(self.space.num_levels, dotted(where, "execution"))
 
 
 register_presets(
@@ -161,6 +185,8 @@ register_presets(
         # the third epoch on. Its validation mIoU rises over the epochs on the default synthetic data.
         "cpu": {
             "space": {"filter_multiplier": 4, "num_layers": 4, "num_blocks": 3},
+            # --space dints: a small topology space of the same order of step time (3 depths, 4 blocks).
+            "dints": {"depths": 3, "blocks": 4, "channels": 8},
             "data": {
                 "dataset": "synthetic",
                 "crop_size": 64,
@@ -188,6 +214,8 @@ register_presets(
                 "num_layers": 4,
                 "stem_channels": [8, 8, 16],
             },
+            # --space dints: DiNTS's 4 depths at half its width, 8 blocks (about 1 s a weight step here).
+            "dints": {"depths": 4, "blocks": 8, "channels": 16},
             "data": {
                 "dataset": "nifti",
                 "root": "../shared/data/hippocampus",

@@ -277,7 +277,7 @@ def estimate_search(
     """
     config.validate()  # settings changed after they were built fail here, as in run_search
     config.execution.check_device(device.type)
-    if config.space.spatial_dims == 3:
+    if config.space.spatial_dims == 3 or config.search_space != "autodeeplab":
         from autodeeplab.search.estimate_volumes import estimate_volume_search
 
         return estimate_volume_search(config, device, measure_time, repeats, echo)
@@ -345,7 +345,7 @@ def _duration(seconds: float) -> str:
 def format_estimate(e: SearchEstimate) -> str:
     """A few readable lines: memory, time per iteration, projected search time."""
     sample = (
-        f"patch {'x'.join(map(str, e.sample_shape))}"
+        f"{'patch' if len(e.sample_shape) == 3 else 'crop'} {'x'.join(map(str, e.sample_shape))}"
         if e.sample_shape
         else f"crop {e.crop_size}x{e.crop_size}"
     )
@@ -372,7 +372,8 @@ def format_estimate(e: SearchEstimate) -> str:
         )
     if e.val_epoch_seconds is not None:
         side = math.isqrt(e.val_pixels or 0)
-        size = "x".join(map(str, e.sample_shape)) + " voxels" if e.sample_shape else f"{side}x{side} pixels"
+        unit = " voxels" if e.sample_shape and len(e.sample_shape) == 3 else " pixels"
+        size = "x".join(map(str, e.sample_shape)) + unit if e.sample_shape else f"{side}x{side} pixels"
         lines.append(
             f"  validation: {e.val_images} images of about {size} after each epoch, "
             f"about {_duration(e.val_epoch_seconds)} each (data.max_val_images, data.val_crop)"

@@ -1,5 +1,6 @@
-"""``search --estimate`` of a volumetric search space (``space.spatial_dims=3``): memory counted and steps
-timed on the training patch itself, which in 3D is small enough to need no extrapolation."""
+"""``search --estimate`` of a volumetric search space (``space.spatial_dims=3``), and of any space other than
+Auto-DeepLab's (DiNTS, 2D or 3D): memory counted and steps timed on the training patch or crop itself (in 3D
+small enough to need no extrapolation; a DiNTS 2D search pays the counted memory once more while counting)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ from collections.abc import Callable
 
 import torch
 
-from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.runs.sampling import batches_per_epoch
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.data import build_search_data
 from autodeeplab.search.estimate import SearchEstimate, _time_forward, _time_steps, count_saved
+from autodeeplab.search.spaces import space_builder
 
 
 def estimate_volume_search(
@@ -24,14 +25,16 @@ def estimate_volume_search(
     validation as the search does it, one centre patch per volume (``data.val_crop``)."""
     d = config.data
     train, _, val = build_search_data(config)  # the data must be there: a volume search reads it anyway
-    classes, channels, patch = train.num_classes, getattr(train, "in_channels", 1), d.volumes.patch_size
+    volumes = config.space.spatial_dims == 3
+    classes, channels = train.num_classes, getattr(train, "in_channels", 3)
+    patch = tuple(d.volumes.patch_size) if volumes else (d.crop_size, d.crop_size)
     shape = (channels, *patch)
     torch.manual_seed(config.seed)
-    model = build_supernet(config.space, classes, in_channels=channels, execution=config.execution).to(device)
-    echo(f"counting saved activations on {'x'.join(map(str, patch))} patches ...")
+    model = space_builder(config)(config, classes, channels).to(device)
+    echo(f"counting saved activations on {'x'.join(map(str, patch))} {'patches' if volumes else 'crops'} ...")
     x = torch.randn(config.batch_size, *shape, device=device)
     y = torch.randint(0, classes, (config.batch_size, *patch), device=device)
-    criterion = make_loss("dice_ce", 255)
+    criterion = make_loss("dice_ce" if volumes else "ce", 255)
     saved = {
         step: sum(r.nbytes for r in count_saved(model, x, y, criterion, step, config.execution.precision))
         for step in ("weight", "arch")
@@ -51,7 +54,7 @@ def estimate_volume_search(
     estimate.arch_start_epoch = config.arch_start_epoch
     steps = batches_per_epoch((len(train) + 1) // 2, config.batch_size)
     estimate.steps_per_epoch = min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
-    estimate.steps_note = f"{len(train)} {d.dataset} {d.train_split} volumes"
+    estimate.steps_note = f"{len(train)} {d.dataset} {d.train_split} {'volumes' if volumes else 'images'}"
     if measure_time:
         echo("timing one weight step and one architecture step ...")
         w, a = _time_steps(model, config, device, 0, classes, repeats, shape=shape)

@@ -25,7 +25,6 @@ from autodeeplab.data.splits import record_split
 from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
-from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.infer.predict import log_prediction_panels
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.optim import sgd
@@ -36,6 +35,7 @@ from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_
 from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.data import build_search_data, validation_score
+from autodeeplab.search.spaces import SpaceBuilder, space_builder
 from autodeeplab.search.state import (
     SearchPosition,
     load_or_make_split,
@@ -48,17 +48,6 @@ from autodeeplab.search.state import (
 from autodeeplab.space.contract import Architecture, SearchSpace, check_search_space
 
 STREAM_A, STREAM_B = 1, 2  # independent batch orders for trainA and trainB
-
-
-SpaceBuilder = Callable[[SearchConfig, int, int], SearchSpace]
-"""``(config, num_classes, in_channels) → supernet``: how :func:`run_search` makes the search space it
-searches (``in_channels``: the data's, 3 for RGB images, the modalities of volumes)."""
-
-
-def build_autodeeplab_space(config: SearchConfig, num_classes: int, in_channels: int = 3) -> SearchSpace:
-    """The default search space: Auto-DeepLab's supernet (``config.space``), run as ``config.execution``
-    says."""
-    return build_supernet(config.space, num_classes, in_channels=in_channels, execution=config.execution)
 
 
 @dataclass
@@ -77,7 +66,7 @@ def run_search(
     resume: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] = print,
-    build_space: SpaceBuilder = build_autodeeplab_space,
+    build_space: SpaceBuilder | None = None,
     continue_with: str | None = None,
 ) -> SearchResult:
     """Search an architecture with ``config``, writing everything into ``run_dir``.
@@ -86,9 +75,9 @@ def run_search(
     larger one (default: ``search --resume``, or the same command for a run that stopped before its first
     checkpoint).
 
-    ``build_space`` makes the supernet (default: Auto-DeepLab's); the loop uses it only through the
-    :class:`~autodeeplab.space.contract.SearchSpace` contract, so another space plugs in here. A resume
-    must pass the same builder.
+    ``build_space`` makes the supernet (default: the one ``config.search_space`` names); the loop uses it
+    only through the :class:`~autodeeplab.space.contract.SearchSpace` contract, so another space plugs in
+    here. A resume must pass the same builder.
 
     On ``resume`` the newest good checkpoint is read first and ``config`` compared with the one it was
     written with: only :data:`autodeeplab.search.state.RESUMABLE_KEYS` may differ (recorded in
@@ -96,6 +85,7 @@ def run_search(
     stops before its first checkpoint removes its files (``RunDir.kept_resumable``).
     """
     config.validate()
+    build_space = build_space or space_builder(config)
     run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
     single_sample_bn = batch_norm_needs_two_values(config.batch_size)
     with run.kept_resumable("search", continue_with), run.locked(), single_sample_bn:
@@ -229,7 +219,7 @@ def _search(
             echo(f"epoch {epoch + 1}/{config.epochs}: {shown.replace('miou', 'mIoU')}  {genotype.short()}")
             checkpoint()
     genotype = model.decode()
-    genotype.save(run.path / "genotype.json")
+    genotype.save(run.path / genotype.FILE_NAME)
     return SearchResult(run.path, genotype)
 
 

@@ -40,7 +40,7 @@ from autodeeplab.space.contract import Architecture, SearchSpace
 CHECKPOINT_FORMAT = "autodeeplab-search-1"
 SEARCH_RECORDS = ("metrics.jsonl", "arch_history.jsonl")
 """The JSON-lines files of a search run (one line per epoch)."""
-SEARCH_RESULTS = ("genotype.json", "arch_params.json")
+SEARCH_RESULTS = ("genotype.json", "dints_arch.json", "arch_params.json")
 """Written at each epoch end together with a checkpoint: with no checkpoint beside them, the run finished
 and its checkpoints were deleted."""
 
@@ -133,14 +133,15 @@ def record_epoch(
     """Write the epoch's architecture files and metrics line; returns the decoded architecture.
 
     ``arch_params.json`` and a line of ``arch_history.jsonl`` hold the space's :meth:`arch_record`,
-    ``genotype.json`` its :meth:`decode`. ``losses``: the epoch means, ``train_loss`` of the weight steps
+    ``genotype.json`` (``dints_arch.json``: the architecture's ``FILE_NAME``) its :meth:`decode`.
+    ``losses``: the epoch means, ``train_loss`` of the weight steps
     and ``arch_loss`` of the architecture steps (absent in the warm-up epochs, which run none).
     """
     record = model.arch_record()
     atomic_write_text(run.path / "arch_params.json", json.dumps(record) + "\n")
     run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **record})
     architecture = model.decode()
-    architecture.save(run.path / "genotype.json")
+    architecture.save(run.path / architecture.FILE_NAME)
     metrics = {"phase": "search", "epoch": epoch + 1, **losses, **scores, "lr": lr}
     run.append_jsonl("metrics.jsonl", {**metrics, "genotype": architecture.short()})
     if tensorboard is not None:

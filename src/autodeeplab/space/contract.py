@@ -20,7 +20,11 @@ from torch import nn
 
 @runtime_checkable
 class Architecture(Protocol):
-    """A decoded architecture: immutable, validated when read, one versioned JSON document on disk."""
+    """A decoded architecture: immutable, validated when read, one versioned JSON document on disk.
+
+    ``FILE_NAME``: the name of that document in a run directory (``genotype.json``, ``dints_arch.json``)."""
+
+    FILE_NAME: str
 
     def to_json(self) -> str:
         """The JSON document (``genotype.json`` for Auto-DeepLab); ``from_json`` reads it back equal."""

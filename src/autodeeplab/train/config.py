@@ -33,6 +33,7 @@ from autodeeplab.config.settings import register_presets
 from autodeeplab.config.volumes import VolumeDataConfig
 from autodeeplab.errors import ConfigError
 from autodeeplab.nets.network import NetworkConfig
+from autodeeplab.space.dints.config import DintsNetworkConfig
 
 RESUMABLE_KEYS = frozenset(
     {
@@ -129,7 +130,10 @@ class TrainConfig:
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     model: NetworkConfig = field(default_factory=training_network_defaults)
     """The found network (``model.filter_multiplier`` F = 20 / 32 / 48: Auto-DeepLab-S / M / L); see
-    :func:`training_network_defaults`."""
+    :func:`training_network_defaults`. A DiNTS architecture takes ``model.num_classes``, ``in_channels``
+    and ``spatial_dims`` from here, its widths and norm from ``dints``."""
+    dints: DintsNetworkConfig = field(default_factory=DintsNetworkConfig)
+    """A found DiNTS network's channels and norm (used when the architecture trained is a DiNTS one)."""
     iterations: int = 1_500_000
     batch_size: int = 8
     lr: float = 0.05
@@ -171,6 +175,7 @@ class TrainConfig:
         seed_range(dotted(where, "seed"), self.seed)
         self.data.validate(dotted(where, "data"))
         self.model.validate(dotted(where, "model"))
+        self.dints.validate(dotted(where, "dints"))
         if self.loss not in LOSSES:
             raise ConfigError(
                 f"{dotted(where, 'loss')}: must be one of {', '.join(LOSSES)}, got {self.loss!r}"

@@ -9,7 +9,7 @@ decayed), BN trained, random scale + crop + flip from the data layer, and Schedu
 A run directory holds::
 
     config.yaml           the resolved TrainConfig (load it again with --config)
-    genotype.json         the architecture trained
+    genotype.json         the architecture trained (dints_arch.json for a DiNTS one)
     metrics.jsonl         one line per logged step (loss, lr) and per evaluation (mIoU)
     checkpoints/*.pt      training state for --resume (weights, optimiser, step, RNG), rotated
     model.pt              the trained model: everything eval / predict / export need (see below)
@@ -39,7 +39,8 @@ from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import DataError
 from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.infer.predict import log_prediction_panels
-from autodeeplab.nets.model_file import MODEL_FILE, TrainedInfo
+from autodeeplab.nets.dints import DintsNet, dints_shape
+from autodeeplab.nets.model_file import MODEL_FILE, TrainedInfo, TrainedNet
 from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.optim import sgd
@@ -48,7 +49,8 @@ from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
 from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
-from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.space.architectures import AnyArchitecture
+from autodeeplab.space.dints.arch import DintsArch
 from autodeeplab.train.config import TrainConfig
 from autodeeplab.train.state import load_training_state, restore_training_state, save_training_state
 
@@ -147,12 +149,21 @@ def network_config(config: TrainConfig, data: Any) -> Any:
 
 
 def build_model(
-    genotype: Genotype, config: TrainConfig, num_classes: int, in_channels: int = 3, spatial_dims: int = 2
-) -> AutoDeepLabNet:
+    genotype: AnyArchitecture,
+    config: TrainConfig,
+    num_classes: int,
+    in_channels: int = 3,
+    spatial_dims: int = 2,
+) -> TrainedNet:
     """The network of ``config.model`` for data of ``num_classes`` classes and ``in_channels`` channels
-    (images: 3, 2D; volumes: their modalities, 3D), initialised from ``config.seed``."""
+    (images: 3, 2D; volumes: their modalities, 3D), initialised from ``config.seed``; a DiNTS architecture's
+    with ``config.dints``'s widths and norm."""
     torch.manual_seed(config.seed)
     settings = config.network_config(num_classes, in_channels=in_channels, spatial_dims=spatial_dims)
+    if isinstance(genotype, DintsArch):
+        d = config.dints
+        shape = dints_shape(genotype, d.channels, d.norm, spatial_dims, in_channels, num_classes)
+        return DintsNet(genotype, shape)
     return AutoDeepLabNet(genotype, settings)
 
 
@@ -178,14 +189,15 @@ def training_batches(
 
 def run_training(
     config: TrainConfig,
-    genotype: Genotype,
+    genotype: AnyArchitecture,
     run_dir: str | os.PathLike[str],
     resume: bool = False,
     quiet: bool = False,
     echo: Callable[[str], None] | None = None,
     continue_with: str | None = None,
 ) -> TrainResult:
-    """Train ``genotype`` from scratch with ``config``, writing everything into ``run_dir``.
+    """Train ``genotype`` (a :class:`Genotype` or a DiNTS architecture) from scratch with ``config``,
+    writing everything into ``run_dir``.
 
     Shows a progress bar (loss, lr, images/s) unless ``quiet``; messages (start, evaluations, interrupt) go
     to ``echo``, by default printed above the bar. ``continue_with``: the command line that continues an
@@ -200,7 +212,7 @@ def run_training(
 
 
 def _train(
-    config: TrainConfig, genotype: Genotype, run: RunDir, resume: bool, quiet: bool, echo
+    config: TrainConfig, genotype: AnyArchitecture, run: RunDir, resume: bool, quiet: bool, echo
 ) -> TrainResult:
     # The checkpoint first: a resume with settings that do not fit it stops before any data is read.
     loaded = load_training_state(run, config, echo or print) if resume else None
@@ -234,7 +246,7 @@ def _train(
     else:
         extra = {"autodeeplab_version": __version__, "seed": config.seed}
         dump_config_yaml(config, run.file("config.yaml"), extra)
-        genotype.save(run.file("genotype.json"))
+        genotype.save(run.file(genotype.FILE_NAME))
     criterion = make_loss(config.loss_name(), train.ignore_index)
     millions = sum(p.numel() for p in model.parameters()) / 1e6
     say(

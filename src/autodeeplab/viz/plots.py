@@ -8,6 +8,7 @@
   :func:`plot_curves`: losses, mIoU and learning rate (both in :mod:`autodeeplab.viz.history`).
 - :func:`render_run`: all of these that a run directory allows, into ``run_dir/plots``.
 - :func:`describe_genotype`: the text summary printed next to the pictures.
+- A DiNTS run: :func:`~autodeeplab.viz.dints.render_dints_run` (the topology grid, weights over epochs).
 
 Inputs follow the run directory formats: β ``[L, levels, 3]`` with ``β[l, s, d]`` the weight of the edge
 from node ``(l, s)`` to ``(l+1, s+d-1)`` (see :mod:`autodeeplab.space.autodeeplab.topology`), α ``[E, P]``
@@ -42,6 +43,7 @@ from autodeeplab.viz.common import (
     op_style,
     save_png,
 )
+from autodeeplab.viz.dints import holds_dints_architecture, render_dints_run
 from autodeeplab.viz.history import (
     arch_history,
     curve_series,
@@ -321,6 +323,8 @@ def render_run(
     metrics = read_jsonl(metrics_file)
     if metrics_file.exists() and not curve_series(metrics):
         say(f"note: {metrics_file} holds no complete record with a loss or score; curves.png left out")
+    if holds_dints_architecture(run_dir):
+        return render_dints_run(run_dir, out, metrics, say)
     if not _holds_autodeeplab_architecture(run_dir):  # another search space's run: its curves only
         return [plot_curves(metrics, out / "curves.png")] if curve_series(metrics) else []
     genotype = Genotype.load(run_dir / "genotype.json") if (run_dir / "genotype.json").exists() else None

@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from autodeeplab.errors import GenotypeError
 from autodeeplab.fileio import atomic_write_text, parse_json_document, read_document
@@ -41,6 +41,8 @@ class Genotype:
 
     network_path: tuple[int, ...]
     cell: tuple[Block, ...]
+    FILE_NAME: ClassVar[str] = "genotype.json"
+    """The file a run directory holds it in."""
 
     @property
     def num_layers(self) -> int:

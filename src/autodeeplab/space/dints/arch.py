@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from autodeeplab.errors import GenotypeError
 from autodeeplab.fileio import atomic_write_text, parse_json_document, read_document
@@ -44,6 +44,8 @@ class DintsArch:
     op_set: str
     depths: int
     blocks: tuple[tuple[Edge, ...], ...]
+    FILE_NAME: ClassVar[str] = "dints_arch.json"
+    """The file a run directory holds it in."""
 
     @property
     def num_blocks(self) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from autodeeplab.ops.primitives import conv_nd, resize
 from autodeeplab.space.dints.arch import OP_SETS
@@ -65,16 +66,20 @@ class FactorizedReduce(nn.Module):
     def __init__(self, c_in: int, c_out: int, dims: int, norm: str) -> None:
         super().__init__()
         conv = conv_nd(dims)
-        self.first = conv(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.second = conv(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        self.first = conv(c_in, c_out // 2, 1, bias=False)  # on the even voxels: a stride-2 1×1 conv
+        self.second = conv(c_in, c_out - c_out // 2, 1, bias=False)
         self.norm = norm_nd(norm, c_out, dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(x)
-        # The shifted copy: drop the first voxel of every axis, pad one at the end (sizes stay ceil(S/2)).
         dims = x.dim() - 2
-        shifted = F.pad(x[(..., *[slice(1, None)] * dims)], [0, 1] * dims)
-        return self.norm(torch.cat([self.first(x), self.second(shifted)], dim=1))
+        # A 1×1 stride-2 conv reads only the even voxels: take them first (the ReLU commutes with the
+        # subsampling), so that the backward keeps 1/2^dims of the input instead of all of it. The shifted
+        # copy is the odd voxels (x shifted by one along every axis), zero-padded at the end to ceil(S/2).
+        even = F.relu(x[(..., *[slice(0, None, 2)] * dims)])
+        odd = x[(..., *[slice(1, None, 2)] * dims)]
+        missing = [n - m for n, m in zip(even.shape[2:], odd.shape[2:], strict=True)]
+        odd = F.relu(F.pad(odd, [p for m in reversed(missing) for p in (0, m)]))  # padded, then one ReLU
+        return self.norm(torch.cat([self.first(even), self.second(odd)], dim=1))
 
 
 class FactorizedIncrease(nn.Module):
@@ -87,6 +92,32 @@ class FactorizedIncrease(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         return self.norm(self.conv(F.relu(resize(x, size, align_corners=True))))
+
+
+def scaled_norm(norm: nn.Module, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale · norm(y)`` with ``scale`` folded into the affine parameters (``[N, C, *S]``, a 0-d
+    ``scale``); running statistics (batch norm) are updated exactly as ``norm(y)`` would."""
+    weight, bias = norm.weight * scale, norm.bias * scale
+    if isinstance(norm, nn.modules.instancenorm._InstanceNorm):
+        if norm.track_running_stats:
+            raise ValueError("scaled_norm: instance norm with running statistics is not supported")
+        return F.instance_norm(y, None, None, weight, bias, True, norm.momentum or 0.0, norm.eps)
+    # Batch norm: nn.BatchNorm's own bookkeeping (momentum, or a cumulative average when it is None).
+    factor = 0.0 if norm.momentum is None else norm.momentum
+    if norm.training and norm.track_running_stats:
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:
+            factor = 1.0 / float(norm.num_batches_tracked)
+    batch_stats = norm.training or norm.running_mean is None
+    running = (
+        (None, None)
+        if norm.training and not norm.track_running_stats
+        else (
+            norm.running_mean,
+            norm.running_var,
+        )
+    )
+    return F.batch_norm(y, *running, weight, bias, batch_stats, factor, norm.eps)
 
 
 class EdgeCell(nn.Module):
@@ -117,6 +148,9 @@ class EdgeCell(nn.Module):
         else:
             self.resample = None
         self.ops = nn.ModuleList(build_dints_op(name, c_out, dims, norm) for name in ops)
+        self.lean = True
+        """With weights (the supernet): the lean path (shared ReLU, weights folded into the norms; equal to
+        the reference ``Σ_k w_k op_k(x)`` up to rounding, tested) or, False, the reference itself."""
 
     def forward(
         self, x: torch.Tensor, size: tuple[int, ...], weights: torch.Tensor | None = None
@@ -127,4 +161,24 @@ class EdgeCell(nn.Module):
             x = self.resample(x)  # type: ignore[misc]
         if weights is None:
             return sum(op(x) for op in self.ops)  # a found network: one op
-        return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
+        if not self.lean:
+            return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
+        # The supernet's lean path, the same sum: one ReLU for every op of the edge (each op starts with
+        # the same ReLU), each weight folded into its op's norm (w·(γ·x̂ + β) = (w·γ)·x̂ + w·β), so that
+        # neither the op outputs nor the weighted sum are kept for the weights' gradients, and the middle
+        # maps of the pseudo-3D pairs recomputed in the backward.
+        h, out = F.relu(x), None
+        for w, op in zip(weights, self.ops, strict=True):
+            if isinstance(op, nn.Identity):
+                y = w * x
+            else:
+                convs = op[1:-1]
+                if len(convs) > 1 and torch.is_grad_enabled():
+                    # A pseudo-3D pair: recompute its middle map in the backward rather than keep it (from
+                    # h, which is kept anyway); deterministic, so the gradients are the same numbers.
+                    z = checkpoint(convs, h, use_reentrant=False)
+                else:
+                    z = convs(h)
+                y = scaled_norm(op[-1], z, w)
+            out = y if out is None else out + y
+        return out

@@ -13,9 +13,14 @@ sequence of pattern numbers wins (a brute-force enumeration with the same rule g
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Any
 
-from autodeeplab.space.dints.topology import Topology
+import numpy as np
+import torch
+
+from autodeeplab.errors import GenotypeError
+from autodeeplab.space.dints.arch import OP_SETS, DintsArch
+from autodeeplab.space.dints.topology import Topology, pattern_log_probs
 
 TIE_TOLERANCE = 1e-9
 """Sums of log probabilities closer than this (relative to their size) count as equal."""
@@ -57,3 +62,49 @@ def best_chain(
         chain.append(c)
         needed_rest -= scores[b, c]
     return chain, best
+
+
+def decode_arch(edge_logits: torch.Tensor, op_logits: torch.Tensor, op_set: str) -> DintsArch:
+    """The decoded architecture of edge logits ``a [B, E]`` and op logits ``w [B, E, K]``: the best chain of
+    patterns (:func:`best_chain`, in float64), each active edge with its most likely op (first on ties)."""
+    topology = Topology.for_edges(edge_logits.shape[1])
+    log_p = pattern_log_probs(edge_logits.detach().double().cpu(), topology).numpy()
+    chain, _ = best_chain(log_p, topology)
+    ops = op_logits.detach().argmax(dim=-1).cpu().numpy()
+    return DintsArch.from_chain(chain, ops, topology, op_set)
+
+
+def decode_record(record: Any, source: str = "arch_params.json") -> DintsArch:
+    """Decode a DiNTS ``arch_params.json`` object (the supernet's :meth:`arch_record`) exactly as the search
+    decoded it (from the logits it holds); a malformed record is one :class:`GenotypeError` naming the key."""
+    if not isinstance(record, dict) or record.get("kind") != "dints":
+        raise GenotypeError(f"{source}: not a DiNTS arch_params record (kind 'dints')")
+    op_set = record.get("op_set")
+    if op_set not in OP_SETS:
+        raise GenotypeError(f"{source}: op_set: unknown {op_set!r} (choose from {', '.join(OP_SETS)})")
+    try:
+        a = torch.tensor(record["edge_logits"], dtype=torch.float64)
+        w = torch.tensor(record["op_logits"], dtype=torch.float64)
+    except KeyError as exc:
+        raise GenotypeError(f"{source}: missing key {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise GenotypeError(f"{source}: edge_logits/op_logits are not arrays of numbers ({exc})") from None
+    k = len(OP_SETS[op_set])
+    if a.dim() != 2 or a.shape[0] < 1 or Topology.depths_for_edges(a.shape[1]) is None:
+        raise GenotypeError(
+            f"{source}: edge_logits: expected [blocks, edges of D depths], got {list(a.shape)}"
+        )
+    if tuple(w.shape) != (*a.shape, k):
+        raise GenotypeError(f"{source}: op_logits: expected {[*a.shape, k]}, got {list(w.shape)}")
+    if not (torch.isfinite(a).all() and torch.isfinite(w).all()):
+        raise GenotypeError(f"{source}: edge_logits/op_logits hold non-finite values")
+    topology = Topology.for_edges(a.shape[1])
+    if record.get("edges") != [list(e) for e in topology.edges]:
+        raise GenotypeError(f"{source}: edges: expected the {topology.depths}-depth edges in topology order")
+    try:
+        probs = torch.tensor(record["edge_probabilities"], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError):
+        probs = None
+    if probs is None or probs.shape != a.shape or not ((probs >= 0) & (probs <= 1)).all():
+        raise GenotypeError(f"{source}: edge_probabilities: expected {list(a.shape)} numbers in [0, 1]")
+    return decode_arch(a, w, op_set)

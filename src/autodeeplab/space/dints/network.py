@@ -106,9 +106,13 @@ class DintsBody(nn.Module):
                     raise RuntimeError(
                         f"block {b}: edge {source}>{target} reads depth {source}, which is empty"
                     )
-                out = cell(nodes[source], sizes[target], None if op_weights is None else op_weights[b, i])
-                if edge_weights is not None:
-                    out = edge_weights[b, i] * out
+                weights = None if op_weights is None else op_weights[b, i]
+                scale = None if edge_weights is None else edge_weights[b, i]
+                if cell.lean and weights is not None and scale is not None:
+                    weights, scale = weights * scale, None  # η folded into the op weights (lean path)
+                out = cell(nodes[source], sizes[target], weights)
+                if scale is not None:
+                    out = scale * out
                 new[target] = out if new[target] is None else new[target] + out
             nodes = new
         fused = None

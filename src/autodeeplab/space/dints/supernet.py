@@ -1,4 +1,5 @@
-"""The DiNTS search supernet (every edge of every block, every op of the op set) and the found network.
+"""The DiNTS search supernet (every edge of every block, every op of the op set); the found network is
+:class:`autodeeplab.nets.dints.DintsNet`, the same body with the decoded edges and ops only.
 
 Architecture weights: edge logits ``a [B, E]`` (each edge on with probability ``sigmoid(a)``) and op logits
 ``w [B, E, K]``. A node sums its incoming edges, each scaled by :func:`~.losses.edge_weights` (the edge's
@@ -16,7 +17,7 @@ from torch import nn
 
 from autodeeplab.space.dints.arch import OP_SETS, DintsArch
 from autodeeplab.space.dints.cells import EdgeCell
-from autodeeplab.space.dints.decode import best_chain
+from autodeeplab.space.dints.decode import decode_arch
 from autodeeplab.space.dints.losses import (
     budget_loss,
     edge_entropy,
@@ -27,7 +28,7 @@ from autodeeplab.space.dints.losses import (
     topology_loss,
 )
 from autodeeplab.space.dints.network import DintsBody, DintsShape
-from autodeeplab.space.dints.topology import Topology, pattern_log_probs
+from autodeeplab.space.dints.topology import Topology
 
 OP_MEMORY = {
     "skip_connect": 0.0,  # nothing kept
@@ -43,11 +44,11 @@ NORM_STATISTICS = 3
 
 
 def edge_memory(direction: int, dims: int) -> float:
-    """What an edge's resampling keeps, in units of the output of the edge: a down edge's ReLU output and
-    its shifted copy (each ``2^dims / 2`` outputs: twice the voxels per axis, half the channels) and the
-    concatenation; an up edge's ReLU output (the resized input, twice the channels) and its conv's output."""
+    """What an edge's resampling keeps, in units of the output of the edge: a down edge's two subsampled
+    ReLU outputs (each half the channels at the output's voxels) and the concatenation; an up edge's ReLU
+    output (the resized input, twice the channels) and its conv's output."""
     if direction > 0:
-        return 2.0 * 2**dims / 2 + 1.0
+        return 0.5 + 0.5 + 1.0
     if direction < 0:
         return 2.0 + 1.0
     return 0.0
@@ -72,7 +73,8 @@ class DintsSupernet(nn.Module):
     """DiNTS's search space as a :class:`~autodeeplab.space.contract.SearchSpace`.
 
     ``memory_budget``: the target expected memory as a fraction of every edge on; ``probe_size``: the patch
-    the memory is counted on (its proportions, not its size, matter for the fraction).
+    the memory is counted on (its proportions, not its size, matter for the fraction); ``lean``: the
+    memory-lean evaluation of the mixed edges (:class:`~.cells.EdgeCell`), False for the reference.
     """
 
     def __init__(
@@ -81,10 +83,12 @@ class DintsSupernet(nn.Module):
         memory_budget: float = 0.5,
         topology_weight: float = 1e-3,
         probe_size: tuple[int, ...] | None = None,
+        lean: bool = True,
     ) -> None:
         super().__init__()
         self.shape, self.topology = shape, Topology(shape.depths)
-        self.op_names = OP_SETS[f"dints-{shape.spatial_dims}d"]
+        self.op_set = f"dints-{shape.spatial_dims}d"
+        self.op_names = OP_SETS[self.op_set]
         cells = [
             {
                 i: EdgeCell(a, z, shape.width, self.op_names, shape.spatial_dims, shape.norm)
@@ -93,6 +97,9 @@ class DintsSupernet(nn.Module):
             for _ in range(shape.blocks)
         ]
         self.body = DintsBody(shape, cells)
+        for block in cells:
+            for cell in block.values():
+                cell.lean = lean
         e, k = self.topology.num_edges, len(self.op_names)
         self.edge_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e))
         self.op_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e, k))
@@ -113,13 +120,10 @@ class DintsSupernet(nn.Module):
     def weight_parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.body.parameters())
 
-    @torch.no_grad()
     def decode(self) -> DintsArch:
-        """The most probable valid topology (:func:`best_chain`), each active edge with its argmax op."""
-        log_p = pattern_log_probs(self.edge_logits.double(), self.topology).cpu().numpy()
-        chain, _ = best_chain(log_p, self.topology)
-        ops = self.op_logits.argmax(dim=-1).cpu().numpy()
-        return DintsArch.from_chain(chain, ops, self.topology, f"dints-{self.shape.spatial_dims}d")
+        """The most probable valid topology (:func:`~.decode.best_chain`), each active edge with its argmax
+        op."""
+        return decode_arch(self.edge_logits, self.op_logits, self.op_set)
 
     def random_architecture(self, generator: torch.Generator) -> DintsArch:
         """A topology drawn uniformly from the valid chains of patterns, an op uniformly per active edge."""
@@ -143,7 +147,7 @@ class DintsSupernet(nn.Module):
                     break
                 pick -= count
         ops = torch.randint(len(self.op_names), (blocks, topo.num_edges), generator=generator).numpy()
-        return DintsArch.from_chain(chain, ops, topo, f"dints-{self.shape.spatial_dims}d")
+        return DintsArch.from_chain(chain, ops, topo, self.op_set)
 
     def set_search_progress(self, epoch: int, epochs: int, arch_start_epoch: int) -> None:
         """The terms' weight ramps linearly from 0 at the first architecture epoch (the end of the warm-up)
@@ -163,41 +167,19 @@ class DintsSupernet(nn.Module):
 
     @torch.no_grad()
     def arch_record(self) -> dict[str, Any]:
-        """Edge probabilities ``sigmoid(a) [B, E]``, op weights ``[B, E, K]`` and the expected memory."""
+        """Edge probabilities ``sigmoid(a) [B, E]``, op weights ``[B, E, K]``, the expected memory as a
+        fraction of every edge on, and the logits themselves (``decode`` reads them back exactly)."""
         usage = expected_memory(self.edge_logits, self.op_logits, self.cost)
         full = full_memory(self.op_logits, self.cost)
         return {
             "kind": "dints",
+            "op_set": self.op_set,
             "edges": [list(e) for e in self.topology.edges],
             "ops": list(self.op_names),
             "edge_probabilities": torch.sigmoid(self.edge_logits).tolist(),
             "op_weights": torch.softmax(self.op_logits, dim=-1).tolist(),
             "memory_fraction": float(usage / full),
+            "memory_budget": self.memory_budget,
+            "edge_logits": self.edge_logits.tolist(),
+            "op_logits": self.op_logits.tolist(),
         }
-
-
-class DintsNet(nn.Module):
-    """A found DiNTS network: the edges and ops of ``arch`` only, trained from scratch."""
-
-    def __init__(self, arch: DintsArch, shape: DintsShape) -> None:
-        super().__init__()
-        if (arch.depths, arch.num_blocks) != (shape.depths, shape.blocks):
-            raise ValueError(
-                f"the architecture has {arch.depths} depths x {arch.num_blocks} blocks, the settings "
-                f"{shape.depths} x {shape.blocks}"
-            )
-        if arch.op_set != f"dints-{shape.spatial_dims}d":
-            raise ValueError(f"op set {arch.op_set} does not fit a {shape.spatial_dims}D network")
-        index = {edge: i for i, edge in enumerate(Topology(shape.depths).edges)}
-        cells = [
-            {
-                index[(a, z)]: EdgeCell(a, z, shape.width, (op,), shape.spatial_dims, shape.norm)
-                for a, z, op in block
-            }
-            for block in arch.blocks
-        ]
-        self.arch, self.body = arch, DintsBody(shape, cells)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, in_channels, *S]`` → ``[N, num_classes, *S]``."""
-        return self.body.forward_with(x, None, None)

@@ -38,6 +38,20 @@ class Topology:
             # 6 depths: 16 edges, 65535 patterns per block; beyond that the enumeration is the cost.
             raise ValueError(f"depths must be an integer in 1..6, got {self.depths!r}")
 
+    @staticmethod
+    def depths_for_edges(num_edges: int) -> int | None:
+        """The depth count whose blocks have ``num_edges = 3D - 2`` edges (None when there is none)."""
+        depths, rest = divmod(num_edges + 2, 3)
+        return depths if rest == 0 and 1 <= depths <= 6 else None
+
+    @classmethod
+    def for_edges(cls, num_edges: int) -> Topology:
+        """The topology whose blocks have ``num_edges`` edges."""
+        depths = cls.depths_for_edges(num_edges)
+        if depths is None:
+            raise ValueError(f"no DiNTS topology has {num_edges} edges per block (3·depths - 2)")
+        return cls(depths)
+
     @cached_property
     def edges(self) -> tuple[tuple[int, int], ...]:
         """``(input depth, output depth)`` of each edge, in edge order (by output, then input depth)."""

@@ -1,0 +1,67 @@
+"""Settings of the DiNTS search space (the ``dints`` section of the search settings) and of a found DiNTS
+network (the ``dints`` section of the training settings), with DiNTS's values as defaults.
+
+The dimensions (2D images or 3D volumes) are not here: the search takes ``space.spatial_dims`` and
+training ``model.spatial_dims``, the one setting each phase already checks against its data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autodeeplab.config.checks import at_least, dotted, non_negative
+from autodeeplab.errors import ConfigError
+
+NORMS = ("instance", "batch")
+
+
+@dataclass
+class DintsSpaceConfig:
+    """The DiNTS supernet: ``depths`` × ``blocks`` of edge cells and the architecture step's terms."""
+
+    depths: int = 4
+    """Depth ``d`` works at 1/2^(d+1) of the input (4: strides 2 to 16)."""
+    blocks: int = 12
+    channels: int = 32
+    """Channels at depth 0; depth ``d`` has ``channels · 2^d``. 32 is DiNTS's search width (its
+    ``channel_mul`` 0.5); its retraining doubles it."""
+    norm: str = "instance"
+    """``instance`` (DiNTS's) or ``batch``."""
+    memory_budget: float = 0.8
+    """Target expected activation memory of the decoded network as a fraction of every edge on (σ; DiNTS's
+    search script uses 0.8, its paper also 0.2 and 0.5)."""
+    topology_weight: float = 1e-3
+    """Weight of the topology loss within the ramped terms (DiNTS: 0.001)."""
+
+    def validate(self, where: str = "dints") -> None:
+        """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
+        for name in ("depths", "blocks", "channels"):
+            at_least(dotted(where, name), getattr(self, name), 1)
+        if self.depths > 6:
+            raise ConfigError(f"{dotted(where, 'depths')}: must be at most 6, got {self.depths}")
+        if self.norm not in NORMS:
+            raise ConfigError(
+                f"{dotted(where, 'norm')}: must be one of {', '.join(NORMS)}, got {self.norm!r}"
+            )
+        if not 0.0 <= self.memory_budget <= 1.0:
+            raise ConfigError(
+                f"{dotted(where, 'memory_budget')}: must be a fraction in [0, 1] of the full supernet's "
+                f"memory, got {self.memory_budget}"
+            )
+        non_negative(dotted(where, "topology_weight"), self.topology_weight)
+
+
+@dataclass
+class DintsNetworkConfig:
+    """A found DiNTS network's own settings (depths and blocks come from its ``dints_arch.json``)."""
+
+    channels: int = 64
+    """Channels at depth 0 (DiNTS retrains at twice its search width: ``channel_mul`` 1.0)."""
+    norm: str = "instance"
+
+    def validate(self, where: str = "dints") -> None:
+        at_least(dotted(where, "channels"), self.channels, 1)
+        if self.norm not in NORMS:
+            raise ConfigError(
+                f"{dotted(where, 'norm')}: must be one of {', '.join(NORMS)}, got {self.norm!r}"
+            )
