@@ -11,7 +11,8 @@ voxels of its own depth, and at sizes divisible by 16 (the deepest stride) every
 
 ``--time``: one full search iteration (weight step + architecture step with the DiNTS terms) at
 ``--time-size``, median of ``--repeats`` after one warm-up, for the lean supernet (shared ReLU, weights folded
-into the norms, pseudo-3D middle maps recomputed) and the reference evaluation, interleaved.
+into the norms, pseudo-3D middle maps recomputed), the same without recomputation, and the reference
+evaluation, interleaved.
 
 Prints one line per measurement and appends JSON lines to ``benchmarks/results_dints.jsonl``.
 
@@ -46,10 +47,15 @@ MONAI_GIB = {"fp32": 9.2, "bf16": 4.9}
 """The issue's figure for MONAI's supernet at this setting (saved activations, 1×1×96³)."""
 
 
-def build(args: argparse.Namespace, size: int, lean: bool = True) -> DintsSupernet:
+VARIANTS = {"lean": (True, True), "lean_no_recompute": (True, False), "reference": (False, False)}
+"""Name → (lean, recompute) of the supernet's evaluation."""
+
+
+def build(args: argparse.Namespace, size: int, variant: str) -> DintsSupernet:
     torch.manual_seed(0)
     shape = DintsShape(args.depths, args.blocks, args.channels, 3, "instance", 1, args.classes)
-    return DintsSupernet(shape, probe_size=(size,) * 3, lean=lean)
+    lean, recompute = VARIANTS[variant]
+    return DintsSupernet(shape, probe_size=(size,) * 3, lean=lean, recompute=recompute)
 
 
 def memory(args: argparse.Namespace) -> dict:
@@ -61,8 +67,8 @@ def memory(args: argparse.Namespace) -> dict:
     scale = (args.size / args.count_size) ** 3
     how = "counted" if scale == 1 else f"counted at {args.count_size}^3, scaled"
     result = {}
-    for lean in (True, False):
-        model, name = build(args, args.count_size, lean), "lean" if lean else "reference"
+    for name in VARIANTS:
+        model = build(args, args.count_size, name)
         for step in ("weight", "arch"):
             start = time.perf_counter()
             saved = sum(r.nbytes for r in count_saved(model, x, y, DiceCELoss(), step)) * scale
@@ -73,8 +79,8 @@ def memory(args: argparse.Namespace) -> dict:
                 f"step's backward (forward {time.perf_counter() - start:.1f} s)",
                 flush=True,
             )
-    for name in ("lean", "reference"):
-        worst = max(v for k, v in result.items() if f"_{name}_" in k)
+    for name in VARIANTS:
+        worst = max(result[f"saved_gib_{name}_{step}_step"] for step in ("weight", "arch"))
         ratio = worst / MONAI_GIB["fp32"]
         print(f"memory: {name} {worst:.3f} GiB at most, {ratio:.2f}x MONAI's 9.2 GiB (fp32)")
         result[f"ratio_{name}_to_monai_fp32"] = round(ratio, 3)
@@ -86,12 +92,12 @@ def timing(args: argparse.Namespace) -> dict:
     x = torch.randn(1, 1, *(args.time_size,) * 3)
     y = torch.randint(0, args.classes, (1, *(args.time_size,) * 3))
     runs = {}
-    for lean in (True, False):
-        model = build(args, args.time_size, lean)
+    for name in VARIANTS:
+        model = build(args, args.time_size, name)
         model.set_search_progress(1, 2, 0)  # the terms at full weight
         weights = torch.optim.SGD(model.weight_parameters(), lr=1e-3, momentum=0.9)
         arch = torch.optim.Adam(model.arch_parameters(), lr=1e-3)
-        runs["lean" if lean else "reference"] = (model, weights, arch, [])
+        runs[name] = (model, weights, arch, [])
     loss = DiceCELoss()
     for _ in range(args.repeats + 1):
         for model, weights, arch, seconds in runs.values():

@@ -73,8 +73,8 @@ def test_factorized_reduce_equals_two_offset_stride_2_convolutions(size):
     torch.testing.assert_close(down(x), down.norm(torch.cat([first, second], dim=1)), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("norm", ["instance", "batch"])
-def test_the_lean_supernet_equals_the_reference(norm):
+@pytest.mark.parametrize("norm,recompute", [("instance", True), ("batch", True), ("instance", False)])
+def test_the_lean_supernet_equals_the_reference(norm, recompute):
     """Shared ReLU and weights folded into the norms: outputs, gradients of weights and architecture
     logits, and batch-norm running statistics as the reference Σ_k η·w_k·op_k(x), in float64."""
     from autodeeplab.space.dints.network import DintsShape
@@ -84,7 +84,7 @@ def test_the_lean_supernet_equals_the_reference(norm):
     nets = []
     for lean in (True, False):
         torch.manual_seed(0)
-        net = DintsSupernet(shape, lean=lean).double()
+        net = DintsSupernet(shape, lean=lean, recompute=recompute).double()
         with torch.no_grad():
             net.edge_logits.normal_()
             net.op_logits.normal_()

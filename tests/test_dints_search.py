@@ -25,6 +25,7 @@ def test_a_dints_search_runs_decodes_and_resumes_exactly(tmp_path):
     assert arch == result.genotype and arch.depths == 2 and arch.num_blocks == 2
     record = json.loads((tmp_path / "whole" / "arch_params.json").read_text())
     assert record["kind"] == "dints" and 0 < record["memory_fraction"] <= 1
+    assert 0 < record["decoded_memory_fraction"] <= 1
     metrics = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert all("arch_loss" in m for m in metrics) and metrics[-1]["genotype"] == arch.short()
     DintsNet(arch, DintsShape(depths=2, blocks=2, channels=4, spatial_dims=2, in_channels=3))  # builds

@@ -27,7 +27,7 @@ def build_dints_space(config: SearchConfig, num_classes: int, in_channels: int =
     d, dims = config.dints, config.space.spatial_dims
     shape = DintsShape(d.depths, d.blocks, d.channels, dims, d.norm, in_channels, num_classes)
     probe = config.data.volumes.patch_size if dims == 3 else (config.data.crop_size,) * dims
-    return DintsSupernet(shape, d.memory_budget, d.topology_weight, tuple(probe))
+    return DintsSupernet(shape, d.memory_budget, d.topology_weight, tuple(probe), recompute=d.recompute)
 
 
 BUILDERS: dict[str, SpaceBuilder] = {"autodeeplab": build_autodeeplab_space, "dints": build_dints_space}

@@ -148,9 +148,10 @@ class EdgeCell(nn.Module):
         else:
             self.resample = None
         self.ops = nn.ModuleList(build_dints_op(name, c_out, dims, norm) for name in ops)
-        self.lean = True
+        self.lean, self.recompute = True, True
         """With weights (the supernet): the lean path (shared ReLU, weights folded into the norms; equal to
-        the reference ``Σ_k w_k op_k(x)`` up to rounding, tested) or, False, the reference itself."""
+        the reference ``Σ_k w_k op_k(x)`` up to rounding, tested) or, False, the reference itself;
+        ``recompute``: in the lean path, recompute the pseudo-3D pairs' middle maps in the backward."""
 
     def forward(
         self, x: torch.Tensor, size: tuple[int, ...], weights: torch.Tensor | None = None
@@ -173,7 +174,7 @@ class EdgeCell(nn.Module):
                 y = w * x
             else:
                 convs = op[1:-1]
-                if len(convs) > 1 and torch.is_grad_enabled():
+                if len(convs) > 1 and self.recompute and torch.is_grad_enabled():
                     # A pseudo-3D pair: recompute its middle map in the backward rather than keep it (from
                     # h, which is kept anyway); deterministic, so the gradients are the same numbers.
                     z = checkpoint(convs, h, use_reentrant=False)

@@ -74,7 +74,9 @@ class DintsSupernet(nn.Module):
 
     ``memory_budget``: the target expected memory as a fraction of every edge on; ``probe_size``: the patch
     the memory is counted on (its proportions, not its size, matter for the fraction); ``lean``: the
-    memory-lean evaluation of the mixed edges (:class:`~.cells.EdgeCell`), False for the reference.
+    memory-lean evaluation of the mixed edges (:class:`~.cells.EdgeCell`), False for the reference;
+    ``recompute``: with ``lean``, the pseudo-3D pairs' middle maps are recomputed in the backward (less
+    memory, more time: ``benchmarks/bench_dints.py``).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class DintsSupernet(nn.Module):
         topology_weight: float = 1e-3,
         probe_size: tuple[int, ...] | None = None,
         lean: bool = True,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         self.shape, self.topology = shape, Topology(shape.depths)
@@ -99,7 +102,7 @@ class DintsSupernet(nn.Module):
         self.body = DintsBody(shape, cells)
         for block in cells:
             for cell in block.values():
-                cell.lean = lean
+                cell.lean, cell.recompute = lean, recompute
         e, k = self.topology.num_edges, len(self.op_names)
         self.edge_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e))
         self.op_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e, k))
@@ -149,6 +152,13 @@ class DintsSupernet(nn.Module):
         ops = torch.randint(len(self.op_names), (blocks, topo.num_edges), generator=generator).numpy()
         return DintsArch.from_chain(chain, ops, topo, self.op_set)
 
+    def decoded_memory(self, arch: DintsArch) -> torch.Tensor:
+        """The activation memory of ``arch``'s cells on the probe (bytes; the unit of :meth:`arch_record`'s
+        fractions, which divide it by every edge on under the current op weights)."""
+        index = {edge: i for i, edge in enumerate(self.topology.edges)}
+        ops = {name: k for k, name in enumerate(self.op_names)}
+        return sum(self.cost[index[(a, z)], ops[op]] for block in arch.blocks for a, z, op in block)
+
     def set_search_progress(self, epoch: int, epochs: int, arch_start_epoch: int) -> None:
         """The terms' weight ramps linearly from 0 at the first architecture epoch (the end of the warm-up)
         towards 1 at the last, as in DiNTS's search script."""
@@ -167,10 +177,12 @@ class DintsSupernet(nn.Module):
 
     @torch.no_grad()
     def arch_record(self) -> dict[str, Any]:
-        """Edge probabilities ``sigmoid(a) [B, E]``, op weights ``[B, E, K]``, the expected memory as a
-        fraction of every edge on, and the logits themselves (``decode`` reads them back exactly)."""
+        """Edge probabilities ``sigmoid(a) [B, E]``, op weights ``[B, E, K]``, the expected memory and the
+        decoded network's as fractions of every edge on, and the logits themselves (``decode`` reads them
+        back exactly)."""
         usage = expected_memory(self.edge_logits, self.op_logits, self.cost)
         full = full_memory(self.op_logits, self.cost)
+        decoded = self.decoded_memory(self.decode())
         return {
             "kind": "dints",
             "op_set": self.op_set,
@@ -179,6 +191,7 @@ class DintsSupernet(nn.Module):
             "edge_probabilities": torch.sigmoid(self.edge_logits).tolist(),
             "op_weights": torch.softmax(self.op_logits, dim=-1).tolist(),
             "memory_fraction": float(usage / full),
+            "decoded_memory_fraction": float(decoded / full),
             "memory_budget": self.memory_budget,
             "edge_logits": self.edge_logits.tolist(),
             "op_logits": self.op_logits.tolist(),
