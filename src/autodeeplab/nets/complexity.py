@@ -68,14 +68,21 @@ def count_multiply_adds(model: nn.Module, input_shape: Sequence[int]) -> int:
     Runs in eval mode (no drop path, no dropout) on the meta device; the model's parameters, buffers
     and train/eval mode are left as they were.
     """
-    total = 0
+    return sum(multiply_adds_by_module(model, input_shape).values())
+
+
+def multiply_adds_by_module(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """:func:`count_multiply_adds` per convolution / linear module, by its name in ``model`` (a module run
+    twice is counted twice)."""
+    counts: dict[str, int] = {}
+    names = {m: name for name, m in model.named_modules()}
 
     def hook(module: nn.Module, _inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        nonlocal total
         if isinstance(module, _CONV_TYPES):
-            total += _conv_multiply_adds(module, output)
-        elif isinstance(module, nn.Linear):
-            total += _linear_multiply_adds(module, output)
+            macs = _conv_multiply_adds(module, output)
+        else:
+            macs = _linear_multiply_adds(module, output)
+        counts[names[module]] = counts.get(names[module], 0) + macs
 
     handles = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (*_CONV_TYPES, nn.Linear))
@@ -93,7 +100,7 @@ def count_multiply_adds(model: nn.Module, input_shape: Sequence[int]) -> int:
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return total
+    return counts
 
 
 def format_count(n: int) -> str:

@@ -23,6 +23,7 @@ from autodeeplab.config.settings import register_presets
 from autodeeplab.config.volumes import VolumeDataConfig
 from autodeeplab.errors import ConfigError
 from autodeeplab.fast.execution import ExecutionConfig
+from autodeeplab.search.budgets import BudgetConfig
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 from autodeeplab.space.dints.config import DintsSpaceConfig
 
@@ -90,6 +91,8 @@ class SearchConfig:
     space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)
     dints: DintsSpaceConfig = field(default_factory=DintsSpaceConfig)
     """The DiNTS supernet and its budget (used when ``search_space`` is ``dints``)."""
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    """A multiply-add target for the decoded Auto-DeepLab network (``budget.multiply_adds``, billions)."""
     data: SearchDataConfig = field(default_factory=SearchDataConfig)
     epochs: int = 40
     arch_start_epoch: int = 20
@@ -161,6 +164,12 @@ class SearchConfig:
             )
         self.space.validate(dotted(where, "space"))
         self.dints.validate(dotted(where, "dints"))
+        self.budget.validate(dotted(where, "budget"))
+        if self.budget.multiply_adds is not None and self.search_space != "autodeeplab":
+            raise ConfigError(
+                f"{dotted(where, 'budget.multiply_adds')}: a budget of the Auto-DeepLab search; a DiNTS "
+                "search has dints.memory_budget"
+            )
         self.data.validate(dotted(where, "data"))
         self.execution.validate(dotted(where, "execution"))
         if self.search_space == "dints":

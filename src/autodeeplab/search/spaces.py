@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from autodeeplab.fast.supernet import build_supernet
+from autodeeplab.search.budgets import build_mac_tables
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.space.contract import SearchSpace
 from autodeeplab.space.dints.network import DintsShape
@@ -17,8 +18,14 @@ the search space it searches (``in_channels``: the data's, 3 for RGB images, the
 
 
 def build_autodeeplab_space(config: SearchConfig, num_classes: int, in_channels: int = 3) -> SearchSpace:
-    """Auto-DeepLab's supernet (``config.space``), run as ``config.execution`` says."""
-    return build_supernet(config.space, num_classes, in_channels=in_channels, execution=config.execution)
+    """Auto-DeepLab's supernet (``config.space``), run as ``config.execution`` says; with
+    ``budget.multiply_adds``, its budget term counted for ``budget.network`` at ``budget.image_size``."""
+    model = build_supernet(config.space, num_classes, in_channels=in_channels, execution=config.execution)
+    b = config.budget
+    if b.multiply_adds is not None:
+        tables = build_mac_tables(config.space, b.network, b.image_size, num_classes, in_channels)
+        model.set_multiply_add_budget(tables, b.multiply_adds * 1e9, b.weight)
+    return model
 
 
 def build_dints_space(config: SearchConfig, num_classes: int, in_channels: int = 3) -> SearchSpace:

@@ -143,6 +143,8 @@ def record_epoch(
     architecture = model.decode()
     architecture.save(run.path / architecture.FILE_NAME)
     metrics = {"phase": "search", "epoch": epoch + 1, **losses, **scores, "lr": lr}
+    if hasattr(model, "epoch_metrics"):  # optional: e.g. the expected and decoded multiply-adds of a budget
+        metrics.update(model.epoch_metrics())
     run.append_jsonl("metrics.jsonl", {**metrics, "genotype": architecture.short()})
     if tensorboard is not None:
         _log_tensorboard(tensorboard, metrics, record, epoch + 1)

@@ -32,6 +32,7 @@ from torch import nn
 from autodeeplab.config.checks import IMAGE_DIMS, VOLUME_DIMS, at_least, dotted, non_negative
 from autodeeplab.errors import ConfigError
 from autodeeplab.ops.primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
+from autodeeplab.space.autodeeplab.budget import MacTables, decoded_multiply_adds, expected_multiply_adds
 from autodeeplab.space.autodeeplab.cell import SearchCell
 from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode
 from autodeeplab.space.autodeeplab.genotype import Genotype
@@ -219,6 +220,7 @@ class SearchNetwork(nn.Module):
         self.beta = nn.Parameter(c.arch_init_std * torch.randn(c.num_layers, levels, 3))
         self.register_buffer("beta_mask", torch.from_numpy(beta_mask(c.num_layers, levels)), persistent=False)
         self._weight_params: tuple[nn.Parameter, ...] | None = None  # see weight_parameters
+        self.mac_budget: tuple[MacTables, float, float] | None = None  # see set_multiply_add_budget
 
     def out_channels(self, level: int) -> int:
         """Channels of a cell output at ``level``: B·F·2^level."""
@@ -263,8 +265,35 @@ class SearchNetwork(nn.Module):
         return random_genotype(c.num_layers, c.num_blocks, c.num_levels, generator)
 
     def arch_loss_terms(self) -> dict[str, torch.Tensor]:
-        """No extra terms: the paper's architecture loss is the cross-entropy alone."""
-        return {}
+        """None for the paper's search (the cross-entropy alone); with a multiply-add budget
+        (:meth:`set_multiply_add_budget`) ``weight · |E[MACs] / target - 1|``."""
+        if self.mac_budget is None:
+            return {}
+        tables, target, weight = self.mac_budget
+        expected = expected_multiply_adds(
+            self.alpha_weights(), self.beta_weights(), tables, self.config.num_blocks
+        )
+        return {"multiply_adds": weight * (expected / target - 1).abs().to(self.alpha.dtype)}
+
+    def set_multiply_add_budget(self, tables: MacTables, target: float, weight: float = 1.0) -> None:
+        """Add the budget term: ``target`` multiply-adds of the decoded network, counted by ``tables``."""
+        self.mac_budget = (tables, float(target), float(weight))
+
+    @torch.no_grad()
+    def epoch_metrics(self) -> dict[str, float]:
+        """With a budget: the expected and the decoded network's multiply-adds (billions), for
+        ``metrics.jsonl``."""
+        if self.mac_budget is None:
+            return {}
+        tables, target, _ = self.mac_budget
+        alpha, beta = self.alpha_weights(), self.beta_weights()
+        expected = expected_multiply_adds(alpha, beta, tables, self.config.num_blocks)
+        decoded = decoded_multiply_adds(self.decode(), tables)
+        return {
+            "expected_gmacs": float(expected) / 1e9,
+            "decoded_gmacs": decoded / 1e9,
+            "target_gmacs": target / 1e9,
+        }
 
     @torch.no_grad()
     def arch_record(self) -> dict[str, Any]:
