@@ -117,6 +117,38 @@ def timing(args: argparse.Namespace) -> dict:
     }
 
 
+def decoding(args: argparse.Namespace) -> dict:
+    """Decoding time and peak Python memory (tracemalloc) at 4 and 5 depths × 12 blocks, random logits."""
+    import tracemalloc
+
+    from autodeeplab.space.dints.decode import decode_arch
+
+    row = {"benchmark": "dints_decode"}
+    for depths in (4, 5):
+        edges = 3 * depths - 2
+        generator = torch.Generator().manual_seed(depths)
+        a = torch.randn(12, edges, generator=generator)
+        w = torch.randn(12, edges, 5, generator=generator)
+        decode_arch(a, w, "dints-3d")  # warm-up: the topology's tables are cached per call, not globally
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            decode_arch(a, w, "dints-3d")
+            times.append(time.perf_counter() - start)
+        tracemalloc.start()
+        decode_arch(a, w, "dints-3d")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        median = statistics.median(times)
+        print(
+            f"decode: {depths} depths x 12 blocks: {1000 * median:.1f} ms, "
+            f"peak {peak / 2**20:.1f} MiB (tracemalloc)"
+        )
+        row[f"seconds_{depths}_depths"] = round(median, 5)
+        row[f"peak_mib_{depths}_depths"] = round(peak / 2**20, 2)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=96)
@@ -129,6 +161,7 @@ def main() -> None:
     p.add_argument("--time-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--decode-only", action="store_true", help="only the decoding time and memory")
     p.add_argument("--note", default="")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args()
@@ -143,8 +176,8 @@ def main() -> None:
         "machine": machine_info(),
         "note": args.note,
     }
-    rows = [memory(args)]
-    if args.time:
+    rows = [decoding(args)] if args.decode_only else [decoding(args), memory(args)]
+    if args.time and not args.decode_only:
         rows.append(timing(args))
     with args.output.open("a") as f:
         for row in rows:

@@ -96,7 +96,8 @@ def test_the_expectation_of_a_decided_search_is_its_decoded_count(tables):
             space.alpha.copy_(alpha)
             space.beta.copy_(beta)
         assert space.decode() == genotype
-        expected = expected_multiply_adds(space.alpha_weights(), space.beta_weights(), tables, 3)
+        with torch.no_grad():
+            expected = expected_multiply_adds(space.alpha_weights(), space.beta_weights(), tables, 3)
         assert float(expected) == pytest.approx(decoded_multiply_adds(genotype, tables), rel=1e-6)
 
 

@@ -73,10 +73,19 @@ def test_factorized_reduce_equals_two_offset_stride_2_convolutions(size):
     torch.testing.assert_close(down(x), down.norm(torch.cat([first, second], dim=1)), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("norm,recompute", [("instance", True), ("batch", True), ("instance", False)])
-def test_the_lean_supernet_equals_the_reference(norm, recompute):
+@pytest.mark.parametrize(
+    "norm,recompute,op_set",
+    [
+        ("instance", True, "dints"),
+        ("batch", True, "dints"),
+        ("instance", False, "dints"),
+        ("batch", True, "autodeeplab"),
+    ],
+)
+def test_the_lean_supernet_equals_the_reference(norm, recompute, op_set):
     """Shared ReLU and weights folded into the norms: outputs, gradients of weights and architecture
     logits, and batch-norm running statistics as the reference Σ_k η·w_k·op_k(x), in float64."""
+    from autodeeplab.search.spaces import measured_op_memory
     from autodeeplab.space.dints.network import DintsShape
     from autodeeplab.space.dints.supernet import DintsSupernet
 
@@ -84,7 +93,8 @@ def test_the_lean_supernet_equals_the_reference(norm, recompute):
     nets = []
     for lean in (True, False):
         torch.manual_seed(0)
-        net = DintsSupernet(shape, lean=lean, recompute=recompute).double()
+        extra = measured_op_memory(OP_SETS[f"{op_set}-3d"], 3)
+        net = DintsSupernet(shape, lean=lean, recompute=recompute, op_set=op_set, op_memory=extra).double()
         with torch.no_grad():
             net.edge_logits.normal_()
             net.op_logits.normal_()

@@ -176,3 +176,63 @@ def test_estimate_counts_the_dints_supernet_on_its_crop(capsys):
     )
     small, large = (estimate_search(c, torch.device("cpu"), measure_time=False) for c in (config, wide))
     assert 0 < small.saved_bytes_weight_step < large.saved_bytes_weight_step  # the DiNTS space is counted
+
+
+def test_sizes_and_budgets_that_cannot_work_are_refused(searched: Path, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"data.crop_size: \[16, 16\] is too small for 5 depths.*33"):
+        load_config(SearchConfig, overrides=["search_space=dints", "dints.depths=5", "data.crop_size=16"])
+    load_config(SearchConfig, overrides=["search_space=dints", "dints.depths=5", "data.crop_size=33"])
+    with pytest.raises(ConfigError, match="budget.multiply_adds: counts 2D networks"):
+        load_config(
+            SearchConfig,
+            overrides=["budget.multiply_adds=1", "budget.image_size=[8,8]", "space.spatial_dims=3"],
+        )
+    args = ["train", "--arch", str(searched), "--preset", "tiny", "-o", str(tmp_path / "t")]
+    assert main([*args, "--set", "model.spatial_dims=3", "--set", "data.volumes.patch_size=[8,8,8]"]) == 2
+    err = capsys.readouterr().err
+    assert "op set dints-2d, but model.spatial_dims is 3" in err and not (tmp_path / "t").exists()
+    assert main([*args, "--set", "data.crop_size=4"]) == 2  # 2 depths: the deepest of a 4x4 crop is 1x1
+    assert "data.crop_size: [4, 4] is too small for 2 depths" in capsys.readouterr().err
+
+
+def test_show_refuses_files_of_different_searches_and_bad_fields(searched: Path, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    record = json.loads((searched / "arch_params.json").read_text())
+    (run / "arch_params.json").write_text(json.dumps(record))
+    three = DintsArch.from_chain([0, 0, 0], [[0] * 4] * 3, _topo(), "dints-2d")
+    three.save(run / "dints_arch.json")
+    assert main(["show", str(run), "--no-plots"]) == 0  # the summary alone reads no record
+    assert main(["show", str(run)]) == 2
+    assert "files of different searches" in capsys.readouterr().err
+    for key, value in (("memory_budget", "half"), ("memory_fraction", None), ("ops", ["a", "b"])):
+        bad = tmp_path / f"{key}.json"
+        bad.write_text(json.dumps({**record, key: value}))
+        assert main(["show", str(bad), "-o", str(tmp_path / "pics")]) == 2
+        err = capsys.readouterr().err
+        assert f"{key}: expected" in err and err.count("\n") == 1
+
+
+def _topo():
+    from autodeeplab.space.dints.topology import Topology
+
+    return Topology(2)
+
+
+def test_auto_deeplab_primitives_as_the_dints_op_set(tmp_path):
+    search = tmp_path / "search"
+    args = ["search", "--space", "dints", "-q", "-o", str(search)]
+    assert main([*args, *sets([*TINY_DINTS, *TINY_2D, "dints.op_set=autodeeplab"])]) == 0
+    arch = DintsArch.load(search / "dints_arch.json")
+    record = json.loads((search / "arch_params.json").read_text())
+    assert arch.op_set == "autodeeplab-2d" and "none" not in record["ops"] and len(record["ops"]) == 7
+    assert decode_record(record) == arch
+    train = tmp_path / "train"
+    model = ["dints.channels=4", "iterations=2", "eval_every=0"]
+    assert (
+        main(["train", "--arch", str(search), "--preset", "tiny", "-q", "-o", str(train), *sets(model)]) == 0
+    )
+    net, _ = load_model(train)
+    assert net.arch == arch and net(torch.randn(1, 3, 16, 24)).shape[2:] == (16, 24)
+    with pytest.raises(ConfigError, match="dints.op_set: must be one of dints, autodeeplab"):
+        load_config(SearchConfig, overrides=["dints.op_set=darts"])

@@ -97,3 +97,18 @@ def test_memory_factors_match_the_saved_tensor_counter_on_found_networks(dims):
                     new[z] = out if new[z] is None else new[z] + out
                 nodes = new
         assert counter.total_bytes == pytest.approx(predicted, rel=0.10)
+
+
+def test_random_architectures_of_the_full_space_and_exact_big_draws():
+    """At 4 depths × 12 blocks the number of valid chains is far beyond 64 bits; the draw stays exact."""
+    from autodeeplab.space.dints.supernet import random_below
+
+    net = DintsSupernet(DintsShape(depths=4, blocks=12, channels=1, spatial_dims=3))
+    generator = torch.Generator().manual_seed(0)
+    arch = net.random_architecture(generator)
+    assert (arch.depths, arch.num_blocks) == (4, 12)
+    big = 3**100 + 7
+    draws = [random_below(big, generator) for _ in range(200)]
+    assert all(0 <= d < big for d in draws) and max(draws) > big // 2 > min(draws)
+    small = collections.Counter(random_below(3, generator) for _ in range(3000))
+    assert sorted(small) == [0, 1, 2] and all(abs(n - 1000) < 5 * 1000**0.5 for n in small.values())

@@ -56,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
         )
     config = resolve_config(args)
     genotype = resolve_architecture(args.resume or args.genotype)
+    op_set = getattr(genotype, "op_set", None)
+    if op_set is not None and not op_set.endswith(f"-{config.model.spatial_dims}d"):
+        raise ConfigError(
+            f"{args.resume or args.genotype}: a DiNTS architecture of op set {op_set}, but "
+            f"model.spatial_dims is {config.model.spatial_dims} (set it to {op_set[-2]})"
+        )
     run_dir = Path(args.resume or args.output or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
     result = run_training(config, genotype, run_dir, resume=bool(args.resume), quiet=args.quiet)
     if result.interrupted:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from autodeeplab.errors import ConfigError
-from autodeeplab.space.dints.arch import DintsArch
+from autodeeplab.space.dints.arch import DintsArch, op_set_dims
 from autodeeplab.space.dints.cells import EdgeCell
 from autodeeplab.space.dints.config import NORMS
 from autodeeplab.space.dints.network import DintsBody, DintsShape
@@ -37,7 +37,7 @@ class DintsNet(nn.Module):
                 f"the architecture has {arch.depths} depths x {arch.num_blocks} blocks, the settings "
                 f"{shape.depths} x {shape.blocks}"
             )
-        if arch.op_set != f"dints-{shape.spatial_dims}d":
+        if op_set_dims(arch.op_set) != shape.spatial_dims:
             raise ConfigError(
                 f"the architecture's op set {arch.op_set} does not fit a {shape.spatial_dims}D network "
                 f"(model.spatial_dims)"

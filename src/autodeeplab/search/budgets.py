@@ -67,6 +67,10 @@ def build_mac_tables(
 ) -> MacTables:
     """The multiply-adds of each part of the found network of ``space``'s shape (its blocks, layers and
     levels) built with ``network``'s settings for ``classes`` classes on ``[1, channels, *image_size]``."""
+    for key, value in (("num_classes", classes), ("in_channels", channels)):
+        given = getattr(network, key)
+        if given is not None and given != value:
+            raise ConfigError(f"budget.network.{key}: {given}, but the data has {value} (null: the data's)")
     net = dataclasses.replace(network, num_classes=classes, in_channels=channels, drop_path_keep_prob=1.0)
     f, blocks, levels, layers = net.filter_multiplier, space.num_blocks, space.num_levels, space.num_layers
     stem_size = strided_size(strided_size(tuple(image_size), 2), 2)  # two stride-2 convs

@@ -25,7 +25,7 @@ from autodeeplab.errors import ConfigError
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.search.budgets import BudgetConfig
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
-from autodeeplab.space.dints.config import DintsSpaceConfig
+from autodeeplab.space.dints.config import DintsSpaceConfig, check_sample_size
 
 SEARCH_SPACES = ("autodeeplab", "dints")
 
@@ -165,6 +165,11 @@ class SearchConfig:
         self.space.validate(dotted(where, "space"))
         self.dints.validate(dotted(where, "dints"))
         self.budget.validate(dotted(where, "budget"))
+        if self.budget.multiply_adds is not None and self.space.spatial_dims != 2:
+            raise ConfigError(
+                f"{dotted(where, 'budget.multiply_adds')}: counts 2D networks; space.spatial_dims is "
+                f"{self.space.spatial_dims}"
+            )
         if self.budget.multiply_adds is not None and self.search_space != "autodeeplab":
             raise ConfigError(
                 f"{dotted(where, 'budget.multiply_adds')}: a budget of the Auto-DeepLab search; a DiNTS "
@@ -173,7 +178,12 @@ class SearchConfig:
         self.data.validate(dotted(where, "data"))
         self.execution.validate(dotted(where, "execution"))
         if self.search_space == "dints":
-            # DiNTS runs its reference path; a memory saving asked for would silently not happen.
+            volumes = self.space.spatial_dims == 3
+            sample = tuple(self.data.volumes.patch_size) if volumes else (self.data.crop_size,) * 2
+            key = "data.volumes.patch_size" if volumes else "data.crop_size"
+            check_sample_size(self.dints.depths, sample, dotted(where, key))
+            # The Auto-DeepLab supernet's checkpointing switches do not reach DiNTS's supernet (which has its
+            # own dints.recompute): a memory saving asked for would silently not happen.
             for name in ("checkpoint_cells", "checkpoint_levels"):
                 if getattr(self.execution, name):
                     raise ConfigError(

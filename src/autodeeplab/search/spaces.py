@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
+from autodeeplab.fast.memory import SavedTensorCounter
 from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.search.budgets import build_mac_tables
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.space.contract import SearchSpace
+from autodeeplab.space.dints.arch import OP_SETS
+from autodeeplab.space.dints.cells import build_dints_op
 from autodeeplab.space.dints.network import DintsShape
-from autodeeplab.space.dints.supernet import DintsSupernet
+from autodeeplab.space.dints.supernet import OP_MEMORY, DintsSupernet
 
 SpaceBuilder = Callable[[SearchConfig, int, int], SearchSpace]
 """``(config, num_classes, in_channels) → supernet``: how :func:`~autodeeplab.search.loop.run_search` makes
@@ -34,7 +39,32 @@ def build_dints_space(config: SearchConfig, num_classes: int, in_channels: int =
     d, dims = config.dints, config.space.spatial_dims
     shape = DintsShape(d.depths, d.blocks, d.channels, dims, d.norm, in_channels, num_classes)
     probe = config.data.volumes.patch_size if dims == 3 else (config.data.crop_size,) * dims
-    return DintsSupernet(shape, d.memory_budget, d.topology_weight, tuple(probe), recompute=d.recompute)
+    op_memory = measured_op_memory(OP_SETS[f"{d.op_set}-{dims}d"], dims)
+    return DintsSupernet(
+        shape,
+        d.memory_budget,
+        d.topology_weight,
+        tuple(probe),
+        recompute=d.recompute,
+        op_set=d.op_set,
+        op_memory=op_memory,
+    )
+
+
+def measured_op_memory(ops: tuple[str, ...], dims: int, channels: int = 4, side: int = 8) -> dict[str, float]:
+    """What each op without a hand-made memory factor keeps for its backward, in units of its output:
+    counted with the saved-tensor hooks on one training-mode forward of ``[2, channels, side^dims]``."""
+    units = {}
+    for name in ops:
+        if name in OP_MEMORY:
+            continue
+        op = build_dints_op(name, channels, dims).train()
+        x = torch.randn(2, channels, *(side,) * dims, requires_grad=True)
+        counter = SavedTensorCounter(exclude=[x, *op.parameters(), *op.buffers()])
+        with counter:
+            y = op(x)
+        units[name] = sum(r.nbytes for r in counter.records) / (4 * y.numel())
+    return units
 
 
 BUILDERS: dict[str, SpaceBuilder] = {"autodeeplab": build_autodeeplab_space, "dints": build_dints_space}

@@ -51,6 +51,7 @@ from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
 from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
 from autodeeplab.space.architectures import AnyArchitecture
 from autodeeplab.space.dints.arch import DintsArch
+from autodeeplab.space.dints.config import check_sample_size
 from autodeeplab.train.config import TrainConfig
 from autodeeplab.train.state import load_training_state, restore_training_state, save_training_state
 
@@ -161,6 +162,10 @@ def build_model(
     torch.manual_seed(config.seed)
     settings = config.network_config(num_classes, in_channels=in_channels, spatial_dims=spatial_dims)
     if isinstance(genotype, DintsArch):
+        volumes = spatial_dims == 3
+        sample = tuple(config.data.volumes.patch_size) if volumes else (config.data.crop_size,) * 2
+        key = "data.volumes.patch_size" if volumes else "data.crop_size"
+        check_sample_size(genotype.depths, sample, key)
         d = config.dints
         shape = dints_shape(genotype, d.channels, d.norm, spatial_dims, in_channels, num_classes)
         return DintsNet(genotype, shape)

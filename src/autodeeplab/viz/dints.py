@@ -186,6 +186,11 @@ def render_dints_run(run_dir: Path, out: Path, metrics: list, say: Callable[[str
         text = read_document(params_file, "arch_params", GenotypeError)
         record = parse_json_document(text, str(params_file), GenotypeError)
         decoded = decode_record(record, str(params_file))  # validates the record before any drawing
+        if arch is not None and (arch.depths, arch.num_blocks) != (decoded.depths, decoded.num_blocks):
+            raise GenotypeError(
+                f"{arch_file}: {arch.depths} depths x {arch.num_blocks} blocks, but {params_file} holds "
+                f"{decoded.depths} x {decoded.num_blocks}: files of different searches"
+            )
         arch = arch or decoded
     history_file = run_dir / "arch_history.jsonl"
     history = [r for r in read_jsonl(history_file) if r.get("kind") == "dints" and "edge_probabilities" in r]
@@ -193,7 +198,10 @@ def render_dints_run(run_dir: Path, out: Path, metrics: list, say: Callable[[str
         say(f"note: {history_file} holds no complete DiNTS record; arch_history.png left out")
     written = [plot_dints_topology(arch, record, out / "topology.png")]
     if history:
-        written.append(plot_dints_history(history, out / "arch_history.png"))
+        try:
+            written.append(plot_dints_history(history, out / "arch_history.png"))
+        except (ValueError, TypeError, KeyError) as exc:  # records of mixed shapes or missing fields
+            say(f"note: {history_file}: records that do not fit together ({exc}); arch_history.png left out")
     if curve_series(metrics):
         written.append(plot_curves(metrics, out / "curves.png"))
     return written

@@ -22,16 +22,29 @@ from typing import Any, ClassVar
 
 from autodeeplab.errors import GenotypeError
 from autodeeplab.fileio import atomic_write_text, parse_json_document, read_document
+from autodeeplab.ops.primitives import PRIMITIVES
 from autodeeplab.space.dints.topology import Topology
 
 FORMAT_VERSION = 1
 KIND = "dints"
+AUTODEEPLAB_OPS = tuple(name for name in PRIMITIVES if name != "none")
+"""Auto-DeepLab's primitives as a DiNTS op set (``none`` left out: a DiNTS edge is switched off by the
+topology, not by an op)."""
 OP_SETS: dict[str, tuple[str, ...]] = {
     # DiNTS's own cells (paper §3.1; pseudo-3D pairs: a 2D kernel, then a 1D kernel along the third axis).
     "dints-3d": ("skip_connect", "conv_3x3x3", "conv_3x3x1", "conv_3x1x3", "conv_1x3x3"),
     "dints-2d": ("skip_connect", "conv_3x3"),
+    "autodeeplab-3d": AUTODEEPLAB_OPS,
+    "autodeeplab-2d": AUTODEEPLAB_OPS,
 }
-"""Op names of each op set, in the order of the op logits' last axis."""
+"""Op names of each op set (``{kind}-{dims}d``), in the order of the op logits' last axis."""
+OP_SET_KINDS = ("dints", "autodeeplab")
+
+
+def op_set_dims(op_set: str) -> int:
+    """The spatial dimensions of an op set: ``dints-3d`` → 3."""
+    return int(op_set.rsplit("-", 1)[1][0])
+
 
 Edge = tuple[int, int, str]
 

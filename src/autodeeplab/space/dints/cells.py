@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from autodeeplab.ops.primitives import conv_nd, resize
-from autodeeplab.space.dints.arch import OP_SETS
+from autodeeplab.ops.primitives import build_op, conv_nd, resize
+from autodeeplab.space.dints.arch import AUTODEEPLAB_OPS, OP_SETS
 
 NORMS = ("instance", "batch")
 
@@ -48,8 +48,11 @@ def _conv(c: int, kernel: tuple[int, ...], dims: int) -> nn.Module:
 
 
 def build_dints_op(name: str, channels: int, dims: int, norm: str = "instance") -> nn.Module:
-    """One candidate op of DiNTS's op set for ``dims`` (2 or 3); shapes kept."""
+    """One candidate op for ``dims`` (2 or 3), shapes kept: of DiNTS's op set, or one of Auto-DeepLab's
+    primitives (``ops.primitives.build_op``, stride 1, its own batch norm whatever ``norm``)."""
     names = OP_SETS[f"dints-{dims}d"]
+    if name in AUTODEEPLAB_OPS and name not in names:
+        return build_op(name, channels, stride=1, affine=True, dims=dims)
     if name not in names:
         raise ValueError(f"unknown DiNTS op {name!r} for {dims}D (choose from {', '.join(names)})")
     if name == "skip_connect":
@@ -92,6 +95,17 @@ class FactorizedIncrease(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         return self.norm(self.conv(F.relu(resize(x, size, align_corners=True))))
+
+
+def _relu_then_norm(op: nn.Module) -> bool:
+    """Whether ``op`` is ``ReLU → ... → norm`` (DiNTS's ops, Auto-DeepLab's convolutions): the lean path
+    shares the ReLU and folds the weight into the norm."""
+    return (
+        isinstance(op, nn.Sequential)
+        and isinstance(op[0], nn.ReLU)
+        and isinstance(op[-1], (nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm))
+        and op[-1].affine
+    )
 
 
 def scaled_norm(norm: nn.Module, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -172,11 +186,15 @@ class EdgeCell(nn.Module):
         for w, op in zip(weights, self.ops, strict=True):
             if isinstance(op, nn.Identity):
                 y = w * x
+            elif not _relu_then_norm(op):
+                y = w * op(x)  # e.g. a pooling primitive: the reference form
             else:
-                convs = op[1:-1]
-                if len(convs) > 1 and self.recompute and torch.is_grad_enabled():
-                    # A pseudo-3D pair: recompute its middle map in the backward rather than keep it (from
-                    # h, which is kept anyway); deterministic, so the gradients are the same numbers.
+                convs = nn.Sequential(*list(op)[1:-1])
+                # A pseudo-3D pair: recompute its middle map in the backward rather than keep it (from h,
+                # which is kept anyway); deterministic, so the gradients are the same numbers. Only chains of
+                # convolutions: a recomputed batch norm would update its running statistics twice.
+                pair = len(convs) > 1 and all(isinstance(m, nn.modules.conv._ConvNd) for m in convs)
+                if pair and self.recompute and torch.is_grad_enabled():
                     z = checkpoint(convs, h, use_reentrant=False)
                 else:
                     z = convs(h)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from autodeeplab.config.checks import at_least, dotted, non_negative
 from autodeeplab.errors import ConfigError
+from autodeeplab.space.dints.arch import OP_SET_KINDS
 
 NORMS = ("instance", "batch")
 
@@ -32,6 +33,9 @@ class DintsSpaceConfig:
     search script uses 0.8, its paper also 0.2 and 0.5)."""
     topology_weight: float = 1e-3
     """Weight of the topology loss within the ramped terms (DiNTS: 0.001)."""
+    op_set: str = "dints"
+    """``dints`` (DiNTS's cells: skip and 3×3(×3), plus the pseudo-3D pairs in 3D) or ``autodeeplab``
+    (Auto-DeepLab's primitives but ``none``, each with its own batch norm)."""
     recompute: bool = True
     """Recompute the pseudo-3D pairs' middle maps in the backward instead of keeping them (the same numbers;
     at 96³ 3.7 instead of 5.0 GiB of saved activations, about 15-30% more time on a CPU)."""
@@ -52,6 +56,10 @@ class DintsSpaceConfig:
                 f"memory, got {self.memory_budget}"
             )
         non_negative(dotted(where, "topology_weight"), self.topology_weight)
+        if self.op_set not in OP_SET_KINDS:
+            raise ConfigError(
+                f"{dotted(where, 'op_set')}: must be one of {', '.join(OP_SET_KINDS)}, got {self.op_set!r}"
+            )
 
 
 @dataclass
@@ -68,3 +76,14 @@ class DintsNetworkConfig:
             raise ConfigError(
                 f"{dotted(where, 'norm')}: must be one of {', '.join(NORMS)}, got {self.norm!r}"
             )
+
+
+def check_sample_size(depths: int, sample: tuple[int, ...], key: str) -> None:
+    """Refuse a crop or patch whose deepest depth (``1/2^depths`` of it) has a single voxel: the norms there
+    would have nothing to normalise. ``key`` names the setting of the sample size."""
+    deepest = [-(-n // 2**depths) for n in sample]
+    if all(n == 1 for n in deepest):
+        raise ConfigError(
+            f"{key}: {list(sample)} is too small for {depths} depths (the deepest, at 1/{2**depths}, would "
+            f"be one voxel); use at least {2**depths + 1} along an axis, or fewer depths (dints.depths)"
+        )

@@ -107,4 +107,10 @@ def decode_record(record: Any, source: str = "arch_params.json") -> DintsArch:
         probs = None
     if probs is None or probs.shape != a.shape or not ((probs >= 0) & (probs <= 1)).all():
         raise GenotypeError(f"{source}: edge_probabilities: expected {list(a.shape)} numbers in [0, 1]")
+    if record.get("ops") != list(OP_SETS[op_set]):
+        raise GenotypeError(f"{source}: ops: expected the op names of {op_set}, {list(OP_SETS[op_set])}")
+    for key in ("memory_fraction", "decoded_memory_fraction", "memory_budget"):
+        value = record.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise GenotypeError(f"{source}: {key}: expected a fraction in [0, 1], got {value!r}")
     return decode_arch(a, w, op_set)

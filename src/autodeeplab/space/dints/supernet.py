@@ -54,29 +54,57 @@ def edge_memory(direction: int, dims: int) -> float:
     return 0.0
 
 
-def memory_cost(shape: DintsShape, ops: tuple[str, ...], input_size: tuple[int, ...]) -> torch.Tensor:
+def memory_cost(
+    shape: DintsShape,
+    ops: tuple[str, ...],
+    input_size: tuple[int, ...],
+    op_memory: dict[str, float] | None = None,
+) -> torch.Tensor:
     """``[E, K]``: the float32 bytes edge ``i`` with op ``k`` keeps for its backward on one ``input_size``
-    sample (a found network's cells; checked against the saved-tensor counter)."""
+    sample (a found network's cells; checked against the saved-tensor counter). ``op_memory``: the units
+    of ops without a hand-made factor (:data:`OP_MEMORY`), e.g. Auto-DeepLab's primitives, measured by
+    the caller."""
+    units_of = {**OP_MEMORY, **(op_memory or {})}
+    missing = [op for op in ops if op not in units_of]
+    if missing:
+        raise ValueError(f"no memory factor for {', '.join(missing)}: pass op_memory")
     topo, sizes = Topology(shape.depths), shape.sizes(input_size)
     cost = torch.zeros(topo.num_edges, len(ops), dtype=torch.float64)
     for i, (source, target) in enumerate(topo.edges):
         width, voxels = shape.width(target), float(np.prod(sizes[target]))
         for k, op in enumerate(ops):
             norms = (op != "skip_connect") + (source != target)
-            units = OP_MEMORY[op] + edge_memory(target - source, shape.spatial_dims)
+            units = units_of[op] + edge_memory(target - source, shape.spatial_dims)
             # Each norm also keeps three per-channel statistics (a few bytes beside the maps at real sizes).
             cost[i, k] = 4 * width * (units * voxels + NORM_STATISTICS * norms)
     return cost
+
+
+def random_below(n: int, generator: torch.Generator) -> int:
+    """A uniform integer in ``[0, n)`` for any Python ``n`` (``torch.randint`` stops at 2^63): 62-bit
+    pieces from ``generator``, rejected when the number they make is not below ``n``."""
+    bits = max(1, (n - 1).bit_length())
+    pieces = -(-bits // 62)
+    while True:
+        value = 0
+        for piece in torch.randint(0, 2**62, (pieces,), generator=generator).tolist():
+            value = (value << 62) | piece
+        value >>= pieces * 62 - bits  # keep the top ``bits`` bits: at most 2n candidates, accept >= 1/2
+        if value < n:
+            return value
 
 
 class DintsSupernet(nn.Module):
     """DiNTS's search space as a :class:`~autodeeplab.space.contract.SearchSpace`.
 
     ``memory_budget``: the target expected memory as a fraction of every edge on; ``probe_size``: the patch
-    the memory is counted on (its proportions, not its size, matter for the fraction); ``lean``: the
-    memory-lean evaluation of the mixed edges (:class:`~.cells.EdgeCell`), False for the reference;
+    the memory is counted on (mostly its proportions matter for the fraction; the norms' per-channel
+    statistics and the rounding of odd sizes make small patches weigh the deep depths a little more);
+    ``lean``: the memory-lean evaluation of the mixed edges (:class:`~.cells.EdgeCell`), False for the
+    reference;
     ``recompute``: with ``lean``, the pseudo-3D pairs' middle maps are recomputed in the backward (less
-    memory, more time: ``benchmarks/bench_dints.py``).
+    memory, more time: ``benchmarks/bench_dints.py``); ``op_set``: ``dints`` (DiNTS's cells) or
+    ``autodeeplab`` (Auto-DeepLab's primitives but ``none``, whose memory factors ``op_memory`` gives).
     """
 
     def __init__(
@@ -87,10 +115,12 @@ class DintsSupernet(nn.Module):
         probe_size: tuple[int, ...] | None = None,
         lean: bool = True,
         recompute: bool = True,
+        op_set: str = "dints",
+        op_memory: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.shape, self.topology = shape, Topology(shape.depths)
-        self.op_set = f"dints-{shape.spatial_dims}d"
+        self.op_set = f"{op_set}-{shape.spatial_dims}d"
         self.op_names = OP_SETS[self.op_set]
         cells = [
             {
@@ -108,7 +138,9 @@ class DintsSupernet(nn.Module):
         self.op_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e, k))
         self.memory_budget, self.topology_weight = memory_budget, topology_weight
         probe = probe_size or (2 ** (shape.depths + 1),) * shape.spatial_dims
-        self.register_buffer("cost", memory_cost(shape, self.op_names, probe).float(), persistent=False)
+        self.register_buffer(
+            "cost", memory_cost(shape, self.op_names, probe, op_memory).float(), persistent=False
+        )
         self.arch_weight = 1.0  # the ramp of the extra terms; the loop sets it (0 in the warm-up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +175,7 @@ class DintsSupernet(nn.Module):
                 c for c in range(topo.num_patterns) if b == 0 or topo.inputs[c] == topo.outputs[chain[-1]]
             ]
             counts = [ways[b + 1, topo.outputs[c]] for c in allowed]
-            pick = int(torch.randint(int(sum(counts)), (1,), generator=generator))  # exact: Python ints
+            pick = random_below(int(sum(counts)), generator)  # exact: the counts outgrow 64 bits
             for c, count in zip(allowed, counts, strict=True):
                 if pick < count:
                     chain.append(c)
