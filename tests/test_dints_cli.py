@@ -236,3 +236,19 @@ def test_auto_deeplab_primitives_as_the_dints_op_set(tmp_path):
     assert net.arch == arch and net(torch.randn(1, 3, 16, 24)).shape[2:] == (16, 24)
     with pytest.raises(ConfigError, match="dints.op_set: must be one of dints, autodeeplab"):
         load_config(SearchConfig, overrides=["dints.op_set=darts"])
+
+
+def test_info_counts_a_dints_network(searched: Path, capsys):
+    from autodeeplab.nets.complexity import count_multiply_adds, count_parameters
+    from autodeeplab.nets.dints import dints_shape
+
+    assert (
+        main(["info", "--arch", str(searched), "--channels", "8", "--input-size", "40", "56", "--json"]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    arch = DintsArch.load(searched / "dints_arch.json")
+    net = DintsNet(arch, dints_shape(arch, 8, "instance", 2, 3, 19))
+    assert report["params"] == count_parameters(net)
+    assert report["multiply_adds"] == count_multiply_adds(net, (1, 3, 40, 56))
+    assert main(["info", "--arch", str(searched), "--input-size", "8", "8", "8"]) == 2
+    assert "a 2D DiNTS architecture" in capsys.readouterr().err

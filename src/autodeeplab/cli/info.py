@@ -1,4 +1,5 @@
-"""``autodeeplab info``: parameter count and multiply-adds of the found network for a genotype.
+"""``autodeeplab info``: parameter count and multiply-adds of the found network for a genotype (or a DiNTS
+architecture, ``--arch dints_arch.json --channels C``).
 
 Examples::
 
@@ -20,8 +21,11 @@ import torch
 
 from autodeeplab.errors import ConfigError
 from autodeeplab.nets.complexity import count_multiply_adds, count_parameters, format_count
+from autodeeplab.nets.dints import DintsNet, dints_shape
 from autodeeplab.nets.network import SPATIAL_DIMS, VARIANTS, AutoDeepLabNet, NetworkConfig
-from autodeeplab.space.autodeeplab.genotype import resolve_genotype
+from autodeeplab.space.architectures import resolve_architecture
+from autodeeplab.space.dints.arch import DintsArch, op_set_dims
+from autodeeplab.space.dints.config import DintsNetworkConfig
 
 DEFAULT_INPUT_SIZE = (1024, 2048)
 """Paper Table 2 reports multiply-adds on 1024×2048 Cityscapes images."""
@@ -45,8 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--genotype",
+        "--arch",
+        dest="genotype",
         default="paper",
-        help="'paper', a genotype.json file, or a search run directory (default: paper)",
+        help="'paper', a genotype.json or dints_arch.json file, or a search run directory (default: paper)",
     )
     width = parser.add_mutually_exclusive_group()
     width.add_argument("--variant", choices=sorted(VARIANTS), help="Auto-DeepLab-S/M/L (F = 20/32/48)")
@@ -55,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         metavar="F",
         help="filters per block at output stride 4 (default 20)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=_positive_int,
+        metavar="C",
+        help="a DiNTS network's channels at depth 0 (default 64, DiNTS's retraining width)",
     )
     parser.add_argument(
         "--num-classes", type=_positive_int, default=19, metavar="N", help="classes (default 19)"
@@ -76,7 +88,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    genotype = resolve_genotype(args.genotype)
+    genotype = resolve_architecture(args.genotype)
+    if isinstance(genotype, DintsArch):
+        return _dints_info(genotype, args)
+    if args.channels is not None:
+        raise ConfigError("--channels: the width of a DiNTS network; a genotype takes --filter-multiplier")
     if args.variant is not None:
         filters = VARIANTS[args.variant]
     elif args.filter_multiplier is not None:
@@ -114,5 +130,34 @@ def run(args: argparse.Namespace) -> int:
     print(f"genotype       {genotype.short()}")
     print(f"network        F={filters}, {args.num_classes} classes, final output stride {net.output_stride}")
     print(f"parameters     {params:,} ({format_count(params)})")
+    print(f"multiply-adds  {multiply_adds:,} ({format_count(multiply_adds)}) at {shown}, batch 1")
+    return 0
+
+
+def _dints_info(arch: DintsArch, args: argparse.Namespace) -> int:
+    """``info`` of a DiNTS architecture: its found network at ``--channels`` (and its own dimensions)."""
+    if args.variant is not None or args.filter_multiplier is not None:
+        raise ConfigError(
+            "--variant/--filter-multiplier: Auto-DeepLab widths; a DiNTS network takes --channels"
+        )
+    size, dims = list(args.input_size), op_set_dims(arch.op_set)
+    if len(size) != dims:
+        raise ConfigError(f"--input-size: a {dims}D DiNTS architecture ({arch.op_set}) needs {dims} sizes")
+    channels = args.channels or DintsNetworkConfig.channels
+    shape = dints_shape(arch, channels, DintsNetworkConfig.norm, dims, args.in_channels, args.num_classes)
+    with torch.device("meta"):
+        net = DintsNet(arch, shape)
+    params = count_parameters(net)
+    multiply_adds = count_multiply_adds(net, (1, args.in_channels, *size))
+    report = {"arch": arch.to_dict(), "channels": channels, "num_classes": args.num_classes}
+    report |= {"in_channels": args.in_channels, "input_size": size, "params": params}
+    report["multiply_adds"] = multiply_adds
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"architecture   {arch.short()}")
+    print(f"network        DiNTS, channels {channels} at depth 0, {args.num_classes} classes")
+    print(f"parameters     {params:,} ({format_count(params)})")
+    shown = "x".join(str(n) for n in size)
     print(f"multiply-adds  {multiply_adds:,} ({format_count(multiply_adds)}) at {shown}, batch 1")
     return 0

@@ -1,5 +1,5 @@
-"""Any search space's architecture from a name, a file or a run directory: what ``train --arch`` and ``show``
-accept (``info`` counts genotypes only). Each space has one architecture type and one file name
+"""Any search space's architecture from a name, a file or a run directory: what ``train --arch``, ``show`` and
+``info`` accept. Each space has one architecture type and one file name
 (:attr:`Genotype.FILE_NAME` ``genotype.json``, :attr:`DintsArch.FILE_NAME` ``dints_arch.json``); a file's own
 ``"kind"`` says which it is (a genotype has none: it came first)."""
 
