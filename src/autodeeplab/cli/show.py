@@ -41,12 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from autodeeplab.outputs import check_output_folder
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
     from autodeeplab.space.autodeeplab.genotype import BUILTIN, Genotype
+    from autodeeplab.space.dints.arch import is_dints_document
     from autodeeplab.viz.dints import describe_architecture
     from autodeeplab.viz.plots import plot_cell, plot_network_path, render_run
 
     target = Path(args.target)
     written: list[Path] = []
-    if target.is_file() and _dints_document(target):
+    if target.is_file() and is_dints_document(target):
         return _show_dints_file(target, args)
     if args.target in BUILTIN and not target.exists():
         genotype, beta = BUILTIN[args.target], None
@@ -98,15 +99,6 @@ def _run_inputs(run_dir: Path) -> list[Path]:
     return [run_dir / n for n in RUN_FILES]
 
 
-def _dints_document(path: Path) -> bool:
-    """Whether ``path`` is a DiNTS architecture or arch_params file (its ``kind``)."""
-    try:
-        data = loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False  # let the genotype loader report the problem
-    return isinstance(data, dict) and data.get("kind") == "dints"
-
-
 def _show_dints_file(target: Path, args: argparse.Namespace) -> int:
     """``show dints_arch.json`` / ``show arch_params.json`` of a DiNTS search: the topology picture."""
     from autodeeplab.outputs import check_output_folder
@@ -132,13 +124,14 @@ def _run_genotype(run_dir: Path) -> Any:
     """The run's architecture (a genotype, or a DiNTS topology), decoded from arch_params.json without one."""
     from autodeeplab.space.architectures import load_architecture, run_architecture_file
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
+    from autodeeplab.space.dints.arch import is_dints_document
     from autodeeplab.space.dints.decode import decode_record
 
     found = run_architecture_file(run_dir)
     if found is not None:
         return load_architecture(found)
     params = run_dir / "arch_params.json"
-    if _dints_document(params):
+    if is_dints_document(params):
         return decode_record(loads_json(params.read_text(encoding="utf-8")), str(params))
     if params.exists():
         return decode(*load_arch_params(params))

@@ -178,10 +178,7 @@ class SearchConfig:
         self.data.validate(dotted(where, "data"))
         self.execution.validate(dotted(where, "execution"))
         if self.search_space == "dints":
-            volumes = self.space.spatial_dims == 3
-            sample = tuple(self.data.volumes.patch_size) if volumes else (self.data.crop_size,) * 2
-            key = "data.volumes.patch_size" if volumes else "data.crop_size"
-            check_sample_size(self.dints.depths, sample, dotted(where, key))
+            check_sample_size(self.dints.depths, self.space.spatial_dims, self.data, dotted(where, "data"))
             # The Auto-DeepLab supernet's checkpointing switches do not reach DiNTS's supernet (which has its
             # own dints.recompute): a memory saving asked for would silently not happen.
             for name in ("checkpoint_cells", "checkpoint_levels"):

@@ -162,10 +162,7 @@ def build_model(
     torch.manual_seed(config.seed)
     settings = config.network_config(num_classes, in_channels=in_channels, spatial_dims=spatial_dims)
     if isinstance(genotype, DintsArch):
-        volumes = spatial_dims == 3
-        sample = tuple(config.data.volumes.patch_size) if volumes else (config.data.crop_size,) * 2
-        key = "data.volumes.patch_size" if volumes else "data.crop_size"
-        check_sample_size(genotype.depths, sample, key)
+        check_sample_size(genotype.depths, spatial_dims, config.data)
         d = config.dints
         shape = dints_shape(genotype, d.channels, d.norm, spatial_dims, in_channels, num_classes)
         return DintsNet(genotype, shape)

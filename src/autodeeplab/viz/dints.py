@@ -13,9 +13,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from autodeeplab.errors import GenotypeError
-from autodeeplab.fileio import loads_json, parse_json_document, read_document
+from autodeeplab.fileio import parse_json_document, read_document
 from autodeeplab.runs.rundir import read_jsonl
-from autodeeplab.space.dints.arch import DintsArch
+from autodeeplab.space.dints.arch import DintsArch, is_dints_document
 from autodeeplab.space.dints.decode import decode_record
 from autodeeplab.viz.common import EDGE_COLOR, new_figure, save_png
 from autodeeplab.viz.history import curve_series, plot_curves
@@ -167,13 +167,7 @@ def figure_dints_history(history: Sequence[Mapping[str, Any]]) -> Figure:
 # -- a whole run directory --------------------------------------------------------------------------------
 def holds_dints_architecture(run_dir: Path) -> bool:
     """Whether the run is a DiNTS search or training (a ``dints_arch.json``, or DiNTS arch parameters)."""
-    if (run_dir / DintsArch.FILE_NAME).exists():
-        return True
-    try:
-        data = loads_json((run_dir / "arch_params.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("kind") == "dints"
+    return (run_dir / DintsArch.FILE_NAME).exists() or is_dints_document(run_dir / "arch_params.json")
 
 
 def render_dints_run(run_dir: Path, out: Path, metrics: list, say: Callable[[str], None]) -> list[Path]:

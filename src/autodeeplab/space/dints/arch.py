@@ -145,6 +145,16 @@ class DintsArch:
         return cls.from_json(read_document(path, "architecture", GenotypeError), str(path))
 
 
+def is_dints_document(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a DiNTS document (``dints_arch.json`` or a DiNTS ``arch_params.json``: its
+    ``kind``); False for anything unreadable, which the reader of the file then reports."""
+    try:
+        data = parse_json_document(Path(path).read_text(encoding="utf-8"), str(path), GenotypeError)
+    except (OSError, UnicodeDecodeError, GenotypeError):
+        return False
+    return isinstance(data, dict) and data.get("kind") == KIND
+
+
 def _validate_blocks(
     blocks: Any, source: str, depths: int, ops: tuple[str, ...]
 ) -> tuple[tuple[Edge, ...], ...]:

@@ -97,15 +97,32 @@ class FactorizedIncrease(nn.Module):
         return self.norm(self.conv(F.relu(resize(x, size, align_corners=True))))
 
 
-def _relu_then_norm(op: nn.Module) -> bool:
-    """Whether ``op`` is ``ReLU → ... → norm`` (DiNTS's ops, Auto-DeepLab's convolutions): the lean path
-    shares the ReLU and folds the weight into the norm."""
+def _lean_form(op: nn.Module) -> str:
+    """How the lean path evaluates ``op``: ``identity`` (w·x); ``folded`` for ``ReLU → ... → norm`` (DiNTS's
+    ops, Auto-DeepLab's convolutions: the ReLU shared, the weight folded into the norm); ``pair`` when the
+    middle is a chain of convolutions alone, whose maps may be recomputed (a chain with a norm inside may
+    not: a recomputed batch norm would update its running statistics twice); else ``reference``
+    (w·op(x), e.g. a pooling primitive)."""
+    if isinstance(op, nn.Identity):
+        return "identity"
+    norms = (nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm)
+    if not (isinstance(op, nn.Sequential) and isinstance(op[0], nn.ReLU) and isinstance(op[-1], norms)):
+        return "reference"
+    if not op[-1].affine:
+        return "reference"
+    middle = list(op)[1:-1]
     return (
-        isinstance(op, nn.Sequential)
-        and isinstance(op[0], nn.ReLU)
-        and isinstance(op[-1], (nn.modules.instancenorm._InstanceNorm, nn.modules.batchnorm._BatchNorm))
-        and op[-1].affine
+        "pair"
+        if len(middle) > 1 and all(isinstance(m, nn.modules.conv._ConvNd) for m in middle)
+        else "folded"
     )
+
+
+def _middle(op: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """``op`` between its leading ReLU and its closing norm, applied to ``h`` (already through the ReLU)."""
+    for module in list(op)[1:-1]:
+        h = module(h)
+    return h
 
 
 def scaled_norm(norm: nn.Module, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -162,6 +179,7 @@ class EdgeCell(nn.Module):
         else:
             self.resample = None
         self.ops = nn.ModuleList(build_dints_op(name, c_out, dims, norm) for name in ops)
+        self.forms = [_lean_form(op) for op in self.ops]
         self.lean, self.recompute = True, True
         """With weights (the supernet): the lean path (shared ReLU, weights folded into the norms; equal to
         the reference ``Σ_k w_k op_k(x)`` up to rounding, tested) or, False, the reference itself;
@@ -183,21 +201,16 @@ class EdgeCell(nn.Module):
         # neither the op outputs nor the weighted sum are kept for the weights' gradients, and the middle
         # maps of the pseudo-3D pairs recomputed in the backward.
         h, out = F.relu(x), None
-        for w, op in zip(weights, self.ops, strict=True):
-            if isinstance(op, nn.Identity):
+        for w, op, form in zip(weights, self.ops, self.forms, strict=True):
+            if form == "identity":
                 y = w * x
-            elif not _relu_then_norm(op):
-                y = w * op(x)  # e.g. a pooling primitive: the reference form
+            elif form == "reference":
+                y = w * op(x)  # e.g. a pooling primitive
+            elif form == "pair" and self.recompute and torch.is_grad_enabled():
+                # Recompute the pair's middle map in the backward rather than keep it (from h, which is
+                # kept anyway); deterministic, so the gradients are the same numbers.
+                y = scaled_norm(op[-1], checkpoint(_middle, op, h, use_reentrant=False), w)
             else:
-                convs = nn.Sequential(*list(op)[1:-1])
-                # A pseudo-3D pair: recompute its middle map in the backward rather than keep it (from h,
-                # which is kept anyway); deterministic, so the gradients are the same numbers. Only chains of
-                # convolutions: a recomputed batch norm would update its running statistics twice.
-                pair = len(convs) > 1 and all(isinstance(m, nn.modules.conv._ConvNd) for m in convs)
-                if pair and self.recompute and torch.is_grad_enabled():
-                    z = checkpoint(convs, h, use_reentrant=False)
-                else:
-                    z = convs(h)
-                y = scaled_norm(op[-1], z, w)
+                y = scaled_norm(op[-1], _middle(op, h), w)
             out = y if out is None else out + y
         return out

@@ -8,6 +8,7 @@ training ``model.spatial_dims``, the one setting each phase already checks again
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from autodeeplab.config.checks import at_least, dotted, non_negative
 from autodeeplab.errors import ConfigError
@@ -78,11 +79,14 @@ class DintsNetworkConfig:
             )
 
 
-def check_sample_size(depths: int, sample: tuple[int, ...], key: str) -> None:
-    """Refuse a crop or patch whose deepest depth (``1/2^depths`` of it) has a single voxel: the norms there
-    would have nothing to normalise. ``key`` names the setting of the sample size."""
-    deepest = [-(-n // 2**depths) for n in sample]
-    if all(n == 1 for n in deepest):
+def check_sample_size(depths: int, spatial_dims: int, data: Any, where: str = "data") -> None:
+    """Refuse a training crop (``data.crop_size``, images) or patch (``data.volumes.patch_size``, volumes)
+    whose deepest depth (``1/2^depths`` of it) has a single voxel: the norms there would have nothing to
+    normalise. ``data``: a search's or a training's data settings, read under ``where``."""
+    volumes = spatial_dims == 3
+    sample = tuple(data.volumes.patch_size) if volumes else (data.crop_size,) * 2
+    key = dotted(where, "volumes.patch_size" if volumes else "crop_size")
+    if all(-(-n // 2**depths) == 1 for n in sample):
         raise ConfigError(
             f"{key}: {list(sample)} is too small for {depths} depths (the deepest, at 1/{2**depths}, would "
             f"be one voxel); use at least {2**depths + 1} along an axis, or fewer depths (dints.depths)"
