@@ -44,6 +44,7 @@ from autodeeplab.search.state import (
     restore_checkpoint,
     restore_split,
     save_search_checkpoint,
+    write_architecture,
 )
 from autodeeplab.space.contract import Architecture, SearchSpace, check_search_space
 
@@ -218,8 +219,8 @@ def _search(
             shown = "  ".join(f"{k.replace('_', ' ')} {100 * v:.2f}%" for k, v in scores.items())
             echo(f"epoch {epoch + 1}/{config.epochs}: {shown.replace('miou', 'mIoU')}  {genotype.short()}")
             checkpoint()
-    genotype = model.decode()
-    genotype.save(run.path / genotype.FILE_NAME)
+    # Again at the end: a finished run resumed by a newer version gets files its decoding agrees with.
+    _, genotype = write_architecture(run, model)
     return SearchResult(run.path, genotype)
 
 

@@ -48,6 +48,7 @@ def build_dints_space(config: SearchConfig, num_classes: int, in_channels: int =
         recompute=d.recompute,
         op_set=d.op_set,
         op_memory=op_memory,
+        decode_within_budget=d.decode_within_budget,
     )
 
 

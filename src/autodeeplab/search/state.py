@@ -121,6 +121,16 @@ def restore_split(
 
 # -- records and checkpoints ------------------------------------------------------------------------
 @torch.no_grad()
+def write_architecture(run: RunDir, model: SearchSpace) -> tuple[dict[str, Any], Architecture]:
+    """Write ``arch_params.json`` (the space's :meth:`arch_record`) and the decoded architecture (its
+    ``FILE_NAME``) together, so that ``autodeeplab decode arch_params.json`` gives the file beside it."""
+    record = model.arch_record()
+    atomic_write_text(run.path / "arch_params.json", json.dumps(record) + "\n")
+    architecture = model.decode()
+    architecture.save(run.path / architecture.FILE_NAME)
+    return record, architecture
+
+
 def record_epoch(
     run: RunDir,
     model: SearchSpace,
@@ -137,11 +147,8 @@ def record_epoch(
     ``losses``: the epoch means, ``train_loss`` of the weight steps
     and ``arch_loss`` of the architecture steps (absent in the warm-up epochs, which run none).
     """
-    record = model.arch_record()
-    atomic_write_text(run.path / "arch_params.json", json.dumps(record) + "\n")
+    record, architecture = write_architecture(run, model)
     run.append_jsonl("arch_history.jsonl", {"epoch": epoch + 1, **record})
-    architecture = model.decode()
-    architecture.save(run.path / architecture.FILE_NAME)
     metrics = {"phase": "search", "epoch": epoch + 1, **losses, **scores, "lr": lr}
     if hasattr(model, "epoch_metrics"):  # optional: e.g. the expected and decoded multiply-adds of a budget
         metrics.update(model.epoch_metrics())

@@ -37,6 +37,10 @@ class DintsSpaceConfig:
     op_set: str = "dints"
     """``dints`` (DiNTS's cells: skip and 3×3(×3), plus the pseudo-3D pairs in 3D) or ``autodeeplab``
     (Auto-DeepLab's primitives but ``none``, each with its own batch norm)."""
+    decode_within_budget: bool = True
+    """Decode the most probable topology whose memory fits ``memory_budget`` (a Lagrangian search over the
+    same dynamic programme, :func:`~autodeeplab.space.dints.decode.budgeted_chain`); False: the most
+    probable topology whatever its memory (DiNTS's decoding)."""
     recompute: bool = True
     """Recompute the pseudo-3D pairs' middle maps in the backward instead of keeping them (the same numbers;
     at 96³ 3.7 instead of 5.0 GiB of saved activations, about 15-30% more time on a CPU)."""

@@ -9,6 +9,15 @@ dense graph of ``(B·C + 2)²`` entries (MONAI's ``decode``) needs 1.3 GB at 4 d
 
 Ties: among sequences whose log probability is within ``tol`` of the best, the lexicographically smallest
 sequence of pattern numbers wins (a brute-force enumeration with the same rule gives the same answer: tested).
+
+Within a memory budget (:func:`budgeted_chain`): the budget loss steers the *expected* memory, but the most
+probable topology can still use more (edges near probability 0.5 count half in the expectation and fully once
+decoded). Memory is a sum over the active edges, so the chain maximising ``log P - λ · memory`` comes from the
+same dynamic programme; the smallest ``λ`` whose chain fits is found by bisection. That chain is the most
+probable one among all valid chains that use no more memory than it does (Lagrangian optimality: tested
+against enumeration); a chain that is more probable and still within the budget, but uses more memory than
+the one returned, can exist (the constrained problem is a knapsack), so this is exact on the Lagrangian hull,
+not over every chain.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import torch
 
 from autodeeplab.errors import GenotypeError
 from autodeeplab.space.dints.arch import OP_SETS, DintsArch
+from autodeeplab.space.dints.losses import full_memory
 from autodeeplab.space.dints.topology import Topology, pattern_log_probs
 
 TIE_TOLERANCE = 1e-9
@@ -50,27 +60,101 @@ def best_chain(
     best = float(first.max())
     if not np.isfinite(best):
         raise ValueError("no valid topology has a non-zero probability")
-    slack = tol * (1.0 + abs(best))
     chain: list[int] = []
-    needed_rest = best  # what blocks b .. B-1 must still score for the chain to stay among the best
+    # What blocks b .. B-1 must still score for the chain to stay among the best (within the tolerance).
+    threshold = best - tol * (1.0 + abs(best))
     for b in range(blocks):
         candidates = scores[b] + to_go[b + 1][outputs]
-        allowed = candidates >= needed_rest - slack
+        allowed = candidates >= threshold
         if b > 0:
             allowed &= inputs == outputs[chain[-1]]
         c = int(np.flatnonzero(allowed)[0])  # the smallest pattern number that can still be best
         chain.append(c)
-        needed_rest -= scores[b, c]
+        # The best continuation of c always qualifies: the two bounds differ by rounding only (sums taken in
+        # another order), which matters when a tie sits exactly at the tolerance (as bisection finds them).
+        threshold = min(threshold - scores[b, c], to_go[b + 1][outputs[c]])
     return chain, best
 
 
-def decode_arch(edge_logits: torch.Tensor, op_logits: torch.Tensor, op_set: str) -> DintsArch:
+def budgeted_chain(
+    log_probs: np.ndarray,
+    costs: np.ndarray,
+    limit: float,
+    topology: Topology,
+    tol: float = TIE_TOLERANCE,
+    steps: int = 60,
+) -> tuple[list[int], float]:
+    """The most probable valid chain whose summed cost fits ``limit`` on the Lagrangian hull, and its ``λ``.
+
+    ``log_probs``, ``costs``: ``[B, C]`` (a pattern's cost is the sum of its edges'; ``costs >= 0``). Returns
+    the chain of :func:`best_chain` (``λ = 0``) when it fits; else the chain maximising ``log P - λ · cost``
+    for the smallest ``λ`` (to ``steps`` bisections) whose chain fits; when no valid chain fits, the cheapest
+    one (the most probable among equally cheap ones) and ``λ = inf``.
+    """
+    log_probs, costs = np.asarray(log_probs, dtype=np.float64), np.asarray(costs, dtype=np.float64)
+    if costs.shape != log_probs.shape or not np.isfinite(costs).all() or (costs < 0).any():
+        raise ValueError(f"costs must be finite, non-negative and {list(log_probs.shape)}")
+
+    def solve(lam: float) -> tuple[list[int], float]:
+        chain, _ = best_chain(log_probs - lam * costs, topology, tol)
+        return chain, float(sum(costs[b, c] for b, c in enumerate(chain)))
+
+    chain, cost = solve(0.0)
+    if cost <= limit:
+        return chain, 0.0
+    # Scale λ so that one unit of the budget weighs like the spread of the log probabilities.
+    finite = log_probs[np.isfinite(log_probs)]
+    lo, hi = 0.0, max(1.0, float(finite.max() - finite.min())) / max(limit, 1e-12)
+    for _ in range(64):  # double until the chain fits (or the cost term decides alone)
+        chain, cost = solve(hi)
+        if cost <= limit:
+            break
+        lo, hi = hi, 2 * hi
+    else:  # at this λ the cost alone decides: the cheapest chain, and nothing fits
+        return chain, float("inf")
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        candidate, cost = solve(mid)
+        if cost <= limit:
+            hi, chain = mid, candidate
+        else:
+            lo = mid
+    return chain, hi
+
+
+def edge_costs(op_choice: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """``[B, E]``: the cost of each edge with its chosen op, from ``op_choice [B, E]`` (op indices) and
+    ``cost [E, K]`` or ``[B, E, K]``."""
+    cost = np.broadcast_to(np.asarray(cost, dtype=np.float64), (*op_choice.shape, np.shape(cost)[-1]))
+    return np.take_along_axis(cost, op_choice[..., None], axis=-1)[..., 0]
+
+
+def decode_arch(
+    edge_logits: torch.Tensor,
+    op_logits: torch.Tensor,
+    op_set: str,
+    cost: torch.Tensor | None = None,
+    budget: float | None = None,
+) -> DintsArch:
     """The decoded architecture of edge logits ``a [B, E]`` and op logits ``w [B, E, K]``: the best chain of
-    patterns (:func:`best_chain`, in float64), each active edge with its most likely op (first on ties)."""
+    patterns (:func:`best_chain`, in float64), each active edge with its most likely op (first on ties).
+
+    With ``cost`` (``[E, K]`` or ``[B, E, K]``, e.g. bytes) and ``budget`` (a fraction of the memory of
+    every edge on under ``softmax(w)``, the unit of the budget loss): the best chain that fits the budget
+    (:func:`budgeted_chain`).
+    """
     topology = Topology.for_edges(edge_logits.shape[1])
     log_p = pattern_log_probs(edge_logits.detach().double().cpu(), topology).numpy()
-    chain, _ = best_chain(log_p, topology)
     ops = op_logits.detach().argmax(dim=-1).cpu().numpy()
+    if cost is None or budget is None:
+        chain, _ = best_chain(log_p, topology)
+    else:
+        cost64 = cost.detach().double().cpu()
+        full = float(full_memory(op_logits.detach().double().cpu(), cost64))
+        per_edge = edge_costs(ops, cost64.numpy()) / full  # [B, E], fractions of every edge on
+        chain, _ = budgeted_chain(
+            log_p, per_edge @ topology.pattern_bits.T.astype(np.float64), budget, topology
+        )
     return DintsArch.from_chain(chain, ops, topology, op_set)
 
 
@@ -113,4 +197,21 @@ def decode_record(record: Any, source: str = "arch_params.json") -> DintsArch:
         value = record.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
             raise GenotypeError(f"{source}: {key}: expected a fraction in [0, 1], got {value!r}")
-    return decode_arch(a, w, op_set)
+    within = record.get("decode_within_budget", False)  # records before it decoded without the budget
+    if not isinstance(within, bool):
+        raise GenotypeError(f"{source}: decode_within_budget: expected true or false, got {within!r}")
+    if not within:
+        return decode_arch(a, w, op_set)
+    try:
+        cost = torch.tensor(record["memory_cost"], dtype=torch.float64)
+    except (KeyError, TypeError, ValueError):
+        cost = None
+    if (
+        cost is None
+        or cost.shape not in (w.shape[1:], w.shape)
+        or not (torch.isfinite(cost) & (cost >= 0)).all()
+    ):
+        raise GenotypeError(
+            f"{source}: memory_cost: expected {list(w.shape[1:])} numbers >= 0 (bytes per edge and op)"
+        )
+    return decode_arch(a, w, op_set, cost, float(record["memory_budget"]))

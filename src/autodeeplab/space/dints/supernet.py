@@ -104,7 +104,9 @@ class DintsSupernet(nn.Module):
     reference;
     ``recompute``: with ``lean``, the pseudo-3D pairs' middle maps are recomputed in the backward (less
     memory, more time: ``benchmarks/bench_dints.py``); ``op_set``: ``dints`` (DiNTS's cells) or
-    ``autodeeplab`` (Auto-DeepLab's primitives but ``none``, whose memory factors ``op_memory`` gives).
+    ``autodeeplab`` (Auto-DeepLab's primitives but ``none``, whose memory factors ``op_memory`` gives);
+    ``decode_within_budget``: :meth:`decode` returns the most probable topology whose memory fits the budget
+    (else the most probable one).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class DintsSupernet(nn.Module):
         recompute: bool = True,
         op_set: str = "dints",
         op_memory: dict[str, float] | None = None,
+        decode_within_budget: bool = True,
     ) -> None:
         super().__init__()
         self.shape, self.topology = shape, Topology(shape.depths)
@@ -137,6 +140,7 @@ class DintsSupernet(nn.Module):
         self.edge_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e))
         self.op_logits = nn.Parameter(1e-3 * torch.randn(shape.blocks, e, k))
         self.memory_budget, self.topology_weight = memory_budget, topology_weight
+        self.decode_within_budget = decode_within_budget
         probe = probe_size or (2 ** (shape.depths + 1),) * shape.spatial_dims
         self.register_buffer(
             "cost", memory_cost(shape, self.op_names, probe, op_memory).float(), persistent=False
@@ -156,8 +160,10 @@ class DintsSupernet(nn.Module):
         return iter(self.body.parameters())
 
     def decode(self) -> DintsArch:
-        """The most probable valid topology (:func:`~.decode.best_chain`), each active edge with its argmax
-        op."""
+        """The most probable valid topology (:func:`~.decode.best_chain`), within the memory budget when
+        :attr:`decode_within_budget`; each active edge with its argmax op."""
+        if self.decode_within_budget:
+            return decode_arch(self.edge_logits, self.op_logits, self.op_set, self.cost, self.memory_budget)
         return decode_arch(self.edge_logits, self.op_logits, self.op_set)
 
     def random_architecture(self, generator: torch.Generator) -> DintsArch:
@@ -225,6 +231,8 @@ class DintsSupernet(nn.Module):
             "memory_fraction": float(usage / full),
             "decoded_memory_fraction": float(decoded / full),
             "memory_budget": self.memory_budget,
+            "decode_within_budget": self.decode_within_budget,
+            "memory_cost": self.cost.tolist(),
             "edge_logits": self.edge_logits.tolist(),
             "op_logits": self.op_logits.tolist(),
         }
