@@ -156,7 +156,7 @@ def test_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path, 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss = real_step(*args, **kwargs)
-        return float("nan") if len(calls) == 3 else loss
+        return torch.full_like(loss, float("nan")) if len(calls) == 3 else loss
 
     monkeypatch.setattr(search_module, "weight_step", poisoned)
     with pytest.raises(NonFiniteError, match="weight-step loss became nan at epoch 2 step 1"):
@@ -202,12 +202,14 @@ def test_metrics_hold_the_epoch_means_of_both_losses(tmp_path, monkeypatch):
     real_w, real_a = search_module.weight_step, search_module.arch_step
 
     def spy_w(*args, **kwargs):
-        weight_losses.append(real_w(*args, **kwargs))
-        return weight_losses[-1]
+        loss = real_w(*args, **kwargs)
+        weight_losses.append(float(loss))
+        return loss
 
     def spy_a(*args, **kwargs):
-        arch_losses.append(real_a(*args, **kwargs))
-        return arch_losses[-1]
+        loss = real_a(*args, **kwargs)
+        arch_losses.append(float(loss))
+        return loss
 
     monkeypatch.setattr(search_module, "weight_step", spy_w)
     monkeypatch.setattr(search_module, "arch_step", spy_a)
@@ -218,3 +220,24 @@ def test_metrics_hold_the_epoch_means_of_both_losses(tmp_path, monkeypatch):
     assert "arch_loss" not in records[0]  # the warm-up epoch runs no architecture step
     assert records[1]["train_loss"] == pytest.approx(sum(weight_losses[2:]) / 2, rel=1e-12)
     assert records[1]["arch_loss"] == pytest.approx(sum(arch_losses) / 2, rel=1e-12)
+
+
+def test_the_loop_reads_losses_back_in_batches_of_sync_every_steps(tmp_path, monkeypatch):
+    import autodeeplab.search.loop as search_module
+
+    sizes = []
+    real_flush = search_module.PendingLosses.flush
+
+    def spy(self, position, progress):
+        sizes.append(len(self.steps))
+        real_flush(self, position, progress)
+
+    monkeypatch.setattr(search_module.PendingLosses, "flush", spy)
+    config = tiny_search_config()
+    config.steps_per_epoch = search_module.SYNC_EVERY + 3
+    config.data.synthetic_train_samples = 4 * config.steps_per_epoch * config.batch_size
+    config.checkpoint_every = 0  # checkpoints flush too
+    run_search(config, tmp_path / "run", quiet=True, echo=lambda s: None)
+    reads = [n for n in sizes if n]
+    # each epoch: one read after SYNC_EVERY steps, one for the rest at the epoch's end
+    assert reads == [search_module.SYNC_EVERY, 3] * config.epochs

@@ -31,6 +31,7 @@ from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.runs.sampling import batches_per_epoch
 from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.dispatch_probe import count_search_steps, format_dispatches
 from autodeeplab.search.loop import arch_step, frozen, make_optimizers, weight_step
 from autodeeplab.space.autodeeplab.supernet import SearchNetwork
 
@@ -140,6 +141,10 @@ class SearchEstimate:
     """Pixels of one validation image (the crop with ``data.val_crop``)."""
     val_image_seconds: float | None = None
     """One evaluation forward of the supernet on one validation image."""
+    dispatches: dict | None = None
+    """Operator dispatches of a weight and an architecture step (:mod:`~autodeeplab.search.dispatch_probe`),
+    counted at ``dispatch_crop``; FLOPs scaled to the target by ``flop_scale``."""
+    flop_scale: float = 1.0
 
     @property
     def val_epoch_seconds(self) -> float | None:
@@ -315,6 +320,11 @@ def estimate_search(
             points.append((c, *_time_steps(model, config, device, c, classes, repeats)))
         estimate.weight_step_seconds = _extrapolate([(c, w) for c, w, _ in points], crop)
         estimate.arch_step_seconds = _extrapolate([(c, a) for c, _, a in points], crop)
+    if measure_time:
+        c = min(crop, TIME_CROPS[0])
+        echo(f"counting the operators of a weight step and an architecture step at {c}x{c} ...")
+        estimate.dispatches = count_search_steps(model, config, device, (3, c, c), classes)
+        estimate.flop_scale = (crop / c) ** 2
     estimate.val_images, estimate.val_pixels = _validation_facts(config)
     if measure_time and estimate.val_images and estimate.val_pixels:
         echo("timing one validation forward ...")
@@ -363,6 +373,8 @@ def format_estimate(e: SearchEstimate) -> str:
         )
     if e.iteration_seconds is None:
         lines.append("  time: not measured (memory-only estimate; --estimate times a few steps)")
+    if e.dispatches is not None:
+        lines.extend(format_dispatches(e.dispatches, e.flop_scale))
     if e.search_hours is not None:
         lines.append(
             f"  full search: {e.epochs} epochs x {e.steps_per_epoch} steps "

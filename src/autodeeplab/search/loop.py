@@ -61,6 +61,11 @@ class SearchResult:
 
 
 # -- the loop ---------------------------------------------------------------------------------------
+SYNC_EVERY = 10
+"""Steps whose losses are read back together: the loop waits for the device once per this many steps (a
+non-finite loss is still reported with its own step; the checkpoints only ever hold checked steps)."""
+
+
 def run_search(
     config: SearchConfig,
     run_dir: str | Path,
@@ -167,6 +172,7 @@ def _search(
                 position.batch,
                 config.data.num_workers,
             )
+            pending = PendingLosses()
             for images, masks in _take(batches, steps - position.batch):
                 where = {"epoch": epoch + 1, "step": position.batch + 1}
                 w_loss = weight_step(
@@ -178,30 +184,32 @@ def _search(
                     config.grad_clip,
                     precision,
                 )
-                check_finite(w_loss, "weight-step loss", **where)
-                seen, shown = images.shape[0], {"loss": w_loss, "lr": scheduler.get_last_lr()[0]}
-                position.w_loss_sum += w_loss
+                seen, a_loss = images.shape[0], None
                 if searching_arch:
                     b_images, b_masks = b_stream.next()
                     b_images, b_masks = b_images.to(device), b_masks.to(device)
                     a_loss = arch_step(model, b_images, b_masks, arch_opt, criterion, precision)
-                    check_finite(a_loss, "architecture-step loss", **where)
-                    seen, shown["arch_loss"] = seen + b_images.shape[0], a_loss
-                    position.a_loss_sum += a_loss
+                    seen += b_images.shape[0]
                     position.a_steps += 1
+                pending.add(where, w_loss, a_loss)
                 position.batch += 1
                 position.global_step += 1
                 position.b_cycle, position.b_batch = b_stream.position.cycle, b_stream.position.batch
-                progress.update(1, images=seen, **shown)
+                progress.update(1, images=seen, lr=scheduler.get_last_lr()[0])
+                if len(pending.steps) >= SYNC_EVERY:
+                    pending.flush(position, progress)
                 if config.checkpoint_every and position.global_step % config.checkpoint_every == 0:
+                    pending.flush(position, progress)  # a checkpoint holds only checked steps
                     checkpoint()
                 if stop.requested:
+                    pending.flush(position, progress)
                     progress.close()
                     checkpoint()
                     echo(
                         f"interrupted: checkpoint saved; resume with `autodeeplab search --resume {run.path}`"
                     )
                     return SearchResult(run.path, model.decode(), interrupted=True)
+            pending.flush(position, progress)
             progress.close()
             scheduler.step()
             losses = {"train_loss": position.w_loss_sum / position.batch if position.batch else math.nan}
@@ -222,6 +230,34 @@ def _search(
     # Again at the end: a finished run resumed by a newer version gets files its decoding agrees with.
     _, genotype = write_architecture(run, model)
     return SearchResult(run.path, genotype)
+
+
+class PendingLosses:
+    """The losses of the steps since the last host sync, as device tensors (``SYNC_EVERY``)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[dict[str, int], torch.Tensor, torch.Tensor | None]] = []
+
+    def add(self, where: dict[str, int], w_loss: torch.Tensor, a_loss: torch.Tensor | None) -> None:
+        self.steps.append((where, w_loss, a_loss))
+
+    def flush(self, position: SearchPosition, progress: Progress) -> None:
+        """Read the losses in one transfer, check them in step order (a non-finite one names its own step)
+        and add them to the epoch sums as per-step floats would be (the same float64 additions)."""
+        if not self.steps:
+            return
+        values = torch.stack([x.double() for _, w, a in self.steps for x in (w, a) if x is not None]).tolist()
+        shown: dict[str, float] = {}
+        for where, _, a_loss in self.steps:
+            shown["loss"] = values.pop(0)
+            check_finite(shown["loss"], "weight-step loss", **where)
+            position.w_loss_sum += shown["loss"]
+            if a_loss is not None:
+                shown["arch_loss"] = values.pop(0)
+                check_finite(shown["arch_loss"], "architecture-step loss", **where)
+                position.a_loss_sum += shown["arch_loss"]
+        self.steps.clear()
+        progress.update(0, **shown)
 
 
 def _take(iterable: Iterable, count: int) -> Iterator:
@@ -262,9 +298,10 @@ def weight_step(
     criterion: nn.Module,
     grad_clip: float,
     precision: Precision = "fp32",
-) -> float:
+) -> torch.Tensor:
     """One SGD step on the network weights with a trainA batch ``[N, C, *S]``/``[N, *S]``; α and β do not
     move. Runs in ``precision`` (autocast; fp16 with a gradient scaler), ``execution.precision`` of the run.
+    Returns the loss, a 0-dim tensor on the device (reading it is a host sync: the loop batches them).
     """
     _training_mode(model)
     device_type = images.device.type
@@ -273,7 +310,7 @@ def weight_step(
         with autocast(precision, device_type):
             loss = criterion(model(images), masks)
         backward_and_step(loss, optimizer, precision, device_type, model.weight_parameters(), grad_clip)
-    return float(loss.detach())
+    return loss.detach()
 
 
 def arch_step(
@@ -283,10 +320,10 @@ def arch_step(
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     precision: Precision = "fp32",
-) -> float:
+) -> torch.Tensor:
     """One Adam step on the architecture parameters with a trainB batch (first order); the weights do not
     move. The loss is the cross-entropy plus the space's :meth:`~SearchSpace.arch_loss_terms` (none for
-    the paper's Auto-DeepLab); the value returned is that total."""
+    the paper's Auto-DeepLab); the value returned is that total (0-dim, on the device)."""
     _training_mode(model)
     device_type = images.device.type
     with frozen(model.weight_parameters()):
@@ -296,7 +333,7 @@ def arch_step(
             for term in model.arch_loss_terms().values():
                 loss = loss + term
         backward_and_step(loss, optimizer, precision, device_type)
-    return float(loss.detach())
+    return loss.detach()
 
 
 def make_optimizers(

@@ -1,0 +1,108 @@
+"""Operator dispatches of the search supernet's steps (issue 16): what a GPU pays in kernel launches.
+
+Counts every operator below autograd (forward, backward and optimizer) of one weight step and one
+architecture step of each variant of ``bench_search.py`` (after one warm-up step of each), by class (kernels,
+views, allocations, host syncs) and by operator, and the FLOPs of convolutions and matrix products. The
+counts are deterministic and the same on any machine kind up to backend choices; the crop changes only the
+slices that trim odd sizes (about 1%). Appends one JSON line per variant to
+``benchmarks/results_dispatch.jsonl`` and prints a table with the GPU floor model of
+:func:`autodeeplab.fast.dispatch.gpu_seconds`.
+
+    python benchmarks/bench_dispatch.py --variants reference exact          # the paper's F=8, L=12 at 129
+    python benchmarks/bench_dispatch.py --size 65 --launch-us 4.2 --tflops 60  # a calibrated GPU model
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from bench_search import VARIANTS, _setup, append_line
+from machine_info import machine_info
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results_dispatch.jsonl"
+
+
+def count_variant(spec: dict) -> dict:
+    from autodeeplab.search.dispatch_probe import count_search_steps
+
+    torch, model, images, _, config, device = _setup(spec)
+    config.batch_size = spec["batch"]
+    counts = count_search_steps(model, config, device, tuple(images.shape[1:]), spec["classes"])
+    return {"torch": torch.__version__, **counts}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", default=["reference", "exact"], choices=sorted(VARIANTS))
+    parser.add_argument("--size", type=int, default=129)
+    parser.add_argument("--filters", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=19)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--launch-us", type=float, default=5.0, help="seconds per launch of the GPU model, in us"
+    )
+    parser.add_argument("--tflops", type=float, default=50.0, help="FLOP rate of the GPU model, in TFLOP/s")
+    parser.add_argument("--note", default="")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+    command = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]
+    )
+    print(
+        "| variant | weight step: dispatches / kernels / syncs | arch step: dispatches / kernels / syncs "
+        "| iteration kernels | GFLOP | GPU floor per iteration |"
+    )
+    print("|---|---|---|---|---|---|")
+    for variant in args.variants:
+        spec = {
+            "variant": variant,
+            "size": args.size,
+            "filters": args.filters,
+            "layers": args.layers,
+            "batch": args.batch,
+            "classes": args.classes,
+            "threads": args.threads,
+            "device": args.device,
+        }
+        counts = count_variant(spec)
+        w, a = counts["weight"], counts["arch"]
+        kernels, gflop = w["kernels"] + a["kernels"], w["gflop"] + a["gflop"]
+        floor = kernels * args.launch_us * 1e-6 + gflop / (args.tflops * 1e3)
+        print(
+            f"| {variant} | {w['dispatches']:,} / {w['kernels']:,} / {w['syncs']} | {a['dispatches']:,} / "
+            f"{a['kernels']:,} / {a['syncs']} | {kernels:,} | {gflop:.1f} | {floor:.3f} s "
+            f"({args.launch_us:g} us, {args.tflops:g} TFLOP/s) |",
+            flush=True,
+        )
+        record = {
+            "kind": "dispatch",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "spec": spec,
+            "machine": machine_info(args.device),
+            "command": command,
+            "note": args.note,
+            "model": {
+                "launch_us": args.launch_us,
+                "tflops": args.tflops,
+                "iteration_floor_s": round(floor, 4),
+            },
+            **counts,
+        }
+        append_line(args.output, json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
