@@ -137,6 +137,19 @@ def cell_blocks(
     return outputs
 
 
+_ORDERS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _state_major_order(num_blocks: int, device: torch.device) -> torch.Tensor:
+    """α's edge indices grouped by the state they read (state j: the edges of blocks max(0, j-1)..B-1 that
+    read it), made once per block count and device."""
+    key = (num_blocks, device)
+    if key not in _ORDERS:
+        order = [edge_offset(b) + j for j in range(num_blocks + 1) for b in range(max(0, j - 1), num_blocks)]
+        _ORDERS[key] = torch.tensor(order, device=device)
+    return _ORDERS[key]
+
+
 def _fused_blocks(
     cell: SearchCell,
     s0: torch.Tensor,
@@ -153,16 +166,20 @@ def _fused_blocks(
     n, k = s0.shape[0], cell.edges[0].partial_channels
     pending: list[torch.Tensor | None] = [None] * cell.num_blocks
     states, outputs = [s0, s1], []
+    # α reordered state-major once per cell (one gather, and one scatter in its backward), then each
+    # state's rows are a slice, where a gather per state would cost B + 1 of each
+    by_state = alpha[_state_major_order(cell.num_blocks, alpha.device)]
+    start = 0
     for j in range(cell.num_blocks + 1):
         readers = range(max(0, j - 1), cell.num_blocks)
-        indices = [edge_offset(b) + j for b in readers]
-        edges = [cell.edges[i] for i in indices]
+        edges = [cell.edges[edge_offset(b) + j] for b in readers]
+        weights, start = by_state[start : start + len(edges)], start + len(edges)
         x = states[j]
         width = x.shape[1] // k  # MixedOp.split's, once for all the edges reading x
         fused = fused_mixed_ops(
             x[:, :width] if k > 1 else x,
             edges,
-            alpha[indices],
+            weights,
             execution,
             1 if j == 0 else groups,
             groups if j == 0 else 1,

@@ -97,7 +97,9 @@ def fused_mixed_ops(
     e = len(edges)
     # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32; [E, 1] broadcasts
     # over the [..., E, C] edge axis of the sum
-    column = {name: weights[:, PRIMITIVES.index(name)].to(x.dtype).unsqueeze(1) for name in PRIMITIVES}
+    # (one unbind of the transposed weights: its backward is one stack, where a column per primitive
+    # would cost a select and its backward each)
+    column = dict(zip(PRIMITIVES, weights.to(x.dtype).t().unsqueeze(-1).unbind(0), strict=True))
     # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
     # grouped_bn), or as a product after it
     fold = execution.fold_alpha_into_bn or not weights.requires_grad

@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,7 +34,18 @@ _PENDING: contextvars.ContextVar[_PendingUpdates | None] = contextvars.ContextVa
 )
 
 
-_Item = tuple[Sequence[nn.Module], torch.Tensor, torch.Tensor]  # modules, means [G, E·C], variances
+@dataclass
+class _Item:
+    """One fused call's statistics: G batch means and inverse deviations ``1/sqrt(biased var + eps)``, each
+    ``[E·C]`` (``[C]`` when ``shared``: the same for the E modules), over ``count`` values per channel."""
+
+    bns: Sequence[nn.Module]
+    means: list[torch.Tensor]
+    invstds: list[torch.Tensor]
+    shared: bool
+
+    def per_module(self, stats: list[torch.Tensor], g: int) -> list[torch.Tensor]:
+        return [stats[g]] * len(self.bns) if self.shared else [stats[g]]
 
 
 class _PendingUpdates:
@@ -47,15 +59,16 @@ class _PendingUpdates:
         """Whether ``module`` has an update waiting here."""
         return id(module) in self._owed
 
-    def add(self, bns: Sequence[nn.Module], means: torch.Tensor, variances: torch.Tensor, repeats: int):
-        momentum = bns[0].momentum
-        if momentum is None or any(bn.momentum != momentum for bn in bns):
-            raise ValueError("fused batch norm needs one fixed momentum for all modules")
+    def add(self, item: _Item, count: int, repeats: int) -> None:
+        bns = item.bns
+        momentum, eps = bns[0].momentum, bns[0].eps
+        if momentum is None or any(bn.momentum != momentum or bn.eps != eps for bn in bns):
+            raise ValueError("fused batch norm needs one fixed momentum and eps for all modules")
         if not self._owed.isdisjoint(map(id, bns)):  # a second record: apply the first one before it
             self.apply()
         self._owed.update(map(id, bns))
-        key = (means.shape[0], repeats, momentum, means.dtype, means.device)
-        self._items[key].append((bns, means, variances))
+        mean = item.means[0]
+        self._items[(len(item.means), repeats, momentum, eps, count, mean.dtype, mean.device)].append(item)
 
     def apply(self) -> None:
         with torch.no_grad():
@@ -65,16 +78,25 @@ class _PendingUpdates:
         self._owed.clear()
 
 
-def _apply_kind(groups: int, repeats: int, momentum: float, dtype, device, items: list[_Item]) -> None:
-    """The closed-form update of every module in ``items`` (all with G = ``groups``, R = ``repeats``)."""
+def _apply_kind(
+    groups: int, repeats: int, momentum: float, eps: float, count: int, dtype, device, items: list[_Item]
+) -> None:
+    """The closed-form update of every module in ``items`` (all alike in G, R, momentum, eps and count)."""
     decay = (1.0 - momentum) ** repeats
     weights = [(1.0 - decay) * decay ** (groups - 1 - g) for g in range(groups)]
     coef = torch.tensor(weights, dtype=dtype, device=device)
-    modules = [bn for bns, _, _ in items for bn in bns]
+    modules = [bn for item in items for bn in item.bns]
     sizes = [bn.running_mean.numel() for bn in modules]
-    for name, position in (("running_mean", 1), ("running_var", 2)):
-        stats = [item[position] for item in items]
-        target = coef @ (torch.cat(stats, dim=1) if len(stats) > 1 else stats[0])  # [Σ channels]
+    means = torch.stack(
+        [torch.cat([m for it in items for m in it.per_module(it.means, g)]) for g in range(groups)]
+    )
+    invstds = torch.stack(
+        [torch.cat([s for it in items for s in it.per_module(it.invstds, g)]) for g in range(groups)]
+    )
+    # The unbiased variance the running statistics track, from the kernel's 1/sqrt(biased variance + eps).
+    variances = (invstds.pow(-2) - eps) * (count / max(count - 1, 1))
+    for name, stats in (("running_mean", means), ("running_var", variances)):
+        target = coef @ stats  # [Σ channels]
         buffers = [getattr(bn, name) for bn in modules]
         torch._foreach_mul_(buffers, decay**groups)
         torch._foreach_add_(buffers, list(target.to(buffers[0].dtype).split(sizes)))
@@ -82,19 +104,27 @@ def _apply_kind(groups: int, repeats: int, momentum: float, dtype, device, items
 
 
 def record_running_stats(
-    bns: Sequence[nn.Module], means: torch.Tensor, variances: torch.Tensor, repeats: int = 1
+    bns: Sequence[nn.Module],
+    means: list[torch.Tensor],
+    invstds: list[torch.Tensor],
+    count: int,
+    repeats: int = 1,
+    shared: bool = False,
 ) -> None:
     """Owe E modules ``bns`` (C channels each) the statistics of G groups, each recorded ``repeats`` times.
 
-    ``means``/``variances``: ``[G, E·C]`` batch statistics (unbiased variance), group order = call order.
-    Applied now, or when the enclosing :func:`batched_running_stats` ends.
+    ``means``/``invstds``: G tensors ``[E·C]`` (``[C]`` with ``shared``: one normalisation recorded by every
+    module), group order = call order: the batch means and ``1/sqrt(biased variance + eps)`` as
+    ``torch.native_batch_norm`` returns them, over ``count`` values per channel. Applied now, or when the
+    enclosing :func:`batched_running_stats` ends.
     """
+    item = _Item(bns, list(means), list(invstds), shared)
     pending = _PENDING.get()
     if pending is not None:
-        pending.add(bns, means, variances, repeats)
+        pending.add(item, count, repeats)
         return
     now = _PendingUpdates()
-    now.add(bns, means, variances, repeats)
+    now.add(item, count, repeats)
     now.apply()
 
 
@@ -103,6 +133,13 @@ def owes_running_stats(module: nn.Module) -> bool:
     (so that a module updating its own buffers now would jump the queue)."""
     pending = _PENDING.get()
     return pending is not None and pending.owes(module)
+
+
+def settle_running_stats() -> None:
+    """Apply every update the enclosing :func:`batched_running_stats` holds now (nothing outside one)."""
+    pending = _PENDING.get()
+    if pending is not None:
+        pending.apply()
 
 
 @contextlib.contextmanager
