@@ -9,7 +9,12 @@ slices that trim odd sizes (about 1%). Appends one JSON line per variant to
 :func:`autodeeplab.fast.dispatch.gpu_seconds`.
 
     python benchmarks/bench_dispatch.py --variants reference exact          # the paper's F=8, L=12 at 129
-    python benchmarks/bench_dispatch.py --size 65 --launch-us 4.2 --tflops 60  # a calibrated GPU model
+    python benchmarks/bench_dispatch.py --size 65 --launch-us 4.2 --tflops 60  # a given GPU model
+    python benchmarks/bench_dispatch.py --device cuda --calibrate  # GPU counts, calibrated model
+
+``--calibrate`` (CUDA) measures the model's two constants on the device first: the seconds per launch of a
+tiny kernel (20,000 in-place adds on one number, synchronised once) and the FLOP rate of a 4096² matmul in
+the run's precision (fp32: TF32 off, as the search runs).
 """
 
 from __future__ import annotations
@@ -38,6 +43,33 @@ def count_variant(spec: dict) -> dict:
     return {"torch": torch.__version__, **counts}
 
 
+def calibrate(device: str) -> tuple[float, float]:
+    """(microseconds per kernel launch, TFLOP/s of a large fp32 matmul) measured on ``device``."""
+    import time
+
+    import torch
+
+    x = torch.zeros(1, device=device)
+    for _ in range(100):  # warm-up
+        x.add_(1)
+    torch.cuda.synchronize(device)
+    start, launches = time.perf_counter(), 20000
+    for _ in range(launches):
+        x.add_(1)
+    torch.cuda.synchronize(device)
+    launch_us = (time.perf_counter() - start) / launches * 1e6
+    a = torch.randn(4096, 4096, device=device)
+    b = torch.randn(4096, 4096, device=device)
+    a @ b
+    torch.cuda.synchronize(device)
+    start, repeats = time.perf_counter(), 20
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize(device)
+    tflops = 2 * 4096**3 * repeats / (time.perf_counter() - start) / 1e12
+    return launch_us, tflops
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -54,9 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         "--launch-us", type=float, default=5.0, help="seconds per launch of the GPU model, in us"
     )
     parser.add_argument("--tflops", type=float, default=50.0, help="FLOP rate of the GPU model, in TFLOP/s")
+    parser.add_argument(
+        "--calibrate", action="store_true", help="measure --launch-us and --tflops on the GPU"
+    )
     parser.add_argument("--note", default="")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    calibrated = None
+    if args.calibrate:
+        args.launch_us, args.tflops = calibrate(args.device)
+        calibrated = {"launch_us": round(args.launch_us, 3), "tflops_fp32_matmul": round(args.tflops, 2)}
+        print(f"calibrated on {args.device}: {args.launch_us:.2f} us per launch, {args.tflops:.1f} TFLOP/s")
     command = "python " + " ".join(
         shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]
     )
@@ -98,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 "tflops": args.tflops,
                 "iteration_floor_s": round(floor, 4),
             },
+            "calibrated": calibrated,
             **counts,
         }
         append_line(args.output, json.dumps(record))

@@ -58,6 +58,8 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "checkpoint_only": ({**OFF, "checkpoint_cells": True}, {}, True),
     "bf16_only": ({**OFF, "precision": "bf16"}, {}, True),
     "exact": ({}, {}, True),
+    "exact_captured": ({"capture_steps": True}, {}, True),
+    "bf16_captured": ({"precision": "bf16", "capture_steps": True}, {}, True),
     "exact_no_freeze": ({}, {}, False),
     "exact_contiguous": ({"memory_format": "contiguous"}, {}, True),
     "exact_unfused": ({"fuse_edges": False}, {}, True),
@@ -129,13 +131,21 @@ def worker_time(spec: dict) -> dict:
     precision = config.execution.precision
     w_step = weight_step if freeze else _unfrozen_step
     a_step = arch_step if freeze else (lambda m, x, y, o, c, p: _unfrozen_step(m, x, y, o, c, 0.0, p))
+    untimed = 1
+    if config.execution.capture_steps:  # replayed CUDA graphs: 3 eager warm-up steps, then the capture
+        from autodeeplab.search.loop import step_runners
+
+        w_graph, a_graph = step_runners(model, weight_opt, arch_opt, criterion, config)
+        w_step = lambda m, x, y, o, c, g, p: w_graph(x, y)  # noqa: E731
+        a_step = lambda m, x, y, o, c, p: a_graph(x, y)  # noqa: E731
+        untimed = 5
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     times = []
-    for _ in range(spec["repeats"] + 1):  # the first is a warm-up
+    for _ in range(spec["repeats"] + untimed):  # the first (captured: five) untimed
         sync()
         t0 = time.perf_counter()
         w_step(model, images, masks, weight_opt, criterion, config.grad_clip, precision)
@@ -144,7 +154,7 @@ def worker_time(spec: dict) -> dict:
         a_step(model, images, masks, arch_opt, criterion, precision)
         sync()
         times.append((t1 - t0, time.perf_counter() - t1))
-    timed = times[1:]
+    timed = times[untimed:]
     result = {
         "weight_step_s": round(statistics.median(t[0] for t in timed), 3),
         "arch_step_s": round(statistics.median(t[1] for t in timed), 3),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The search supernet on a CUDA GPU at the paper's setting (2x3x321x321, F=8, L=12, B=5, 19 classes), in one
-# command that finishes in well under 8 minutes on an H200:
+# command that stays within 8 minutes (each part has its own time limit):
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -12,6 +12,8 @@
 # - counts the activations saved for backward directly at 321x321 on the GPU (saved_tensors_hooks);
 # - appends every record (with the GPU's name) to benchmarks/results_search.jsonl and, when $OUT is set
 #   (the device tool), also copies the new records to $OUT/results_search_gpu.jsonl so that they come back;
+# - counts the operator dispatches of the exact steps on the GPU and calibrates the launch model there
+#   (benchmarks/bench_dispatch.py --calibrate; records in $OUT or benchmarks/results_dispatch_gpu.jsonl);
 # - prints the records against the issue's GPU targets (bf16: <= 6 GPU-hours projected, <= 8 GiB peak).
 #
 # Installs nothing: it needs torch with CUDA plus the package's own dependencies (numpy, pyyaml, pillow,
@@ -38,12 +40,21 @@ EOF
 
 before=$( [ -f "$RESULTS" ] && wc -l < "$RESULTS" || echo 0 )
 # each variant is one subprocess: CUDA start-up (~10-20 s) + 1 + REPEATS iterations
-timeout 360 python benchmarks/bench_search.py time --device cuda --size 321 --repeats "$REPEATS" \
+timeout 240 python benchmarks/bench_search.py time --device cuda --size 321 --repeats "$REPEATS" \
   --variants exact bf16 fp16 bf16_checkpoint bf16_checkpoint_levels01 --note "$NOTE" \
   || echo "gpu_check: time runs stopped early (rc $?); the records written so far are kept"
-timeout 120 python benchmarks/bench_search.py memory --device cuda --size 321 \
+timeout 90 python benchmarks/bench_search.py memory --device cuda --size 321 \
   --variants exact bf16 bf16_checkpoint_levels01 --note "$NOTE (direct count at 321)" \
   || echo "gpu_check: memory counts stopped early (rc $?); the records written so far are kept"
+
+# Issue 16: the same iteration replayed from CUDA graphs (execution.capture_steps), fp32 and bf16
+timeout 90 python benchmarks/bench_search.py time --device cuda --size 321 --repeats "$REPEATS" \
+  --variants exact_captured bf16_captured --note "$NOTE (captured steps)" \
+  || echo "gpu_check: captured runs stopped early (rc $?); the records written so far are kept"
+# Issue 16: operator counts on the GPU and the launch model calibrated there (about a minute)
+timeout 60 python benchmarks/bench_dispatch.py --device cuda --calibrate --size 129 --variants exact \
+  --note "$NOTE (dispatch counts)" --output "${OUT:-benchmarks}/results_dispatch_gpu.jsonl" \
+  || echo "gpu_check: dispatch counts stopped early (rc $?)"
 
 new=$(mktemp)
 tail -n +"$((before + 1))" "$RESULTS" > "$new"

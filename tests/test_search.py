@@ -241,3 +241,29 @@ def test_the_loop_reads_losses_back_in_batches_of_sync_every_steps(tmp_path, mon
     reads = [n for n in sizes if n]
     # each epoch: one read after SYNC_EVERY steps, one for the rest at the epoch's end
     assert reads == [search_module.SYNC_EVERY, 3] * config.epochs
+
+
+def test_captured_steps_give_the_same_search_bit_for_bit(tmp_path):
+    """On a CPU, execution.capture_steps runs the static-buffer path of fast.capture without a graph:
+    the plumbing (input buffers, loss copies, a recapture per epoch) must change nothing."""
+    plain = run_search(tiny_search_config(), tmp_path / "plain", quiet=True, echo=lambda s: None)
+    config = tiny_search_config(**{"execution.capture_steps": "true"})
+    captured = run_search(config, tmp_path / "captured", quiet=True, echo=lambda s: None)
+    for name in ("metrics.jsonl", "arch_params.json", "genotype.json"):
+        a = (plain.run_dir / name).read_text().splitlines()
+        b = (captured.run_dir / name).read_text().splitlines()
+        if name == "metrics.jsonl":  # the epoch's wall time differs
+            a = [{k: v for k, v in json.loads(x).items() if "second" not in k} for x in a]
+            b = [{k: v for k, v in json.loads(x).items() if "second" not in k} for x in b]
+        assert a == b, name
+
+
+def test_capture_refuses_what_it_cannot_replay():
+    from autodeeplab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="execution.capture_steps: cannot capture fp16"):
+        tiny_search_config(**{"execution.capture_steps": "true", "execution.precision": "fp16"}).validate()
+    with pytest.raises(ConfigError, match="execution.capture_steps: the multiply-add budget"):
+        tiny_search_config(
+            **{"execution.capture_steps": "true", "budget.multiply_adds": "1.0", "budget.image_size": "[64,64]"}
+        ).validate()

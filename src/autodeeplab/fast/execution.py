@@ -63,6 +63,12 @@ class ExecutionConfig:
     """With ``checkpoint_cells``: the levels whose nodes are checkpointed (None: all). A level-s node
     keeps about 2^-s of level 0's activations for the same compute, so (0, 1) keeps most of the saving
     for about half the recomputation. Levels that do not exist are refused (:meth:`check_levels`)."""
+    capture_steps: bool = False
+    """Replay each weight step and architecture step from a CUDA graph (:mod:`autodeeplab.fast.capture`):
+    one launch instead of tens of thousands per step; captured again at every epoch start (the learning
+    rate moves), after three eager warm-up steps. Static shapes: a batch of another size captures again.
+    Not with ``precision: fp16`` (its loss scaler reads the device every step). On a CPU the same
+    static-buffer path runs without a graph (identical results, tested)."""
     precision: Precision = "fp32"
     """``bf16``: autocast to bfloat16 (CPU and GPU); ``fp16``: autocast to float16 with a gradient
     scaler (GPU only)."""
@@ -83,6 +89,15 @@ class ExecutionConfig:
                     f"{dotted(where, name)}: must be one of {', '.join(allowed)}, got {value!r}"
                 )
         self._check_level_list(where)
+        self.check_capture(where)
+
+    def check_capture(self, where: str = "execution") -> None:
+        """Reject a capture of steps that cannot be replayed (called by :meth:`validate`)."""
+        if self.capture_steps and self.precision == "fp16":
+            raise ConfigError(
+                f"{dotted(where, 'capture_steps')}: cannot capture fp16 steps (the loss scaler reads the "
+                "device every step); use precision bf16 or turn capture_steps off"
+            )
 
     def check_device(self, device_type: str, where: str = "execution") -> None:
         """Reject settings that cannot run on ``device_type`` (``cpu``, ``cuda``, ...), naming the field."""

@@ -78,13 +78,25 @@ class _PendingUpdates:
         self._owed.clear()
 
 
+_COEFFICIENTS: dict[tuple, torch.Tensor] = {}
+
+
+def _coefficients(weights: tuple[float, ...], dtype, device) -> torch.Tensor:
+    """The closed form's group weights as a tensor, made once per kind (a tensor made from Python numbers
+    every forward would be a host-to-device copy each time, which a captured step cannot contain)."""
+    key = (weights, dtype, device)
+    if key not in _COEFFICIENTS:
+        _COEFFICIENTS[key] = torch.tensor(weights, dtype=dtype, device=device)
+    return _COEFFICIENTS[key]
+
+
 def _apply_kind(
     groups: int, repeats: int, momentum: float, eps: float, count: int, dtype, device, items: list[_Item]
 ) -> None:
     """The closed-form update of every module in ``items`` (all alike in G, R, momentum, eps and count)."""
     decay = (1.0 - momentum) ** repeats
     weights = [(1.0 - decay) * decay ** (groups - 1 - g) for g in range(groups)]
-    coef = torch.tensor(weights, dtype=dtype, device=device)
+    coef = _coefficients(tuple(weights), dtype, device)
     modules = [bn for item in items for bn in item.bns]
     sizes = [bn.running_mean.numel() for bn in modules]
     means = torch.stack(

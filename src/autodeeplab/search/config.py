@@ -175,6 +175,11 @@ class SearchConfig:
                 f"{dotted(where, 'budget.multiply_adds')}: a budget of the Auto-DeepLab search; a DiNTS "
                 "search has dints.memory_budget"
             )
+        if self.budget.multiply_adds is not None and self.execution.capture_steps:
+            raise ConfigError(
+                f"{dotted(where, 'execution.capture_steps')}: the multiply-add budget's term is not "
+                "capturable yet; turn one of them off"
+            )
         self.data.validate(dotted(where, "data"))
         self.execution.validate(dotted(where, "execution"))
         if self.search_space == "dints":

@@ -23,6 +23,7 @@ from autodeeplab.config.settings import dump_config_yaml
 from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from autodeeplab.data.splits import record_split
 from autodeeplab.data.volume_checks import is_volume_dataset
+from autodeeplab.fast.capture import StepGraph
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
 from autodeeplab.infer.predict import log_prediction_panels
@@ -130,7 +131,6 @@ def _search(
         )
     # Volumes: Dice + cross-entropy, as in their training (the small foreground would drown in plain CE).
     criterion = make_loss("dice_ce" if is_volume_dataset(train_a) else "ce", train_a.ignore_index)
-    precision = config.execution.precision
     b_stream = CyclingLoader(
         train_b,
         split["train_b"],
@@ -153,6 +153,7 @@ def _search(
             run, model, weight_opt, arch_opt, scheduler, position, config, split, num_classes
         )
 
+    w_graph, a_graph = step_runners(model, weight_opt, arch_opt, criterion, config)
     with GracefulInterrupt() as stop:
         while position.epoch < config.epochs:
             epoch = position.epoch
@@ -173,22 +174,14 @@ def _search(
                 config.data.num_workers,
             )
             pending = PendingLosses()
+            w_graph.reset(), a_graph.reset()  # the learning rate and the terms' ramps moved
             for images, masks in _take(batches, steps - position.batch):
                 where = {"epoch": epoch + 1, "step": position.batch + 1}
-                w_loss = weight_step(
-                    model,
-                    images.to(device),
-                    masks.to(device),
-                    weight_opt,
-                    criterion,
-                    config.grad_clip,
-                    precision,
-                )
+                w_loss = w_graph(images.to(device), masks.to(device))
                 seen, a_loss = images.shape[0], None
                 if searching_arch:
                     b_images, b_masks = b_stream.next()
-                    b_images, b_masks = b_images.to(device), b_masks.to(device)
-                    a_loss = arch_step(model, b_images, b_masks, arch_opt, criterion, precision)
+                    a_loss = a_graph(b_images.to(device), b_masks.to(device))
                     seen += b_images.shape[0]
                     position.a_steps += 1
                 pending.add(where, w_loss, a_loss)
@@ -230,6 +223,43 @@ def _search(
     # Again at the end: a finished run resumed by a newer version gets files its decoding agrees with.
     _, genotype = write_architecture(run, model)
     return SearchResult(run.path, genotype)
+
+
+def step_runners(
+    model: SearchSpace,
+    weight_opt: torch.optim.Optimizer,
+    arch_opt: torch.optim.Optimizer,
+    criterion: nn.Module,
+    config: SearchConfig,
+) -> tuple[Callable, Callable]:
+    """The weight step and the architecture step as ``(images, masks) -> loss`` calls: plain, or replayed
+    from CUDA graphs with ``execution.capture_steps`` (:class:`~autodeeplab.fast.capture.StepGraph`; the
+    architecture step shares the weight step's memory pool, as they always run in that order)."""
+    precision = config.execution.precision
+
+    def w_step(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return weight_step(model, images, masks, weight_opt, criterion, config.grad_clip, precision)
+
+    def a_step(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return arch_step(model, images, masks, arch_opt, criterion, precision)
+
+    if not config.execution.capture_steps:
+        return _Plain(w_step), _Plain(a_step)
+    w_graph = StepGraph(w_step)
+    return w_graph, StepGraph(a_step, pool=w_graph)
+
+
+class _Plain:
+    """A step called as it is (the :class:`StepGraph` interface without a graph)."""
+
+    def __init__(self, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.step = step
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.step(images, masks)
 
 
 class PendingLosses:
@@ -342,11 +372,15 @@ def make_optimizers(
     weight_opt = sgd(
         model.weight_parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
+    arch = list(model.arch_parameters())
+    # a captured step cannot read Adam's step counters on the host: capturable keeps them on the device
+    capturable = config.execution.capture_steps and arch[0].device.type == "cuda"
     arch_opt = torch.optim.Adam(
-        model.arch_parameters(),
+        arch,
         lr=config.arch_lr,
         betas=config.arch_betas,
         weight_decay=config.arch_weight_decay,
+        capturable=capturable,
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         weight_opt, T_max=config.epochs, eta_min=config.lr_min
