@@ -265,5 +265,9 @@ def test_capture_refuses_what_it_cannot_replay():
         tiny_search_config(**{"execution.capture_steps": "true", "execution.precision": "fp16"}).validate()
     with pytest.raises(ConfigError, match="execution.capture_steps: the multiply-add budget"):
         tiny_search_config(
-            **{"execution.capture_steps": "true", "budget.multiply_adds": "1.0", "budget.image_size": "[64,64]"}
+            **{
+                "execution.capture_steps": "true",
+                "budget.multiply_adds": "1.0",
+                "budget.image_size": "[64,64]",
+            }
         ).validate()
