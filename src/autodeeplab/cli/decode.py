@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from autodeeplab.errors import GenotypeError
     from autodeeplab.fileio import parse_json_document, read_document
     from autodeeplab.outputs import check_output_file
+    from autodeeplab.space.autodeeplab.budget_decode import budget_from_record, decode_within_budget
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
     from autodeeplab.space.dints.decode import decode_record
 
@@ -40,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
         genotype = decode_record(record, str(path))
     else:
         alpha, beta, num_blocks = load_arch_params(args.arch_params)
-        genotype = decode(alpha, beta, num_blocks)
+        budget = budget_from_record(record, beta.shape, str(path))  # a search decoded within a budget
+        if budget is None:
+            genotype = decode(alpha, beta, num_blocks)
+        else:
+            genotype = decode_within_budget(alpha, beta, num_blocks, *budget)
     if args.output:
         genotype.save(args.output)
         print(f"{args.output}: {genotype.short()}")

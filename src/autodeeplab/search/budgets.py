@@ -41,6 +41,9 @@ class BudgetConfig:
     network: NetworkConfig = field(default_factory=_budget_network_defaults)
     """The found network's settings the target refers to (``filter_multiplier`` of the retraining, heads);
     ``num_classes`` / ``in_channels`` null: the data's."""
+    decode_within_budget: bool = True
+    """Decode the most probable path whose found network fits the target (a Viterbi over
+    ``log β - λ · MACs``, :mod:`autodeeplab.space.autodeeplab.budget_decode`); False: the plain decode."""
 
     def __post_init__(self) -> None:
         if self.image_size is not None:

@@ -30,6 +30,7 @@ def build_autodeeplab_space(config: SearchConfig, num_classes: int, in_channels:
     if b.multiply_adds is not None:
         tables = build_mac_tables(config.space, b.network, b.image_size, num_classes, in_channels)
         model.set_multiply_add_budget(tables, b.multiply_adds * 1e9, b.weight)
+        model.decode_within_budget = b.decode_within_budget
     return model
 
 

@@ -128,10 +128,11 @@ def validate_arch_params(data: Any, source: str) -> tuple[np.ndarray, np.ndarray
     """Check an ``arch_params.json`` object; errors name ``source`` and the field."""
     if not isinstance(data, dict):
         raise GenotypeError(f"{source}: expected a JSON object")
-    unknown = sorted(set(data) - {"version", "primitives", "alpha", "beta"})
+    unknown = sorted(set(data) - {"version", "primitives", "alpha", "beta", "multiply_add_budget"})
     if unknown:
         raise GenotypeError(
-            f"{source}: unknown key {unknown[0]!r} (allowed: version, primitives, alpha, beta)"
+            f"{source}: unknown key {unknown[0]!r} (allowed: version, primitives, alpha, beta, "
+            "multiply_add_budget)"
         )
     for key in ("version", "primitives", "alpha", "beta"):
         if key not in data:

@@ -33,6 +33,7 @@ from autodeeplab.config.checks import IMAGE_DIMS, VOLUME_DIMS, at_least, dotted,
 from autodeeplab.errors import ConfigError
 from autodeeplab.ops.primitives import PRIMITIVES, ReLUConvBN, batch_norm_nd, conv_nd, resize
 from autodeeplab.space.autodeeplab.budget import MacTables, decoded_multiply_adds, expected_multiply_adds
+from autodeeplab.space.autodeeplab.budget_decode import RECORD_KEY, budget_record, decode_within_budget
 from autodeeplab.space.autodeeplab.cell import SearchCell
 from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode
 from autodeeplab.space.autodeeplab.genotype import Genotype
@@ -221,6 +222,7 @@ class SearchNetwork(nn.Module):
         self.register_buffer("beta_mask", torch.from_numpy(beta_mask(c.num_layers, levels)), persistent=False)
         self._weight_params: tuple[nn.Parameter, ...] | None = None  # see weight_parameters
         self.mac_budget: tuple[MacTables, float, float] | None = None  # see set_multiply_add_budget
+        self.decode_within_budget = True  # with a budget: decode the most probable path that fits it
 
     def out_channels(self, level: int) -> int:
         """Channels of a cell output at ``level``: B·F·2^level."""
@@ -255,8 +257,13 @@ class SearchNetwork(nn.Module):
     # search loop, its state on disk and resume know the supernet only through them.
     @torch.no_grad()
     def decode(self) -> Genotype:
-        """The genotype of the current α/β: top-2 inputs per block, Viterbi path (paper §4.3)."""
+        """The genotype of the current α/β: top-2 inputs per block, Viterbi path (paper §4.3); with a
+        multiply-add budget (and :attr:`decode_within_budget`), the most probable path whose network fits
+        it (:mod:`.budget_decode`)."""
         alpha, beta = self.alpha_weights().cpu().numpy(), self.beta_weights().cpu().numpy()
+        if self.mac_budget is not None and self.decode_within_budget:
+            tables, target, _ = self.mac_budget
+            return decode_within_budget(alpha, beta, self.config.num_blocks, tables, target)
         return decode(alpha, beta, self.config.num_blocks)
 
     def random_architecture(self, generator: torch.Generator) -> Genotype:
@@ -298,7 +305,10 @@ class SearchNetwork(nn.Module):
     @torch.no_grad()
     def arch_record(self) -> dict[str, Any]:
         """The ``arch_params.json`` object: softmax α ``[E, P]`` and normalised β ``[L, levels, 3]``."""
-        return arch_params_to_dict(self.alpha_weights().cpu().numpy(), self.beta_weights().cpu().numpy())
+        record = arch_params_to_dict(self.alpha_weights().cpu().numpy(), self.beta_weights().cpu().numpy())
+        if self.mac_budget is not None and self.decode_within_budget:  # `decode` decodes within it too
+            record[RECORD_KEY] = budget_record(*self.mac_budget[:2])
+        return record
 
     # -- end of the search-space contract ---------------------------------------------------------
 

@@ -13,11 +13,8 @@ sequence of pattern numbers wins (a brute-force enumeration with the same rule g
 Within a memory budget (:func:`budgeted_chain`): the budget loss steers the *expected* memory, but the most
 probable topology can still use more (edges near probability 0.5 count half in the expectation and fully once
 decoded). Memory is a sum over the active edges, so the chain maximising ``log P - λ · memory`` comes from the
-same dynamic programme; the smallest ``λ`` whose chain fits is found by bisection. That chain is the most
-probable one among all valid chains that use no more memory than it does (Lagrangian optimality: tested
-against enumeration); a chain that is more probable and still within the budget, but uses more memory than
-the one returned, can exist (the constrained problem is a knapsack), so this is exact on the Lagrangian hull,
-not over every chain.
+same dynamic programme, and :func:`~autodeeplab.space.lagrangian.fit_by_lagrangian` finds the smallest ``λ``
+whose chain fits (exact on the Lagrangian hull; tested against enumeration).
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ from autodeeplab.errors import GenotypeError
 from autodeeplab.space.dints.arch import OP_SETS, DintsArch
 from autodeeplab.space.dints.losses import full_memory
 from autodeeplab.space.dints.topology import Topology, pattern_log_probs
+from autodeeplab.space.lagrangian import fit_by_lagrangian
 
 TIE_TOLERANCE = 1e-9
 """Sums of log probabilities closer than this (relative to their size) count as equal."""
@@ -99,27 +97,10 @@ def budgeted_chain(
         chain, _ = best_chain(log_probs - lam * costs, topology, tol)
         return chain, float(sum(costs[b, c] for b, c in enumerate(chain)))
 
-    chain, cost = solve(0.0)
-    if cost <= limit:
-        return chain, 0.0
-    # Scale λ so that one unit of the budget weighs like the spread of the log probabilities.
+    # The first λ weighs one unit of the budget like the spread of the log probabilities.
     finite = log_probs[np.isfinite(log_probs)]
-    lo, hi = 0.0, max(1.0, float(finite.max() - finite.min())) / max(limit, 1e-12)
-    for _ in range(64):  # double until the chain fits (or the cost term decides alone)
-        chain, cost = solve(hi)
-        if cost <= limit:
-            break
-        lo, hi = hi, 2 * hi
-    else:  # at this λ the cost alone decides: the cheapest chain, and nothing fits
-        return chain, float("inf")
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        candidate, cost = solve(mid)
-        if cost <= limit:
-            hi, chain = mid, candidate
-        else:
-            lo = mid
-    return chain, hi
+    spread = max(1.0, float(finite.max() - finite.min())) if finite.size else 1.0
+    return fit_by_lagrangian(solve, limit, spread / max(limit, 1e-12), steps)
 
 
 def edge_costs(op_choice: np.ndarray, cost: np.ndarray) -> np.ndarray:
