@@ -341,3 +341,24 @@ def test_tensorboard_scalars_and_prediction_panels(tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
     image = events.Images("train/predictions/0")[0]
     assert (image.width, image.height) == (3 * 32, 32)  # image | truth | prediction
+
+
+def test_training_reads_losses_back_once_per_sync_every_steps(tmp_path: Path, monkeypatch) -> None:
+    import autodeeplab.train.loop as train_module
+    from autodeeplab.runs.state import SYNC_EVERY, read_losses
+
+    sizes: list[int] = []
+
+    def spy(pending, what):
+        sizes.append(len(pending))
+        return read_losses(pending, what)
+
+    monkeypatch.setattr(train_module, "read_losses", spy)
+    steps = 2 * SYNC_EVERY + 3
+    config = tiny_config(
+        f"iterations={steps}", f"log_every={10 * steps}", "checkpoint_every=0", "data.eval_split=null"
+    )
+    run_training(config, SMALL, tmp_path / "run", echo=quiet)
+    assert [n for n in sizes if n] == [SYNC_EVERY, SYNC_EVERY, 3]
+    records = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [steps]  # the mean of every step's loss, logged at the end

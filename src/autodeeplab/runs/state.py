@@ -134,6 +134,23 @@ def resume_hint(command: str, run_dir: str | os.PathLike[str], reason: str | Non
     )
 
 
+SYNC_EVERY = 10
+"""Steps whose losses the training and search loops read back together: they wait for the device once per
+this many steps instead of every step (a non-finite loss is still reported with its own step)."""
+
+
+def read_losses(pending: list[tuple[int, torch.Tensor]], what: str) -> list[float]:
+    """The losses of ``pending`` ``(step, 0-dim tensor)`` as floats, in one transfer, each checked in step
+    order (:func:`check_finite` names the first bad one's step); ``pending`` is emptied."""
+    if not pending:
+        return []
+    values = torch.stack([loss.double() for _, loss in pending]).tolist()
+    for (step, _), value in zip(pending, values, strict=True):
+        check_finite(value, what, step=step)
+    pending.clear()
+    return values
+
+
 def check_finite(
     value: float | torch.Tensor,
     what: str,

@@ -33,7 +33,7 @@ from autodeeplab.runs.device import resolve_device
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
-from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
+from autodeeplab.runs.state import SYNC_EVERY, GracefulInterrupt, batch_norm_needs_two_values, check_finite
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.data import build_search_data, validation_score
 from autodeeplab.search.spaces import SpaceBuilder, space_builder
@@ -62,11 +62,6 @@ class SearchResult:
 
 
 # -- the loop ---------------------------------------------------------------------------------------
-SYNC_EVERY = 10
-"""Steps whose losses are read back together: the loop waits for the device once per this many steps (a
-non-finite loss is still reported with its own step; the checkpoints only ever hold checked steps)."""
-
-
 def run_search(
     config: SearchConfig,
     run_dir: str | Path,

@@ -48,7 +48,7 @@ from autodeeplab.runs.device import preferred_memory_format, resolve_device
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
-from autodeeplab.runs.state import GracefulInterrupt, batch_norm_needs_two_values, check_finite
+from autodeeplab.runs.state import SYNC_EVERY, GracefulInterrupt, batch_norm_needs_two_values, read_losses
 from autodeeplab.space.architectures import AnyArchitecture
 from autodeeplab.space.dints.arch import DintsArch
 from autodeeplab.space.dints.config import check_sample_size
@@ -259,6 +259,7 @@ def _train(
     )
     tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=say)
     start, losses = time.perf_counter(), []
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read back yet
     model.train()
     with GracefulInterrupt() as stop, bar:
         for images, masks in training_batches(train, config, info.step):
@@ -269,23 +270,30 @@ def _train(
                 group["lr"] = lr
             model.set_drop_path_progress(info.step / config.iterations)
             loss = criterion(model(images.to(device, memory_format=layout)), masks.to(device))
-            # Stop before a non-finite loss reaches the weights: the last checkpoint stays good.
-            check_finite(loss.item(), "training loss", step=info.step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             info.step += 1
             step, done = info.step, info.step == config.iterations
-            losses.append(loss.item())
-            bar.update(images=images.shape[0], loss=losses[-1], lr=lr)
-            if step % config.log_every == 0 or done:
+            pending.append((step, loss.detach()))
+            bar.update(images=images.shape[0], lr=lr)
+            evaluate = val is not None and (done or (config.eval_every and step % config.eval_every == 0))
+            save = done or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            logged = step % config.log_every == 0 or done
+            if logged or evaluate or save or len(pending) >= SYNC_EVERY or stop.requested:
+                # One read for the steps since the last (the loop's only wait for the device). A
+                # non-finite loss stops the run with its own step before anything is written: the
+                # last checkpoint stays good.
+                losses.extend(read_losses(pending, "training loss"))
+                bar.update(0, loss=losses[-1])
+            if logged:
                 mean, losses = sum(losses) / len(losses), []
                 elapsed = round(time.perf_counter() - start, 1)
                 run.append_jsonl("metrics.jsonl", {"step": step, "loss": mean, "lr": lr, "seconds": elapsed})
                 if tensorboard is not None:
                     tensorboard.add_scalar("train/loss", mean, step)
                     tensorboard.add_scalar("train/lr", lr, step)
-            if val is not None and (done or (config.eval_every and step % config.eval_every == 0)):
+            if evaluate:
                 info.metrics = _evaluate(model, val, config, run, step, device, say)
                 if tensorboard is not None:
                     score = "mean_dice" if is_volume_dataset(val) else "miou"
@@ -295,10 +303,11 @@ def _train(
                     if not is_volume_dataset(val):
                         log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
                     tensorboard.flush()
-            if done or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            if save:
                 save_training_state(run, model, optimizer, info, config)
     interrupted = stop.requested and info.step < config.iterations
     if interrupted:
+        read_losses(pending, "training loss")  # the checkpoint holds only checked steps
         save_training_state(run, model, optimizer, info, config)
         say(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
     seconds = time.perf_counter() - start
