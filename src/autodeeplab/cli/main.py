@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "info",
     "show",
+    "study",
 )
 
 EXIT_USER_ERROR = 2

@@ -1,0 +1,187 @@
+"""``autodeeplab study``: does the search earn its cost? Searched architectures against random ones and the
+paper's, each retrained under the same settings and scored on held-out data (issue 19).
+
+A study folder holds its settings and one folder per member, each made of ordinary run directories::
+
+    STUDY/study.yaml                        the plan, the search and the training settings
+    STUDY/search-<seed>/search/             a search with that seed (its genotype is the member)
+    STUDY/random-<k>/genotype.json          an architecture drawn uniformly from the same space
+    STUDY/paper/genotype.json               the paper's genotype (Fig. 3)
+    STUDY/<member>/train-x<budget>-s<seed>/ its retraining: iterations × budget, training seed
+    STUDY/<member>/train-x<budget>-s<seed>/eval.json   its score on the held-out split
+
+The members run one after the other; running the study again resumes it: a finished part (a search with
+its genotype, a training with its ``eval.json``) is never run again, an interrupted one continues from its
+checkpoint. The report is :mod:`autodeeplab.study.report`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+import yaml
+
+from autodeeplab.config.settings import dump_config_yaml
+from autodeeplab.data.registry import build_dataset
+from autodeeplab.data.transforms import EvalTransform
+from autodeeplab.data.volumes import VOLUME_DATASETS
+from autodeeplab.errors import ConfigError
+from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
+from autodeeplab.nets.model_file import load_model
+from autodeeplab.search.config import SearchConfig
+from autodeeplab.search.loop import run_search
+from autodeeplab.space.autodeeplab.genotype import BUILTIN, Genotype
+from autodeeplab.space.autodeeplab.random_arch import random_genotype
+from autodeeplab.train.config import TrainConfig
+from autodeeplab.train.loop import run_training
+
+PLAN_FILE = "study.yaml"
+
+
+@dataclass
+class StudyPlan:
+    """Who is in the study and how each is retrained."""
+
+    seeds: int = 3
+    """Searches, with seeds 0 .. seeds-1."""
+    random: int = 3
+    """Architectures drawn uniformly from the search space (valid paths, cells without ``none``)."""
+    paper: bool = True
+    """Include the paper's genotype."""
+    random_seed: int = 0
+    """Seed of the random draws (member k uses ``random_seed · 1000 + k``)."""
+    retrain_seeds: list[int] = field(default_factory=lambda: [0])
+    """Training seeds of every retraining (the same for every member)."""
+    budgets: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    """Retraining budgets as multiples of the training settings' ``iterations``."""
+    eval_split: str = "test"
+
+    def validate(self) -> None:
+        for name in ("seeds", "random"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"study.{name}: must be a whole number >= 0, got {value!r}")
+        if not self.seeds and not self.random and not self.paper:
+            raise ConfigError("study: no member (seeds 0, random 0, no paper genotype)")
+        if not self.retrain_seeds or not self.budgets:
+            raise ConfigError("study.retrain_seeds and study.budgets: each needs at least one value")
+        if any(not isinstance(b, (int, float)) or isinstance(b, bool) or b <= 0 for b in self.budgets):
+            raise ConfigError(f"study.budgets: must be positive multiples of iterations, got {self.budgets}")
+
+    def members(self) -> list[str]:
+        names = [f"search-{s}" for s in range(self.seeds)] + [f"random-{k}" for k in range(self.random)]
+        return names + (["paper"] if self.paper else [])
+
+
+def group_of(member: str) -> str:
+    """``searched``, ``random`` or ``paper``."""
+    return {"search": "searched", "random": "random"}.get(member.split("-")[0], "paper")
+
+
+def training_name(budget: float, seed: int) -> str:
+    return f"train-x{budget:g}-s{seed}"
+
+
+def write_plan(out: Path, plan: StudyPlan, search: SearchConfig, train: TrainConfig) -> None:
+    """The study's settings, written before its first member (what a resume reads back)."""
+    dump_config_yaml(search, out / "search_settings.yaml")
+    dump_config_yaml(train, out / "train_settings.yaml")
+    (out / PLAN_FILE).write_text(yaml.safe_dump(asdict(plan), sort_keys=False), encoding="utf-8")
+
+
+def member_genotype(
+    out: Path, member: str, plan: StudyPlan, search: SearchConfig, quiet: bool, echo: Callable[[str], None]
+) -> Genotype | None:
+    """The member's architecture: searched (running or resuming its search), drawn, or the paper's. None
+    when the search was interrupted."""
+    folder = out / member
+    folder.mkdir(parents=True, exist_ok=True)
+    kind = group_of(member)
+    if kind == "paper":
+        return BUILTIN["paper"]
+    if kind == "random":
+        path = folder / Genotype.FILE_NAME
+        if path.exists():  # drawn before: the same member on resume
+            return Genotype.load(path)
+        k = int(member.split("-")[1])
+        generator = torch.Generator().manual_seed(plan.random_seed * 1000 + k)
+        s = search.space
+        genotype = random_genotype(s.num_layers, s.num_blocks, s.num_levels, generator)
+        genotype.save(path)
+        return genotype
+    config = replace(search, seed=int(member.split("-")[1]))
+    run_dir = folder / "search"
+    started = run_dir.is_dir() and any(run_dir.iterdir())
+    found = run_search(config, run_dir, resume=started, quiet=quiet, echo=echo)
+    return None if found.interrupted else found.genotype
+
+
+def run_member(
+    out: Path,
+    member: str,
+    plan: StudyPlan,
+    search: SearchConfig,
+    train: TrainConfig,
+    quiet: bool = True,
+    echo: Callable[[str], None] = print,
+) -> bool:
+    """Run what ``member`` still lacks; False when interrupted (Ctrl-C: the study resumes there)."""
+    genotype = member_genotype(out, member, plan, search, quiet, echo)
+    if genotype is None:
+        return False
+    for budget in plan.budgets:
+        for seed in plan.retrain_seeds:
+            run_dir = out / member / training_name(budget, seed)
+            if (run_dir / "eval.json").exists():
+                continue
+            config = replace(train, seed=seed, iterations=max(1, round(train.iterations * budget)))
+            started = run_dir.is_dir() and any(run_dir.iterdir())
+            echo(f"{member}: retraining x{budget:g} ({config.iterations} steps), seed {seed}")
+            trained = run_training(config, genotype, run_dir, resume=started, quiet=quiet, echo=echo)
+            if trained.interrupted:
+                return False
+            score_model(trained.model_path, plan.eval_split, run_dir / "eval.json")
+    return True
+
+
+def score_model(model_path: Path, split: str, target: Path) -> dict:
+    """Evaluate a trained model on ``split`` of its own dataset and write ``target`` (eval.json)."""
+    model, info = load_model(model_path)
+    dataset = build_dataset(info.dataset, info.data_root, split, EvalTransform(), **info.dataset_options)
+    result = evaluate(model, dataset, dataset.num_classes, dataset.class_names, dataset.ignore_index)
+    config = EvalConfig(split=split, dataset=info.dataset, data_root=info.data_root or None)
+    write_eval_json(target, result, config)
+    return result.metrics.to_dict()
+
+
+def run_study(
+    out: str | Path,
+    plan: StudyPlan,
+    search: SearchConfig,
+    train: TrainConfig,
+    resume: bool = False,
+    quiet: bool = True,
+    echo: Callable[[str], None] = print,
+) -> bool:
+    """Every member in turn (see the module docstring); True when all have finished."""
+    plan.validate()
+    if search.data.dataset in VOLUME_DATASETS or search.search_space != "autodeeplab":
+        raise ConfigError(
+            "study: images and the Auto-DeepLab space for now (volumes with Dice and the DiNTS space are "
+            "not wired in yet)"
+        )
+    out = Path(out)
+    if not resume:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"study folder {out} is not empty; give a new folder, or --resume it")
+        out.mkdir(parents=True, exist_ok=True)
+        write_plan(out, plan, search, train)
+    for i, member in enumerate(plan.members(), start=1):
+        echo(f"== member {i}/{len(plan.members())}: {member} ==")
+        if not run_member(out, member, plan, search, train, quiet, echo):
+            echo(f"interrupted; resume with `autodeeplab study --resume {out}`")
+            return False
+    return True

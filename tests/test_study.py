@@ -1,0 +1,94 @@
+"""``autodeeplab study`` (issue 19): members run once and resume, the report's figures from its eval files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from tiny import SUPERNET, SYNTHETIC_SEARCH_DATA
+
+from autodeeplab.cli.main import main
+from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.study.report import agreement, group_stats
+
+SEARCH = [*SUPERNET, *SYNTHETIC_SEARCH_DATA, "batch_size=2", "epochs=2", "arch_start_epoch=1", "device=cpu"]
+TRAIN = [
+    "model.filter_multiplier=2",
+    "model.aspp_channels=8",
+    "model.decoder_channels=8",
+    "data.crop_size=32",
+    "data.synthetic_size=[32,32]",
+    "iterations=2",
+    "batch_size=2",
+    "device=cpu",
+]
+
+
+def sets(flag: str, items: list[str]) -> list[str]:
+    return [part for item in items for part in (flag, item)]
+
+
+def test_a_tiny_study_runs_resumes_and_reports(tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "study"
+    args = ["study", "-q", "-o", str(out), "--seeds", "2", "--random", "2", "--budgets", "1", "2"]
+    args += ["--train-preset", "synthetic", *sets("--search-set", SEARCH), *sets("--train-set", TRAIN)]
+    assert main(args) == 0
+    members = ["search-0", "search-1", "random-0", "random-1", "paper"]
+    scores = {}
+    for member in members:
+        for budget, steps in (("1", 2), ("2", 4)):
+            run = out / member / f"train-x{budget}-s0"
+            assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == steps
+            scores[member, budget] = json.loads((run / "eval.json").read_text())["miou"]
+    # the random draws are genotypes of the search space (3 layers)
+    for k in (0, 1):
+        assert Genotype.load(out / f"random-{k}" / "genotype.json").num_layers == 3
+    report = json.loads((out / "report.json").read_text())
+    for budget in ("1", "2"):
+        figures = report["budgets"][budget]
+        searched = [scores["search-0", budget], scores["search-1", budget]]
+        random = [scores["random-0", budget], scores["random-1", budget]]
+        assert figures["groups"]["searched"]["mean"] == pytest.approx(sum(searched) / 2)
+        assert figures["groups"]["random"]["std"] == pytest.approx(abs(random[0] - random[1]) / math.sqrt(2))
+        mean_r = sum(random) / 2
+        assert figures["relative_improvement"] == pytest.approx(100 * (sum(searched) / 2 - mean_r) / mean_r)
+        assert [p["difference"] for p in figures["pairs"]] == pytest.approx(
+            [searched[0] - random[0], searched[1] - random[1]]
+        )
+    assert (out / "report.md").read_text().startswith("# Study")
+    assert (out / "search_curves.png").stat().st_size > 0
+
+    # Resume: nothing finished runs again.
+    import autodeeplab.study.members as members_module
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished member ran again")
+
+    monkeypatch.setattr(members_module, "run_training", must_not_run)
+    capsys.readouterr()
+    assert main(["study", "--resume", str(out), "-q"]) == 0
+    assert main(["study", "--report", str(out)]) == 0
+    assert "Relative improvement" in capsys.readouterr().out
+
+
+def test_refusals_are_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["study", "--resume", str(tmp_path)]) == 2
+    assert main(["study", "-o", str(tmp_path / "a"), "--report", str(tmp_path)]) == 2
+    assert main(["study", "-o", str(tmp_path / "b"), "--seeds", "0", "--random", "0", "--no-paper"]) == 2
+    err = capsys.readouterr().err
+    assert "not a study folder" in err and "exactly one of" in err and "no member" in err
+    assert "Traceback" not in err
+
+
+def test_group_statistics_and_agreement_by_hand() -> None:
+    assert group_stats([0.5, 0.7]) == {"n": 2, "mean": pytest.approx(0.6), "std": pytest.approx(0.1414213562)}
+    assert group_stats([0.4])["std"] == 0.0
+    cell = ((("sep_conv_3x3", 0), ("skip_connect", 1)),)
+    a = Genotype(network_path=(0, 1, 2), cell=cell)
+    b = Genotype(network_path=(0, 1, 1), cell=cell)
+    c = Genotype(network_path=(1, 1, 1), cell=((("sep_conv_3x3", 0), ("max_pool_3x3", 1)),))
+    figures = agreement([a, b, c])
+    assert figures["path"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert figures["cell"] == pytest.approx((1 + 2 / 3) / 2)
