@@ -1,0 +1,108 @@
+"""Scale-out on torch.distributed (issue 15): what a rank needs to take part in a search or a training.
+
+Launched by ``torchrun`` (one process per device; ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous in the environment), a run is the single-process run with a global batch of ``b · world``:
+
+- :func:`rank_order`: every rank walks the same global order (the single process's, for the same seed and
+  position) and takes its own ``b`` samples of each global batch, so that every sample is used once per
+  epoch over all ranks and the result depends on the global batch, not on how it is split;
+- :func:`average_gradients`: the gradients of the parameters that have one (the frozen group has none) are
+  averaged over the ranks in one flat all-reduce: the gradient of the global batch's mean loss;
+- :func:`check_identical`: a cheap fingerprint of α and β (or any tensors) compared over the ranks, so
+  that a divergence stops the run with one line instead of giving each rank its own architecture.
+
+A single process (no ``WORLD_SIZE`` or a world of 1) uses none of this and is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import distributed as dist
+
+from autodeeplab.errors import AutoDeepLabError
+
+
+class DistributedError(AutoDeepLabError):
+    """The ranks of a distributed run disagree, or the launch is not usable."""
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that writes files, decodes and draws pictures."""
+        return self.rank == 0
+
+
+def rank_info_from_env(env: dict[str, str] | None = None) -> RankInfo:
+    """The rank, world size and local rank ``torchrun`` put in the environment (a single process without)."""
+    env = dict(os.environ if env is None else env)
+    try:
+        rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
+        local = int(env.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise DistributedError("RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise DistributedError(f"RANK {rank} / WORLD_SIZE {world} / LOCAL_RANK {local} do not fit together")
+    return RankInfo(rank, world, local)
+
+
+def rank_order(order: Sequence[int], global_batch: int, rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s samples of an epoch ``order`` cut into global batches of ``global_batch``: the
+    ``global_batch // world`` samples at offset ``rank · global_batch // world`` of each complete global
+    batch (the incomplete last one is dropped, as in a single process)."""
+    if global_batch % world:
+        raise DistributedError(
+            f"batch_size {global_batch} (the global batch) is not divisible by the {world} processes"
+        )
+    share = global_batch // world
+    usable = len(order) // global_batch * global_batch
+    return [order[start + rank * share + i] for start in range(0, usable, global_batch) for i in range(share)]
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], world: int) -> None:
+    """Average the gradients of ``parameters`` that have one over the ranks (one flat all-reduce).
+
+    Every rank must pass the same parameters with gradients in the same order (the frozen group of a search
+    step has none on every rank)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if world == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def fingerprint(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``[3]`` float64: the sum, the sum of squares and an index-weighted sum of every value (differs
+    when any value or its position differs, short of a deliberate collision)."""
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    return torch.stack([flat.sum(), (flat * flat).sum(), (flat * position.sqrt()).sum()])
+
+
+def check_identical(tensors: Sequence[torch.Tensor], what: str, world: int) -> None:
+    """Raise :class:`DistributedError` on every rank when ``tensors`` differ between ranks."""
+    if world == 1:
+        return
+    mine = fingerprint(tensors)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(every, mine)
+    differing = [r for r, other in enumerate(every) if not torch.equal(other, every[0])]
+    if differing:
+        raise DistributedError(
+            f"{what} differ between ranks (rank {differing[0]} against rank 0): the run stops rather than "
+            "give each rank its own architecture"
+        )

@@ -1,0 +1,76 @@
+"""Scale-out primitives (issue 15): shards of the global order, gradient averaging over gloo processes,
+and the check that stops ranks that disagree. Two CPU processes, tiny shapes."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+from torch import distributed as dist
+from torch import multiprocessing as mp
+
+from autodeeplab.runs.distributed import (
+    DistributedError,
+    average_gradients,
+    check_identical,
+    rank_info_from_env,
+    rank_order,
+)
+
+
+def test_every_sample_once_per_epoch_and_the_single_process_global_batches():
+    order = list(range(100, 123))  # 23 samples: global batches of 6, the last 5 dropped
+    shards = [rank_order(order, 6, r, 3) for r in range(3)]
+    assert sorted(i for s in shards for i in s) == order[:18]
+    for k in range(3):  # global batch k of the single process = the ranks' k-th batches, in rank order
+        assert [i for s in shards for i in s[2 * k : 2 * k + 2]] == order[6 * k : 6 * k + 6]
+    with pytest.raises(DistributedError, match="not divisible by the 4 processes"):
+        rank_order(order, 6, 0, 4)
+
+
+def test_rank_information_from_torchrun_variables():
+    info = rank_info_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert (info.rank, info.world, info.local_rank, info.is_main) == (1, 2, 1, False)
+    assert rank_info_from_env({}).is_main
+    with pytest.raises(DistributedError, match="do not fit"):
+        rank_info_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+        frozen = torch.nn.Parameter(torch.ones(2))  # no gradient on any rank: skipped alike
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        mine = rank_order(list(range(8)), 8, rank, world)
+        torch.nn.functional.cross_entropy(model(x[mine]), y[mine]).backward()
+        average_gradients([*model.parameters(), frozen], world)
+        averaged = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()  # one process, the global batch
+        whole = [p.grad for p in model.parameters()]
+        results[rank] = max(float((a - b).abs().max()) for a, b in zip(averaged, whole, strict=True))
+        check_identical(list(model.parameters()), "weights", world)  # the same: passes
+        try:
+            check_identical([torch.tensor([float(rank)])], "alpha/beta", world)
+        except DistributedError as exc:
+            results[rank + world] = str(exc)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_averaged_gradients_equal_the_global_batch_and_divergence_is_caught():
+    world = 2
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_worker, args=(world, _free_port(), results), nprocs=world, start_method="fork")
+        assert results[0] < 1e-6 and results[1] < 1e-6  # float rounding of the two halves' sum
+        assert "alpha/beta differ between ranks (rank 1 against rank 0)" in results[2] == results[3]
