@@ -88,7 +88,7 @@ def test_bf16_keeps_about_half_and_trains():
     w_opt, _, _ = make_optimizers(net, SearchConfig())
     x, y = torch.randn(2, 3, 33, 33), torch.randint(0, 3, (2, 33, 33))
     loss = weight_step(net, x, y, w_opt, nn.CrossEntropyLoss(), grad_clip=5.0, precision="bf16")
-    assert torch.isfinite(torch.tensor(loss))
+    assert torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in net.parameters())  # master weights stay fp32
     assert any(not torch.equal(a, b) for a, b in zip(before, net.weight_parameters(), strict=True))
 

@@ -11,6 +11,7 @@ from tiny import SUPERNET, SYNTHETIC_SEARCH_DATA
 
 from autodeeplab.cli.main import main
 from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.study.inherited import kendall_tau
 from autodeeplab.study.report import agreement, group_stats
 
 SEARCH = [*SUPERNET, *SYNTHETIC_SEARCH_DATA, "batch_size=2", "epochs=2", "arch_start_epoch=1", "device=cpu"]
@@ -57,6 +58,15 @@ def test_a_tiny_study_runs_resumes_and_reports(tmp_path: Path, monkeypatch, caps
         assert [p["difference"] for p in figures["pairs"]] == pytest.approx(
             [searched[0] - random[0], searched[1] - random[1]]
         )
+    inherited = json.loads((out / "inherited.json").read_text())
+    assert sorted(inherited) == ["random-0", "random-1", "search-0", "search-1"]  # the paper's is L=12
+    assert all(0 <= v <= 1 for v in inherited.values())
+    names = sorted(inherited)
+    tau = kendall_tau([inherited[m] for m in names], [scores[m, "1"] for m in names])
+    assert report["budgets"]["1"]["kendall_tau"] == {
+        "tau": pytest.approx(tau, nan_ok=True),
+        "architectures": 4,
+    }
     assert (out / "report.md").read_text().startswith("# Study")
     assert (out / "search_curves.png").stat().st_size > 0
 

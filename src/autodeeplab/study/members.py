@@ -17,6 +17,7 @@ checkpoint. The report is :mod:`autodeeplab.study.report`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,12 +30,15 @@ from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.transforms import EvalTransform
 from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import ConfigError
+from autodeeplab.fileio import atomic_write_text
 from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
 from autodeeplab.nets.model_file import load_model
+from autodeeplab.runs.device import resolve_device
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import run_search
 from autodeeplab.space.autodeeplab.genotype import BUILTIN, Genotype
 from autodeeplab.space.autodeeplab.random_arch import random_genotype
+from autodeeplab.study.inherited import inherited_scores
 from autodeeplab.train.config import TrainConfig
 from autodeeplab.train.loop import run_training
 
@@ -184,4 +188,30 @@ def run_study(
         if not run_member(out, member, plan, search, train, quiet, echo):
             echo(f"interrupted; resume with `autodeeplab study --resume {out}`")
             return False
+    if plan.seeds and not (out / INHERITED_FILE).exists():
+        echo("scoring every architecture with the weights of the first search's supernet ...")
+        scores = inherited_scores(
+            out / "search-0" / "search",
+            member_genotypes(out, plan),
+            replace(search, seed=0),
+            str(resolve_device(search.device)),
+        )
+        atomic_write_text(out / INHERITED_FILE, json.dumps(scores, indent=1) + "\n")
     return True
+
+
+INHERITED_FILE = "inherited.json"
+"""Validation mIoU of each member with weights inherited from search-0's supernet (:mod:`.inherited`)."""
+
+
+def member_genotypes(out: Path, plan: StudyPlan) -> dict[str, Genotype]:
+    """The architecture of every member that has one so far."""
+    found = {}
+    for member in plan.members():
+        kind = group_of(member)
+        path = out / member / ("search" if kind == "searched" else "") / Genotype.FILE_NAME
+        if kind == "paper":
+            found[member] = BUILTIN["paper"]
+        elif path.exists():
+            found[member] = Genotype.load(path)
+    return found

@@ -6,6 +6,9 @@ per-seed pairs, how much the searches agree, and their validation curves (``repo
 - groups: mean ± sample standard deviation (n - 1) over members;
 - RI = 100 · (searched − random) / random (Yang et al., ICLR 2020), per budget;
 - pairs: search seed i against random member i (Sciuto et al., ICLR 2020), the difference per pair;
+- Kendall τ-b between each architecture's validation score with the weights inherited from search-0's
+  supernet (:mod:`autodeeplab.study.inherited`) and its score after retraining: does the supernet rank
+  architectures at all;
 - agreement: at each position (a layer of the path; an input slot of a block: its op and its input), the
   share of the searched architectures that make the most common choice, averaged over positions (1: all the
   same; 1/n at worst).
@@ -22,7 +25,8 @@ from typing import Any
 
 from autodeeplab.fileio import atomic_write_text
 from autodeeplab.space.autodeeplab.genotype import Genotype
-from autodeeplab.study.members import group_of, training_name
+from autodeeplab.study.inherited import kendall_tau
+from autodeeplab.study.members import INHERITED_FILE, group_of, training_name
 
 GROUPS = ("searched", "random", "paper")
 
@@ -77,6 +81,8 @@ def build_report(out: Path) -> dict[str, Any]:
 
     plan = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8"))
     scores = member_scores(out, plan)
+    path = out / INHERITED_FILE
+    inherited = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     budgets: dict[str, Any] = {}
     for budget in (f"{b:g}" for b in plan["budgets"]):
         groups = {
@@ -90,13 +96,26 @@ def build_report(out: Path) -> dict[str, Any]:
             a, b = scores.get(f"search-{i}", {}).get(budget), scores.get(f"random-{i}", {}).get(budget)
             if a is not None and b is not None:
                 pairs.append({"seed": i, "searched": a, "random": b, "difference": a - b})
-        budgets[budget] = {"groups": groups, "relative_improvement": ri, "pairs": pairs}
+        both = [m for m in inherited if budget in scores.get(m, {})]
+        tau = kendall_tau([inherited[m] for m in both], [scores[m][budget] for m in both])
+        budgets[budget] = {
+            "groups": groups,
+            "relative_improvement": ri,
+            "pairs": pairs,
+            "kendall_tau": {"tau": tau, "architectures": len(both)},
+        }
     found = [
         Genotype.load(out / f"search-{s}" / "search" / Genotype.FILE_NAME)
         for s in range(plan["seeds"])
         if (out / f"search-{s}" / "search" / Genotype.FILE_NAME).exists()
     ]
-    return {"plan": plan, "scores": scores, "budgets": budgets, "agreement": agreement(found)}
+    return {
+        "plan": plan,
+        "scores": scores,
+        "inherited": inherited,
+        "budgets": budgets,
+        "agreement": agreement(found),
+    }
 
 
 def _pct(x: float) -> str:
@@ -130,6 +149,12 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"Relative improvement of searched over random: {'-' if math.isnan(ri) else f'{ri:+.1f}%'}",
         ]
+        tau = figures["kendall_tau"]
+        if tau["architectures"] >= 2:
+            lines.append(
+                f"Kendall τ between the scores with supernet weights (search-0's, val) and after "
+                f"retraining: {tau['tau']:+.2f} over {tau['architectures']} architectures"
+            )
         for p in figures["pairs"]:
             lines.append(
                 f"- seed {p['seed']}: searched {_pct(p['searched'])} vs random {_pct(p['random'])} "
