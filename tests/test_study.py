@@ -102,3 +102,21 @@ def test_group_statistics_and_agreement_by_hand() -> None:
     figures = agreement([a, b, c])
     assert figures["path"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
     assert figures["cell"] == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_members_in_parallel_processes_give_the_sequential_results(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    import autodeeplab.study.members as members_module
+
+    # each child gets cpu_count // jobs threads: as many as this process has, for bit-equal results
+    monkeypatch.setattr(members_module.os, "cpu_count", lambda: 2 * torch.get_num_threads())
+    common = ["--seeds", "1", "--random", "1", "--no-paper", "--budgets", "1", "--train-preset", "synthetic"]
+    common += [*sets("--search-set", SEARCH), *sets("--train-set", TRAIN)]
+    assert main(["study", "-q", "-o", str(tmp_path / "one"), *common]) == 0
+    assert main(["study", "-q", "-o", str(tmp_path / "two"), "--jobs", "2", *common]) == 0
+    for member in ("search-0", "random-0"):
+        one = json.loads((tmp_path / "one" / member / "train-x1-s0" / "eval.json").read_text())
+        two = json.loads((tmp_path / "two" / member / "train-x1-s0" / "eval.json").read_text())
+        assert one["miou"] == two["miou"], member  # same seeds, same data: the same run
+    assert (tmp_path / "two" / "search-0" / "study.log").exists()

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", metavar="DIR", help="the study folder (new)")
     p.add_argument("--resume", metavar="DIR", help="continue the study in DIR with its own settings")
     p.add_argument("--report", metavar="DIR", help="only write the report of the study in DIR")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="members run at once, in processes (default 1)")
+    p.add_argument("--member", help=argparse.SUPPRESS)  # with --resume: run this one member only
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from autodeeplab.config.settings import load_config
     from autodeeplab.errors import ConfigError
     from autodeeplab.search.config import SearchConfig
-    from autodeeplab.study.members import PLAN_FILE, StudyPlan, run_study
+    from autodeeplab.study.members import PLAN_FILE, StudyPlan, run_member, run_study
     from autodeeplab.study.report import markdown, write_report
     from autodeeplab.train.config import TrainConfig
 
@@ -80,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
             budgets=list(args.budgets),
             eval_split=args.eval_split,
         )
-    finished = run_study(out, plan, search, train, resume=bool(args.resume), quiet=args.quiet)
+    if args.member:  # one member, in a process of `--jobs`
+        if not args.resume or args.member not in plan.members():
+            raise ConfigError(f"--member: {args.member!r} is not a member of the study given with --resume")
+        return 0 if run_member(out, args.member, plan, search, train, quiet=True) else 130
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: must be at least 1, got {args.jobs}")
+    finished = run_study(out, plan, search, train, resume=bool(args.resume), quiet=args.quiet, jobs=args.jobs)
     print(markdown(write_report(out)), end="")
     return 0 if finished else 130

@@ -18,6 +18,10 @@ checkpoint. The report is :mod:`autodeeplab.study.report`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -169,8 +173,11 @@ def run_study(
     resume: bool = False,
     quiet: bool = True,
     echo: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> bool:
-    """Every member in turn (see the module docstring); True when all have finished."""
+    """Every member (see the module docstring); True when all have finished. ``jobs`` > 1: that many members
+    at once, each in its own process (``autodeeplab study --resume OUT --member NAME``) with its share of
+    the CPU threads; the members write separate folders, so they never meet."""
     plan.validate()
     if search.data.dataset in VOLUME_DATASETS or search.search_space != "autodeeplab":
         raise ConfigError(
@@ -183,7 +190,10 @@ def run_study(
             raise ConfigError(f"study folder {out} is not empty; give a new folder, or --resume it")
         out.mkdir(parents=True, exist_ok=True)
         write_plan(out, plan, search, train)
-    for i, member in enumerate(plan.members(), start=1):
+    if jobs > 1 and not run_in_processes(out, plan.members(), jobs, echo):
+        echo(f"not every member finished; resume with `autodeeplab study --resume {out}`")
+        return False
+    for i, member in enumerate(plan.members(), start=1):  # (all done already after processes: quick)
         echo(f"== member {i}/{len(plan.members())}: {member} ==")
         if not run_member(out, member, plan, search, train, quiet, echo):
             echo(f"interrupted; resume with `autodeeplab study --resume {out}`")
@@ -215,3 +225,31 @@ def member_genotypes(out: Path, plan: StudyPlan) -> dict[str, Genotype]:
         elif path.exists():
             found[member] = Genotype.load(path)
     return found
+
+
+def run_in_processes(out: Path, members: list[str], jobs: int, echo: Callable[[str], None]) -> bool:
+    """Run ``members`` in at most ``jobs`` child processes at a time; True when every one exited with 0.
+    Each child gets ``max(1, cpus // jobs)`` threads and writes its messages to ``<member>/study.log``."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    waiting, running, ok = list(members), [], True
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            member = waiting.pop(0)
+            (out / member).mkdir(parents=True, exist_ok=True)
+            log = open(out / member / "study.log", "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+            command = [sys.executable, "-m", "autodeeplab", "study", "--resume", str(out), "--member", member]
+            running.append(
+                (member, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            )
+            echo(f"started {member} ({threads} threads; log {out / member / 'study.log'})")
+        for item in list(running):
+            member, process, log = item
+            if process.poll() is not None:
+                log.close()
+                running.remove(item)
+                ok &= process.returncode == 0
+                echo(f"{member}: {'done' if process.returncode == 0 else f'exit {process.returncode}'}")
+        if running:
+            time.sleep(0.5)
+    return ok
