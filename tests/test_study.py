@@ -120,3 +120,36 @@ def test_members_in_parallel_processes_give_the_sequential_results(tmp_path: Pat
         two = json.loads((tmp_path / "two" / member / "train-x1-s0" / "eval.json").read_text())
         assert one["miou"] == two["miou"], member  # same seeds, same data: the same run
     assert (tmp_path / "two" / "search-0" / "study.log").exists()
+
+
+def test_a_dints_study_on_volumes_scores_dice(tmp_path: Path, capsys) -> None:
+    """The DiNTS space on tiny NIfTI volumes: searched and random topologies, Dice from `eval`."""
+    pytest.importorskip("nibabel")
+    from test_volumes_end_to_end import VOLUME_DATA, write_volumes
+
+    root = write_volumes(tmp_path / "vol")
+    out = tmp_path / "study"
+    search = ["search_space=dints", "dints.depths=2", "dints.blocks=2", "dints.channels=4", "epochs=2"]
+    search += [
+        "arch_start_epoch=1",
+        "batch_size=2",
+        "steps_per_epoch=1",
+        "device=cpu",
+        "space.spatial_dims=3",
+    ]
+    search += [*VOLUME_DATA, "data.max_val_images=1"]
+    train = [*VOLUME_DATA, "model.spatial_dims=3", "dints.channels=4", "iterations=2", "eval_every=0"]
+    args = ["study", "-q", "-o", str(out), "--seeds", "1", "--random", "1", "--no-paper", "--budgets", "1"]
+    args += ["--data-root", str(root), "--search-preset", "cpu", "--train-preset", "tiny"]
+    assert main([*args, *sets("--search-set", search), *sets("--train-set", train)]) == 0, capsys.readouterr()
+    for member in ("search-0", "random-0"):
+        result = json.loads((out / member / "train-x1-s0" / "eval.json").read_text())
+        assert 0 <= result["mean_dice"] <= 1
+    assert (out / "random-0" / "dints_arch.json").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["scores"]["random-0"]["1"] == pytest.approx(
+        json.loads((out / "random-0" / "train-x1-s0" / "eval.json").read_text())["mean_dice"]
+    )
+    assert not (out / "inherited.json").exists()  # supernet-inherited scores: Auto-DeepLab's space only
+    assert main(["study", "-q", "-o", str(tmp_path / "x"), "--search-set", "search_space=dints"]) == 2
+    assert "paper genotype is an Auto-DeepLab architecture" in capsys.readouterr().err

@@ -30,17 +30,13 @@ import torch
 import yaml
 
 from autodeeplab.config.settings import dump_config_yaml
-from autodeeplab.data.registry import build_dataset
-from autodeeplab.data.transforms import EvalTransform
-from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import ConfigError
 from autodeeplab.fileio import atomic_write_text
-from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
-from autodeeplab.nets.model_file import load_model
 from autodeeplab.runs.device import resolve_device
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.loop import run_search
-from autodeeplab.space.autodeeplab.genotype import BUILTIN, Genotype
+from autodeeplab.space.architectures import AnyArchitecture, load_architecture, run_architecture_file
+from autodeeplab.space.autodeeplab.genotype import BUILTIN
 from autodeeplab.space.autodeeplab.random_arch import random_genotype
 from autodeeplab.study.inherited import inherited_scores
 from autodeeplab.train.config import TrainConfig
@@ -102,7 +98,7 @@ def write_plan(out: Path, plan: StudyPlan, search: SearchConfig, train: TrainCon
 
 def member_genotype(
     out: Path, member: str, plan: StudyPlan, search: SearchConfig, quiet: bool, echo: Callable[[str], None]
-) -> Genotype | None:
+) -> AnyArchitecture | None:
     """The member's architecture: searched (running or resuming its search), drawn, or the paper's. None
     when the search was interrupted."""
     folder = out / member
@@ -111,20 +107,31 @@ def member_genotype(
     if kind == "paper":
         return BUILTIN["paper"]
     if kind == "random":
-        path = folder / Genotype.FILE_NAME
-        if path.exists():  # drawn before: the same member on resume
-            return Genotype.load(path)
+        drawn = run_architecture_file(folder)
+        if drawn is not None:  # drawn before: the same member on resume
+            return load_architecture(drawn)
         k = int(member.split("-")[1])
         generator = torch.Generator().manual_seed(plan.random_seed * 1000 + k)
-        s = search.space
-        genotype = random_genotype(s.num_layers, s.num_blocks, s.num_levels, generator)
-        genotype.save(path)
-        return genotype
+        architecture = random_architecture(search, generator)
+        architecture.save(folder / architecture.FILE_NAME)
+        return architecture
     config = replace(search, seed=int(member.split("-")[1]))
     run_dir = folder / "search"
     started = run_dir.is_dir() and any(run_dir.iterdir())
     found = run_search(config, run_dir, resume=started, quiet=quiet, echo=echo)
     return None if found.interrupted else found.genotype
+
+
+def random_architecture(search: SearchConfig, generator: torch.Generator) -> AnyArchitecture:
+    """An architecture drawn uniformly from the search settings' space (the contract's
+    ``random_architecture``; Auto-DeepLab's needs no supernet)."""
+    if search.search_space == "autodeeplab":
+        s = search.space
+        return random_genotype(s.num_layers, s.num_blocks, s.num_levels, generator)
+    from autodeeplab.search.spaces import space_builder
+
+    space = space_builder(search)(search, 2, 1)  # the topology and op set do not depend on classes
+    return space.random_architecture(generator)
 
 
 def run_member(
@@ -155,14 +162,13 @@ def run_member(
     return True
 
 
-def score_model(model_path: Path, split: str, target: Path) -> dict:
-    """Evaluate a trained model on ``split`` of its own dataset and write ``target`` (eval.json)."""
-    model, info = load_model(model_path)
-    dataset = build_dataset(info.dataset, info.data_root, split, EvalTransform(), **info.dataset_options)
-    result = evaluate(model, dataset, dataset.num_classes, dataset.class_names, dataset.ignore_index)
-    config = EvalConfig(split=split, dataset=info.dataset, data_root=info.data_root or None)
-    write_eval_json(target, result, config)
-    return result.metrics.to_dict()
+def score_model(model_path: Path, split: str, target: Path) -> None:
+    """Evaluate a trained model on ``split`` of its own dataset as ``autodeeplab eval`` does (images:
+    mIoU; volumes: sliding window, Dice) and write ``target`` (eval.json)."""
+    from autodeeplab.cli.main import main
+
+    if main(["eval", str(model_path), "--split", split, "--json", str(target), "-q"]) != 0:
+        raise ConfigError(f"study: evaluating {model_path} on {split} failed (see the message above)")
 
 
 def run_study(
@@ -179,11 +185,8 @@ def run_study(
     at once, each in its own process (``autodeeplab study --resume OUT --member NAME``) with its share of
     the CPU threads; the members write separate folders, so they never meet."""
     plan.validate()
-    if search.data.dataset in VOLUME_DATASETS or search.search_space != "autodeeplab":
-        raise ConfigError(
-            "study: images and the Auto-DeepLab space for now (volumes with Dice and the DiNTS space are "
-            "not wired in yet)"
-        )
+    if plan.paper and search.search_space != "autodeeplab":
+        raise ConfigError("study: the paper genotype is an Auto-DeepLab architecture; add --no-paper")
     out = Path(out)
     if not resume:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -198,7 +201,7 @@ def run_study(
         if not run_member(out, member, plan, search, train, quiet, echo):
             echo(f"interrupted; resume with `autodeeplab study --resume {out}`")
             return False
-    if plan.seeds and not (out / INHERITED_FILE).exists():
+    if plan.seeds and search.search_space == "autodeeplab" and not (out / INHERITED_FILE).exists():
         echo("scoring every architecture with the weights of the first search's supernet ...")
         scores = inherited_scores(
             out / "search-0" / "search",
@@ -214,16 +217,17 @@ INHERITED_FILE = "inherited.json"
 """Validation mIoU of each member with weights inherited from search-0's supernet (:mod:`.inherited`)."""
 
 
-def member_genotypes(out: Path, plan: StudyPlan) -> dict[str, Genotype]:
+def member_genotypes(out: Path, plan: StudyPlan) -> dict[str, AnyArchitecture]:
     """The architecture of every member that has one so far."""
-    found = {}
+    found: dict[str, AnyArchitecture] = {}
     for member in plan.members():
         kind = group_of(member)
-        path = out / member / ("search" if kind == "searched" else "") / Genotype.FILE_NAME
         if kind == "paper":
             found[member] = BUILTIN["paper"]
-        elif path.exists():
-            found[member] = Genotype.load(path)
+            continue
+        path = run_architecture_file(out / member / "search" if kind == "searched" else out / member)
+        if path is not None:
+            found[member] = load_architecture(path)
     return found
 
 

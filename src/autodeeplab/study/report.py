@@ -2,7 +2,8 @@
 per-seed pairs, how much the searches agree, and their validation curves (``report.md``, ``report.json``,
 ``search_curves.png`` in the study folder).
 
-- score of a member at a budget: the mean test mIoU over its retraining seeds;
+- score of a member at a budget: the mean test mIoU (volumes: mean foreground Dice) over its retraining
+  seeds;
 - groups: mean ± sample standard deviation (n - 1) over members;
 - RI = 100 · (searched − random) / random (Yang et al., ICLR 2020), per budget;
 - pairs: search seed i against random member i (Sciuto et al., ICLR 2020), the difference per pair;
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from autodeeplab.fileio import atomic_write_text
+from autodeeplab.space.architectures import load_architecture, run_architecture_file
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.study.inherited import kendall_tau
 from autodeeplab.study.members import INHERITED_FILE, group_of, training_name
@@ -40,10 +42,15 @@ def member_scores(out: Path, plan: dict[str, Any]) -> dict[str, dict[str, float]
             for seed in plan["retrain_seeds"]:
                 path = out / member / training_name(budget, seed) / "eval.json"
                 if path.exists():
-                    values.append(float(json.loads(path.read_text(encoding="utf-8"))["miou"]))
+                    values.append(score_of(json.loads(path.read_text(encoding="utf-8"))))
             if values and len(values) == len(plan["retrain_seeds"]):
                 scores.setdefault(member, {})[f"{budget:g}"] = sum(values) / len(values)
     return scores
+
+
+def score_of(result: dict[str, Any]) -> float:
+    """The score of an eval.json: mIoU for images, the mean foreground Dice for volumes."""
+    return float(result["mean_dice"] if "mean_dice" in result else result["miou"])
 
 
 def _members(plan: dict[str, Any]) -> list[str]:
@@ -105,10 +112,11 @@ def build_report(out: Path) -> dict[str, Any]:
             "kendall_tau": {"tau": tau, "architectures": len(both)},
         }
     found = [
-        Genotype.load(out / f"search-{s}" / "search" / Genotype.FILE_NAME)
+        load_architecture(path)
         for s in range(plan["seeds"])
-        if (out / f"search-{s}" / "search" / Genotype.FILE_NAME).exists()
+        if (path := run_architecture_file(out / f"search-{s}" / "search")) is not None
     ]
+    found = [g for g in found if isinstance(g, Genotype)]  # agreement per position: Auto-DeepLab's
     return {
         "plan": plan,
         "scores": scores,
@@ -131,7 +139,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{plan['seeds']} searches, {plan['random']} random architectures"
         + (", the paper's genotype" if plan["paper"] else "")
         + f"; retraining seeds {plan['retrain_seeds']}; budgets ×{plan['budgets']} of the training "
-        f"iterations; scores: {plan['eval_split']} mIoU (%), the mean over the retraining seeds.",
+        f"iterations; scores: {plan['eval_split']} mIoU (%; volumes: mean foreground Dice), the mean over "
+        "the retraining seeds.",
         "",
         "| member | " + " | ".join(f"×{b:g}" for b in plan["budgets"]) + " |",
         "|---|" + "---|" * len(plan["budgets"]),
@@ -182,16 +191,15 @@ def curves_picture(out: Path, plan: dict[str, Any], target: Path) -> Path | None
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        rows = [r for r in rows if "val_miou" in r]
-        ax.plot(
-            [r["epoch"] for r in rows], [100 * r["val_miou"] for r in rows], marker="o", label=f"seed {s}"
-        )
+        key = "val_dice" if any("val_dice" in r for r in rows) else "val_miou"
+        rows = [r for r in rows if key in r]
+        ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], marker="o", label=f"seed {s}")
         drawn += 1
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation mIoU (%)")
+    ax.set_ylabel("validation score (%): mIoU, or Dice for volumes")
     ax.set_title("searches of the study")
     ax.legend()
     fig.tight_layout()
