@@ -13,6 +13,7 @@ from autodeeplab.ops.losses import make_loss
 from autodeeplab.runs.sampling import batches_per_epoch
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.data import build_search_data
+from autodeeplab.search.dispatch_probe import count_search_steps
 from autodeeplab.search.estimate import SearchEstimate, _time_forward, _time_steps, count_saved
 from autodeeplab.search.spaces import space_builder
 
@@ -59,6 +60,8 @@ def estimate_volume_search(
         echo("timing one weight step and one architecture step ...")
         w, a = _time_steps(model, config, device, 0, classes, repeats, shape=shape)
         estimate.weight_step_seconds, estimate.arch_step_seconds = w, a
+        echo("counting the operators of a weight step and an architecture step ...")
+        estimate.dispatches = count_search_steps(model, config, device, shape, classes)
     count = len(val) if d.max_val_images is None else min(len(val), d.max_val_images)
     if d.val_crop:
         estimate.val_images, estimate.val_pixels = count, math.prod(patch)
