@@ -25,7 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-seed", type=int, default=0, help="seed of the random draws")
     p.add_argument("--eval-split", default="test", help="held-out split (default test)")
     p.add_argument("--search-preset", default="cpu", help="search preset (default cpu)")
-    p.add_argument("--train-preset", default="cpu", help="training preset (default cpu)")
+    p.add_argument(
+        "--train-preset",
+        help="training preset (default: cpu with --dataset, for real images; synthetic without, as `run`)",
+    )
     p.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE", help="search setting")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
     p.add_argument("--output", "-o", metavar="DIR", help="the study folder (new)")
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         shared = [f"data.dataset={args.dataset}"] if args.dataset else []
         shared += [f"data.root={args.data_root}"] if args.data_root else []
         search = load_config(SearchConfig, preset=args.search_preset, overrides=[*shared, *args.search_set])
-        train = load_config(TrainConfig, preset=args.train_preset, overrides=[*shared, *args.train_set])
+        preset = args.train_preset or ("cpu" if args.dataset else "synthetic")
+        train = load_config(TrainConfig, preset=preset, overrides=[*shared, *args.train_set])
         plan = StudyPlan(
             seeds=args.seeds,
             random=args.random,
