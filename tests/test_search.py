@@ -148,7 +148,7 @@ def test_reusing_a_run_directory_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_the_search_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import autodeeplab.search.loop as search_module
+    import autodeeplab.search.steps as search_module
     from autodeeplab.runs.state import NonFiniteError
 
     real_step, calls = search_module.weight_step, []
@@ -196,7 +196,7 @@ def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_metrics_hold_the_epoch_means_of_both_losses(tmp_path, monkeypatch):
-    import autodeeplab.search.loop as search_module
+    import autodeeplab.search.steps as search_module
 
     weight_losses, arch_losses = [], []
     real_w, real_a = search_module.weight_step, search_module.arch_step

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -62,14 +62,18 @@ def backward_and_step(
     device_type: str,
     clip_parameters: Iterable[nn.Parameter] = (),
     grad_clip: float = 0.0,
+    after_backward: Callable[[], None] | None = None,
 ) -> None:
     """``loss.backward()``, optional gradient-norm clipping of ``clip_parameters``, ``optimizer.step()``.
 
     With ``fp16`` the loss is scaled for the backward and the gradients unscaled before clipping; a step
     whose gradients overflowed is skipped and the scale lowered (standard dynamic loss scaling).
+    ``after_backward``: called between the backward and the clipping (not with fp16).
     """
     if precision != "fp16":
         loss.backward()
+        if after_backward is not None:  # e.g. the gradients averaged over the ranks, before clipping
+            after_backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(list(clip_parameters), grad_clip)
         optimizer.step()

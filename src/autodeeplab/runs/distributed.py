@@ -106,3 +106,52 @@ def check_identical(tensors: Sequence[torch.Tensor], what: str, world: int) -> N
             f"{what} differ between ranks (rank {differing[0]} against rank 0): the run stops rather than "
             "give each rank its own architecture"
         )
+
+
+def setup(device: str) -> RankInfo:
+    """This process's rank; in a world of several, the process group joined (NCCL for CUDA devices, gloo
+    otherwise) and, on CUDA, the device of the local rank made current."""
+    info = rank_info_from_env()
+    if info.world > 1 and not dist.is_initialized():
+        cuda = device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return info
+
+
+def rank_device(device: torch.device, info: RankInfo) -> torch.device:
+    """The local rank's GPU when ``device`` is CUDA in a world of several, else ``device``."""
+    if info.world > 1 and device.type == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def mean_over_ranks(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """``tensor`` averaged over the ranks (in place; itself in a world of one)."""
+    if world > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world
+    return tensor
+
+
+def any_rank(flag: bool, world: int) -> bool:
+    """Whether ``flag`` is true on some rank (every rank gets the same answer)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_ok(ok: bool, world: int) -> bool:
+    """Whether ``ok`` holds on every rank (a collective: every rank must call it; a single process: ``ok``).
+    Lets ranks that wait for one that failed (e.g. rank 0 could not create the run directory) stop too
+    instead of waiting forever."""
+    return not any_rank(not ok, world)
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()

@@ -61,17 +61,26 @@ def epoch_loader(
     epoch: int,
     start_batch: int = 0,
     num_workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> DataLoader:
     """Loader over ``indices`` in the order of ``(seed, stream, epoch)``, starting at ``start_batch``.
 
     Calls ``dataset.set_epoch(epoch)`` first when the dataset has it, so augmentation follows the
-    epoch too (workers copy the dataset when the iterator starts, after this call).
+    epoch too (workers copy the dataset when the iterator starts, after this call). ``shard`` ``(rank,
+    world)``: ``batch_size`` is the global batch and this rank loads its ``batch_size / world`` samples of
+    each (:func:`~autodeeplab.runs.distributed.rank_order`).
     """
+    from autodeeplab.runs.distributed import rank_order
+
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
     order = epoch_order(indices, seed, stream, epoch)
     usable = batches_per_epoch(len(order), batch_size) * batch_size
-    order = order[start_batch * batch_size : usable]
+    order = order[:usable]
+    rank, world = shard
+    if world > 1:
+        order, batch_size = rank_order(order, batch_size, rank, world), batch_size // world
+    order = order[start_batch * batch_size :]
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -106,12 +115,14 @@ class CyclingLoader:
         stream: int,
         num_workers: int = 0,
         position: CyclePosition | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batches_per_epoch(len(indices), batch_size) == 0:
             raise ValueError(f"{len(indices)} samples cannot fill one batch of {batch_size}")
         self.dataset, self.indices, self.batch_size = dataset, list(indices), batch_size
         self.seed, self.stream, self.num_workers = seed, stream, num_workers
         self.position = position or CyclePosition()
+        self.shard = shard
         self._iterator: Iterator | None = None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +141,7 @@ class CyclingLoader:
                 self.position.cycle,
                 self.position.batch,
                 self.num_workers,
+                self.shard,
             )
             self._iterator = iter(loader)
         batch = next(self._iterator)
