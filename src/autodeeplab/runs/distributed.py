@@ -139,7 +139,9 @@ def any_rank(flag: bool, world: int) -> bool:
     """Whether ``flag`` is true on some rank (every rank gets the same answer)."""
     if world == 1:
         return flag
-    value = torch.tensor([int(flag)])
+    # NCCL reduces only CUDA tensors (setup made the local rank's device current)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
