@@ -128,3 +128,40 @@ def test_a_two_process_search_matches_one_process_with_the_global_batch(tmp_path
     alpha_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["alpha"])
     assert (alpha_two - alpha_one).abs().max() < 0.01
     assert single.genotype.to_dict()["cell"] is not None
+
+
+def _resume_worker(rank: int, world: int, port: int, out: str, results) -> None:
+    import os
+
+    from autodeeplab.search.loop import run_search
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        config = _search_config(4)
+        config.epochs = 3
+        found = run_search(config, out, resume=True, quiet=True, echo=lambda s: None)
+        results[rank] = found.genotype.to_dict()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_search_begun_in_one_process_resumes_in_two(tmp_path):
+    """The checkpoint holds the global batch's position, not a world size: one process runs 2 epochs, two
+    processes resume it for a third from rank 0's checkpoint, and agree on the architecture."""
+    import json
+
+    from autodeeplab.search.loop import run_search
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    run_search(_search_config(4), out, quiet=True, echo=lambda s: None)
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(
+            _resume_worker, args=(2, _free_port(), str(out), results), nprocs=2, start_method="fork"
+        )
+        assert results[0] == results[1]
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
