@@ -163,12 +163,30 @@ def run_member(
 
 
 def score_model(model_path: Path, split: str, target: Path) -> None:
-    """Evaluate a trained model on ``split`` of its own dataset as ``autodeeplab eval`` does (images:
-    mIoU; volumes: sliding window, Dice) and write ``target`` (eval.json)."""
-    from autodeeplab.cli.main import main
+    """Evaluate a trained model on ``split`` of its own dataset as ``autodeeplab eval`` does by default
+    (images: whole, one scale, mIoU; volumes: sliding window at the training patch with its overlap, Dice)
+    and write ``target`` (eval.json)."""
+    from autodeeplab.data.registry import build_dataset
+    from autodeeplab.data.transforms import EvalTransform
+    from autodeeplab.data.volume_checks import is_volume_dataset
+    from autodeeplab.fileio import atomic_write_json
+    from autodeeplab.infer.evaluate import EVAL_JSON_KIND, EvalConfig, evaluate, write_eval_json
+    from autodeeplab.infer.volumes import evaluate_volumes
+    from autodeeplab.nets.model_file import load_model
 
-    if main(["eval", str(model_path), "--split", split, "--json", str(target), "-q"]) != 0:
-        raise ConfigError(f"study: evaluating {model_path} on {split} failed (see the message above)")
+    model, info = load_model(model_path)
+    volumes = info.patch_size is not None  # a volume model: the dataset's own whole volumes
+    transform = None if volumes else EvalTransform()
+    dataset = build_dataset(info.dataset, info.data_root, split, transform, **info.dataset_options)
+    if volumes and is_volume_dataset(dataset):
+        overlap = info.window_overlap if info.window_overlap is not None else 0.5
+        result = evaluate_volumes(model, dataset, tuple(info.patch_size), overlap)
+        record = {"kind": EVAL_JSON_KIND, "checkpoint": str(model_path), "dataset": info.dataset}
+        atomic_write_json(target, {**record, "split": split, "window_overlap": overlap, **result.to_dict()})
+        return
+    result = evaluate(model, dataset, dataset.num_classes, dataset.class_names, dataset.ignore_index)
+    config = EvalConfig(split=split, dataset=info.dataset, data_root=info.data_root or None)
+    write_eval_json(target, result, config)
 
 
 def run_study(
