@@ -159,7 +159,7 @@ CROSSED_LABELS = [0, 0, 0, 2, 2]
 
 @pytest.mark.parametrize(
     ("genotype", "most"),
-    zip(CELLS, CROSSED_LABELS, strict=True),
+    list(zip(CELLS, CROSSED_LABELS, strict=True)),
     ids=["paper", "1-block", "3-block", "5-block", "6-block"],
 )
 def test_cell_op_labels_sit_on_their_edge_away_from_others(genotype, most):
