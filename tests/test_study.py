@@ -7,28 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-from tiny import SUPERNET, SYNTHETIC_SEARCH_DATA
+from test_pipeline_resume import SEARCH, TRAIN, sets  # the same tiny search and training
 
 from autodeeplab.cli.main import main
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.study.inherited import kendall_tau
 from autodeeplab.study.report import agreement, group_stats
-
-SEARCH = [*SUPERNET, *SYNTHETIC_SEARCH_DATA, "batch_size=2", "epochs=2", "arch_start_epoch=1", "device=cpu"]
-TRAIN = [
-    "model.filter_multiplier=2",
-    "model.aspp_channels=8",
-    "model.decoder_channels=8",
-    "data.crop_size=32",
-    "data.synthetic_size=[32,32]",
-    "iterations=2",
-    "batch_size=2",
-    "device=cpu",
-]
-
-
-def sets(flag: str, items: list[str]) -> list[str]:
-    return [part for item in items for part in (flag, item)]
 
 
 def test_a_tiny_study_runs_resumes_and_reports(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -28,7 +28,7 @@ from autodeeplab.fileio import atomic_write_text
 from autodeeplab.space.architectures import load_architecture, run_architecture_file
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.study.inherited import kendall_tau
-from autodeeplab.study.members import INHERITED_FILE, group_of, training_name
+from autodeeplab.study.members import INHERITED_FILE, StudyPlan, group_of, training_name
 
 GROUPS = ("searched", "random", "paper")
 
@@ -36,7 +36,7 @@ GROUPS = ("searched", "random", "paper")
 def member_scores(out: Path, plan: dict[str, Any]) -> dict[str, dict[str, float]]:
     """``{member: {budget: mean mIoU over the retraining seeds}}`` for every finished budget."""
     scores: dict[str, dict[str, float]] = {}
-    for member in _members(plan):
+    for member in StudyPlan(**plan).members():
         for budget in plan["budgets"]:
             values = []
             for seed in plan["retrain_seeds"]:
@@ -51,11 +51,6 @@ def member_scores(out: Path, plan: dict[str, Any]) -> dict[str, dict[str, float]
 def score_of(result: dict[str, Any]) -> float:
     """The score of an eval.json: mIoU for images, the mean foreground Dice for volumes."""
     return float(result["mean_dice"] if "mean_dice" in result else result["miou"])
-
-
-def _members(plan: dict[str, Any]) -> list[str]:
-    names = [f"search-{s}" for s in range(plan["seeds"])] + [f"random-{k}" for k in range(plan["random"])]
-    return names + (["paper"] if plan["paper"] else [])
 
 
 def group_stats(values: list[float]) -> dict[str, float | int]:
