@@ -5,14 +5,25 @@
 # each decoded network retrained with the `hippocampus` training preset at the search's width
 # (dints.channels=16) and scored on the 52 test volumes. Then the table (benchmarks/dints_budgets_report.py).
 # Resumable: run it again with the same folder; finished parts are skipped, interrupted ones continue.
+# FROM_SAVED=1 retrains the architectures of the recorded searches (benchmarks/dints_budgets/) without
+# searching again (a search re-run on other hardware or thread counts can decode slightly differently).
 #   bash benchmarks/dints_budgets.sh [OUT]          (default runs/bench/dints-budgets)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${1:-runs/bench/dints-budgets}
 BUDGETS=${BUDGETS:-"0.2 0.5 0.8"}
+SAVED=benchmarks/dints_budgets  # the searched architectures of the recorded runs (see benchmarks/README.md)
 for B in $BUDGETS; do
   S="$OUT/search-$B"
-  if [ -f "$S/config.yaml" ]; then
+  if [ ! -e "$S" ] && [ -n "${FROM_SAVED:-}" ] && [ -f "$SAVED/dints_arch-$B.json" ]; then
+    # FROM_SAVED=1: retrain the recorded searches' architectures instead of searching again
+    mkdir -p "$S" && cp "$SAVED/dints_arch-$B.json" "$S/dints_arch.json"
+    cp "$SAVED/arch_params-$B.json" "$S/arch_params.json"
+    continue
+  fi
+  if [ -f "$S/dints_arch.json" ] && [ ! -f "$S/config.yaml" ]; then
+    continue  # restored from $SAVED
+  elif [ -f "$S/config.yaml" ]; then
     autodeeplab search --resume "$S" -q
   else
     autodeeplab search --space dints --preset hippocampus --set dints.memory_budget="$B" \

@@ -68,7 +68,8 @@ def trained(tmp_path: Path) -> Path:
 
 
 ALLOWED_TRAIN = (
-    "data.num_workers, data.root, device, iterations, checkpoint_every, keep_checkpoints, log_every"
+    "data.num_workers, data.root, device, iterations, checkpoint_every, keep_checkpoints, log_every, "
+    "accumulate_steps, sync_bn"
 )
 
 

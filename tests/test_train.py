@@ -349,9 +349,9 @@ def test_training_reads_losses_back_once_per_sync_every_steps(tmp_path: Path, mo
 
     sizes: list[int] = []
 
-    def spy(pending, what):
+    def spy(pending, what, world=1):
         sizes.append(len(pending))
-        return read_losses(pending, what)
+        return read_losses(pending, what, world)
 
     monkeypatch.setattr(train_module, "read_losses", spy)
     steps = 2 * SYNC_EVERY + 3

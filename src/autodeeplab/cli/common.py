@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ def resolve_run_config(
     change outside its ``RESUMABLE_KEYS`` (the run length, checkpointing, workers, device, data root);
     allowed changes are written back to ``config.yaml`` under ``run_info.resumed_with``.
     """
+    resume_after_restart(args, exclusive)
     overrides = list(args.overrides)
     if args.dataset:
         overrides.append(f"data.dataset={args.dataset}")
@@ -82,6 +85,24 @@ def resolve_run_config(
     return load_config(
         config_cls, preset=args.preset or default_preset, yaml_path=args.config, overrides=overrides
     )
+
+
+def resume_after_restart(args: argparse.Namespace, exclusive: tuple[str, ...] = ()) -> None:
+    """Under ``torchrun --max-restarts``, a restarted group runs the same command line again: a new run
+    (``--output DIR``) whose folder already holds the run that the group began becomes ``--resume DIR`` (the
+    run's own settings, from its checkpoint). ``TORCHELASTIC_RESTART_COUNT`` (set by torchrun) says which
+    attempt this is; the first attempt, and any run outside torchrun, is untouched."""
+    try:
+        attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return
+    if attempt < 1 or args.resume or not args.output or not (Path(args.output) / "config.yaml").exists():
+        return
+    print(f"torchrun restart {attempt}: resuming {args.output}", file=sys.stderr)
+    args.resume, args.output = args.output, None
+    for flag in ("preset", "config", *exclusive):
+        if getattr(args, flag, None):
+            setattr(args, flag, None)
 
 
 def add_overwrite_argument(p: argparse.ArgumentParser) -> None:

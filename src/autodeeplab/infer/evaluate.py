@@ -38,6 +38,7 @@ from autodeeplab.errors import ConfigError
 from autodeeplab.fileio import atomic_write_json, loads_json
 from autodeeplab.infer.metrics import ConfusionMatrix, SegmentationMetrics
 from autodeeplab.ops.primitives import resize
+from autodeeplab.runs.distributed import sum_over_ranks
 
 DEFAULT_WINDOW_OVERLAP = 1.0 / 3.0
 """Fraction of a sliding-window tile shared with its neighbour (DeepLab/PSPNet use about a third)."""
@@ -252,6 +253,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     max_images: int | None = None,
     progress: Callable[[int], None] | None = None,
+    world: int = 1,
 ) -> EvalResult:
     """Accumulate one confusion matrix over ``samples`` and return its metrics.
 
@@ -260,6 +262,9 @@ def evaluate(
             built with the evaluation transform or a ``DataLoader`` over it.
         max_images: stop after this many images (quick checks); ``None`` evaluates everything.
         progress: called with the number of images done after each sample.
+        world: in a distributed run, the number of ranks: each passes its own share of the samples
+            (:func:`~autodeeplab.runs.distributed.shard_indices`) and every rank gets the metrics of all of
+            them (the confusion matrices and image counts are summed: integers, so exactly one process's).
 
     The model is put in eval mode (BN running statistics, drop path off) and restored afterwards.
     """
@@ -285,6 +290,9 @@ def evaluate(
                 progress(done)
     finally:
         model.train(was_training)
+    if world > 1:
+        counts = sum_over_ranks(torch.cat([cm.matrix.reshape(-1), torch.tensor([done])]), world)
+        cm.matrix, done = counts[:-1].reshape(num_classes, num_classes).clone(), int(counts[-1])
     return EvalResult(cm.compute(class_names), done, time.perf_counter() - start, settings)
 
 

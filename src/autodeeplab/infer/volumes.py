@@ -45,6 +45,7 @@ from autodeeplab.infer.volume_metrics import (
 )
 from autodeeplab.outputs import NIFTI_DESCRIPTION
 from autodeeplab.runs.device import preferred_memory_format
+from autodeeplab.runs.distributed import gather_objects, shard_indices
 
 BLEND_MODES = ("gaussian", "constant")
 
@@ -228,6 +229,8 @@ def evaluate_volumes(
     with_hd95: bool = True,
     mirror: bool = False,
     largest_component: bool = False,
+    world: int = 1,
+    rank: int = 0,
 ) -> VolumeEvalResult:
     """Sliding-window inference, Dice and HD95 on each of the first ``max_volumes`` volumes of ``dataset``
     (all when ``None``).
@@ -237,7 +240,9 @@ def evaluate_volumes(
     ``progress(done, total)`` is called after each volume. The model is put in eval mode and restored.
     ``with_hd95=False`` skips the distances (all NaN): the search's validation needs only Dice. ``mirror``:
     test-time mirroring (see :func:`sliding_window_probabilities`); ``largest_component``: each class cut
-    to its largest connected piece before scoring (:func:`keep_largest_component`).
+    to its largest connected piece before scoring (:func:`keep_largest_component`). ``world``/``rank``:
+    in a distributed run each rank scores every ``world``-th volume from ``rank`` and every rank gets all
+    the rows, in volume order, and the means over them: the same numbers as one process.
     """
     k, ignore = int(dataset.num_classes), dataset.ignore_index
     names = [str(n) for n in dataset.class_names]
@@ -251,7 +256,7 @@ def evaluate_volumes(
     model.eval()
     start = time.perf_counter()
     try:
-        for i in range(total):
+        for i in shard_indices(total, rank, world):
             image, mask = dataset[i]
             if tuple(mask.shape) != tuple(image.shape[1:]):
                 raise DataError(
@@ -278,9 +283,12 @@ def evaluate_volumes(
                 VolumeScores(dataset.volume_id(i), dice, hd95, _nanmean(dice[1:]), _nanmean(hd95[1:]))
             )
             if progress is not None:
-                progress(i + 1, total)
+                progress(len(rows), total)
     finally:
         model.train(was_training)
+    if world > 1:  # rank r holds volumes r, r + world, ...: interleave them back into volume order
+        shares = gather_objects(rows, world)
+        rows = [shares[i % world][i // world] for i in range(total)]
     per_class_dice = [_nanmean([r.dice[c] for r in rows]) for c in range(k)]
     per_class_hd95 = [_nanmean([r.hd95[c] for r in rows]) for c in range(k)]
     means = _nanmean(per_class_dice[1:]), _nanmean(per_class_hd95[1:])

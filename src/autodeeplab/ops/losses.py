@@ -32,22 +32,61 @@ class DiceCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        return (1 - self._dice(logits, target)).mean() + ce
+
+    def counts(self, target: torch.Tensor) -> torch.Tensor:
+        """``[2]``: the samples (what the Dice term averages over) and the voxels not ignored (the
+        cross-entropy's); see :func:`split_loss`."""
+        samples = torch.tensor(target.shape[0], device=target.device)
+        return torch.stack([samples, (target != self.ignore_index).sum()])
+
+    def sums(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``[2]``: the per-sample Dice losses summed, the voxels' cross-entropies summed."""
+        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
+        dice = self._dice(logits, target)
+        return torch.stack([(1 - dice).mean(dim=1).sum(), ce])
+
+    def _dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``[N, K or K-1]``: each sample's soft Dice per class (background left out unless included);
+        ignored voxels count in neither the prediction nor the truth."""
         num_classes = logits.shape[1]
-        valid = (target != self.ignore_index).unsqueeze(1).to(logits.dtype)  # [N, 1, *S]
+        valid = (target != self.ignore_index).unsqueeze(1).to(logits.dtype)
         labels = torch.where(target == self.ignore_index, torch.zeros_like(target), target)
-        one_hot = F.one_hot(labels, num_classes).movedim(-1, 1).to(logits.dtype) * valid  # [N, K, *S]
+        one_hot = F.one_hot(labels, num_classes).movedim(-1, 1).to(logits.dtype) * valid
         probs = logits.softmax(dim=1) * valid
         dims = tuple(range(2, logits.ndim))
-        intersection = (probs * one_hot).sum(dims)  # [N, K]
-        denominator = probs.sum(dims) + one_hot.sum(dims)
-        dice = (2 * intersection + SMOOTH) / (denominator + SMOOTH)
-        if not self.include_background:
-            dice = dice[:, 1:]
-        return (1 - dice).mean() + ce
+        dice = (2 * (probs * one_hot).sum(dims) + SMOOTH) / (probs.sum(dims) + one_hot.sum(dims) + SMOOTH)
+        return dice if self.include_background else dice[:, 1:]
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """torch's cross-entropy (mean over the pixels not ignored), splittable (:func:`split_loss`)."""
+
+    def counts(self, target: torch.Tensor) -> torch.Tensor:
+        """``[1]``: the pixels not ignored."""
+        return (target != self.ignore_index).sum().reshape(1)
+
+    def sums(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``[1]``: their cross-entropies summed."""
+        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum")
+        return ce.reshape(1)
+
+
+def split_loss(
+    loss: nn.Module, logits: torch.Tensor, target: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
+    """The part of ``loss`` over the whole batch that this piece ``(logits, target)`` contributes: its sums
+    divided by ``counts``, the whole batch's :meth:`counts` (every micro-batch of every rank). The parts of
+    all pieces add up to ``loss(whole batch)``: each term of these losses is a mean over samples or over
+    voxels, so a batch split across processes or micro-batches is scored as if it were one (a plain mean
+    per piece would weight a piece with many ignored pixels like one without)."""
+    sums = loss.sums(logits, target)
+    return (sums / counts.to(sums.device, sums.dtype)).sum()
 
 
 def make_loss(name: str, ignore_index: int) -> nn.Module:
-    """The loss called ``name`` (``ce`` or ``dice_ce``) ignoring ``ignore_index``."""
+    """The loss called ``name`` (``ce`` or ``dice_ce``) ignoring ``ignore_index``; both have ``counts`` and
+    ``sums`` for :func:`split_loss`."""
     if name == "dice_ce":
         return DiceCELoss(ignore_index)
-    return nn.CrossEntropyLoss(ignore_index=ignore_index)
+    return CrossEntropyLoss(ignore_index=ignore_index)

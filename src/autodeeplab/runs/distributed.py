@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import distributed as dist
 
@@ -133,6 +134,43 @@ def mean_over_ranks(tensor: torch.Tensor, world: int) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= world
     return tensor
+
+
+def sum_over_ranks(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """``tensor`` summed over the ranks (in place; itself in a world of one). Integer tensors (confusion
+    matrices, counts) add exactly. Under NCCL the sum runs on the current GPU and comes back."""
+    if world > 1:
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            tensor.copy_(on_gpu)
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather_objects(obj: object, world: int) -> list[object]:
+    """Every rank's ``obj`` in rank order, on every rank (``[obj]`` in a world of one). For small results
+    exchanged between the ranks of one run (pickled between our own processes, never read from a file)."""
+    if world == 1:
+        return [obj]
+    every: list[object] = [None] * world
+    dist.all_gather_object(every, obj)
+    return every
+
+
+def shard_indices(total: int, rank: int, world: int) -> range:
+    """Rank ``rank``'s share of ``total`` evaluation samples: every ``world``-th from ``rank``. Every sample
+    is scored exactly once over the ranks; the shares differ by at most one (no padding, no repeats)."""
+    return range(rank, total, world)
+
+
+def seed_rank_step(seed: int, step: int, rank: int) -> None:
+    """Seed torch's random streams for ``(seed, step, rank)``: dropout and drop path then draw different
+    masks on each rank (one seed everywhere would give sample k of every rank's share the same mask), and a
+    distributed run resumed at any step draws what it would have drawn (no RNG state to carry per rank)."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2)
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def any_rank(flag: bool, world: int) -> bool:

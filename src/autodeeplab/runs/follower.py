@@ -41,3 +41,23 @@ class FollowerRun(RunDir):
 
     def filter_jsonl(self, name: str, keep: Callable[[dict], bool]) -> None:
         return None
+
+
+def open_rank_run(run_dir: str | Path, resume: bool, keep_checkpoints: int, ranks: Any) -> RunDir:
+    """Rank 0 opens (creates, or checks for ``resume``) the run directory; the other ranks wait for it and
+    get a :class:`FollowerRun`. If rank 0 fails (the folder exists, is locked, ...) every rank stops: rank 0
+    with its own message, the others with one line pointing at it. ``ranks``: a
+    :class:`~autodeeplab.runs.distributed.RankInfo`."""
+    from autodeeplab.runs import distributed
+
+    if ranks.is_main:
+        try:
+            run = RunDir(run_dir, resume=resume, keep_checkpoints=keep_checkpoints)
+        except Exception:
+            distributed.all_ok(False, ranks.world)  # the other ranks stop too
+            raise
+        distributed.all_ok(True, ranks.world)
+        return run
+    if not distributed.all_ok(True, ranks.world):
+        raise distributed.DistributedError("rank 0 could not open the run directory; see its message")
+    return FollowerRun(run_dir, keep_checkpoints)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from autodeeplab.errors import AutoDeepLabError, CheckpointError, ConfigError
+from autodeeplab.runs.distributed import mean_over_ranks
 
 
 class NonFiniteError(AutoDeepLabError):
@@ -139,12 +140,14 @@ SYNC_EVERY = 10
 this many steps instead of every step (a non-finite loss is still reported with its own step)."""
 
 
-def read_losses(pending: list[tuple[int, torch.Tensor]], what: str) -> list[float]:
+def read_losses(pending: list[tuple[int, torch.Tensor]], what: str, world: int = 1) -> list[float]:
     """The losses of ``pending`` ``(step, 0-dim tensor)`` as floats, in one transfer, each checked in step
-    order (:func:`check_finite` names the first bad one's step); ``pending`` is emptied."""
+    order (:func:`check_finite` names the first bad one's step); ``pending`` is emptied. With ``world``
+    ranks, each loss is averaged over them first (the global batch's loss, the same on every rank); every
+    rank must then call it at the same steps."""
     if not pending:
         return []
-    values = torch.stack([loss.double() for _, loss in pending]).tolist()
+    values = mean_over_ranks(torch.stack([loss.double() for _, loss in pending]), world).tolist()
     for (step, _), value in zip(pending, values, strict=True):
         check_finite(value, what, step=step)
     pending.clear()
@@ -174,15 +177,22 @@ _SINGLE_VALUE_BN = "Expected more than 1 value per channel when training"
 
 
 @contextlib.contextmanager
-def batch_norm_needs_two_values(batch_size: int) -> Iterator[None]:
+def batch_norm_needs_two_values(batch_size: int, per_process: bool = False) -> Iterator[None]:
     """Turn torch's "more than 1 value per channel" error into a one-line :class:`ConfigError`: a batch of
     one whose deepest features (or the ASPP's image pooling) are one voxel leaves batch norm one value per
-    channel; small 3D patches meet this easily."""
+    channel; small 3D patches meet this easily. ``batch_size``: what each forward pass holds;
+    ``per_process``: several processes without ``sync_bn`` (which would pool their samples)."""
     try:
         yield
     except ValueError as exc:
         if _SINGLE_VALUE_BN not in str(exc):
             raise
+        if per_process:
+            raise ConfigError(
+                f"batch_size: {batch_size} sample per process leaves batch norm a single value per channel "
+                "(the image pooling, or the deepest level); use --set sync_bn=true, a larger batch_size, "
+                "or larger crops / patches"
+            ) from None
         raise ConfigError(
             f"batch_size: {batch_size} leaves batch norm a single value per channel at the deepest level "
             "(one sample of one voxel); use batch_size 2 or more, or larger crops / patches"

@@ -121,6 +121,11 @@ class SearchConfig:
     """Also write TensorBoard event files (needs the optional ``tensorboard`` extra)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:i]``."""
+    sync_bn: bool = False
+    """With several processes (torchrun): the supernet's batch norms over the global batch of all ranks
+    instead of each rank's share. Only on the reference path (every ``execution`` switch off: the fast path
+    normalises with its own calls, which would bypass it) of the Auto-DeepLab space; refused otherwise. No
+    effect in one process."""
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     """How the supernet runs (batched nodes, channels-last, checkpointing, precision); exact unless
     ``execution.precision`` is reduced. See :mod:`autodeeplab.fast.execution`."""

@@ -22,15 +22,17 @@ from autodeeplab.data.cityscapes import FULL_SIZE as CITYSCAPES_FULL_SIZE
 from autodeeplab.data.splits import record_split
 from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.errors import ConfigError
+from autodeeplab.fast.execution import reference_switches
 from autodeeplab.infer.predict import log_prediction_panels
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.runs import distributed
 from autodeeplab.runs.device import resolve_device
-from autodeeplab.runs.follower import FollowerRun
+from autodeeplab.runs.follower import open_rank_run
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
 from autodeeplab.runs.state import SYNC_EVERY, GracefulInterrupt, batch_norm_needs_two_values
+from autodeeplab.runs.sync_bn import convert_sync_batch_norm
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.data import build_search_data, validation_score
 from autodeeplab.search.spaces import SpaceBuilder, space_builder
@@ -97,18 +99,12 @@ def run_search(
     if ranks.world > 1:
         check_distributed_search(config, ranks.world)
     build_space = build_space or space_builder(config)
-    if ranks.is_main:  # rank 0 owns the run directory: it alone writes files
-        try:
-            run: RunDir = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-        except Exception:
-            distributed.all_ok(False, ranks.world)  # the other ranks stop too
-            raise
-        distributed.all_ok(True, ranks.world)
-    else:
-        if not distributed.all_ok(True, ranks.world):
-            raise distributed.DistributedError("rank 0 could not open the run directory; see its message")
-        run, quiet, echo = FollowerRun(run_dir, config.keep_checkpoints), True, lambda s: None
-    single_sample_bn = batch_norm_needs_two_values(config.batch_size // ranks.world)
+    # rank 0 owns the run directory: it alone writes files
+    run = open_rank_run(run_dir, resume, config.keep_checkpoints, ranks)
+    if not ranks.is_main:
+        quiet, echo = True, lambda s: None
+    per_rank = ranks.world > 1 and not config.sync_bn
+    single_sample_bn = batch_norm_needs_two_values(config.batch_size // ranks.world, per_rank)
     with run.kept_resumable("search", continue_with), run.locked(), single_sample_bn:
         return _search(config, run, resume, quiet, echo, build_space, ranks)
 
@@ -123,6 +119,21 @@ def check_distributed_search(config: SearchConfig, world: int) -> None:
         raise ConfigError("execution.precision: fp16 in a distributed search is not supported yet; use bf16")
     if config.execution.capture_steps:
         raise ConfigError("execution.capture_steps: not with several processes yet (collectives in a graph)")
+    if config.sync_bn:
+        if config.search_space != "autodeeplab":
+            raise ConfigError(
+                f"sync_bn: not with search_space {config.search_space} (its supernet normalises with its own "
+                "calls); drop it"
+            )
+        fast = [
+            k for k, v in reference_switches().items() if getattr(config.execution, k) != v and v is False
+        ]
+        if fast:
+            sets = " ".join(f"--set execution.{k}=false" for k in fast)
+            raise ConfigError(
+                "sync_bn: the fast path normalises with its own calls, which would bypass it; run the "
+                f"reference path ({sets}) or drop sync_bn"
+            )
 
 
 def _search(
@@ -160,6 +171,8 @@ def _search(
     num_classes = train_a.num_classes
     model = build_space(config, num_classes, getattr(train_a, "in_channels", 3)).to(device)
     check_search_space(model)
+    if world > 1 and config.sync_bn:  # the reference path calls the BN modules: make them global
+        convert_sync_batch_norm(model, device.type)
     weight_opt, arch_opt, scheduler = make_optimizers(model, config)
     position = SearchPosition()
     if loaded is not None:

@@ -16,8 +16,9 @@ from torch import nn
 from autodeeplab.fast.capture import StepGraph
 from autodeeplab.fast.execution import Precision
 from autodeeplab.fast.precision import autocast, backward_and_step
+from autodeeplab.ops.losses import split_loss
 from autodeeplab.optim import sgd
-from autodeeplab.runs.distributed import average_gradients, mean_over_ranks
+from autodeeplab.runs.distributed import average_gradients, mean_over_ranks, sum_over_ranks
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.state import check_finite
 from autodeeplab.search.config import SearchConfig
@@ -116,6 +117,17 @@ def _training_mode(model: nn.Module) -> None:
         model.train()
 
 
+def shard_loss(criterion: nn.Module, logits: torch.Tensor, masks: torch.Tensor, world: int) -> torch.Tensor:
+    """The loss of this rank's shard: ``criterion(logits, masks)`` in one process; with ``world`` ranks its
+    share of the global batch's loss (:func:`~autodeeplab.ops.losses.split_loss`, the counts summed over the
+    ranks) times ``world``, so that the averaged gradient is the global batch's, however the ignored pixels
+    fall between the shards."""
+    if world == 1:
+        return criterion(logits, masks)
+    counts = sum_over_ranks(criterion.counts(masks), world)
+    return split_loss(criterion, logits, masks, counts) * world
+
+
 def weight_step(
     model: SearchSpace,
     images: torch.Tensor,
@@ -135,7 +147,7 @@ def weight_step(
     with frozen(model.arch_parameters()):
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device_type):
-            loss = criterion(model(images), masks)
+            loss = shard_loss(criterion, model(images), masks, world)
         weights = list(model.weight_parameters())
         average = (lambda: average_gradients(weights, world)) if world > 1 else None
         backward_and_step(loss, optimizer, precision, device_type, weights, grad_clip, average)
@@ -159,7 +171,7 @@ def arch_step(
     with frozen(model.weight_parameters()):
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device_type):
-            loss = criterion(model(images), masks)
+            loss = shard_loss(criterion, model(images), masks, world)
             for term in model.arch_loss_terms().values():
                 loss = loss + term
         arch = list(model.arch_parameters())

@@ -44,11 +44,15 @@ RESUMABLE_KEYS = frozenset(
         "device",
         "data.root",
         "data.num_workers",
+        "accumulate_steps",
+        "sync_bn",
     }
 )
 """Settings that ``--resume`` may change: the run's length (``--set iterations=N`` extends it; the poly
 schedule then follows the new length from the resumed step on), checkpointing and logging, loader workers
-(batches do not depend on them), the device and the data's location. Anything else is refused."""
+(batches do not depend on them), the device and the data's location, and how the global batch is spread
+over processes and micro-batches (``accumulate_steps``, ``sync_bn``: a run may resume on other hardware).
+Anything else is refused."""
 
 
 @dataclass
@@ -140,6 +144,22 @@ class TrainConfig:
     lr_power: float = 0.9
     momentum: float = 0.9
     weight_decay: float = 4e-5
+    lr_reference_batch: int | None = None
+    """The batch ``lr`` was chosen for. Null (the default): ``lr`` is used as given, whatever ``batch_size``.
+    Set: the rate is scaled to ``batch_size`` (the global batch, whatever the processes or accumulation) by
+    ``lr_scaling``, so a run moved to more devices with a larger batch keeps a tuned rate."""
+    lr_scaling: str = "linear"
+    """How ``lr_reference_batch`` scales ``lr``: ``linear`` (× batch_size / lr_reference_batch; Goyal et
+    al. 2017, the usual rule for SGD with momentum) or ``sqrt`` (× its square root)."""
+    accumulate_steps: int = 1
+    """Micro-batches per optimiser step: each process runs ``batch_size / (processes · accumulate_steps)``
+    samples at a time and adds up the gradients, so one device trains with a global batch that does not
+    fit it. Batch-norm statistics are those of each micro-batch (as with several processes without
+    ``sync_bn``)."""
+    sync_bn: bool = False
+    """With several processes (torchrun): batch norm over the global batch of all ranks instead of each
+    rank's share (torch's SyncBatchNorm on CUDA; an all-reduce of the sums on CPU). Needed when a process
+    holds one sample (the ASPP's image pooling is then one value per channel). No effect in one process."""
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 1000
@@ -164,7 +184,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming ``{where}.{field}`` (bare at the top level, ``where=""``) for the
         first value that cannot work; the sections are validated under their keys (``model.aspp_channels``).
         """
-        for name in ("iterations", "batch_size", "log_every", "keep_checkpoints"):
+        for name in ("iterations", "batch_size", "log_every", "keep_checkpoints", "accumulate_steps"):
             at_least(dotted(where, name), getattr(self, name), 1)
         for name in ("checkpoint_every", "eval_every"):
             at_least(dotted(where, name), getattr(self, name), 0)
@@ -172,6 +192,17 @@ class TrainConfig:
         for name in ("lr_power", "weight_decay"):
             non_negative(dotted(where, name), getattr(self, name))
         below_one(dotted(where, "momentum"), self.momentum)
+        at_least_one_or_null(dotted(where, "lr_reference_batch"), self.lr_reference_batch)
+        if self.lr_scaling not in LR_SCALINGS:
+            raise ConfigError(
+                f"{dotted(where, 'lr_scaling')}: must be one of {', '.join(LR_SCALINGS)}, "
+                f"got {self.lr_scaling!r}"
+            )
+        if self.batch_size % self.accumulate_steps:
+            raise ConfigError(
+                f"{dotted(where, 'accumulate_steps')}: {self.accumulate_steps} does not divide batch_size "
+                f"{self.batch_size}"
+            )
         seed_range(dotted(where, "seed"), self.seed)
         self.data.validate(dotted(where, "data"))
         self.model.validate(dotted(where, "model"))
@@ -180,6 +211,24 @@ class TrainConfig:
             raise ConfigError(
                 f"{dotted(where, 'loss')}: must be one of {', '.join(LOSSES)}, got {self.loss!r}"
             )
+
+    def base_lr(self) -> float:
+        """The poly schedule's starting rate: ``lr``, scaled to ``batch_size`` when ``lr_reference_batch``
+        is set (``lr_scaling``)."""
+        if self.lr_reference_batch is None:
+            return self.lr
+        ratio = self.batch_size / self.lr_reference_batch
+        return self.lr * (ratio if self.lr_scaling == "linear" else ratio**0.5)
+
+    def micro_batch(self, world: int) -> int:
+        """Samples per forward pass of each of ``world`` processes; a one-line error when the global batch
+        does not split evenly."""
+        if self.batch_size % (world * self.accumulate_steps):
+            raise ConfigError(
+                f"batch_size: {self.batch_size} (the global batch) does not split into {world} processes × "
+                f"{self.accumulate_steps} accumulation steps"
+            )
+        return self.batch_size // (world * self.accumulate_steps)
 
     def loss_name(self) -> str:
         """The loss actually used: ``auto`` resolved by the model's dimensions."""
@@ -212,6 +261,8 @@ class TrainConfig:
                 )
         return dataclasses.replace(self.model, num_classes=num_classes, in_channels=in_channels)
 
+
+LR_SCALINGS = ("linear", "sqrt")
 
 CAMVID_ROOT = "../shared/data/camvid"
 """Where this project keeps CamVid, relative to the repository root (override with --data-root)."""

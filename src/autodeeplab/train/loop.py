@@ -37,23 +37,28 @@ from autodeeplab.data.splits import record_split
 from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import DataError
-from autodeeplab.infer.evaluate import evaluate
 from autodeeplab.infer.predict import log_prediction_panels
 from autodeeplab.nets.dints import DintsNet, dints_shape
 from autodeeplab.nets.model_file import MODEL_FILE, TrainedInfo, TrainedNet
 from autodeeplab.nets.network import AutoDeepLabNet
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.optim import sgd
+from autodeeplab.runs import distributed
 from autodeeplab.runs.device import preferred_memory_format, resolve_device
+from autodeeplab.runs.follower import open_rank_run
 from autodeeplab.runs.progress import Progress
+from autodeeplab.runs.resume import PENDING_CHANGES
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
 from autodeeplab.runs.state import SYNC_EVERY, GracefulInterrupt, batch_norm_needs_two_values, read_losses
+from autodeeplab.runs.sync_bn import broadcast_buffers
 from autodeeplab.space.architectures import AnyArchitecture
 from autodeeplab.space.dints.arch import DintsArch
 from autodeeplab.space.dints.config import check_sample_size
 from autodeeplab.train.config import TrainConfig
+from autodeeplab.train.evaluation import evaluate_during_training
 from autodeeplab.train.state import load_training_state, restore_training_state, save_training_state
+from autodeeplab.train.steps import accumulated_step, distributed_forward, for_ranks, spread
 
 TRAIN_STREAM = 0  # the sampling stream id of the training batches
 
@@ -170,16 +175,17 @@ def build_model(
 
 
 def training_batches(
-    train: Any, config: TrainConfig, step: int
+    train: Any, config: TrainConfig, step: int, shard: tuple[int, int] = (0, 1)
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless ``(images [B, 3, h, w], masks [B, h, w])`` from global step ``step`` on, epoch after epoch."""
+    """Endless ``(images [B, 3, h, w], masks [B, h, w])`` from global step ``step`` on, epoch after epoch;
+    ``shard`` ``(rank, world)``: this rank's ``B = batch_size / world`` samples of each global batch."""
     per_epoch = batches_per_epoch(len(train), config.batch_size)
     epoch, offset = divmod(step, per_epoch)
     indices = list(range(len(train)))
     workers = config.data.num_workers
     while True:
         loader = epoch_loader(
-            train, indices, config.batch_size, config.seed, TRAIN_STREAM, epoch, offset, workers
+            train, indices, config.batch_size, config.seed, TRAIN_STREAM, epoch, offset, workers, shard
         )
         # Starting a DataLoader iterator draws a seed from torch's global RNG, which drop path also uses;
         # a resumed run starts one more iterator than an uninterrupted one, so keep that draw off the stream.
@@ -207,23 +213,43 @@ def run_training(
     command for a run that stopped before its first checkpoint).
     """
     config.validate()  # settings changed after they were built fail here, before anything is written
-    run = RunDir(run_dir, resume=resume, keep_checkpoints=config.keep_checkpoints)
-    single_sample_bn = batch_norm_needs_two_values(config.batch_size)
+    ranks = distributed.setup(config.device)  # one process, or this rank of a torchrun launch
+    micro = config.micro_batch(ranks.world)  # a global batch that does not split fails here
+    run = open_rank_run(run_dir, resume, config.keep_checkpoints, ranks)  # rank 0 alone writes files
+    if not ranks.is_main:
+        quiet, echo = True, lambda s: None
+    single_sample_bn = batch_norm_needs_two_values(micro, ranks.world > 1 and not config.sync_bn)
     with run.kept_resumable("train", continue_with), run.locked(), single_sample_bn:
-        return _train(config, genotype, run, resume, quiet, echo)
+        return _train(config, genotype, run, resume, quiet, echo, ranks)
 
 
 def _train(
-    config: TrainConfig, genotype: AnyArchitecture, run: RunDir, resume: bool, quiet: bool, echo
+    config: TrainConfig,
+    genotype: AnyArchitecture,
+    run: RunDir,
+    resume: bool,
+    quiet: bool,
+    echo,
+    ranks: distributed.RankInfo,
 ) -> TrainResult:
+    world, main = ranks.world, ranks.is_main
     # The checkpoint first: a resume with settings that do not fit it stops before any data is read.
+    # Rank 0 reads it first (and sets aside a corrupt one); the others then read the same file.
+    if world > 1 and not main:
+        distributed.barrier()
     loaded = load_training_state(run, config, echo or print) if resume else None
-    device = resolve_device(config.device)
+    if world > 1 and main:
+        distributed.barrier()
+    if loaded is not None and not main:
+        loaded[0].pop(PENDING_CHANGES, None)  # rank 0 records the accepted changes in config.yaml
+    device = distributed.rank_device(resolve_device(config.device), ranks)
     train, val = build_train_data(config)
-    record_split(run.path, train)  # a split made by the reader: written, or checked on resume
+    if main:
+        record_split(run.path, train)  # a split made by the reader: written, or checked on resume
     dims, channels = getattr(train, "spatial_dims", 2), getattr(train, "in_channels", 3)
     layout = preferred_memory_format(device, dims)
     model = build_model(genotype, config, train.num_classes, channels, dims).to(device, memory_format=layout)
+    model = for_ranks(model, ranks, config.sync_bn, device)  # global batch norms with sync_bn
     optimizer = make_optimizer(model, config)
     info = TrainedInfo(
         config.data.dataset,
@@ -240,12 +266,13 @@ def _train(
         info.step, info.metrics = restore_training_state(
             run, loaded, model, optimizer, info, config, echo or print
         )
+    forward = distributed_forward(model, ranks, device)  # DDP over the ranks, or the model itself
     # The bar starts at the resumed step; its rates and ETA count only this process's steps.
     bar = Progress(config.iterations, "training", quiet=quiet, start=info.step)
     say = echo or (print if quiet else bar.log)  # quiet hides the bar, not the messages
     if loaded is not None:
         say(f"resuming from {loaded[1].name}: step {info.step}")
-    else:
+    elif main:
         extra = {"autodeeplab_version": __version__, "seed": config.seed}
         dump_config_yaml(config, run.file("config.yaml"), extra)
         genotype.save(run.file(genotype.FILE_NAME))
@@ -254,38 +281,56 @@ def _train(
     say(
         f"training {genotype.short()}: {len(train)} {config.data.dataset} "
         f"{'volumes' if is_volume_dataset(train) else 'images'}, "
-        f"{config.iterations} steps of {config.batch_size}, {millions:.2f}M parameters, device {device}, "
-        f"run dir {run.path}"
+        f"{config.iterations} steps of {config.batch_size}{spread(config, world)}, {millions:.2f}M "
+        f"parameters, device {device}, run dir {run.path}"
     )
-    tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=say)
+    tensorboard = maybe_tensorboard(run.path, config.tensorboard, warn=say) if main else None
+    base_lr = config.base_lr()
+    if base_lr != config.lr:
+        say(
+            f"lr {config.lr} for a batch of {config.lr_reference_batch} scaled to {base_lr:.6g} "
+            f"({config.lr_scaling}) for the batch of {config.batch_size}"
+        )
+
+    def to_device(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.to(device, memory_format=layout), y.to(device)
+
     start, losses = time.perf_counter(), []
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read back yet
     model.train()
+    stopping = False  # a stop every rank has seen (one process: at once; several: at the next read)
     with GracefulInterrupt() as stop, bar:
-        for images, masks in training_batches(train, config, info.step):
-            if info.step >= config.iterations or stop.requested:
+        for images, masks in training_batches(train, config, info.step, (ranks.rank, world)):
+            if info.step >= config.iterations or stopping or (world == 1 and stop.requested):
                 break
-            lr = poly_lr(config.lr, info.step, config.iterations, config.lr_power)
+            lr = poly_lr(base_lr, info.step, config.iterations, config.lr_power)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.set_drop_path_progress(info.step / config.iterations)
-            loss = criterion(model(images.to(device, memory_format=layout)), masks.to(device))
+            if world > 1:
+                distributed.seed_rank_step(config.seed, info.step, ranks.rank)  # per-rank dropout masks
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = accumulated_step(
+                forward, criterion, images, masks, config.accumulate_steps, to_device, world
+            )
             optimizer.step()
             info.step += 1
             step, done = info.step, info.step == config.iterations
             pending.append((step, loss.detach()))
-            bar.update(images=images.shape[0], lr=lr)
+            bar.update(images=images.shape[0] * world, lr=lr)
             evaluate = val is not None and (done or (config.eval_every and step % config.eval_every == 0))
             save = done or (config.checkpoint_every and step % config.checkpoint_every == 0)
             logged = step % config.log_every == 0 or done
-            if logged or evaluate or save or len(pending) >= SYNC_EVERY or stop.requested:
+            if logged or evaluate or save or len(pending) >= SYNC_EVERY or (world == 1 and stop.requested):
                 # One read for the steps since the last (the loop's only wait for the device). A
                 # non-finite loss stops the run with its own step before anything is written: the
-                # last checkpoint stays good.
-                losses.extend(read_losses(pending, "training loss"))
+                # last checkpoint stays good. Every rank reads at the same steps, so they agree there
+                # whether one was asked to stop (SIGTERM reaches the ranks at different moments).
+                losses.extend(read_losses(pending, "training loss", world))
                 bar.update(0, loss=losses[-1])
+                stopping = distributed.any_rank(stop.requested, world)
+            if (evaluate or save) and world > 1:
+                broadcast_buffers(model, world)  # rank 0's running statistics: the ones model.pt holds
             if logged:
                 mean, losses = sum(losses) / len(losses), []
                 elapsed = round(time.perf_counter() - start, 1)
@@ -294,7 +339,7 @@ def _train(
                     tensorboard.add_scalar("train/loss", mean, step)
                     tensorboard.add_scalar("train/lr", lr, step)
             if evaluate:
-                info.metrics = _evaluate(model, val, config, run, step, device, say)
+                info.metrics = evaluate_during_training(model, val, config, run, step, device, say, ranks)
                 if tensorboard is not None:
                     score = "mean_dice" if is_volume_dataset(val) else "miou"
                     tensorboard.add_scalar(
@@ -303,51 +348,15 @@ def _train(
                     if not is_volume_dataset(val):
                         log_prediction_panels(tensorboard, "train/predictions", model, val, step, device)
                     tensorboard.flush()
-            if save:
+            if save and main:
                 save_training_state(run, model, optimizer, info, config)
-    interrupted = stop.requested and info.step < config.iterations
+    stopping = stopping or (world == 1 and stop.requested)  # one process may stop between reads
+    interrupted = stopping and info.step < config.iterations
     if interrupted:
-        read_losses(pending, "training loss")  # the checkpoint holds only checked steps
-        save_training_state(run, model, optimizer, info, config)
+        read_losses(pending, "training loss", world)  # the checkpoint holds only checked steps
+        broadcast_buffers(model, world)
+        if main:
+            save_training_state(run, model, optimizer, info, config)
         say(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
     seconds = time.perf_counter() - start
     return TrainResult(run.path, run.file(MODEL_FILE), info.step, info.metrics, seconds, interrupted)
-
-
-def _evaluate(model, val, config: TrainConfig, run: RunDir, step: int, device, echo) -> dict[str, Any]:
-    n = len(val) if config.data.eval_max_images is None else min(len(val), config.data.eval_max_images)
-    if is_volume_dataset(val):
-        return _evaluate_volumes(model, val, config, run, step, device, echo, n)
-    samples = (val[i] for i in range(n))
-    result = evaluate(model, samples, val.num_classes, val.class_names, val.ignore_index, device=device)
-    m = result.metrics
-    run.append_jsonl(
-        "metrics.jsonl",
-        {
-            "step": step,
-            "split": config.data.eval_split,
-            "images": n,
-            "miou": m.miou,
-            "pixel_accuracy": m.pixel_accuracy,
-        },
-    )
-    split = config.data.eval_split
-    echo(
-        f"step {step}: {split} mIoU {100 * m.miou:.2f}%  pixel acc {100 * m.pixel_accuracy:.2f}% ({n} images)"
-    )
-    return {"split": config.data.eval_split, "images": n, **m.to_dict()}
-
-
-def _evaluate_volumes(model, val, config: TrainConfig, run: RunDir, step: int, device, echo, n: int):
-    """Sliding-window Dice (and HD95) of the first ``n`` volumes of ``val``; restores train mode."""
-    from autodeeplab.infer.volumes import evaluate_volumes
-
-    d = config.data
-    v = d.volumes
-    result = evaluate_volumes(model, val, v.patch_size, v.window_overlap, device=device, max_volumes=n)
-    model.train()
-    record = {"step": step, "split": d.eval_split, "volumes": n, "mean_dice": result.mean_dice}
-    summary = {k: v for k, v in result.to_dict().items() if k != "volumes"}  # rows stay in eval's JSON
-    run.append_jsonl("metrics.jsonl", {**record, "dice": summary["per_class_dice"]})
-    echo(f"step {step}: {d.eval_split} mean Dice {result.mean_dice:.4f} ({n} volumes)")
-    return {"split": d.eval_split, **summary}
