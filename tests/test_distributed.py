@@ -252,3 +252,36 @@ def test_sync_bn_in_a_search_needs_the_reference_path_and_the_autodeeplab_space(
     dints.search_space = "dints"
     with pytest.raises(ConfigError, match="sync_bn: not with search_space dints"):
         check_distributed_search(dints, 2)
+
+
+def _fp16_worker(rank: int, world: int, port: int, results) -> None:
+    from autodeeplab.fast.precision import backward_and_step, grad_scaler
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        weight = torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.SGD([weight], lr=0.1)
+        scales, weights = [], []
+        for step in range(3):
+            # step 1 overflows on rank 1 only: every rank must skip it and lower the scale alike
+            bad = step == 1 and rank == 1
+            loss = (weight * (float("inf") if bad else float(rank + 1))).sum()
+            average = lambda: average_gradients([weight], world)  # noqa: E731
+            backward_and_step(loss, optimizer, "fp16", "cpu", [weight], 1.0, average)
+            optimizer.zero_grad()
+            scales.append(float(grad_scaler(optimizer, "cpu").get_scale()))
+            weights.append(weight.detach().clone().tolist())
+        results[rank] = (scales, weights)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fp16_steps_skip_an_overflow_on_any_rank_on_every_rank():
+    """The loss scaler sees the averaged (still scaled) gradients: one rank's overflow is every rank's, so
+    the ranks skip the same step, keep the same scale and the same weights."""
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_fp16_worker, args=(2, _free_port(), results), nprocs=2, start_method="fork")
+        (scales0, weights0), (scales1, weights1) = results[0], results[1]
+    assert scales0 == scales1 and scales0[1] < scales0[0]  # lowered after the overflow, on both
+    assert weights0 == weights1 and weights0[1] == weights0[0]  # the overflowing step skipped on both

@@ -68,7 +68,9 @@ def backward_and_step(
 
     With ``fp16`` the loss is scaled for the backward and the gradients unscaled before clipping; a step
     whose gradients overflowed is skipped and the scale lowered (standard dynamic loss scaling).
-    ``after_backward``: called between the backward and the clipping (not with fp16).
+    ``after_backward``: called between the backward and the clipping, e.g. the gradients averaged over the
+    ranks. With fp16 it sees the still-scaled gradients: an overflow on any rank is then inf or nan on every
+    rank after the average, so every rank skips the same steps and keeps the same loss scale.
     """
     if precision != "fp16":
         loss.backward()
@@ -80,6 +82,8 @@ def backward_and_step(
         return
     scaler = grad_scaler(optimizer, device_type)
     scaler.scale(loss).backward()
+    if after_backward is not None:
+        after_backward()
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(list(clip_parameters), grad_clip)

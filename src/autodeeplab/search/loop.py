@@ -115,8 +115,6 @@ def check_distributed_search(config: SearchConfig, world: int) -> None:
         raise ConfigError(
             f"batch_size: {config.batch_size} (the global batch) is not divisible by the {world} processes"
         )
-    if config.execution.precision == "fp16":
-        raise ConfigError("execution.precision: fp16 in a distributed search is not supported yet; use bf16")
     if config.execution.capture_steps:
         raise ConfigError("execution.capture_steps: not with several processes yet (collectives in a graph)")
     if config.sync_bn:
