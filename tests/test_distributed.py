@@ -134,7 +134,7 @@ def test_a_two_process_search_matches_one_process_with_the_global_batch(tmp_path
         assert results[0] == results[1]  # every rank ends with the same architecture
         assert "arch_step" in results[2] and "weight_step" in results[2]  # checked after every step
     torch.set_num_threads(1)
-    single = run_search(_search_config(4), tmp_path / "one", quiet=True, echo=lambda s: None)
+    run_search(_search_config(4), tmp_path / "one", quiet=True, echo=lambda s: None)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     two = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
@@ -143,7 +143,6 @@ def test_a_two_process_search_matches_one_process_with_the_global_batch(tmp_path
     alpha_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["alpha"])
     alpha_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["alpha"])
     assert (alpha_two - alpha_one).abs().max() < 0.01
-    assert single.genotype.to_dict()["cell"] is not None
 
 
 def _resume_worker(rank: int, world: int, port: int, out: str, results) -> None:
@@ -213,7 +212,8 @@ def test_a_two_process_search_with_sync_bn_matches_one_process_closely(tmp_path)
     share of the global batch's, two processes compute what one does with batches of 4, up to float
     rounding: losses within 1e-4 relative (without sync_bn: a few percent). α within one Adam step
     (arch_lr): Adam's first steps move each α by about arch_lr · sign(g), so a gradient near zero that
-    rounds to the other sign moves it the other way."""
+    rounds to the other sign moves it the other way. The genotypes are not compared: after two tiny epochs
+    every α is within 0.002 of uniform, so rounding decides their argmax."""
     import json
 
     from autodeeplab.search.loop import run_search
@@ -233,7 +233,11 @@ def test_a_two_process_search_with_sync_bn_matches_one_process_closely(tmp_path)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     alpha_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["alpha"])
     alpha_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["alpha"])
-    assert (alpha_two - alpha_one).abs().max() < _reference_config(4, False).arch_lr
+    step = _reference_config(4, False).arch_lr
+    assert (alpha_two - alpha_one).abs().max() < step
+    beta_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["beta"])
+    beta_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["beta"])
+    assert (beta_two - beta_one).abs().max() < step
 
 
 def test_sync_bn_in_a_search_needs_the_reference_path_and_the_autodeeplab_space():

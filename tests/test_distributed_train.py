@@ -317,17 +317,71 @@ def _resume_worker(rank: int, world: int, port: int, results, out: str) -> None:
 
     _join(rank, world, port)
     try:
-        config = tiny_config("batch_size=4", "data.eval_split=null", "iterations=6")
+        config = tiny_config(*EXACT, "iterations=6", "sync_bn=true")
         result = run_training(config, SMALL, out, resume=True, quiet=True, echo=lambda s: None)
         results[rank] = result.step
     finally:
         dist.destroy_process_group()
 
 
+EXACT = ["batch_size=4", "data.eval_split=null", "model.aspp_dropout=0"]  # drop path is off in TINY
+
+
 def test_a_training_begun_in_one_process_resumes_in_two(tmp_path: Path) -> None:
-    """The checkpoint holds the global step and batch position, not a world size."""
-    _single(tmp_path / "run", "batch_size=4", "data.eval_split=null")  # 4 steps, one process
+    """The checkpoint holds the global step and batch position, not a world size: 4 steps in one process,
+    2 more in two with synchronised BN end where the same 2 more steps in one process end (up to float
+    rounding)."""
+    import shutil
+
+    from autodeeplab.train.loop import run_training
+
+    _single(tmp_path / "run", *EXACT)  # 4 steps, one process
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
     assert _spawn(_resume_worker, str(tmp_path / "run")) == {0: 6, 1: 6}
-    assert [
-        r["step"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-    ] == [1, 2, 3, 4, 5, 6]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    config = tiny_config(*EXACT, "iterations=6")
+    run_training(config, SMALL, tmp_path / "copy", resume=True, quiet=True, echo=lambda s: None)
+    two, one = _weights(tmp_path / "run"), _weights(tmp_path / "copy")
+    assert max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-3
+
+
+# -- a torchrun restart resumes only this job's run ----------------------------------------------------
+def _restart_args(out: Path):
+    import argparse
+
+    return argparse.Namespace(
+        output=str(out), resume=None, preset="tiny", config=None, genotype="paper", overrides=[]
+    )
+
+
+def test_a_restart_resumes_only_a_folder_this_job_made(tmp_path: Path, monkeypatch) -> None:
+    from autodeeplab.cli.common import resume_after_restart
+    from autodeeplab.runs.follower import RESTART_MARKER, restart_marker
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-7")
+    monkeypatch.setenv("RANK", "0")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / RESTART_MARKER).write_text(json.dumps(restart_marker()))
+    (mine / "config.yaml").write_text("iterations: 4\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / RESTART_MARKER).write_text(json.dumps({**restart_marker(), "run_id": "job-6"}))
+    (other / "config.yaml").write_text("iterations: 4\n")
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")  # the first attempt: nothing changes
+    args = _restart_args(mine)
+    resume_after_restart(args, ("genotype",))
+    assert args.resume is None and args.output == str(mine)
+
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    resume_after_restart(args, ("genotype",))  # this job's run: resumed with its own settings
+    assert (args.resume, args.output, args.preset, args.genotype) == (str(mine), None, None, None)
+    args = _restart_args(other)
+    resume_after_restart(args, ("genotype",))  # another job's folder: left to be refused as usual
+    assert args.resume is None and other.exists()
+    (mine / "config.yaml").unlink()  # this job's folder from a start that failed before its settings
+    args = _restart_args(mine)
+    resume_after_restart(args, ("genotype",))
+    assert args.resume is None and not mine.exists()  # cleared; the run starts again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ def resolve_run_config(
     allowed changes are written back to ``config.yaml`` under ``run_info.resumed_with``.
     """
     resume_after_restart(args, exclusive)
+    output_for_ranks(args)
     overrides = list(args.overrides)
     if args.dataset:
         overrides.append(f"data.dataset={args.dataset}")
@@ -89,20 +91,36 @@ def resolve_run_config(
 
 def resume_after_restart(args: argparse.Namespace, exclusive: tuple[str, ...] = ()) -> None:
     """Under ``torchrun --max-restarts``, a restarted group runs the same command line again: a new run
-    (``--output DIR``) whose folder already holds the run that the group began becomes ``--resume DIR`` (the
-    run's own settings, from its checkpoint). ``TORCHELASTIC_RESTART_COUNT`` (set by torchrun) says which
-    attempt this is; the first attempt, and any run outside torchrun, is untouched."""
+    (``--output DIR``) whose folder this job made (its ``torchrun.json``: the same run id, or for jobs
+    without ``--rdzv-id`` the same host and agent) becomes ``--resume DIR`` with the run's own settings; a
+    folder the job made but left before writing its settings (a failure at start-up) is cleared by rank 0
+    and the run starts again. ``TORCHELASTIC_RESTART_COUNT`` (set by torchrun) says which attempt this is;
+    the first attempt, any run outside torchrun and any folder of another job are untouched (a folder that
+    exists is then refused as usual)."""
+    from autodeeplab.runs.follower import made_by_this_job
+
     try:
         attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     except ValueError:
         return
-    if attempt < 1 or args.resume or not args.output or not (Path(args.output) / "config.yaml").exists():
+    if attempt < 1 or args.resume or not args.output or not made_by_this_job(Path(args.output)):
+        return
+    if not (Path(args.output) / "config.yaml").exists():
+        if os.environ.get("RANK", "0") == "0":
+            shutil.rmtree(args.output)  # only this job's leftovers (lock, split) from a failed start
         return
     print(f"torchrun restart {attempt}: resuming {args.output}", file=sys.stderr)
     args.resume, args.output = args.output, None
     for flag in ("preset", "config", *exclusive):
         if getattr(args, flag, None):
             setattr(args, flag, None)
+
+
+def output_for_ranks(args: argparse.Namespace) -> None:
+    """With several processes every rank must name the same run directory: a default folder from the
+    clock would differ between ranks (and a restart could not find it), so ``-o`` is required."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not args.output and not args.resume:
+        raise ConfigError("--output: required with several processes (every rank must name the same folder)")
 
 
 def add_overwrite_argument(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_search(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
     if result.interrupted:
         return 130
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 draws the pictures and prints the architecture
     pictures = render_run(result.run_dir, note=print)
     print(f"\nfound architecture ({result.run_dir / result.genotype.FILE_NAME}):")
     print(describe_architecture(result.genotype))

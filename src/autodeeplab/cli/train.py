@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_training(config, genotype, run_dir, resume=bool(args.resume), quiet=args.quiet)
     if result.interrupted:
         return 130
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 reports
     print(f"\ntrained model: {result.model_path} ({result.step} steps, {result.seconds:.0f}s)")
     if result.metrics is not None and "mean_dice" in result.metrics:  # volumes
         m = result.metrics

@@ -94,11 +94,22 @@ def fingerprint(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.stack([flat.sum(), (flat * flat).sum(), (flat * position.sqrt()).sum()])
 
 
+def collective_device() -> torch.device | None:
+    """Where a small tensor must be for a collective: the current GPU under NCCL (it reduces only CUDA
+    tensors), else None (the CPU)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
+
+
 def check_identical(tensors: Sequence[torch.Tensor], what: str, world: int) -> None:
     """Raise :class:`DistributedError` on every rank when ``tensors`` differ between ranks."""
     if world == 1:
         return
     mine = fingerprint(tensors)
+    device = collective_device()
+    if device is not None:
+        mine = mine.to(device)
     every = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(every, mine)
     differing = [r for r, other in enumerate(every) if not torch.equal(other, every[0])]
@@ -173,13 +184,18 @@ def seed_rank_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def agree(values: Sequence[float], what: str, world: int) -> None:
+    """Raise :class:`DistributedError` on every rank unless ``values`` (a decision, a step) are the same on
+    every rank: e.g. whether to resume, which a rank decides from its own view of the run directory."""
+    if world > 1:
+        check_identical([torch.tensor([float(v) for v in values], dtype=torch.float64)], what, world)
+
+
 def any_rank(flag: bool, world: int) -> bool:
     """Whether ``flag`` is true on some rank (every rank gets the same answer)."""
     if world == 1:
         return flag
-    # NCCL reduces only CUDA tensors (setup made the local rank's device current)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    value = torch.tensor([int(flag)], device=device)
+    value = torch.tensor([int(flag)], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 

@@ -104,6 +104,8 @@ class GracefulInterrupt:
             return
         name = signal.Signals(signum).name
         if self.requested:
+            if name == "SIGTERM" and self.signal_name == "SIGTERM" and _world_size() > 1:
+                return  # a job's SIGTERM can reach a rank twice (the scheduler and torchrun): one stop
             raise KeyboardInterrupt(f"second {name}: stopping without a checkpoint")
         self.requested, self.signal_name = True, name
         stream = self._stream or sys.stderr
@@ -125,6 +127,13 @@ class GracefulInterrupt:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
 
 
 def resume_hint(command: str, run_dir: str | os.PathLike[str], reason: str | None = None) -> str:
@@ -190,7 +199,7 @@ def batch_norm_needs_two_values(batch_size: int, per_process: bool = False) -> I
         if per_process:
             raise ConfigError(
                 f"batch_size: {batch_size} sample per process leaves batch norm a single value per channel "
-                "(the image pooling, or the deepest level); use --set sync_bn=true, a larger batch_size, "
+                "(a one-pixel deepest level); use --set sync_bn=true, a larger batch_size, "
                 "or larger crops / patches"
             ) from None
         raise ConfigError(

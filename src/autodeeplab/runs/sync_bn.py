@@ -36,8 +36,8 @@ class _SumOverRanks(torch.autograd.Function):
         return out
 
 
-def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    """Differentiable all-reduce (sum) of ``x`` over the default process group."""
+def summed_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-reduce (sum) of ``x`` over the default process group (same shape)."""
     return _SumOverRanks.apply(x)
 
 
@@ -57,31 +57,34 @@ class AllReduceBatchNorm(_BatchNorm):
         self._check_input_dim(x)
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
+        dtype, x = x.dtype, x.float()  # statistics in float32 whatever the autocast (as torch's BN)
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         local = torch.cat([x.sum(dims), x.new_full((1,), x.numel() // c)])
-        total = sum_over_ranks(local)
+        total = summed_with_grad(local)
         count = total[c].detach()
         if float(count) < 2:
             raise ValueError("Expected more than 1 value per channel when training (over every rank)")
         view = (1, c) + (1,) * (x.dim() - 2)
         mean = total[:c] / count
         centred = x - mean.view(view)
-        var = sum_over_ranks((centred * centred).sum(dims)) / count  # biased: what the batch is normalised by
+        var = (
+            summed_with_grad((centred * centred).sum(dims)) / count
+        )  # biased: what the batch is normalised by
         out = centred * torch.rsqrt(var + self.eps).view(view)
         if self.affine:
             out = out * self.weight.view(view) + self.bias.view(view)
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count)
-        return out
+        return out.to(dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
         self.num_batches_tracked += 1
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         unbiased = var * count / (count - 1)
-        self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-        self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+        self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+        self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
 
 
 def convert_sync_batch_norm(model: nn.Module, device_type: str) -> nn.Module:

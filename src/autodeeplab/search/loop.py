@@ -27,7 +27,7 @@ from autodeeplab.infer.predict import log_prediction_panels
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.runs import distributed
 from autodeeplab.runs.device import resolve_device
-from autodeeplab.runs.follower import open_rank_run
+from autodeeplab.runs.follower import open_rank_run, rank0_first
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import CyclePosition, CyclingLoader, batches_per_epoch, epoch_loader
@@ -144,11 +144,10 @@ def _search(
     ranks: distributed.RankInfo,
 ) -> SearchResult:
     world, main = ranks.world, ranks.is_main
-    if world > 1 and not main:
-        distributed.barrier()  # rank 0 reads the checkpoint first (and sets aside any corrupt one)
-    loaded = load_resume_checkpoint(run, config, echo) if resume else None
-    if world > 1 and main:
-        distributed.barrier()
+    # rank 0 reads the checkpoint first (and sets aside any corrupt one)
+    loaded = rank0_first(
+        lambda: load_resume_checkpoint(run, config, echo) if resume else None, ranks, "the checkpoint"
+    )
     if loaded is not None and not main:
         loaded[0].pop(PENDING_CHANGES, None)  # rank 0 records the accepted changes in config.yaml
     device = distributed.rank_device(resolve_device(config.device), ranks)
@@ -180,6 +179,7 @@ def _search(
         dump_config_yaml(
             config, run.path / "config.yaml", {"autodeeplab_version": __version__, "seed": config.seed}
         )
+    distributed.agree([position.global_step], "the step resumed from (is the run directory shared?)", world)
     # Volumes: Dice + cross-entropy, as in their training (the small foreground would drown in plain CE).
     criterion = make_loss("dice_ce" if is_volume_dataset(train_a) else "ce", train_a.ignore_index)
     b_stream = CyclingLoader(

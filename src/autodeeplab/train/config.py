@@ -159,7 +159,9 @@ class TrainConfig:
     sync_bn: bool = False
     """With several processes (torchrun): batch norm over the global batch of all ranks instead of each
     rank's share (torch's SyncBatchNorm on CUDA; an all-reduce of the sums on CPU). Needed when a process
-    holds one sample (the ASPP's image pooling is then one value per channel). No effect in one process."""
+    holds one sample and the deepest maps are one pixel (batch norm would see one value per channel; the
+    ASPP's image pooling has no batch norm). Without it, ``model.pt`` keeps rank 0's running statistics.
+    No effect in one process."""
     seed: int = 0
     log_every: int = 20
     checkpoint_every: int = 1000

@@ -7,7 +7,11 @@ the per-volume rows gathered, so the metrics equal one process's (``evaluate``,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
+from torch import nn
 
 from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.infer.evaluate import evaluate
@@ -17,7 +21,14 @@ from autodeeplab.train.config import TrainConfig
 
 
 def evaluate_during_training(
-    model, val, config: TrainConfig, run: RunDir, step: int, device, echo, ranks: distributed.RankInfo
+    model: nn.Module,
+    val: Any,
+    config: TrainConfig,
+    run: RunDir,
+    step: int,
+    device: torch.device,
+    echo: Callable[[str], None],
+    ranks: distributed.RankInfo,
 ) -> dict[str, Any]:
     """Score the first ``n`` evaluation samples; with several ranks each scores its share and the counts
     are summed (the same metrics as one process)."""

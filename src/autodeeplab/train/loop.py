@@ -45,7 +45,7 @@ from autodeeplab.ops.losses import make_loss
 from autodeeplab.optim import sgd
 from autodeeplab.runs import distributed
 from autodeeplab.runs.device import preferred_memory_format, resolve_device
-from autodeeplab.runs.follower import open_rank_run
+from autodeeplab.runs.follower import open_rank_run, rank0_first
 from autodeeplab.runs.progress import Progress
 from autodeeplab.runs.resume import PENDING_CHANGES
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
@@ -233,13 +233,13 @@ def _train(
     ranks: distributed.RankInfo,
 ) -> TrainResult:
     world, main = ranks.world, ranks.is_main
+
     # The checkpoint first: a resume with settings that do not fit it stops before any data is read.
     # Rank 0 reads it first (and sets aside a corrupt one); the others then read the same file.
-    if world > 1 and not main:
-        distributed.barrier()
-    loaded = load_training_state(run, config, echo or print) if resume else None
-    if world > 1 and main:
-        distributed.barrier()
+    def read() -> tuple[dict[str, Any], Path] | None:
+        return load_training_state(run, config, echo or print) if resume else None
+
+    loaded = rank0_first(read, ranks, "the checkpoint")
     if loaded is not None and not main:
         loaded[0].pop(PENDING_CHANGES, None)  # rank 0 records the accepted changes in config.yaml
     device = distributed.rank_device(resolve_device(config.device), ranks)
@@ -266,6 +266,7 @@ def _train(
         info.step, info.metrics = restore_training_state(
             run, loaded, model, optimizer, info, config, echo or print
         )
+    distributed.agree([info.step], "the step resumed from (is the run directory shared?)", world)
     forward = distributed_forward(model, ranks, device)  # DDP over the ranks, or the model itself
     # The bar starts at the resumed step; its rates and ETA count only this process's steps.
     bar = Progress(config.iterations, "training", quiet=quiet, start=info.step)
@@ -292,9 +293,6 @@ def _train(
             f"({config.lr_scaling}) for the batch of {config.batch_size}"
         )
 
-    def to_device(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x.to(device, memory_format=layout), y.to(device)
-
     start, losses = time.perf_counter(), []
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read back yet
     model.train()
@@ -311,7 +309,7 @@ def _train(
                 distributed.seed_rank_step(config.seed, info.step, ranks.rank)  # per-rank dropout masks
             optimizer.zero_grad(set_to_none=True)
             loss = accumulated_step(
-                forward, criterion, images, masks, config.accumulate_steps, to_device, world
+                forward, criterion, images, masks, config.accumulate_steps, device, layout, world
             )
             optimizer.step()
             info.step += 1

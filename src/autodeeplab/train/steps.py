@@ -13,7 +13,6 @@ k micro-batches the same as each other (each normalises the same sub-batches). T
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -50,32 +49,35 @@ def accumulated_step(
     images: torch.Tensor,
     masks: torch.Tensor,
     micro_batches: int,
-    to_device: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    layout: torch.memory_format = torch.contiguous_format,
     world: int = 1,
 ) -> torch.Tensor:
-    """Forward and backward of this rank's ``images [b, C, *S]`` / ``masks [b, *S]`` in ``micro_batches``
-    equal parts, gradients added into ``.grad`` (zero them before); this rank's share of the global batch's
-    loss, detached, 0-dim (its mean over the ranks is the global batch's loss).
+    """Forward and backward of this rank's ``images [b, C, *S]`` / ``masks [b, *S]`` (moved to ``device``,
+    images in ``layout``) in ``micro_batches`` equal parts, gradients added into ``.grad`` (zero them
+    before); this rank's share of the global batch's loss, detached, 0-dim on ``device`` (its mean over the
+    ranks is the global batch's loss).
 
     One pass in one process is the plain ``criterion(model(x), y)``. Split, each part contributes its
     :func:`~autodeeplab.ops.losses.split_loss` of the global batch (whose counts of samples and of pixels
-    not ignored are summed over the parts and the ranks first: one small all-reduce), times ``world``
-    because DDP averages the ranks' gradients: the sum is the gradient of the global batch's mean loss, the
-    same as one process with the whole batch. Under DDP the gradients are all-reduced only with the last
-    part (``no_sync`` before it)."""
+    not ignored are summed over the parts and the ranks first: one small all-reduce on the device, no wait
+    for it on the host), times ``world`` because DDP averages the ranks' gradients: the sum is the gradient
+    of the global batch's mean loss, the same as one process with the whole batch. Under DDP the gradients
+    are all-reduced only with the last part (``no_sync`` before it)."""
+    masks = masks.to(device)
     whole = micro_batches == 1 and world == 1
     parts = list(zip(images.chunk(micro_batches), masks.chunk(micro_batches), strict=True))
-    counts = None if whole else sum_over_ranks(sum(criterion.counts(y) for _, y in parts), world)
+    counts = None if whole else sum_over_ranks(criterion.counts(masks), world)
     total: torch.Tensor | None = None
     for i, (x, y) in enumerate(parts):
         last = i == len(parts) - 1
         hold = forward.no_sync() if isinstance(forward, DistributedDataParallel) and not last else None
         with hold or contextlib.nullcontext():
-            x, y = to_device(x, y)
-            logits = forward(x)
-            loss = (
-                criterion(logits, y) if counts is None else split_loss(criterion, logits, y, counts) * world
-            )
+            logits = forward(x.to(device, memory_format=layout))
+            if counts is None:
+                loss = criterion(logits, y)
+            else:
+                loss = split_loss(criterion, logits, y, counts) * world
             loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     assert total is not None
