@@ -17,6 +17,7 @@ from torch import multiprocessing as mp
 from autodeeplab.config.settings import load_config
 from autodeeplab.errors import ConfigError
 from autodeeplab.runs.sync_bn import AllReduceBatchNorm, convert_sync_batch_norm
+from autodeeplab.space.architectures import resolve_architecture
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train.config import TrainConfig
 
@@ -121,7 +122,10 @@ def _train_worker(rank: int, world: int, port: int, results, out: str, extra: li
 
     _join(rank, world, port)
     genotype = DEEP if "genotype=deep" in extra else SMALL
-    extra = [e for e in extra if e != "genotype=deep"]
+    for item in extra:
+        if item.startswith("arch="):
+            genotype = resolve_architecture(item.removeprefix("arch="))
+    extra = [e for e in extra if e != "genotype=deep" and not e.startswith("arch=")]
     try:
         result = run_training(tiny_config(*extra), genotype, out, quiet=True, echo=lambda s: None)
         results[rank] = {"step": result.step, "metrics": result.metrics}
@@ -144,11 +148,11 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in model.state_dict().items()}
 
 
-def _single(out: Path, *extra: str) -> None:
+def _single(out: Path, *extra: str, genotype=SMALL) -> None:
     from autodeeplab.train.loop import run_training
 
     torch.set_num_threads(1)
-    run_training(tiny_config(*extra), SMALL, out, quiet=True, echo=lambda s: None)
+    run_training(tiny_config(*extra), genotype, out, quiet=True, echo=lambda s: None)
 
 
 def test_two_processes_with_sync_bn_train_as_one_process_with_the_global_batch(tmp_path: Path) -> None:
@@ -178,6 +182,27 @@ def test_two_processes_with_sync_bn_train_as_one_process_with_the_global_batch(t
     again = evaluate(model, (val[i] for i in range(len(val))), val.num_classes, val.class_names)
     assert results[0]["metrics"]["confusion"] == again.metrics.to_dict()["confusion"]
     assert results[0]["metrics"]["images"] == 3
+
+
+def test_a_dints_network_trains_in_two_processes_as_in_one(tmp_path: Path) -> None:
+    """A found DiNTS network (its batch norms are modules, so sync_bn reaches them) under DDP with
+    synchronised BN: the losses and weights of one process with the global batch, up to float rounding."""
+    from autodeeplab.cli.main import main
+
+    search = ["search", "--space", "dints", "-o", str(tmp_path / "search"), "-q"]
+    for item in ["dints.depths=2", "dints.blocks=2", "dints.channels=4", "epochs=2", "arch_start_epoch=1"]:
+        search += ["--set", item]
+    for item in ["data.synthetic_train_samples=8", "data.synthetic_size=[32,32]", "data.crop_size=32"]:
+        search += ["--set", item]
+    assert main([*search, "--set", "steps_per_epoch=2", "--set", "batch_size=2"]) == 0
+    arch = str(tmp_path / "search" / "dints_arch.json")
+    settings = ["batch_size=4", "data.eval_split=null", "dints.channels=4"]
+    results = _spawn(_train_worker, str(tmp_path / "two"), [*settings, "sync_bn=true", f"arch={arch}"])
+    assert results[0]["step"] == 4
+    _single(tmp_path / "one", *settings, genotype=resolve_architecture(arch))
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+    two, one = _weights(tmp_path / "two"), _weights(tmp_path / "one")
+    assert max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-3
 
 
 def test_accumulation_in_one_process_equals_two_processes_without_sync_bn(tmp_path: Path) -> None:

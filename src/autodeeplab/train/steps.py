@@ -40,7 +40,9 @@ def distributed_forward(model: nn.Module, ranks: RankInfo, device: torch.device)
     if ranks.world == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # static_graph: the same modules run every step, but a found DiNTS network keeps the stem of a depth
+    # that its first block does not read; DDP learns that set once instead of searching every step
+    return DistributedDataParallel(model, device_ids=ids, static_graph=True)
 
 
 def accumulated_step(
