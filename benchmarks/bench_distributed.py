@@ -31,8 +31,9 @@ DEFAULT_OUTPUT = REPO / "benchmarks" / "results_distributed.jsonl"
 # The `cpu` search preset (synthetic 64² crops, L=4, B=3, F=4, batches of 8) and the `synthetic` training
 # preset (the tiny found network, batches of 8): `autodeeplab run`'s two phases.
 SEARCH = ["search", "--preset", "cpu", "--set", "epochs=2", "--set", "arch_start_epoch=1"]
+SEARCH += ["--set", "data.synthetic_train_samples=512"]  # 32 steps an epoch: steps_per_epoch is a cap
 TRAIN = ["train", "--preset", "synthetic", "--arch", "paper", "--set", "data.eval_split=null"]
-LENGTHS = {"search": ("steps_per_epoch", 4, 12), "train": ("iterations", 20, 60)}
+LENGTHS = {"search": ("steps_per_epoch", 4, 24), "train": ("iterations", 20, 60)}
 
 
 def run_once(kind: str, procs: int, threads: int, length: int, device: str, out: Path) -> float:
