@@ -34,7 +34,7 @@ def counted_gib(model: torch.nn.Module, patch: list[int], classes: int, batch: i
 
 def main(out: Path) -> None:
     rows = []
-    for search in sorted(out.glob("search-*")):
+    for search in sorted(p for p in out.glob("search-*") if p.is_dir()):
         budget = search.name.removeprefix("search-")
         record = json.loads((search / "arch_params.json").read_text())
         arch = DintsArch.load(search / "dints_arch.json")
