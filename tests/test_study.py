@@ -134,6 +134,8 @@ def test_a_dints_study_on_volumes_scores_dice(tmp_path: Path, capsys) -> None:
     assert report["scores"]["random-0"]["1"] == pytest.approx(
         json.loads((out / "random-0" / "train-x1-s0" / "eval.json").read_text())["mean_dice"]
     )
-    assert not (out / "inherited.json").exists()  # supernet-inherited scores: Auto-DeepLab's space only
+    inherited = json.loads((out / "inherited.json").read_text())  # DiNTS topologies in search-0's supernet
+    assert sorted(inherited) == ["random-0", "search-0"] and all(0 <= v <= 1 for v in inherited.values())
+    assert report["inherited"] == inherited
     assert main(["study", "-q", "-o", str(tmp_path / "x"), "--search-set", "search_space=dints"]) == 2
     assert "paper genotype is an Auto-DeepLab architecture" in capsys.readouterr().err

@@ -60,3 +60,39 @@ def test_kendall_tau_by_hand():
     assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
     # a tie in x: τ-b = (C - D) / sqrt((C + D + Tx)(C + D + Ty)) = (2 - 0) / sqrt(3 · 2)
     assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / 6**0.5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_dints_subnetwork_is_the_supernet_with_one_hot_edges_and_ops(seed):
+    """Every edge active (so no depth is left out of the head): the found network holding the supernet's
+    weights computes the supernet's body with edge weights 1 and each edge's op one-hot."""
+    from autodeeplab.nets.dints import dints_shape
+    from autodeeplab.space.dints.arch import DintsArch
+    from autodeeplab.space.dints.supernet import DintsSupernet
+    from autodeeplab.space.dints.topology import Topology
+    from autodeeplab.study.inherited import dints_subnetwork
+
+    torch.manual_seed(seed)
+    edges, names = Topology(3).edges, ["skip_connect", "conv_3x3"]  # the 2D op set
+    rng = torch.Generator().manual_seed(seed)
+    blocks = [[[a, z, names[int(torch.randint(2, (1,), generator=rng))]] for a, z in edges] for _ in range(2)]
+    arch = DintsArch.from_dict(
+        {"version": 1, "kind": "dints", "op_set": "dints-2d", "depths": 3, "blocks": blocks}
+    )
+    supernet = DintsSupernet(dints_shape(arch, 4, "batch", 2, 3, 5)).double()
+    for module in supernet.modules():  # running statistics that are not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 1.5)
+    supernet.eval()
+    sub = dints_subnetwork(supernet, arch).double().eval()
+    one_hot = torch.zeros(2, len(edges), len(supernet.op_names), dtype=torch.float64)
+    for b, block in enumerate(arch.blocks):
+        for a, z, op in block:
+            one_hot[b, edges.index((a, z)), supernet.op_names.index(op)] = 1.0
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    ones = torch.ones(2, len(edges), dtype=torch.float64)
+    with torch.no_grad():
+        expected = supernet.body.forward_with(x, ones, one_hot)
+        error = float((sub(x) - expected).abs().max() / expected.abs().max())
+    assert error < 1e-12  # float64 rounding (the supernet folds the edge weight into the norms)

@@ -10,6 +10,12 @@ maps), and the batch norms' running statistics are recomputed for each subnetwor
 (statistics gathered under the mixture do not fit one path; the usual practice of weight-sharing NAS).
 h^{l-2} comes from the same level two layers back, as in the supernet; where the path was elsewhere it is
 zero, unlike in the retrained network.
+
+A DiNTS topology's subnetwork is the found network of that topology (``DintsNet``, what its retraining
+trains) with the supernet's weights: each active edge's resampling and chosen op, the
+stems, the head (:func:`dints_subnetwork`). It computes what the supernet does with the active edges at
+weight 1, the others at 0 and each edge's op one-hot, except that depths no active edge reaches are left out
+of the head instead of contributing zero maps.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from autodeeplab.nets.dints import DintsNet
 from autodeeplab.ops.primitives import PRIMITIVES, resize
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.space.autodeeplab.supernet import SearchNetwork
 from autodeeplab.space.autodeeplab.topology import edge_offset, node_levels, num_edges
+from autodeeplab.space.dints.arch import DintsArch
+from autodeeplab.space.dints.supernet import DintsSupernet
 
 
 def genotype_weights(genotype: Genotype, num_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +93,29 @@ class Subnetwork(nn.Module):
         return resize(net.heads[path[-1]](prev[path[-1]]), x.shape[2:])
 
 
+def dints_subnetwork(supernet: DintsSupernet, arch: DintsArch) -> DintsNet:
+    """The found network of ``arch`` (same depths, blocks and op set as ``supernet``) holding the
+    supernet's weights: ``body.cells.<b>.<edge>.ops.0`` takes the supernet's op of that edge's name, every
+    other tensor (resampling, stems, head) its namesake."""
+    source = supernet.state_dict()
+    like = next(iter(supernet.body.parameters()))
+    net = DintsNet(arch, supernet.shape).to(like.device, like.dtype)  # the supernet's dtype: no rounding
+    index = {edge: i for i, edge in enumerate(supernet.topology.edges)}
+    ops = {
+        (b, index[(a, z)]): supernet.op_names.index(op)
+        for b, block in enumerate(arch.blocks)
+        for a, z, op in block
+    }
+    weights = {}
+    for key in net.state_dict():
+        parts = key.split(".")
+        if parts[:2] == ["body", "cells"] and parts[4:6] == ["ops", "0"]:
+            parts[5] = str(ops[(int(parts[2]), int(parts[3]))])
+        weights[key] = source[".".join(parts)]
+    net.load_state_dict(weights)
+    return net
+
+
 @torch.no_grad()
 def recalibrate_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
     """Replace every batch norm's running statistics by their plain average over ``batches`` (train-mode
@@ -130,11 +162,12 @@ CALIBRATION_BATCHES = 8
 
 
 def inherited_scores(
-    search_dir: Path, genotypes: dict[str, Genotype], config: SearchConfig, device: str = "cpu"
+    search_dir: Path, genotypes: dict[str, Genotype | DintsArch], config: SearchConfig, device: str = "cpu"
 ) -> dict[str, float]:
-    """Validation mIoU of each architecture of ``genotypes`` with the weights of the supernet of the
-    finished search in ``search_dir`` (its newest checkpoint), as :func:`validation_score` scores the
-    supernet during the search; architectures whose shape is not the supernet's are left out."""
+    """Validation score of each architecture of ``genotypes`` (mIoU; mean foreground Dice for volumes) with
+    the weights of the supernet of the finished search in ``search_dir`` (its newest checkpoint), as
+    :func:`validation_score` scores the supernet during the search; architectures whose shape is not the
+    supernet's are left out."""
     from autodeeplab.checkpoint_io import load_checkpoint
     from autodeeplab.runs.sampling import epoch_loader
     from autodeeplab.search.data import build_search_data, validation_score
@@ -150,14 +183,30 @@ def inherited_scores(
     supernet.load_state_dict(state["model"])
     supernet.to(target)
     scores = {}
-    s = config.space
-    for name, genotype in genotypes.items():
-        if (genotype.num_layers, len(genotype.cell)) != (s.num_layers, s.num_blocks):
+    for name, arch in genotypes.items():
+        if not _fits(arch, config):
             continue
         supernet.load_state_dict(state["model"])  # the running statistics of the last one recomputed
-        sub = Subnetwork(supernet, genotype).to(target)
+        if isinstance(arch, DintsArch):
+            sub: nn.Module = dints_subnetwork(supernet, arch).to(target)
+        else:
+            sub = Subnetwork(supernet, arch).to(target)
         loader = epoch_loader(train_a, state["split"]["train_a"], config.batch_size, config.seed, 7, 0)
         batches = [images.to(target) for images, _ in itertools.islice(loader, CALIBRATION_BATCHES)]
         recalibrate_batch_norm(sub, batches)
-        scores[name] = validation_score(sub, val, config, target, quiet=True)["val_miou"]
+        score = validation_score(sub, val, config, target, quiet=True)
+        scores[name] = score.get("val_miou", score.get("val_dice"))
     return scores
+
+
+def _fits(arch: Genotype | DintsArch, config: SearchConfig) -> bool:
+    """Whether ``arch`` has the shape of ``config``'s search space (a member of another space or size is
+    left out)."""
+    if isinstance(arch, DintsArch):
+        d = config.dints
+        return config.search_space == "dints" and (arch.depths, arch.num_blocks) == (d.depths, d.blocks)
+    s = config.space
+    return config.search_space == "autodeeplab" and (arch.num_layers, len(arch.cell)) == (
+        s.num_layers,
+        s.num_blocks,
+    )

@@ -219,7 +219,7 @@ def run_study(
         if not run_member(out, member, plan, search, train, quiet, echo):
             echo(f"interrupted; resume with `autodeeplab study --resume {out}`")
             return False
-    if plan.seeds and search.search_space == "autodeeplab" and not (out / INHERITED_FILE).exists():
+    if plan.seeds and not (out / INHERITED_FILE).exists():
         echo("scoring every architecture with the weights of the first search's supernet ...")
         scores = inherited_scores(
             out / "search-0" / "search",
