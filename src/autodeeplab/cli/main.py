@@ -106,6 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(f"{command}: {str(exc) or 'interrupted'}", file=sys.stderr)  # a run's says how to continue
         return EXIT_INTERRUPTED
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """A torchrun rank leaves its process group before the interpreter exits: a gloo group's threads still
+    alive at exit abort the process (SIGABRT), which torchrun counts as a failed run."""
+    if "torch" not in sys.modules:
+        return
+    from torch import distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover
