@@ -93,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser()
         args = parser.parse_args(argv)
         command = f"autodeeplab {args.command}"
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        leave_process_group(together=True)
+        return status
     except AutoDeepLabError as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -110,14 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         leave_process_group()
 
 
-def leave_process_group() -> None:
-    """A torchrun rank leaves its process group before the interpreter exits: a gloo group's threads still
-    alive at exit abort the process (SIGABRT), which torchrun counts as a failed run."""
+def leave_process_group(together: bool = False) -> None:
+    """A torchrun rank leaves its process group before the interpreter exits: a gloo group still in use by
+    another rank, or its threads still alive at exit, abort the process (SIGABRT), which torchrun counts as
+    a failed run. ``together`` (a command that finished): wait for every rank first; after an error the
+    group is left at once (torchrun tears the others down)."""
     if "torch" not in sys.modules:
         return
     from torch import distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
