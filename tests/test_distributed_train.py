@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import SMALL
 from torch import distributed as dist
 from torch import multiprocessing as mp
 
@@ -21,10 +22,6 @@ from autodeeplab.space.architectures import resolve_architecture
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.train.config import TrainConfig
 
-SMALL = Genotype(
-    network_path=(0, 0, 1, 1),
-    cell=((("sep_conv_3x3", 0), ("atr_conv_3x3", 1)), (("skip_connect", 2), ("max_pool_3x3", 0))),
-)
 DEEP = Genotype(network_path=(0, 1, 2, 3), cell=SMALL.cell)  # output stride 32: 1×1 maps of 32² crops
 TINY = [
     "data.crop_size=32",

@@ -119,7 +119,9 @@ def resume_after_restart(args: argparse.Namespace, exclusive: tuple[str, ...] = 
 def output_for_ranks(args: argparse.Namespace) -> None:
     """With several processes every rank must name the same run directory: a default folder from the
     clock would differ between ranks (and a restart could not find it), so ``-o`` is required."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and not args.output and not args.resume:
+    from autodeeplab.runs.distributed import rank_info_from_env
+
+    if rank_info_from_env().world > 1 and not args.output and not args.resume:
         raise ConfigError("--output: required with several processes (every rank must name the same folder)")
 
 
