@@ -289,3 +289,13 @@ def test_fp16_steps_skip_an_overflow_on_any_rank_on_every_rank():
         (scales0, weights0), (scales1, weights1) = results[0], results[1]
     assert scales0 == scales1 and scales0[1] < scales0[0]  # lowered after the overflow, on both
     assert weights0 == weights1 and weights0[1] == weights0[0]  # the overflowing step skipped on both
+
+
+def test_restart_store_only_for_torchruns_shared_store_and_names_a_bad_environment():
+    from autodeeplab.runs.distributed import restart_store
+
+    assert restart_store({}) is None  # a plain launch: torch's own env:// rendezvous
+    assert restart_store({"TORCHELASTIC_USE_AGENT_STORE": "False", "MASTER_PORT": "1"}) is None
+    bad = {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "localhost", "MASTER_PORT": "x"}
+    with pytest.raises(DistributedError, match="MASTER_PORT"):
+        restart_store(bad)

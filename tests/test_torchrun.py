@@ -101,11 +101,6 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(wa[key], wb[key]), key
 
 
-@pytest.mark.skip(
-    reason="intermittent: about 1 restart in 6 here hangs inside gloo's init_process_group "
-    "(connectFullMesh) of the restarted group, in torch, before any of this package's code runs; "
-    "passes otherwise (issue 15 note)"
-)
 def test_a_rank_killed_under_max_restarts_restarts_the_group_and_ends_identical(unbroken, tmp_path):
     reference, arch = unbroken
     out = tmp_path / "killed"
@@ -134,3 +129,36 @@ def test_sigterm_stops_every_rank_at_one_step_with_one_checkpoint(unbroken, tmp_
     done = subprocess.run(resume, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     same_weights(out, reference)
+
+
+WORKER = """
+import os, signal, sys, time
+from torch import distributed as dist
+from autodeeplab.runs.distributed import setup
+attempt = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+if attempt == 1 and os.environ["RANK"] == "1":
+    time.sleep(3)  # rank 0 of the new attempt looks for rank 1's address first: the old one is stale
+info = setup("cpu")
+dist.barrier()
+if attempt == 0:
+    if info.rank == 1:
+        time.sleep(0.5)  # the other rank is now waiting in the next collective
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # torchrun stops this rank and restarts both
+dist.barrier()
+with open(sys.argv[1] + f"/joined-{attempt}-{info.rank}", "w"):
+    pass
+dist.destroy_process_group()
+"""
+
+
+def test_a_restarted_group_does_not_read_the_dead_attempts_rendezvous(tmp_path):
+    """Without a per-attempt prefix, a restarted rank 0 that looks for rank 1 before rank 1 has written its
+    new address finds the killed rank's and hangs in gloo's connect (issue 15)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["--max-restarts", "1", str(script), str(tmp_path)]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    finish(job, timeout=60)
+    assert sorted(p.name for p in tmp_path.glob("joined-*")) == ["joined-1-0", "joined-1-1"]

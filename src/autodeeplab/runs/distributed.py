@@ -128,8 +128,34 @@ def setup(device: str) -> RankInfo:
         cuda = device != "cpu" and torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group("nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        store = restart_store()
+        if store is None:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world)
     return info
+
+
+def restart_store(env: dict[str, str] | None = None) -> dist.Store | None:
+    """The rendezvous store for this attempt of a ``torchrun`` job, or ``None`` to let torch build it.
+
+    By default torchrun's agent keeps one store for the whole job and every attempt's workers connect to it
+    (``TORCHELASTIC_USE_AGENT_STORE=True``), while ``init_process_group`` writes its keys under the same names
+    in every attempt. After a restart the old attempt's keys are still there, so a new rank may read a killed
+    rank's address and hang in gloo's connect or fail with "Connection refused" (8 restarts in 10 here, in a
+    small loop). Keys under a prefix of the restart count keep each attempt's rendezvous to itself."""
+    env = dict(os.environ if env is None else env)
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    try:
+        host, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+        attempt = int(env.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except (KeyError, ValueError):
+        raise DistributedError("MASTER_ADDR, MASTER_PORT or TORCHELASTIC_RESTART_COUNT unusable") from None
+    run_id = env.get("TORCHELASTIC_RUN_ID", "none")
+    client = dist.TCPStore(host, port, world_size=int(env.get("WORLD_SIZE", "1")), is_master=False)
+    return dist.PrefixStore(f"autodeeplab/{run_id}/attempt{attempt}", client)
 
 
 def rank_device(device: torch.device, info: RankInfo) -> torch.device:
