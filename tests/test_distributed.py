@@ -133,6 +133,7 @@ def test_a_two_process_search_matches_one_process_with_the_global_batch(tmp_path
         )
         assert results[0] == results[1]  # every rank ends with the same architecture
         assert "arch_step" in results[2] and "weight_step" in results[2]  # checked after every step
+        results_zero = results[0]
     torch.set_num_threads(1)
     run_search(_search_config(4), tmp_path / "one", quiet=True, echo=lambda s: None)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
@@ -142,7 +143,40 @@ def test_a_two_process_search_matches_one_process_with_the_global_batch(tmp_path
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
     alpha_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["alpha"])
     alpha_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["alpha"])
-    assert (alpha_two - alpha_one).abs().max() < 0.01
+    beta_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["beta"])
+    beta_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["beta"])
+    delta = max((alpha_two - alpha_one).abs().max().item(), (beta_two - beta_one).abs().max().item())
+    assert delta < 0.01
+    _decodable_from_nearby(results_zero, tmp_path / "one", delta)
+
+
+def _decodable_from_nearby(two: dict, one_dir, delta: float) -> None:
+    """``two`` (a genotype's dict) is what α/β within ``delta`` (max-norm, on the softmax weights) of the
+    single process's ``arch_params.json`` in ``one_dir`` can decode to: necessary conditions of the top-2 edge
+    choice, the op argmax and the Viterbi path, each derived from the δ bound. The genotypes are therefore
+    equal wherever the single process's decisions have margins above 2δ, and may differ only where rounding
+    can decide (after tiny searches many α are within a hair of uniform)."""
+    import json
+
+    import numpy as np
+
+    from autodeeplab.space.autodeeplab.decode import path_score, viterbi_path
+    from autodeeplab.space.autodeeplab.topology import edge_offset
+
+    params = json.loads((one_dir / "arch_params.json").read_text())
+    alpha, beta, names = np.array(params["alpha"]), np.array(params["beta"]), params["primitives"]
+    real = [i for i, name in enumerate(names) if name != "none"]
+    for block, pairs in enumerate(two["cell"]):
+        rows = alpha[edge_offset(block) : edge_offset(block) + block + 2]
+        strength = rows[:, real].max(axis=1)
+        second = np.sort(strength)[-2]
+        for op, source in pairs:
+            assert strength[source] >= second - 2 * delta, (block, source)  # a top-2 input within 2δ
+            assert rows[source, names.index(op)] >= strength[source] - 2 * delta, (block, op)
+    # path: the Viterbi path of β_two scores no less than any other under β_two, and β_two lies within δ
+    upper = path_score(np.where(beta > 0, beta + delta, 0.0), two["network_path"])
+    lower = path_score(np.clip(beta - delta, 0.0, None), viterbi_path(beta))
+    assert upper >= lower, (two["network_path"], viterbi_path(beta))
 
 
 def _resume_worker(rank: int, world: int, port: int, out: str, results) -> None:
@@ -212,8 +246,9 @@ def test_a_two_process_search_with_sync_bn_matches_one_process_closely(tmp_path)
     share of the global batch's, two processes compute what one does with batches of 4, up to float
     rounding: losses within 1e-4 relative (without sync_bn: a few percent). α within one Adam step
     (arch_lr): Adam's first steps move each α by about arch_lr · sign(g), so a gradient near zero that
-    rounds to the other sign moves it the other way. The genotypes are not compared: after two tiny epochs
-    every α is within 0.002 of uniform, so rounding decides their argmax."""
+    rounds to the other sign moves it the other way. The genotypes are compared through that bound: after
+    two tiny epochs every α is within 0.002 of uniform, so rounding may decide an argmax, and the
+    two-process genotype must be one that α/β within the measured difference decode to."""
     import json
 
     from autodeeplab.search.loop import run_search
@@ -225,6 +260,7 @@ def test_a_two_process_search_with_sync_bn_matches_one_process_closely(tmp_path)
             _sync_worker, args=(2, _free_port(), str(out), results), nprocs=2, start_method="fork"
         )
         assert results[0] == results[1]
+        results_zero = results[0]
     torch.set_num_threads(1)
     run_search(_reference_config(4, False), tmp_path / "one", quiet=True, echo=lambda s: None)
     two = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -238,6 +274,8 @@ def test_a_two_process_search_with_sync_bn_matches_one_process_closely(tmp_path)
     beta_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["beta"])
     beta_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["beta"])
     assert (beta_two - beta_one).abs().max() < step
+    delta = max((alpha_two - alpha_one).abs().max().item(), (beta_two - beta_one).abs().max().item())
+    _decodable_from_nearby(results_zero, tmp_path / "one", delta)
 
 
 def test_sync_bn_in_a_search_needs_the_reference_path_and_the_autodeeplab_space():
@@ -299,3 +337,40 @@ def test_restart_store_only_for_torchruns_shared_store_and_names_a_bad_environme
     bad = {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "localhost", "MASTER_PORT": "x"}
     with pytest.raises(DistributedError, match="MASTER_PORT"):
         restart_store(bad)
+
+
+def test_the_nearby_decoding_check_accepts_the_decode_and_refuses_a_clearly_different_genotype(tmp_path):
+    import json
+
+    import numpy as np
+
+    from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode, path_score
+    from autodeeplab.space.autodeeplab.topology import beta_mask, num_edges
+
+    rng = np.random.default_rng(0)
+    alpha = rng.dirichlet(np.ones(8), size=num_edges(3))
+    mask = beta_mask(4, 4).astype(np.float64)
+    beta = rng.random(mask.shape) * mask
+    beta /= np.maximum(beta.sum(axis=-1, keepdims=True), 1e-12)
+    params = arch_params_to_dict(alpha, beta)
+    (tmp_path / "arch_params.json").write_text(json.dumps(params))
+    found = decode(alpha, beta, 3).to_dict()
+    _decodable_from_nearby(found, tmp_path, 0.0)
+    _decodable_from_nearby(found, tmp_path, 0.5)
+
+    names = params["primitives"]
+    _, source = found["cell"][0][0]
+    worst = min((n for n in names if n != "none"), key=lambda n: alpha[source, names.index(n)])
+    wrong_op = json.loads(json.dumps(found))
+    wrong_op["cell"][0][0] = [worst, source]
+    with pytest.raises(AssertionError):
+        _decodable_from_nearby(wrong_op, tmp_path, 0.0)
+    _decodable_from_nearby(wrong_op, tmp_path, 0.5)  # a bound that large allows any op
+
+    paths = [(0, a, b, c) for a in (0, 1) for b in range(3) for c in range(4)]
+    paths = [q for q in paths if all(abs(y - x) <= 1 for x, y in zip((0, *q), q, strict=False))]
+    worst_path = min(paths, key=lambda q: path_score(beta, q))
+    assert path_score(beta, worst_path) < path_score(beta, found["network_path"])
+    wrong_path = {**found, "network_path": list(worst_path)}
+    with pytest.raises(AssertionError):
+        _decodable_from_nearby(wrong_path, tmp_path, 0.0)

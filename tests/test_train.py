@@ -192,6 +192,29 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path, monkeypatch
     assert [r["step"] for r in records if "miou" in r] == [2, 4, 6]
 
 
+def test_a_stop_on_a_periodic_save_step_writes_that_checkpoint_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config("checkpoint_every=2", "data.eval_split=null")
+    written: list[int] = []
+    real_save = train_module.save_training_state
+
+    def counting(run, model, optimizer, info, config):
+        written.append(info.step)
+        real_save(run, model, optimizer, info, config)
+
+    def poly_lr_then_sigint_at_step_1(base: float, step: int, iterations: int, power: float) -> float:
+        if step == 1:  # the second step ends on a periodic save, and the stop follows it
+            os.kill(os.getpid(), signal.SIGINT)
+        return poly_lr(base, step, iterations, power)
+
+    monkeypatch.setattr(train_module, "save_training_state", counting)
+    monkeypatch.setattr(train_module, "poly_lr", poly_lr_then_sigint_at_step_1)
+    stopped = run_training(config, SMALL, tmp_path / "run", echo=quiet)
+    assert stopped.interrupted and stopped.step == 2
+    assert written == [2]
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

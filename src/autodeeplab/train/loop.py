@@ -297,6 +297,7 @@ def _train(
     pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read back yet
     model.train()
     stopping = False  # a stop every rank has seen (one process: at once; several: at the next read)
+    saved_step = -1  # a stop right after a periodic save does not write the same step again
     with GracefulInterrupt() as stop, bar:
         for images, masks in training_batches(train, config, info.step, (ranks.rank, world)):
             if info.step >= config.iterations or stopping or (world == 1 and stop.requested):
@@ -348,12 +349,13 @@ def _train(
                     tensorboard.flush()
             if save and main:
                 save_training_state(run, model, optimizer, info, config)
+            saved_step = step if save else saved_step
     stopping = stopping or (world == 1 and stop.requested)  # one process may stop between reads
     interrupted = stopping and info.step < config.iterations
     if interrupted:
         read_losses(pending, "training loss", world)  # the checkpoint holds only checked steps
         broadcast_buffers(model, world)
-        if main:
+        if main and info.step != saved_step:
             save_training_state(run, model, optimizer, info, config)
         say(f"interrupted: checkpoint saved; resume with `autodeeplab train --resume {run.path}`")
     seconds = time.perf_counter() - start
