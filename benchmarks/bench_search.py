@@ -63,6 +63,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "exact_no_freeze": ({}, {}, False),
     "exact_contiguous": ({"memory_format": "contiguous"}, {}, True),
     "exact_unfused": ({"fuse_edges": False}, {}, True),
+    "exact_no_flat": ({"flat_edge_weights": False}, {}, True),
     "exact_no_matmul": ({"pointwise_as_matmul": False}, {}, True),
     "exact_no_flipped_grad": ({"depthwise_flipped_grad": False}, {}, True),
     "exact_unbatched_stats": ({"batch_running_stats": False}, {}, True),

@@ -32,6 +32,10 @@ class ExecutionConfig:
     fuse_edges: bool = True
     """Run all the edges that read one cell state as one call per primitive (10 convolutions per state
     instead of per edge; pools and ReLU once per state; :mod:`autodeeplab.fast.fused_edges`)."""
+    flat_edge_weights: bool = True
+    """With ``fuse_edges``: the filters of the edges that read one state live side by side in one tensor
+    (each parameter a slice of it, :mod:`autodeeplab.fast.flat_weights`), so the fused convolutions read
+    them without a copy and their gradients come back without one."""
     share_edge_relu: bool = True
     """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input); the fused
     edges share one ReLU per state anyway."""

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from autodeeplab.fast.depthwise import depthwise_conv
 from autodeeplab.fast.execution import ExecutionConfig
+from autodeeplab.fast.flat_weights import flat_weight
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
 from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
@@ -45,10 +46,17 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -
     return conv_function(x.dim() - 2)(x, weight, None, like.stride, like.padding, like.dilation, groups)
 
 
-def _atrous(relu_x, edges, name, groups, repeats, scale):
+def _stacked(params: list[torch.Tensor], execution: ExecutionConfig) -> torch.Tensor:
+    """The edges' filters concatenated along the output channels ``[E·rows, *K]``: a view of the one
+    tensor they live in (``flat_edge_weights``), or a copy made by ``torch.cat``."""
+    if len(params) == 1:
+        return params[0]
+    return flat_weight(params) if execution.flat_edge_weights else torch.cat(params)
+
+
+def _atrous(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig):
     ops = [e.op(name) for e in edges]  # ReLU → conv → BN
-    weight = torch.cat([op[1].weight for op in ops]) if len(ops) > 1 else ops[0][1].weight
-    z = _conv(relu_x, weight, ops[0][1], 1)
+    z = _conv(relu_x, _stacked([op[1].weight for op in ops], execution), ops[0][1], 1)
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
 
 
@@ -58,19 +66,22 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     spatial = (1,) * (relu_x.dim() - 2)
     matmul = execution.pointwise_as_matmul
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
-    dw = torch.stack([op[1].weight for op in ops], dim=1).reshape(c * e, 1, *ops[0][1].weight.shape[2:])
+    kernel = ops[0][1].weight.shape[2:]
+    dw = _stacked([op[1].weight for op in ops], execution)  # [E·C, 1, *K]
+    dw = dw.reshape(e, c, *kernel).transpose(0, 1).reshape(c * e, 1, *kernel)
     like = ops[0][1]
     if execution.depthwise_flipped_grad and all(st == 1 for st in like.stride):
         z = depthwise_conv(relu_x, dw, like.padding, like.dilation)
     else:
         z = _conv(relu_x, dw, like, c)
     # block-diagonal pointwise, columns permuted from (edge, channel) to the (channel, edge) input order
-    pw = torch.block_diag(*[op[2].weight.reshape(c, c) for op in ops]) if e > 1 else ops[0][2].weight
+    pw = _stacked([op[2].weight for op in ops], execution)  # [E·C, C, 1…]
+    pw = torch.block_diag(*pw.reshape(e, c, c).unbind(0)) if e > 1 else pw
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
     z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
     z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
-    z = _conv(z, torch.cat([op[5].weight for op in ops]), ops[0][5], e * c)
-    pw = torch.cat([op[6].weight for op in ops])  # grouped: edge i's C outputs read its C inputs
+    z = _conv(z, _stacked([op[5].weight for op in ops], execution), ops[0][5], e * c)
+    pw = _stacked([op[6].weight for op in ops], execution)  # grouped: edge i's C outputs read its C inputs
     z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][6], e)
     return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
 
@@ -120,7 +131,7 @@ def fused_mixed_ops(
     for name in _ATROUS + _SEPARABLE:
         scale = column[name].squeeze(1) if fold else None
         if name in _ATROUS:
-            y = _atrous(relu_x, edges, name, groups, repeats, scale)
+            y = _atrous(relu_x, edges, name, groups, repeats, scale, execution)
         else:
             y = _separable(relu_x, edges, name, groups, repeats, scale, execution)
         y = _edge_rows(y, e)

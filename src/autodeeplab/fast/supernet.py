@@ -39,6 +39,7 @@ from autodeeplab.space.autodeeplab.topology import incoming_edges, nearest_level
 _CELL_SWITCHES = (
     "batch_node_inputs",
     "fuse_edges",
+    "flat_edge_weights",
     "share_edge_relu",
     "pool_without_indices",
     "fold_alpha_into_bn",
