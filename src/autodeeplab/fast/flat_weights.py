@@ -59,29 +59,57 @@ parameter has none, or one whose ``holds`` fails)."""
 
 
 class _FromSlices(torch.autograd.Function):
-    """``fused`` (the parameters' common storage) as a tensor whose gradient goes to the parameters: the
-    incoming gradient ``[Σ rows, *K]`` is split into the parameters' ``[rows, *K]`` slices (views)."""
+    """Each group's ``fused`` tensor (its parameters' common storage) as a tensor whose gradient goes to
+    the parameters: an incoming gradient ``[Σ rows, *K]`` is split into the parameters' ``[rows, *K]``
+    slices (views). One call for all the groups of a state: autograd functions written in Python cost tens
+    of microseconds per call, about what a copy of these small filters costs."""
 
     @staticmethod
-    def forward(ctx, fused: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ctx.rows = [p.shape[0] for p in params]
-        return fused.view_as(fused)
+    def forward(ctx, sizes: tuple[int, ...], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: D102
+        # tensors: the groups' fused tensors, then every group's parameters; sizes: each group's count
+        fused, params = tensors[: len(sizes)], tensors[len(sizes) :]
+        ctx.rows, start = [], 0
+        for size in sizes:
+            ctx.rows.append([p.shape[0] for p in params[start : start + size]])
+            start += size
+        return tuple(f.view_as(f) for f in fused)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: D102
-        # contiguous, so that each slice has its parameter's strides and AccumulateGrad takes it as is
-        return (None, *grad.contiguous().split(ctx.rows))
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:  # noqa: D102
+        out: list[torch.Tensor | None] = [None] * (1 + len(grads))
+        for grad, rows in zip(grads, ctx.rows, strict=True):
+            if grad is None:
+                out += [None] * len(rows)
+            else:  # contiguous, so that each slice has its parameter's strides: AccumulateGrad keeps it
+                out += grad.contiguous().split(rows)
+        return tuple(out)
+
+
+def flat_weights(groups: Sequence[Sequence[nn.Parameter]]) -> list[torch.Tensor]:
+    """For each group, ``torch.cat(group)`` along dim 0 (``[Σ rows, *K]``), equal in value and gradient,
+    without copying: each group's parameters are (made) consecutive slices of one tensor, which is returned.
+    A group of one parameter: the parameter itself."""
+    out: list[torch.Tensor | None] = []
+    fused, params, sizes, where = [], [], [], []
+    for group in groups:
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        flat = getattr(group[0], _ATTRIBUTE, None)
+        if flat is None or not flat.holds(group):
+            flat = _Flat(group)
+            setattr(group[0], _ATTRIBUTE, flat)
+        where.append(len(out))
+        out.append(flat.fused)
+        fused.append(flat.fused)
+        sizes.append(len(group))
+        params.extend(group)
+    if fused and torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        for index, tensor in zip(where, _FromSlices.apply(tuple(sizes), *fused, *params), strict=True):
+            out[index] = tensor
+    return out
 
 
 def flat_weight(params: Sequence[nn.Parameter]) -> torch.Tensor:
-    """``torch.cat(params)`` along dim 0 (``[Σ rows, *K]``), equal in value and gradient, without copying:
-    the parameters are (made) consecutive slices of one tensor, which is returned. One parameter: itself."""
-    if len(params) == 1:
-        return params[0]
-    group = getattr(params[0], _ATTRIBUTE, None)
-    if group is None or not group.holds(params):
-        group = _Flat(params)
-        setattr(params[0], _ATTRIBUTE, group)
-    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-        return _FromSlices.apply(group.fused, *params)
-    return group.fused
+    """:func:`flat_weights` of one group."""
+    return flat_weights([params])[0]

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from autodeeplab.fast.depthwise import depthwise_conv
 from autodeeplab.fast.execution import ExecutionConfig
-from autodeeplab.fast.flat_weights import flat_weight
+from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
 from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
@@ -46,28 +46,40 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -
     return conv_function(x.dim() - 2)(x, weight, None, like.stride, like.padding, like.dilation, groups)
 
 
-def _stacked(params: list[torch.Tensor], execution: ExecutionConfig) -> torch.Tensor:
-    """The edges' filters concatenated along the output channels ``[E·rows, *K]``: a view of the one
-    tensor they live in (``flat_edge_weights``), or a copy made by ``torch.cat``."""
-    if len(params) == 1:
-        return params[0]
-    return flat_weight(params) if execution.flat_edge_weights else torch.cat(params)
+_FILTERS = {name: (1,) for name in _ATROUS} | {name: (1, 2, 5, 6) for name in _SEPARABLE}
+"""The positions of the filters in each conv primitive's sequence: ReLU → conv → BN, and
+[ReLU → depthwise → pointwise → BN] × 2."""
 
 
-def _atrous(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig):
+def _stacked_filters(edges: list[nn.Module], execution: ExecutionConfig) -> dict[str, list[torch.Tensor]]:
+    """Each conv primitive's filters, every edge's concatenated along the output channels ``[E·rows, *K]``:
+    views of the one tensor each group lives in (``flat_edge_weights``, one call for the state), or copies
+    made by ``torch.cat``."""
+    groups = [[edge.op(name)[i].weight for edge in edges] for name, at in _FILTERS.items() for i in at]
+    if execution.flat_edge_weights:
+        stacked = flat_weights(groups)
+    else:
+        stacked = [group[0] if len(group) == 1 else torch.cat(group) for group in groups]
+    out, start = {}, 0
+    for name, at in _FILTERS.items():
+        out[name], start = stacked[start : start + len(at)], start + len(at)
+    return out
+
+
+def _atrous(relu_x, edges, name, groups, repeats, scale, filters):
     ops = [e.op(name) for e in edges]  # ReLU → conv → BN
-    z = _conv(relu_x, _stacked([op[1].weight for op in ops], execution), ops[0][1], 1)
+    z = _conv(relu_x, filters[0], ops[0][1], 1)
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
 
 
-def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig):
+def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig, filters):
     ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1]
     spatial = (1,) * (relu_x.dim() - 2)
     matmul = execution.pointwise_as_matmul
+    dw, pw, dw2, pw2 = filters  # [E·C, 1, *K], [E·C, C, 1…], [E·C, 1, *K], [E·C, C, 1…]
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
-    kernel = ops[0][1].weight.shape[2:]
-    dw = _stacked([op[1].weight for op in ops], execution)  # [E·C, 1, *K]
+    kernel = dw.shape[2:]
     dw = dw.reshape(e, c, *kernel).transpose(0, 1).reshape(c * e, 1, *kernel)
     like = ops[0][1]
     if execution.depthwise_flipped_grad and all(st == 1 for st in like.stride):
@@ -75,13 +87,12 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     else:
         z = _conv(relu_x, dw, like, c)
     # block-diagonal pointwise, columns permuted from (edge, channel) to the (channel, edge) input order
-    pw = _stacked([op[2].weight for op in ops], execution)  # [E·C, C, 1…]
     pw = torch.block_diag(*pw.reshape(e, c, c).unbind(0)) if e > 1 else pw
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
     z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
     z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
-    z = _conv(z, _stacked([op[5].weight for op in ops], execution), ops[0][5], e * c)
-    pw = _stacked([op[6].weight for op in ops], execution)  # grouped: edge i's C outputs read its C inputs
+    z = _conv(z, dw2, ops[0][5], e * c)
+    pw = pw2  # grouped: edge i's C outputs read its C inputs
     z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][6], e)
     return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
 
@@ -128,12 +139,13 @@ def fused_mixed_ops(
         y = to_rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
         out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
     out = torch.addcmul(out, column["skip_connect"], to_rows(x).unsqueeze(-2))
+    filters = _stacked_filters(edges, execution)
     for name in _ATROUS + _SEPARABLE:
         scale = column[name].squeeze(1) if fold else None
         if name in _ATROUS:
-            y = _atrous(relu_x, edges, name, groups, repeats, scale, execution)
+            y = _atrous(relu_x, edges, name, groups, repeats, scale, filters[name])
         else:
-            y = _separable(relu_x, edges, name, groups, repeats, scale, execution)
+            y = _separable(relu_x, edges, name, groups, repeats, scale, execution, filters[name])
         y = _edge_rows(y, e)
         out = out + y if fold else torch.addcmul(out, column[name], y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
