@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from autodeeplab.fast.execution import ExecutionConfig
-from autodeeplab.fast.fused_edges import fused_mixed_ops
+from autodeeplab.fast.fused_edges import fused_mixed_ops, stacked_filters
 from autodeeplab.fast.grouped_bn import batch_norm
 from autodeeplab.fast.pointwise import apply_conv
 from autodeeplab.fast.pooling import max_pool_saving_input
@@ -148,6 +148,16 @@ def _state_major_order(num_blocks: int, device: torch.device) -> torch.Tensor:
         order = [edge_offset(b) + j for j in range(num_blocks + 1) for b in range(max(0, j - 1), num_blocks)]
         _ORDERS[key] = torch.tensor(order, device=device)
     return _ORDERS[key]
+
+
+def lay_out_filters(cell: SearchCell, execution: ExecutionConfig) -> None:
+    """Lay the filters of each state's edges out in one tensor per primitive now (``flat_edge_weights``;
+    :mod:`autodeeplab.fast.flat_weights`), as the first fused call would: the parameters' storage is then
+    settled before anything records it (e.g. a count of saved tensors that leaves the parameters out)."""
+    with torch.no_grad():
+        for j in range(cell.num_blocks + 1):
+            readers = range(max(0, j - 1), cell.num_blocks)
+            stacked_filters([cell.edges[edge_offset(b) + j] for b in readers], execution)
 
 
 def _fused_blocks(

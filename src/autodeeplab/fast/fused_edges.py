@@ -51,7 +51,7 @@ _FILTERS = {name: (1,) for name in _ATROUS} | {name: (1, 2, 5, 6) for name in _S
 [ReLU → depthwise → pointwise → BN] × 2."""
 
 
-def _stacked_filters(edges: list[nn.Module], execution: ExecutionConfig) -> dict[str, list[torch.Tensor]]:
+def stacked_filters(edges: list[nn.Module], execution: ExecutionConfig) -> dict[str, list[torch.Tensor]]:
     """Each conv primitive's filters, every edge's concatenated along the output channels ``[E·rows, *K]``:
     views of the one tensor each group lives in (``flat_edge_weights``, one call for the state), or copies
     made by ``torch.cat``."""
@@ -139,7 +139,7 @@ def fused_mixed_ops(
         y = to_rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
         out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
     out = torch.addcmul(out, column["skip_connect"], to_rows(x).unsqueeze(-2))
-    filters = _stacked_filters(edges, execution)
+    filters = stacked_filters(edges, execution)
     for name in _ATROUS + _SEPARABLE:
         scale = column[name].squeeze(1) if fold else None
         if name in _ATROUS:

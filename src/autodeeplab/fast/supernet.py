@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from autodeeplab.fast.cell import cell_blocks, run_sequence
+from autodeeplab.fast.cell import cell_blocks, lay_out_filters, run_sequence
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.grouped_bn import running_stats_frozen
 from autodeeplab.fast.memory import note_held
@@ -84,6 +84,22 @@ class FastSearchNetwork(SearchNetwork):
     def execution(self, execution: ExecutionConfig) -> None:
         execution.check_levels(self.config.num_levels)  # a level that does not exist is a user error
         self._execution = execution
+        self.lay_out_filters()
+
+    def lay_out_filters(self) -> None:
+        """With ``fuse_edges`` and ``flat_edge_weights``: each state's edge filters in one tensor per
+        primitive from now on (done again after anything that gives the parameters new storage, e.g.
+        ``.to()``; the fused calls check it anyway)."""
+        if self.execution.fuse_edges and self.execution.flat_edge_weights:
+            for cell in self.cells.values():
+                lay_out_filters(cell, self.execution)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .double(), .cuda() ... give every parameter its own new storage: lay the filters out again
+        out = super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "_execution"):
+            self.lay_out_filters()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Image ``[N, in_channels, *S]`` → logits ``[N, num_classes, *S]``: the reference's layer loop,
