@@ -47,4 +47,77 @@ def _search_pair(space: SearchSpaceConfig) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     on = build_supernet(space, 3, execution=ExecutionConfig(flat_edge_weights=True))
     off = build_supernet(space, 3, execution=ExecutionConfig(flat_edge_weights=False))
+    with torch.no_grad():  # away from the near-uniform start
+        on.alpha.normal_()
+        on.beta.normal_()
+    off.load_state_dict(on.state_dict())
+    return on, off
+
+
+def _steps(model: nn.Module, config: SearchConfig, batches) -> list[float]:
+    weight_opt, arch_opt, _ = make_optimizers(model, config)
+    criterion, losses = make_loss("ce", 255), []
+    for images, masks in batches:
+        losses.append(float(weight_step(model, images, masks, weight_opt, criterion, config.grad_clip)))
+        losses.append(float(arch_step(model, images, masks, arch_opt, criterion)))
+    return losses
+
+
+def test_a_search_with_flat_weights_ends_bit_identical_to_one_without():
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=3, num_levels=3, num_blocks=3, stem_channels=(2, 2, 4)
+    )
+    config = SearchConfig(space=space)
+    on, off = _search_pair(space)
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(2, 3, 19, 23, generator=g), torch.randint(0, 3, (2, 19, 23), generator=g))
+        for _ in range(3)
+    ]
+    assert _steps(on, config, batches) == _steps(off, config, batches)
+    state_on, state_off = on.state_dict(), off.state_dict()
+    assert list(state_on) == list(state_off)  # the same names: checkpoints do not change
+    for name, value in state_on.items():
+        assert torch.equal(value, state_off[name]), name
+    # some parameters really do live in one tensor
+    edges = on.cells["1_0"].edges
+    a, b = edges[1].op("atr_conv_3x3")[1].weight, edges[3].op("atr_conv_3x3")[1].weight
+    assert b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+
+
+def test_a_checkpoint_of_a_flat_supernet_round_trips(tmp_path):
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=2, num_levels=2, num_blocks=2, stem_channels=(2, 2, 4)
+    )
+    on, _ = _search_pair(space)
+    on.train()
+    on(torch.randn(2, 3, 17, 17))  # lays the filters out
+    save_checkpoint(tmp_path / "c.pt", {"model": on.state_dict()})
+    torch.manual_seed(5)
+    other = build_supernet(space, 3)
+    other(torch.randn(2, 3, 17, 17))  # laid out too, with other values
+    other.load_state_dict(load_checkpoint(tmp_path / "c.pt")["model"])
+    for (name, p), q in zip(on.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    on.eval(), other.eval()
+    x = torch.randn(1, 3, 17, 17)
+    with torch.no_grad():
+        assert torch.equal(on(x), other(x))  # the loaded values are the ones the fused calls read
+
+
+def test_the_layout_is_made_with_the_supernet_and_again_after_a_conversion():
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=2, num_levels=2, num_blocks=2, stem_channels=(2, 2, 4)
+    )
+    net = build_supernet(space, 3)
+    edges = net.cells["1_0"].edges
+
+    def shared() -> bool:  # edges 1 and 3 both read state 1: their filters are neighbours
+        a, b = edges[1].op("sep_conv_3x3")[6].weight, edges[3].op("sep_conv_3x3")[6].weight
+        return b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+
+    assert shared()  # before any forward: a count of saved tensors sees the final storage
+    net.double()
+    assert shared() and edges[1].op("sep_conv_3x3")[6].weight.dtype == torch.float64
+    off = build_supernet(space, 3, execution=ExecutionConfig(flat_edge_weights=False))
     assert all(p.is_contiguous() and p.storage_offset() == 0 for p in off.parameters())  # each its own
