@@ -121,3 +121,41 @@ def test_the_layout_is_made_with_the_supernet_and_again_after_a_conversion():
     assert shared() and edges[1].op("sep_conv_3x3")[6].weight.dtype == torch.float64
     off = build_supernet(space, 3, execution=ExecutionConfig(flat_edge_weights=False))
     assert all(p.is_contiguous() and p.storage_offset() == 0 for p in off.parameters())  # each its own
+
+
+def test_an_unused_group_gets_no_gradient_as_with_cat():
+    from autodeeplab.fast.flat_weights import flat_weights
+
+    groups = [[nn.Parameter(torch.randn(2, 3, 3, 3)) for _ in range(2)] for _ in range(2)]
+    used, _ = flat_weights(groups)
+    nn.functional.conv2d(torch.randn(1, 3, 5, 5), used).sum().backward()
+    assert all(p.grad is not None for p in groups[0])
+    assert all(p.grad is None for p in groups[1])  # zeros would still move them by weight decay
+
+
+def test_a_flat_supernet_pickles_swaps_shares_memory_and_trains_after_inference_mode(tmp_path):
+    import io
+
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=2, num_levels=2, num_blocks=2, stem_channels=(2, 2, 4)
+    )
+    net = build_supernet(space, 3)
+    buffer = io.BytesIO()
+    torch.save(net, buffer)  # the whole module, as some users do (no weak references in the way)
+    assert len(buffer.getvalue()) > 0
+    swapped = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        net.double()  # torch.utils.swap_tensors refuses tensors that have weak references
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swapped)
+    net.float().share_memory()
+    assert all(p.is_shared() for p in net.parameters())  # laid out again, in shared memory
+    fresh = build_supernet(space, 3)
+    fresh.load_state_dict(net.state_dict(), assign=True)  # new storage: laid out at the next call
+    fresh.train()
+    with torch.inference_mode():
+        fresh(torch.randn(2, 3, 17, 17))
+    assert not any(p.is_inference() for p in fresh.parameters())
+    loss = fresh(torch.randn(2, 3, 17, 17)).sum()
+    loss.backward()  # trainable after a layout made under inference mode

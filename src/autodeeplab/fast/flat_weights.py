@@ -15,12 +15,14 @@ bit for bit (tested). Anything that gives a parameter new storage (``.to()``, ``
 ``load_state_dict(assign=True)``) is noticed at the next call, which lays the slices out again.
 
 Slices along the first dimension are contiguous, which the fused SGD kernel needs (it mis-updates strided
-views): every layout here is a concatenation along dim 0.
+views): every layout here is a concatenation along dim 0. One difference from ``torch.cat``: the convolutions
+keep the parameters' storage itself for their backward, so a weight changed in place between a forward and
+its backward would not be caught by autograd's version check (the steps never do that: the optimizer steps
+after the backward).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import torch
@@ -28,29 +30,31 @@ from torch import nn
 
 
 class _Flat:
-    """One group: the contiguous tensor and the parameters whose storage it holds (by address)."""
+    """One group: the contiguous tensor and where its parameters' data must be for it to hold them."""
 
-    __slots__ = ("fused", "params", "addresses")
+    __slots__ = ("fused", "addresses")
 
     def __init__(self, params: Sequence[nn.Parameter]) -> None:
-        with torch.no_grad():
+        # normal tensors even when first called under inference mode (the parameters train later), in
+        # shared memory when the parameters were (``share_memory()``)
+        with torch.inference_mode(False), torch.no_grad():
             self.fused = torch.cat([p.detach() for p in params])
+            if all(p.is_shared() for p in params):
+                self.fused.share_memory_()
         start = 0
         for p in params:
             rows = p.shape[0]
             p.data = self.fused[start : start + rows]  # a view: the parameter now lives in ``fused``
             start += rows
-        self.params = [weakref.ref(p) for p in params]
         self.addresses = [p.data_ptr() for p in params]
 
     def holds(self, params: Sequence[nn.Parameter]) -> bool:
-        """Whether ``params`` are still this group's slices (same objects, same storage)."""
-        if len(params) != len(self.params):
+        """Whether ``params`` are still this group's slices. An address inside ``fused`` (alive as long as
+        this group) can only be its slice, so the addresses decide; no reference to the parameters is kept
+        (weak references would stop pickling and ``torch.utils.swap_tensors``)."""
+        if len(params) != len(self.addresses):
             return False
-        for p, ref, address in zip(params, self.params, self.addresses, strict=True):
-            if ref() is not p or p.data_ptr() != address:
-                return False
-        return True
+        return all(p.data_ptr() == address for p, address in zip(params, self.addresses, strict=True))
 
 
 _ATTRIBUTE = "_autodeeplab_flat"
@@ -68,6 +72,7 @@ class _FromSlices(torch.autograd.Function):
     def forward(ctx, sizes: tuple[int, ...], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: D102
         # tensors: the groups' fused tensors, then every group's parameters; sizes: each group's count
         fused, params = tensors[: len(sizes)], tensors[len(sizes) :]
+        ctx.set_materialize_grads(False)  # an unused group's parameters get no gradient, as with cat
         ctx.rows, start = [], 0
         for size in sizes:
             ctx.rows.append([p.shape[0] for p in params[start : start + size]])

@@ -39,7 +39,6 @@ from autodeeplab.space.autodeeplab.topology import incoming_edges, nearest_level
 _CELL_SWITCHES = (
     "batch_node_inputs",
     "fuse_edges",
-    "flat_edge_weights",
     "share_edge_relu",
     "pool_without_indices",
     "fold_alpha_into_bn",
@@ -47,7 +46,8 @@ _CELL_SWITCHES = (
     "depthwise_flipped_grad",
 )
 """The switches of :mod:`autodeeplab.fast.cell`: with all of them off a node is evaluated as the
-reference does it (``batch_running_stats`` then has nothing to batch)."""
+reference does it (``batch_running_stats`` then has nothing to batch; ``flat_edge_weights`` acts only within
+``fuse_edges``)."""
 
 _Node = Callable[..., torch.Tensor]
 
