@@ -93,3 +93,24 @@ def test_bf16_loss_and_gradients_are_close_to_fp32_within_bf16_tolerance():
         cosine = nn.functional.cosine_similarity(grads16["beta"].flatten(), grads32["beta"].flatten(), dim=0)
         assert cosine >= BF16_BETA_COSINE
         assert all(torch.isfinite(g).all() for g in grads16.values())
+
+
+def test_a_3d_bf16_search_step_runs_with_the_default_switches():
+    """A volume supernet's steps under bf16 autocast: the max pool that keeps its input instead of its
+    argmax got a float32 gradient for its bfloat16 output in 3D and failed in the backward."""
+    from autodeeplab.fast.execution import ExecutionConfig
+    from autodeeplab.fast.supernet import build_supernet
+    from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
+
+    torch.manual_seed(0)
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=2, num_levels=2, num_blocks=2, stem_channels=(2, 2, 4), spatial_dims=3
+    )
+    net = build_supernet(space, 3, in_channels=1, execution=ExecutionConfig(precision="bf16"))
+    net.train()
+    x, y = torch.randn(2, 1, 9, 9, 9), torch.randint(0, 3, (2, 9, 9, 9))
+    with autocast("bf16", "cpu"):
+        loss = nn.functional.cross_entropy(net(x).float(), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert net.alpha.grad is not None and torch.isfinite(net.alpha.grad).all()

@@ -33,6 +33,9 @@ class _MaxPoolSavingInput(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (x,) = ctx.saved_tensors
         kernel, stride, padding, dilation = ctx.args
+        # under autocast the gradient can come back in float32 for a bfloat16 pool (seen in 3D); the
+        # native backward wants its input's dtype, which is what autograd hands the native pool
+        grad = grad.to(x.dtype)
         if x.dim() == 4:
             _, idx = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
             backward = torch.ops.aten.max_pool2d_with_indices_backward
