@@ -52,11 +52,38 @@ def from_rows(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, y.dim() - 1, *range(1, y.dim() - 1))
 
 
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    """A channels-last ``[N, C, *S]`` tensor as the ``[N·prod(S), C]`` matrix it is in memory: one
+    ``as_strided`` (a permute and a reshape would be two dispatches, and the products below take views)."""
+    c = t.shape[1]
+    return t.as_strided((t.numel() // c, c), (c, 1))
+
+
+def _rows_matrix(t: torch.Tensor) -> torch.Tensor:
+    """:func:`_matrix` of ``t``, of a channels-last copy if ``t`` is not (a gradient may not be)."""
+    return _matrix(t if is_channels_last(t) else t.contiguous(memory_format=_CHANNELS_LAST[t.dim()]))
+
+
+def _channels_last_like(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """An empty channels-last ``[N, channels, *S]`` tensor with ``t``'s batch, spatial size, dtype, device."""
+    shape = (t.shape[0], channels, *t.shape[2:])
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=_CHANNELS_LAST[t.dim()])
+
+
 def _per_group(rows: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
-    """``rows`` ``[..., G·K]`` times one ``[K, J]`` matrix per group (``mats`` ``[G, K, J]``) → ``[M, G, J]``
-    (M = the leading axes flattened): the grouped 1×1 conv's forward and input gradient alike."""
+    """``rows`` ``[M, G·K]`` (a matrix) times one ``[K, J]`` matrix per group (``mats`` ``[G, K, J]``) →
+    ``[G, M, J]``: the grouped 1×1 conv's forward and input gradient alike."""
     groups, k = mats.shape[0], mats.shape[1]
-    return torch.bmm(rows.reshape(-1, groups, k).transpose(0, 1), mats).transpose(0, 1)
+    m = rows.shape[0]
+    by_group = rows.as_strided((groups, m, k), (k, rows.stride(0), 1), rows.storage_offset())
+    return torch.bmm(by_group, mats)
+
+
+def _from_groups(product: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write ``[G, M, J]`` into the channels-last ``out`` ``[N, G·J, *S]`` (group-major channels)."""
+    groups, m, j = product.shape
+    _matrix(out).as_strided((groups, m, j), (j, groups * j, 1)).copy_(product)
+    return out
 
 
 class _PointwiseConv(torch.autograd.Function):
@@ -69,45 +96,40 @@ class _PointwiseConv(torch.autograd.Function):
         ctx.groups, ctx.has_bias = groups, bias is not None
         # the result is its own channels-last tensor, not a view of a [N, *S, O] one: what later
         # saves it for a backward sees an [N, O, *S] tensor, as after a convolution
-        layout = _CHANNELS_LAST[x.dim()]
-        out = torch.empty(
-            (x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=layout
-        )
-        rows = to_rows(out)  # [N, *S, O], contiguous
+        out = _channels_last_like(x, weight.shape[0])
         if groups == 1:
-            torch.matmul(to_rows(x), weight.t(), out=rows)
+            torch.mm(_matrix(x), weight.t(), out=_matrix(out))
         else:  # weight [O, C/G] → per group [C/G, O/G]
-            mats = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1]).transpose(1, 2)
-            rows.view(-1, groups, weight.shape[0] // groups).copy_(_per_group(to_rows(x), mats))
+            mats = weight.view(groups, weight.shape[0] // groups, weight.shape[1]).transpose(1, 2)
+            _from_groups(_per_group(_matrix(x), mats), out)
         if bias is not None:
-            rows.add_(bias)
+            _matrix(out).add_(bias)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         groups = ctx.groups
-        g = to_rows(grad)  # [N, *S, O]
+        g = _rows_matrix(grad)  # [M, O]
         out_channels, c_in = weight.shape[0], weight.shape[1]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
+            grad_x = _channels_last_like(x, x.shape[1])
             if groups == 1:
-                grad_x = from_rows(torch.matmul(g, weight))
+                torch.mm(g, weight, out=_matrix(grad_x))
             else:  # per group through [O/G, C/G]
-                mats = weight.reshape(groups, out_channels // groups, c_in)
-                grad_x = from_rows(_per_group(g, mats).reshape(*g.shape[:-1], c_in * groups))
+                _from_groups(_per_group(g, weight.view(groups, out_channels // groups, c_in)), grad_x)
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
-            g2 = g.reshape(-1, out_channels)
-            x2 = to_rows(x).reshape(-1, x.shape[1])
+            x2 = _matrix(x)
             if groups == 1:
-                grad_w = g2.t().mm(x2)
+                grad_w = g.t().mm(x2)
             else:
-                gg = g2.reshape(-1, groups, out_channels // groups).permute(1, 2, 0)  # [G, O/G, M]
-                xg = x2.reshape(-1, groups, c_in).transpose(0, 1)  # [G, M, C/G]
-                grad_w = torch.bmm(gg, xg).reshape(out_channels, c_in)
-            grad_w = grad_w.reshape(weight.shape)
+                per = out_channels // groups
+                gg = g.as_strided((groups, per, g.shape[0]), (per, 1, g.stride(0)), g.storage_offset())
+                xg = x2.as_strided((groups, x2.shape[0], c_in), (c_in, x2.stride(0), 1), x2.storage_offset())
+                grad_w = torch.bmm(gg, xg).view(out_channels, c_in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.reshape(-1, out_channels).sum(0)
+            grad_b = g.sum(0)
         return grad_x, grad_w, grad_b, None
 
 
