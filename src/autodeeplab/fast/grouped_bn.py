@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -148,7 +149,7 @@ def multi_batch_norm(
         return _normalize(x, weight, bias, first.eps, stats, first.momentum if record else 0.0)
     y, means, invstds = _grouped_normalize(x, groups, weight, bias, first.eps)
     if record:
-        record_running_stats(bns, means, invstds, x[0, 0].numel() * x.shape[0] // groups, repeats)
+        record_running_stats(bns, means, invstds, math.prod(x.shape[2:]) * x.shape[0] // groups, repeats)
     return y
 
 
@@ -169,6 +170,6 @@ def shared_batch_norm(x: torch.Tensor, bns: Sequence[nn.Module], groups: int = 1
     record = first.track_running_stats and not _FROZEN.get()
     y, means, invstds = _grouped_normalize(x, groups, None, None, first.eps)
     if record:  # the same statistics for every module
-        count = x[0, 0].numel() * x.shape[0] // groups
+        count = math.prod(x.shape[2:]) * x.shape[0] // groups
         record_running_stats(bns, means, invstds, count, repeats, shared=True)
     return y
