@@ -14,8 +14,10 @@ batch norms each, mostly tiny calls whose fixed cost dominates at search sizes. 
 - the E batch norms after a conv are one call over E·C channels.
 
 That is 10 convolutions per state instead of 10 per edge. Outputs, gradients and running statistics
-equal the edge-by-edge evaluation (tested); the filters are gathered from the edges' own modules at every
-call, so the parameters, ``state_dict`` and optimizers are untouched.
+equal the edge-by-edge evaluation (tested). The filters are the edges' own parameters, stacked at every call
+by ``torch.cat``, or with ``flat_edge_weights`` kept side by side in one tensor per primitive so that the
+stack is that tensor (:mod:`autodeeplab.fast.flat_weights`); either way the parameters' names,
+``state_dict`` and optimizers are those of the edge-by-edge modules.
 """
 
 from __future__ import annotations
