@@ -150,14 +150,19 @@ def _state_major_order(num_blocks: int, device: torch.device) -> torch.Tensor:
     return _ORDERS[key]
 
 
+def _state_readers(cell: SearchCell, j: int) -> tuple[range, list[nn.Module]]:
+    """The blocks that read state ``j`` (0: h^{l-2}, 1: h^{l-1}, j ≥ 2: block j-2) and their edges."""
+    readers = range(max(0, j - 1), cell.num_blocks)
+    return readers, [cell.edges[edge_offset(b) + j] for b in readers]
+
+
 def lay_out_filters(cell: SearchCell, execution: ExecutionConfig) -> None:
     """Lay the filters of each state's edges out in one tensor per primitive now (``flat_edge_weights``;
     :mod:`autodeeplab.fast.flat_weights`), as the first fused call would: the parameters' storage is then
     settled before anything records it (e.g. a count of saved tensors that leaves the parameters out)."""
     with torch.no_grad():
         for j in range(cell.num_blocks + 1):
-            readers = range(max(0, j - 1), cell.num_blocks)
-            stacked_filters([cell.edges[edge_offset(b) + j] for b in readers], execution)
+            stacked_filters(_state_readers(cell, j)[1], execution)
 
 
 def _fused_blocks(
@@ -181,8 +186,7 @@ def _fused_blocks(
     by_state = alpha[_state_major_order(cell.num_blocks, alpha.device)]
     start = 0
     for j in range(cell.num_blocks + 1):
-        readers = range(max(0, j - 1), cell.num_blocks)
-        edges = [cell.edges[edge_offset(b) + j] for b in readers]
+        readers, edges = _state_readers(cell, j)
         weights, start = by_state[start : start + len(edges)], start + len(edges)
         x = states[j]
         width = x.shape[1] // k  # MixedOp.split's, once for all the edges reading x

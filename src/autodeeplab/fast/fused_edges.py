@@ -94,8 +94,8 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
     z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
     z = _conv(z, dw2, ops[0][5], e * c)
-    pw = pw2  # grouped: edge i's C outputs read its C inputs
-    z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][6], e)
+    # grouped: edge i's C outputs read its C inputs
+    z = pointwise_conv(z, pw2, groups=e) if matmul else _conv(z, pw2, ops[0][6], e)
     return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
 
 

@@ -105,6 +105,12 @@ def batch_norm(
     return multi_batch_norm(x, [bn], groups, repeats, scale)
 
 
+def _count(x: torch.Tensor, groups: int) -> int:
+    """Values per channel and batch group of ``x`` ``[G·N, C, *S]``: N·prod(S), from the shape (indexing
+    ``x`` for it would cost two dispatches a call)."""
+    return math.prod(x.shape[2:]) * x.shape[0] // groups
+
+
 def multi_batch_norm(
     x: torch.Tensor,
     bns: Sequence[nn.Module],
@@ -149,7 +155,7 @@ def multi_batch_norm(
         return _normalize(x, weight, bias, first.eps, stats, first.momentum if record else 0.0)
     y, means, invstds = _grouped_normalize(x, groups, weight, bias, first.eps)
     if record:
-        record_running_stats(bns, means, invstds, math.prod(x.shape[2:]) * x.shape[0] // groups, repeats)
+        record_running_stats(bns, means, invstds, _count(x, groups), repeats)
     return y
 
 
@@ -170,6 +176,5 @@ def shared_batch_norm(x: torch.Tensor, bns: Sequence[nn.Module], groups: int = 1
     record = first.track_running_stats and not _FROZEN.get()
     y, means, invstds = _grouped_normalize(x, groups, None, None, first.eps)
     if record:  # the same statistics for every module
-        count = math.prod(x.shape[2:]) * x.shape[0] // groups
-        record_running_stats(bns, means, invstds, count, repeats, shared=True)
+        record_running_stats(bns, means, invstds, _count(x, groups), repeats, shared=True)
     return y

@@ -154,7 +154,7 @@ def restart_store(env: dict[str, str] | None = None) -> dist.Store | None:
     except (KeyError, ValueError):
         raise DistributedError("MASTER_ADDR, MASTER_PORT or TORCHELASTIC_RESTART_COUNT unusable") from None
     run_id = env.get("TORCHELASTIC_RUN_ID", "none")
-    client = dist.TCPStore(host, port, world_size=int(env.get("WORLD_SIZE", "1")), is_master=False)
+    client = dist.TCPStore(host, port, is_master=False)  # the agent's store; a client needs no world size
     return dist.PrefixStore(f"autodeeplab/{run_id}/attempt{attempt}", client)
 
 
