@@ -269,6 +269,8 @@ WORKERS = {"time": worker_time, "memory": worker_memory, "estimate": worker_esti
 def run_worker(kind: str, spec: dict) -> dict:
     """Run one measurement in a fresh interpreter and return its JSON result."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    if spec.get("preload"):  # another allocator for this worker only (e.g. jemalloc), see --preload
+        env["LD_PRELOAD"] = spec["preload"]
     cmd = [sys.executable, __file__, "_worker", kind, json.dumps(spec)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
@@ -298,6 +300,8 @@ def record(kind: str, spec: dict, result: dict, command: str, note: str, load_be
 
 def describe(kind: str, r: dict) -> str:
     head = f"{r['variant']:>22} {r['size']}px F={r['filters']} L={r['layers']} threads={r['threads']}"
+    if r.get("preload"):
+        head += f" preload={Path(r['preload']).name}"
     load = f"(load {r['load_average_1min']})"
     if kind == "time":
         return (
@@ -344,8 +348,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="mark the records as a check that the command runs (not a figure; 'table' leaves them out)",
     )
+    parser.add_argument(
+        "--preload",
+        default="",
+        metavar="LIB",
+        help="run the workers with this shared library preloaded (LD_PRELOAD), e.g. an allocator: "
+        "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian: apt install libjemalloc2)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    if args.preload and not Path(args.preload).is_file():
+        parser.error(f"--preload: {args.preload} is not a file")
 
     if args.kind == "table":
         print(markdown_tables(args.output) + "\n\n" + scaling_tables(args.output))
@@ -360,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         base["scaled_from"] = args.scaled_from
     if args.smoke_test:
         base["smoke_test"] = True
+    if args.preload:
+        base["preload"] = args.preload
     jobs: list[tuple[str, dict]] = []
     if args.kind in ("time", "memory"):
         for variant in args.variants:

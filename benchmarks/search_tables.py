@@ -21,7 +21,7 @@ def latest_records(path: Path) -> dict[tuple, dict]:
         if r.get("smoke_test"):
             continue
         key = (r["benchmark"], r["variant"], r["size"], r["filters"], r["layers"], r["threads"], r["device"])
-        latest[(*key, r.get("scaled_from"), r.get("series"))] = r
+        latest[(*key, r.get("scaled_from"), r.get("series"), r.get("preload"))] = r
     return latest
 
 
@@ -29,8 +29,9 @@ def markdown_tables(path: Path) -> str:
     """The latest figure of each setting in ``path`` as markdown tables (for benchmarks/README.md)."""
     latest = {k: r for k, r in latest_records(path).items() if r.get("series") is None}
     rows = {"search_time": [], "search_memory": []}
-    for (bench, variant, size, f, layers, threads, device, _, _), r in latest.items():
-        setting = f"| {variant} | {size} | {f} | {layers} | {device}, {threads} thr |"
+    for (bench, variant, size, f, layers, threads, device, _, _, preload), r in latest.items():
+        where = f"{device}, {threads} thr" + (f", {Path(preload).name}" if preload else "")
+        setting = f"| {variant} | {size} | {f} | {layers} | {where} |"
         if bench == "search_time":
             rows[bench].append(
                 f"{setting} {r['iteration_s']:.2f} | {r['weight_step_s']:.2f} | {r['arch_step_s']:.2f} "

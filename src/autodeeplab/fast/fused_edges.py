@@ -37,6 +37,28 @@ from autodeeplab.ops.primitives import PRIMITIVES, conv_function
 _ATROUS = ("atr_conv_3x3", "atr_conv_5x5")
 _SEPARABLE = ("sep_conv_3x3", "sep_conv_5x5")
 _POOLS = ("max_pool_3x3", "avg_pool_3x3")
+_FIRST_CONV = PRIMITIVES.index(_SEPARABLE[0])
+_CONVS = PRIMITIVES[_FIRST_CONV:]
+"""The conv primitives are α's last columns (:data:`PRIMITIVES`), so one split separates them."""
+assert set(_CONVS) == set(_ATROUS + _SEPARABLE)
+
+
+def _alpha_columns(weights: torch.Tensor, channels: int, fold: bool) -> dict[str, torch.Tensor]:
+    """α of ``weights`` ``[E, P]`` by primitive: ``[E, 1]`` (broadcasts over the ``[..., E, C]`` edge axis
+    of the sum), and with ``fold`` each conv primitive's as one factor per channel of its fused
+    ``[G·N, E·C, *S]`` output instead, ``[E·C]`` (edge i's weight repeated over its C channels).
+
+    Views of one transposed tensor: the backward is one ``stack`` and one ``cat``, where a column per
+    primitive would cost a ``select`` and its backward each. The per-channel factors are one copy for the
+    four conv primitives (a repeat each would cost four, and four in the backward).
+    """
+    e = weights.shape[0]
+    head, convs = weights.t().split([_FIRST_CONV, len(_CONVS)])  # [4, E] each
+    columns = dict(zip(PRIMITIVES, head.unsqueeze(-1).unbind(0)))
+    if not fold:
+        return columns | dict(zip(_CONVS, convs.unsqueeze(-1).unbind(0), strict=True))
+    table = convs.unsqueeze(-1).expand(len(_CONVS), e, channels).reshape(len(_CONVS), e * channels)
+    return columns | dict(zip(_CONVS, table.unbind(0), strict=True))
 
 
 def _edge_rows(t: torch.Tensor, edges: int) -> torch.Tensor:
@@ -119,14 +141,11 @@ def fused_mixed_ops(
     ReLU is shared whatever ``share_edge_relu`` says.
     """
     e = len(edges)
-    # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32; [E, 1] broadcasts
-    # over the [..., E, C] edge axis of the sum
-    # (one unbind of the transposed weights: its backward is one stack, where a column per primitive
-    # would cost a select and its backward each)
-    column = dict(zip(PRIMITIVES, weights.to(x.dtype).t().unsqueeze(-1).unbind(0), strict=True))
     # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
     # grouped_bn), or as a product after it
     fold = execution.fold_alpha_into_bn or not weights.requires_grad
+    # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32
+    column = _alpha_columns(weights.to(x.dtype), x.shape[1], fold)
     relu_x = F.relu(x)
     # The sum is built as [G·N, *S, E, C]: for channels-last activations that is the memory order of the
     # fused convs' [G·N, E·C, *S] outputs, so they add in as views, and each edge's gradient comes back
@@ -143,7 +162,7 @@ def fused_mixed_ops(
     out = torch.addcmul(out, column["skip_connect"], to_rows(x).unsqueeze(-2))
     filters = stacked_filters(edges, execution)
     for name in _ATROUS + _SEPARABLE:
-        scale = column[name].squeeze(1) if fold else None
+        scale = column[name] if fold else None
         if name in _ATROUS:
             y = _atrous(relu_x, edges, name, groups, repeats, scale, filters[name])
         else:

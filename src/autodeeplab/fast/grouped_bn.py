@@ -72,6 +72,12 @@ def _grouped_normalize(x, groups: int, weight, bias, eps: float):
     return (torch.cat(outputs) if groups > 1 else outputs[0]), means, invstds
 
 
+def _parameter_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``torch.promote_types(dtype, torch.float32)`` for the floating dtypes, decided in Python (the
+    operator is a dispatch per call)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def _fold_scale(scale, weight, bias, channels: int):
     """Fold a factor into the affine transform, ``s·(x̂·γ + β) = x̂·(γ·s) + β·s``.
 
@@ -80,7 +86,7 @@ def _fold_scale(scale, weight, bias, channels: int):
     is not needed, since ``∂L/∂(γ·s)`` comes out of the BN's own backward.
     """
     s = scale.expand(channels) if scale.dim() == 0 else scale
-    s = s.to(torch.promote_types(s.dtype, torch.float32))  # BN parameters stay fp32 under bf16/fp16
+    s = s.to(_parameter_dtype(s.dtype))  # BN parameters stay fp32 under bf16/fp16
     if weight is None:  # no affine parameters: γ = 1, β = 0
         # a real [C] vector, not the stride-0 expansion: the CPU kernel's channels-last backward reads
         # the weight as contiguous and returned a wrong input gradient (torch 2.13, tested)
@@ -120,14 +126,14 @@ def multi_batch_norm(
 ) -> torch.Tensor:
     """E BatchNorm modules of C channels each on ``x`` ``[G·N, E·C, *S]`` (module i: channels i·C..i·C+C).
 
-    ``scale``: 0-dim, or ``[E]`` (one factor per module), folded into the affine transform. Otherwise as
-    :func:`batch_norm`.
+    ``scale``: 0-dim, ``[E]`` (one factor per module) or ``[E·C]`` (one per channel), folded into the
+    affine transform. Otherwise as :func:`batch_norm`.
     """
     if groups > 1 and repeats > 1:
         raise ValueError("batch_norm: groups and repeats cannot both exceed 1")
     first = bns[0]
     channels = x.shape[1] // len(bns)
-    if scale is not None and scale.dim() == 1:
+    if scale is not None and scale.dim() == 1 and scale.shape[0] != x.shape[1]:
         scale = scale.repeat_interleave(channels)
     weight = bias = None
     if first.affine:
