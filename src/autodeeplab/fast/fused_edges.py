@@ -54,7 +54,7 @@ def _alpha_columns(weights: torch.Tensor, channels: int, fold: bool) -> dict[str
     """
     e = weights.shape[0]
     head, convs = weights.t().split([_FIRST_CONV, len(_CONVS)])  # [4, E] each
-    columns = dict(zip(PRIMITIVES, head.unsqueeze(-1).unbind(0)))
+    columns = dict(zip(PRIMITIVES[:_FIRST_CONV], head.unsqueeze(-1).unbind(0), strict=True))
     if not fold:
         return columns | dict(zip(_CONVS, convs.unsqueeze(-1).unbind(0), strict=True))
     table = convs.unsqueeze(-1).expand(len(_CONVS), e, channels).reshape(len(_CONVS), e * channels)
