@@ -8,9 +8,10 @@ batch norms each, mostly tiny calls whose fixed cost dominates at search sizes. 
   and in training mode the BN after a pool normalises with batch statistics, the same for every edge
   (each edge's BN still records them in its running statistics);
 - each conv primitive is one convolution for all E edges: the atrous convs and the depthwise convs stack
-  their filters (a depthwise conv with E outputs per channel), the pointwise convs become one
-  block-diagonal 1×1 conv (the first of each sep conv reorders the channels from (channel, edge) to
-  (edge, channel) for free: its block-diagonal weight is column-permuted) or one grouped conv;
+  their filters; the first depthwise conv of a sep conv reads the input repeated once per edge
+  (``repeat_separable_input``; off: a depthwise conv with E outputs per channel, whose block-diagonal
+  pointwise conv then reorders the channels from (channel, edge) to (edge, channel)), and the pointwise
+  convs are grouped convs;
 - the E batch norms after a conv are one call over E·C channels.
 
 That is 10 convolutions per state instead of 10 per edge. Outputs, gradients and running statistics
@@ -102,6 +103,10 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     spatial = (1,) * (relu_x.dim() - 2)
     matmul = execution.pointwise_as_matmul
     dw, pw, dw2, pw2 = filters  # [E·C, 1, *K], [E·C, C, 1…], [E·C, 1, *K], [E·C, C, 1…]
+    if execution.repeat_separable_input:
+        z = _conv(_repeat_edge_major(relu_x, e), dw, ops[0][1], e * c)
+        z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][2], e)
+        return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2)
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
     kernel = dw.shape[2:]
     dw = dw.reshape(e, c, *kernel).transpose(0, 1).reshape(c * e, 1, *kernel)
@@ -114,8 +119,24 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     pw = torch.block_diag(*pw.reshape(e, c, c).unbind(0)) if e > 1 else pw
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
     z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
+    return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2)
+
+
+def _repeat_edge_major(x: torch.Tensor, edges: int) -> torch.Tensor:
+    """``[G·N, C, *S]`` → ``[G·N, E·C, *S]``, channel i·C + c a copy of channel c, in ``x``'s layout."""
+    n, c = x.shape[:2]
+    if not x.is_contiguous():  # channels-last: the copy is made as [G·N, *S, E, C] rows, one pass
+        rows = to_rows(x)
+        return from_rows(rows.unsqueeze(-2).expand(*rows.shape[:-1], edges, c).flatten(-2))
+    return x.unsqueeze(1).expand(n, edges, *x.shape[1:]).flatten(1, 2)
+
+
+def _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2):
+    """From the first pointwise conv's output ``[G·N, E·C, *S]`` (edge-major) on: BN → ReLU → the second
+    depthwise and (grouped) pointwise conv → BN."""
+    e = len(ops)
     z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
-    z = _conv(z, dw2, ops[0][5], e * c)
+    z = _conv(z, dw2, ops[0][5], z.shape[1])
     # grouped: edge i's C outputs read its C inputs
     z = pointwise_conv(z, pw2, groups=e) if matmul else _conv(z, pw2, ops[0][6], e)
     return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
