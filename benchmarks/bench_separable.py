@@ -1,7 +1,7 @@
-"""One fused sep conv's first depthwise + pointwise conv, forward and backward, two ways (issue 16):
-today's depthwise conv with E filters per channel and block-diagonal 1×1 (a), against the input repeated
-once per edge, a plain depthwise conv and a grouped 1×1 (b, ``execution.repeat_separable_input``).
-Prints ms per call; records nothing.
+"""One fused sep conv's first depthwise + pointwise conv, forward and backward, two ways (issue 16): a
+depthwise conv with E filters per channel and a block-diagonal 1×1 (a, ``repeat_separable_input`` off),
+against the input repeated once per edge, a plain depthwise conv and a grouped 1×1 (b, on; here the
+repeat goes through autograd). Prints ms per call; records nothing.
 
     python benchmarks/bench_separable.py
 """

@@ -69,3 +69,34 @@ def test_under_autocast_it_runs_in_bf16_like_the_convolution():
     assert torch.allclose(y.float(), ref.float(), atol=0.05, rtol=0.02)
     y.float().sum().backward()
     assert x.grad.dtype == w.grad.dtype == torch.float32  # the leaves' own dtypes
+
+
+@pytest.mark.parametrize(("spatial", "stride"), [((9, 7), 1), ((9, 7), 2), ((5, 6, 4), 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_repeated_depthwise_conv_equals_the_conv_of_the_concatenated_input(spatial, stride, channels_last):
+    """The input repeated E times edge-major, then a plain depthwise conv (``repeat_separable_input``):
+    value and both gradients equal to the library's conv of ``cat([x] * E)``, and only ``x`` and the
+    filters kept for the backward, not the E-fold repeat."""
+    from autodeeplab.fast.depthwise import repeat_edge_major, repeated_depthwise_conv
+    from autodeeplab.fast.memory import SavedTensorCounter
+
+    g = torch.Generator().manual_seed(0)
+    dims, edges = len(spatial), 3
+    x = torch.randn(2, 4, *spatial, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last if dims == 2 else torch.channels_last_3d)
+    w = torch.randn(4 * edges, 1, *(3,) * dims, generator=g, dtype=torch.float64)
+    assert torch.equal(repeat_edge_major(x, edges), torch.cat([x] * edges, dim=1))
+    conv = {2: F.conv2d, 3: F.conv3d}[dims]
+    a, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    with SavedTensorCounter(exclude=[wa]) as counter:
+        ya = repeated_depthwise_conv(a, wa, (stride,) * dims, (1,) * dims, (1,) * dims)
+    yb = conv(torch.cat([b] * edges, dim=1), wb, None, stride, 1, 1, 4 * edges)
+    assert torch.allclose(ya, yb, **TOL)
+    grad = torch.randn(yb.shape, generator=g, dtype=torch.float64)
+    for got, expected in zip(
+        torch.autograd.grad(ya, [a, wa], grad), torch.autograd.grad(yb, [b, wb], grad), strict=True
+    ):
+        assert torch.allclose(got, expected, **TOL)
+    assert counter.total_bytes == x.numel() * x.element_size()  # x only, not its E copies

@@ -180,3 +180,18 @@ def test_cli_reports_a_bad_checkpoint_level_in_one_line(tmp_path, capsys, monkey
         "(levels are 0..3 with space.num_levels=4)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scaling_finds_the_side_of_a_channels_last_rows_owner():
+    """A saved tensor owned by channels-last rows ``[N, H, W, C]`` (e.g. the repeated input of the fused
+    sep convs) scales with the crop like its ``[N, C, H, W]`` twin; a non-spatial one does not."""
+    from autodeeplab.fast.memory import SavedRecord
+
+    f32 = torch.float32
+    twins = [
+        SavedRecord(2 * 8 * 25 * 25 * 4, (2, 8, 25, 25), f32),
+        SavedRecord(2 * 8 * 25 * 25 * 4, (2, 25, 25, 8), f32),
+    ]
+    scaled = [scale_saved_bytes([r], 97, 129) for r in twins]
+    assert scaled[0] == scaled[1] == 2 * 8 * 33 * 33 * 4
+    assert scale_saved_bytes([SavedRecord(40 * 4, (40,), f32)], 97, 129) == 160

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from autodeeplab.fast.pointwise import from_rows, to_rows
 from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function
 
@@ -70,3 +71,67 @@ def depthwise_conv(
     if weight.shape[0] == x.shape[1] or not _same_padding(kernel, padding, dilation):
         return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
     return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))
+
+
+def repeat_edge_major(x: torch.Tensor, edges: int) -> torch.Tensor:
+    """``[N, C, *S]`` → ``[N, E·C, *S]``, channel i·C + c a copy of channel c (one copy, in ``x``'s layout
+    when that is contiguous or channels-last)."""
+    n, c = x.shape[:2]
+    if not x.is_contiguous():  # channels-last: the copy is made as [N, *S, E, C] rows, one pass
+        rows = to_rows(x)
+        return from_rows(rows.unsqueeze(-2).expand(*rows.shape[:-1], edges, c).flatten(-2))
+    return x.unsqueeze(1).expand(n, edges, *x.shape[1:]).flatten(1, 2)
+
+
+class _RepeatedDepthwise(torch.autograd.Function):
+    """Depthwise conv of ``x`` ``[N, C, *S]`` repeated E times edge-major (:func:`repeat_edge_major`) with
+    ``weight`` ``[E·C, 1, *k]``. Keeps ``x`` for the backward, not its E-fold repeat (which autograd would
+    keep as the conv's input, E activations more per call): the backward repeats it again."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation)
+        repeated = repeat_edge_major(x, weight.shape[0] // x.shape[1])
+        return conv_function(x.dim() - 2)(repeated, weight, None, stride, padding, dilation, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        (stride, padding, dilation), spatial = ctx.conv, x.dim() - 2
+        edges = weight.shape[0] // x.shape[1]
+        grad_repeated, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad,
+            repeat_edge_major(x, edges),
+            weight,
+            None,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0] * spatial,
+            weight.shape[0],
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+        )
+        grad_x = None
+        if grad_repeated is not None:  # the repeat's backward: the E copies' gradients summed
+            if grad_repeated.is_contiguous():
+                grad_x = grad_repeated.unflatten(1, (edges, x.shape[1])).sum(1)
+            else:
+                rows = to_rows(grad_repeated)
+                grad_x = from_rows(rows.unflatten(-1, (edges, x.shape[1])).sum(-2))
+        return grad_x, grad_w, None, None, None
+
+
+def repeated_depthwise_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
+    """Depthwise conv of ``x`` ``[N, C, *S]`` repeated E times edge-major with ``weight`` ``[E·C, 1, *k]``
+    (edge i's filters at rows i·C..i·C+C) → ``[N, E·C, *S']``, without keeping the repeat for the backward."""
+    return apply_like_autocast_conv(
+        _RepeatedDepthwise, x, weight, tuple(stride), tuple(padding), tuple(dilation)
+    )

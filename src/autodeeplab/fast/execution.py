@@ -52,16 +52,16 @@ class ExecutionConfig:
     depthwise_flipped_grad: bool = True
     """The fused separable convs' first depthwise conv (E filters per channel) computes its input
     gradient as a depthwise conv with flipped filters (:mod:`autodeeplab.fast.depthwise`) instead of the
-    convolution library's backward, which is slow for channel multipliers on CPU."""
-    repeat_separable_input: bool = False
+    convolution library's backward, which is slow for channel multipliers on CPU. Acts only with
+    ``repeat_separable_input`` off (on, that conv has no multiplier)."""
+    repeat_separable_input: bool = True
     """The fused separable convs' first depthwise conv reads its input repeated once per edge (edge-major
     channels ``[G·N, E·C, *S]``, one copy), so that it is a plain depthwise conv over the edges' filters as
     they lie and the pointwise conv after it a grouped one: no filter reordering per call, no
-    block-diagonal pointwise (E× its products). Costs one input-sized activation per state; measured
-    −4…−9% per search iteration on CPU (benchmarks/README.md). Off (the default until the memory
-    estimate's crop scaling agrees with it: 3% apart at 129, tests/test_perf_memory.py): the depthwise
-    conv with E filters per channel (``depthwise_flipped_grad`` applies there). Acts only within
-    ``fuse_edges``."""
+    block-diagonal pointwise (E× its products). The repeat is not kept for the backward, which makes it
+    again (:func:`autodeeplab.fast.depthwise.repeated_depthwise_conv`). Measured −2…−7% per search
+    iteration and −3% peak memory on CPU (benchmarks/README.md). Off: the depthwise conv with E filters
+    per channel (``depthwise_flipped_grad`` applies there). Acts only within ``fuse_edges``."""
     batch_running_stats: bool = True
     """The fast path's BatchNorm running-statistics updates of a forward are applied together at its end,
     in closed form (:mod:`autodeeplab.fast.running_stats`), instead of a few tiny calls per batch norm.

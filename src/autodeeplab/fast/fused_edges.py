@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autodeeplab.fast.depthwise import depthwise_conv
+from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_conv
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
@@ -104,7 +104,8 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     matmul = execution.pointwise_as_matmul
     dw, pw, dw2, pw2 = filters  # [E·C, 1, *K], [E·C, C, 1…], [E·C, 1, *K], [E·C, C, 1…]
     if execution.repeat_separable_input:
-        z = _conv(_repeat_edge_major(relu_x, e), dw, ops[0][1], e * c)
+        like = ops[0][1]
+        z = repeated_depthwise_conv(relu_x, dw, like.stride, like.padding, like.dilation)
         z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][2], e)
         return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2)
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
@@ -120,15 +121,6 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
     z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
     return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2)
-
-
-def _repeat_edge_major(x: torch.Tensor, edges: int) -> torch.Tensor:
-    """``[G·N, C, *S]`` → ``[G·N, E·C, *S]``, channel i·C + c a copy of channel c, in ``x``'s layout."""
-    n, c = x.shape[:2]
-    if not x.is_contiguous():  # channels-last: the copy is made as [G·N, *S, E, C] rows, one pass
-        rows = to_rows(x)
-        return from_rows(rows.unsqueeze(-2).expand(*rows.shape[:-1], edges, c).flatten(-2))
-    return x.unsqueeze(1).expand(n, edges, *x.shape[1:]).flatten(1, 2)
 
 
 def _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2):

@@ -90,9 +90,19 @@ def scale_saved_bytes(records: list[SavedRecord], calibration: int, target: int)
     ratio = {side: (goal[k] / side) ** 2 for k, side in enumerate(source) if side > 1}
     total = 0.0
     for record in records:
-        h, w = record.shape[-2:] if len(record.shape) >= 2 else (0, 0)
-        total += record.nbytes * (ratio.get(h, 1.0) if h == w else 1.0)
+        side = _square_side(record.shape, ratio)
+        total += record.nbytes * (ratio[side] if side else 1.0)
     return int(round(total))
+
+
+def _square_side(shape: tuple[int, ...], sides: dict[int, float]) -> int | None:
+    """The spatial side of a saved tensor's owner: its last two dims (``[N, C, H, W]``) or, for an owner
+    made as channels-last rows (``[N, H, W, C]``), the two before the channels."""
+    pairs = [shape[-2:], shape[-3:-1]] if len(shape) >= 3 else [shape[-2:]] if len(shape) == 2 else []
+    for h, w in pairs:
+        if h == w and h in sides:
+            return h
+    return None
 
 
 def count_saved(
