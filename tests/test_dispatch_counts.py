@@ -69,3 +69,19 @@ def test_search_step_kernel_counts_do_not_depend_on_the_crop(reference):
     assert counts[0]["arch"]["syncs"] == 2 and counts[0]["arch"]["ops"]["_local_scalar_dense"] == 2
     lines = format_dispatches(counts[0])
     assert "weight step" in lines[0] and "GPU floor" in lines[-1]
+
+
+def test_a_grouped_convs_backward_flops_are_its_forwards_per_gradient():
+    """torch's formula counts a grouped conv's weight gradient as if ungrouped; ours counts each gradient
+    asked for at the forward's cost (dense and depthwise alike)."""
+    x = torch.randn(2, 12, 9, 9)
+    for weight, groups in ((torch.randn(12, 1, 3, 3), 12), (torch.randn(6, 12, 3, 3), 1)):
+        forward = count_dispatches(lambda w=weight, g=groups: F.conv2d(x, w, None, 1, 1, 1, g)).flops
+        grad = torch.randn(2, weight.shape[0], 9, 9)
+        for mask, factor in (([True, False, False], 1), ([False, True, False], 1), ([True, True, False], 2)):
+            counted = count_dispatches(
+                lambda w=weight, g=groups, m=mask, d=grad: torch.ops.aten.convolution_backward(
+                    d, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], g, m
+                )
+            ).flops
+            assert counted == factor * forward
