@@ -183,8 +183,9 @@ def test_cli_reports_a_bad_checkpoint_level_in_one_line(tmp_path, capsys, monkey
 
 
 def test_scaling_finds_the_side_of_a_channels_last_rows_owner():
-    """A saved tensor owned by channels-last rows ``[N, H, W, C]`` (e.g. the repeated input of the fused
-    sep convs) scales with the crop like its ``[N, C, H, W]`` twin; a non-spatial one does not."""
+    """A saved tensor owned by channels-last rows ``[N, H, W, C]`` (a view of a tensor made as rows, e.g. by
+    ``fast.pointwise.to_rows``) scales with the crop like its ``[N, C, H, W]`` twin; a non-spatial one
+    does not."""
     from autodeeplab.fast.memory import SavedRecord
 
     f32 = torch.float32

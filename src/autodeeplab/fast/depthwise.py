@@ -19,6 +19,17 @@ from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function
 
 
+def volume_for_depthwise(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``x`` as a depthwise convolution (``groups`` = its channels) should get it: a CPU volume
+    ``[N, C, D, H, W]`` contiguous. torch 2.13's CPU depthwise conv3d returns a wrong bf16 weight gradient,
+    now and then, for a channels-last-3d input, whatever the output gradient's layout (relative errors up
+    to 1e15 seen in a search step; none with a contiguous input; ``tests/test_perf_precision.py``).
+    Anything else is returned as it is."""
+    if x.dim() == 5 and x.device.type == "cpu" and groups == x.shape[1] > 1 and not x.is_contiguous():
+        return x.contiguous()
+    return x
+
+
 def _same_padding(kernel: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> bool:
     return all(d * (k - 1) == 2 * p for k, p, d in zip(kernel, padding, dilation, strict=True))
 
@@ -68,17 +79,19 @@ def depthwise_conv(
     (see the module docstring); otherwise the plain convolution.
     """
     kernel = tuple(weight.shape[2:])
+    x = volume_for_depthwise(x, x.shape[1])
     if weight.shape[0] == x.shape[1] or not _same_padding(kernel, padding, dilation):
         return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
     return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))
 
 
 def repeat_edge_major(x: torch.Tensor, edges: int) -> torch.Tensor:
-    """``[N, C, *S]`` → ``[N, E·C, *S]``, channel i·C + c a copy of channel c (one copy, in ``x``'s layout
-    when that is contiguous or channels-last)."""
+    """``[N, C, *S]`` → ``[N, E·C, *S]``, channel i·C + c a copy of channel c: one copy, channels-last for a
+    channels-last image batch and contiguous otherwise (volumes included, see
+    :func:`volume_for_depthwise`)."""
     n, c = x.shape[:2]
-    if not x.is_contiguous():  # channels-last: the copy is made as [N, *S, E, C] rows, one pass
-        rows = to_rows(x)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        rows = to_rows(x)  # channels-last: the copy is made as [N, *S, E, C] rows, one pass
         return from_rows(rows.unsqueeze(-2).expand(*rows.shape[:-1], edges, c).flatten(-2))
     return x.unsqueeze(1).expand(n, edges, *x.shape[1:]).flatten(1, 2)
 
