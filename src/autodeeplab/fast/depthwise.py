@@ -16,18 +16,7 @@ import torch
 
 from autodeeplab.fast.pointwise import from_rows, to_rows
 from autodeeplab.fast.precision import apply_like_autocast_conv
-from autodeeplab.ops.primitives import conv_function
-
-
-def volume_for_depthwise(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """``x`` as a depthwise convolution (``groups`` = its channels) should get it: a CPU volume
-    ``[N, C, D, H, W]`` contiguous. torch 2.13's CPU depthwise conv3d returns a wrong bf16 weight gradient,
-    now and then, for a channels-last-3d input, whatever the output gradient's layout (relative errors up
-    to 1e15 seen in a search step; none with a contiguous input; ``tests/test_perf_precision.py``).
-    Anything else is returned as it is."""
-    if x.dim() == 5 and x.device.type == "cpu" and groups == x.shape[1] > 1 and not x.is_contiguous():
-        return x.contiguous()
-    return x
+from autodeeplab.ops.primitives import conv_function, depthwise_input
 
 
 def _same_padding(kernel: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> bool:
@@ -79,7 +68,7 @@ def depthwise_conv(
     (see the module docstring); otherwise the plain convolution.
     """
     kernel = tuple(weight.shape[2:])
-    x = volume_for_depthwise(x, x.shape[1])
+    x = depthwise_input(x, x.shape[1])  # what the backward's convolution_backward reads, too
     if weight.shape[0] == x.shape[1] or not _same_padding(kernel, padding, dilation):
         return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
     return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))
@@ -88,7 +77,7 @@ def depthwise_conv(
 def repeat_edge_major(x: torch.Tensor, edges: int) -> torch.Tensor:
     """``[N, C, *S]`` → ``[N, E·C, *S]``, channel i·C + c a copy of channel c: one copy, channels-last for a
     channels-last image batch and contiguous otherwise (volumes included, see
-    :func:`volume_for_depthwise`)."""
+    :func:`autodeeplab.ops.primitives.depthwise_input`)."""
     n, c = x.shape[:2]
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         rows = to_rows(x)  # channels-last: the copy is made as [N, *S, E, C] rows, one pass

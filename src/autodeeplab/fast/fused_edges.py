@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_conv, volume_for_depthwise
+from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_conv
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
@@ -68,9 +68,7 @@ def _edge_rows(t: torch.Tensor, edges: int) -> torch.Tensor:
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -> torch.Tensor:
-    return conv_function(x.dim() - 2)(
-        volume_for_depthwise(x, groups), weight, None, like.stride, like.padding, like.dilation, groups
-    )
+    return conv_function(x.dim() - 2)(x, weight, None, like.stride, like.padding, like.dilation, groups)
 
 
 _FILTERS = {name: (1,) for name in _ATROUS} | {name: (1, 2, 5, 6) for name in _SEPARABLE}
