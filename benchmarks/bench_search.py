@@ -59,6 +59,7 @@ VARIANTS: dict[str, tuple[dict, dict, bool]] = {
     "bf16_only": ({**OFF, "precision": "bf16"}, {}, True),
     "exact": ({}, {}, True),
     "exact_no_repeat": ({"repeat_separable_input": False}, {}, True),
+    "exact_batch_groups": ({"groups_in_channels": False}, {}, True),
     "exact_captured": ({"capture_steps": True}, {}, True),
     "bf16_captured": ({"precision": "bf16", "capture_steps": True}, {}, True),
     "exact_no_freeze": ({}, {}, False),

@@ -184,15 +184,17 @@ def test_cli_reports_a_bad_checkpoint_level_in_one_line(tmp_path, capsys, monkey
 
 def test_scaling_finds_the_side_of_a_channels_last_rows_owner():
     """A saved tensor owned by channels-last rows ``[N, H, W, C]`` (a view of a tensor made as rows, e.g. by
-    ``fast.pointwise.to_rows``) scales with the crop like its ``[N, C, H, W]`` twin; a non-spatial one
-    does not."""
+    ``fast.pointwise.to_rows``), or by rows of channel groups ``[N, H, W, G, (E,) C]``, scales with the crop
+    like its ``[N, C, H, W]`` twin; a non-spatial one does not."""
     from autodeeplab.fast.memory import SavedRecord
 
     f32 = torch.float32
     twins = [
         SavedRecord(2 * 8 * 25 * 25 * 4, (2, 8, 25, 25), f32),
         SavedRecord(2 * 8 * 25 * 25 * 4, (2, 25, 25, 8), f32),
+        SavedRecord(2 * 8 * 25 * 25 * 4, (2, 25, 25, 2, 4), f32),  # rows of 2 channel groups
+        SavedRecord(2 * 8 * 25 * 25 * 4, (2, 25, 25, 2, 2, 2), f32),  # and of 2 edges each
     ]
     scaled = [scale_saved_bytes([r], 97, 129) for r in twins]
-    assert scaled[0] == scaled[1] == 2 * 8 * 33 * 33 * 4
+    assert scaled == [2 * 8 * 33 * 33 * 4] * 4
     assert scale_saved_bytes([SavedRecord(40 * 4, (40,), f32)], 97, 129) == 160

@@ -23,10 +23,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from autodeeplab.fast.channel_groups import shared_module_conv, uses_channel_groups
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.fused_edges import fused_mixed_ops, stacked_filters
 from autodeeplab.fast.grouped_bn import batch_norm
-from autodeeplab.fast.pointwise import apply_conv
+from autodeeplab.fast.pointwise import apply_conv, from_rows, to_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
 from autodeeplab.space.autodeeplab.cell import MixedOp, SearchCell
 from autodeeplab.space.autodeeplab.topology import edge_offset
@@ -41,21 +42,29 @@ def run_sequence(
     groups: int = 1,
     repeats: int = 1,
     relu_x: torch.Tensor | None = None,
+    channel_groups: int = 1,
 ) -> torch.Tensor:
     """Apply ``modules`` in order to ``x`` ``[G·N, C, *S]`` the way the fast path needs it.
 
     BatchNorms normalise each of the ``groups`` batch chunks on its own (and update their running
     statistics ``repeats`` times per group, see :func:`autodeeplab.fast.grouped_bn.batch_norm`); a leading
     ReLU is replaced by ``relu_x`` when given (the edge's shared ReLU of ``x``); max pools and 1×1 convs
-    follow ``execution.pool_without_indices`` and ``execution.pointwise_as_matmul``.
+    follow ``execution.pool_without_indices`` and ``execution.pointwise_as_matmul``. ``channel_groups`` K:
+    ``x`` is ``[N, K·C, *S]``, K inputs side by side in the channels, each through the same modules
+    (:mod:`autodeeplab.fast.channel_groups`).
     """
+    k = channel_groups
     for position, module in enumerate(modules):
         if position == 0 and relu_x is not None and isinstance(module, nn.ReLU):
             x = relu_x
         elif isinstance(module, _BatchNorm):
-            x = batch_norm(x, module, groups, repeats)
+            x = batch_norm(x, module, groups, repeats, channel_groups=k)
         elif execution.pool_without_indices and isinstance(module, _MAX_POOLS):
             x = max_pool_saving_input(x, module)
+        elif k > 1 and isinstance(module, nn.modules.conv._ConvNd):
+            x = shared_module_conv(module, x, k, execution.pointwise_as_matmul)
+        elif k > 1 and any(True for _ in module.parameters()):
+            raise ValueError(f"channel groups: {type(module).__name__} is not supported")
         else:  # a plain 1×1 conv of a channels-last x runs as a matmul with pointwise_as_matmul
             x = apply_conv(module, x, pointwise_as_matmul=execution.pointwise_as_matmul)
     return x
@@ -112,9 +121,10 @@ def cell_blocks(
     """The B block outputs of ``cell`` for ``groups`` inputs h^{l-1} at once.
 
     ``s0``: preprocessed h^{l-2} ``[N, C, *S]``, shared by every group; ``s1``: the preprocessed
-    h^{l-1} of each group stacked on the batch axis, ``[G·N, C, *S]``; ``alpha``: ``[E, P]`` softmax
-    weights. Returns B tensors ``[G·N, C, *S]``; group g of each equals the reference
-    ``cell.blocks(s0, s1[g], alpha)``'s block.
+    h^{l-1} of each group stacked on the batch axis, ``[G·N, C, *S]``, or side by side in the channels,
+    ``[N, G·C, *S]``, where :func:`autodeeplab.fast.channel_groups.uses_channel_groups` says so;
+    ``alpha``: ``[E, P]`` softmax weights. Returns B tensors laid out as ``s1``; group g of each equals
+    the reference ``cell.blocks(s0, s1[g], alpha)``'s block.
 
     An edge reading ``s0`` gives the same output for every group, so it runs once (its BNs update
     their running statistics G times, as the G reference calls would) and is broadcast.
@@ -179,6 +189,8 @@ def _fused_blocks(
     complete once state b+1 has been processed. Partial sums are kept as ``[G, N, C, *S]``.
     """
     n, k = s0.shape[0], cell.edges[0].partial_channels
+    if uses_channel_groups(execution, k, groups):
+        return _channel_grouped_blocks(cell, s0, s1, alpha, groups, execution)
     pending: list[torch.Tensor | None] = [None] * cell.num_blocks
     states, outputs = [s0, s1], []
     # α reordered state-major once per cell (one gather, and one scatter in its backward), then each
@@ -206,6 +218,40 @@ def _fused_blocks(
             pending[b] = term if pending[b] is None else pending[b] + term
         if j >= 1:  # block j-1 has all its inputs
             block = pending[j - 1].flatten(0, 1)
+            pending[j - 1] = None
+            states.append(block)
+            outputs.append(block)
+    return outputs
+
+
+def _channel_grouped_blocks(
+    cell: SearchCell,
+    s0: torch.Tensor,
+    s1: torch.Tensor,
+    alpha: torch.Tensor,
+    groups: int,
+    execution: ExecutionConfig,
+) -> list[torch.Tensor]:
+    """:func:`_fused_blocks` with the G groups side by side in the channels: ``s1`` and the blocks
+    ``[N, G·C, *S]``. Partial sums are kept as ``[N, *S, G, C]`` rows, the layout of the fused edges'
+    outputs (:func:`autodeeplab.fast.fused_edges.fused_mixed_ops`); an edge reading ``s0`` adds its
+    ``[N, *S, 1, C]`` term to every group by broadcasting."""
+    pending: list[torch.Tensor | None] = [None] * cell.num_blocks
+    states, outputs = [s0, s1], []
+    by_state = alpha[_state_major_order(cell.num_blocks, alpha.device)]  # as in _fused_blocks
+    start = 0
+    for j in range(cell.num_blocks + 1):
+        readers, edges = _state_readers(cell, j)
+        weights, start = by_state[start : start + len(edges)], start + len(edges)
+        if j == 0:  # the shared h^{l-2}: once for all the groups, recorded G times
+            fused = fused_mixed_ops(states[0], edges, weights, execution, repeats=groups)
+            terms = [to_rows(t).unsqueeze(-2) for t in fused]
+        else:
+            terms = fused_mixed_ops(states[j], edges, weights, execution, channel_groups=groups)
+        for b, term in zip(readers, terms, strict=True):
+            pending[b] = term if pending[b] is None else pending[b] + term
+        if j >= 1:  # block j-1 has all its inputs: [N, *S, G, C] → [N, G·C, *S]
+            block = from_rows(pending[j - 1].flatten(-2))
             pending[j - 1] = None
             states.append(block)
             outputs.append(block)

@@ -74,37 +74,47 @@ def depthwise_conv(
     return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))
 
 
-def repeat_edge_major(x: torch.Tensor, edges: int) -> torch.Tensor:
+def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> torch.Tensor:
     """``[N, C, *S]`` → ``[N, E·C, *S]``, channel i·C + c a copy of channel c: one copy, channels-last for a
     channels-last image batch and contiguous otherwise (volumes included, see
-    :func:`autodeeplab.ops.primitives.depthwise_input`)."""
-    n, c = x.shape[:2]
+    :func:`autodeeplab.ops.primitives.depthwise_input`). With ``channel_groups`` K, ``x`` ``[N, K·C, *S]``
+    holds K inputs side by side and each is repeated in place: ``[N, K·E·C, *S]``, channel (k·E + i)·C + c
+    a copy of channel k·C + c."""
+    n, k = x.shape[0], channel_groups
+    c = x.shape[1] // k
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        rows = to_rows(x)  # channels-last: the copy is made as [N, *S, E, C] rows, one pass
-        return from_rows(rows.unsqueeze(-2).expand(*rows.shape[:-1], edges, c).flatten(-2))
-    return x.unsqueeze(1).expand(n, edges, *x.shape[1:]).flatten(1, 2)
+        rows = to_rows(x)  # channels-last: the copy is made as [N, *S, (K,) E, C] rows, one pass
+        if k == 1:
+            return from_rows(rows.unsqueeze(-2).expand(*rows.shape[:-1], edges, c).flatten(-2))
+        grouped = rows.view(*rows.shape[:-1], k, 1, c).expand(*rows.shape[:-1], k, edges, c)
+        return from_rows(grouped.flatten(-3))
+    if k == 1:
+        return x.unsqueeze(1).expand(n, edges, *x.shape[1:]).flatten(1, 2)
+    spatial = x.shape[2:]
+    return x.view(n, k, 1, c, *spatial).expand(n, k, edges, c, *spatial).flatten(1, 3)
 
 
 class _RepeatedDepthwise(torch.autograd.Function):
-    """Depthwise conv of ``x`` ``[N, C, *S]`` repeated E times edge-major (:func:`repeat_edge_major`) with
-    ``weight`` ``[E·C, 1, *k]``. Keeps ``x`` for the backward, not its E-fold repeat (which autograd would
-    keep as the conv's input, E activations more per call): the backward repeats it again."""
+    """Depthwise conv of ``x`` ``[N, K·C, *S]`` repeated E times edge-major within each of its K channel
+    groups (:func:`repeat_edge_major`) with ``weight`` ``[K·E·C, 1, *k]``. Keeps ``x`` for the backward, not
+    its E-fold repeat (which autograd would keep as the conv's input, E activations more per call): the
+    backward repeats it again."""
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation):
+    def forward(ctx, x, weight, stride, padding, dilation, channel_groups):
         ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, dilation)
-        repeated = repeat_edge_major(x, weight.shape[0] // x.shape[1])
+        ctx.conv = (stride, padding, dilation, channel_groups)
+        repeated = repeat_edge_major(x, weight.shape[0] // x.shape[1], channel_groups)
         return conv_function(x.dim() - 2)(repeated, weight, None, stride, padding, dilation, weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        (stride, padding, dilation), spatial = ctx.conv, x.dim() - 2
+        (stride, padding, dilation, k), spatial = ctx.conv, x.dim() - 2
         edges = weight.shape[0] // x.shape[1]
         grad_repeated, grad_w, _ = torch.ops.aten.convolution_backward(
             grad,
-            repeat_edge_major(x, edges),
+            repeat_edge_major(x, edges, k),
             weight,
             None,
             list(stride),
@@ -117,12 +127,16 @@ class _RepeatedDepthwise(torch.autograd.Function):
         )
         grad_x = None
         if grad_repeated is not None:  # the repeat's backward: the E copies' gradients summed
+            c = x.shape[1] // k
+            split = (edges, c) if k == 1 else (k, edges, c)
             if grad_repeated.is_contiguous():
-                grad_x = grad_repeated.unflatten(1, (edges, x.shape[1])).sum(1)
+                grad_x = grad_repeated.unflatten(1, split).sum(len(split) - 1)
+                grad_x = grad_x if k == 1 else grad_x.flatten(1, 2)
             else:
                 rows = to_rows(grad_repeated)
-                grad_x = from_rows(rows.unflatten(-1, (edges, x.shape[1])).sum(-2))
-        return grad_x, grad_w, None, None, None
+                summed = rows.unflatten(-1, split).sum(-2)
+                grad_x = from_rows(summed if k == 1 else summed.flatten(-2))
+        return grad_x, grad_w, None, None, None, None
 
 
 def repeated_depthwise_conv(
@@ -131,9 +145,12 @@ def repeated_depthwise_conv(
     stride: tuple[int, ...],
     padding: tuple[int, ...],
     dilation: tuple[int, ...],
+    channel_groups: int = 1,
 ) -> torch.Tensor:
     """Depthwise conv of ``x`` ``[N, C, *S]`` repeated E times edge-major with ``weight`` ``[E·C, 1, *k]``
-    (edge i's filters at rows i·C..i·C+C) → ``[N, E·C, *S']``, without keeping the repeat for the backward."""
+    (edge i's filters at rows i·C..i·C+C) → ``[N, E·C, *S']``, without keeping the repeat for the backward.
+    With ``channel_groups`` K: ``x`` ``[N, K·C, *S]``, ``weight`` ``[K·E·C, 1, *k]`` → ``[N, K·E·C, *S']``,
+    each group repeated in place (:func:`repeat_edge_major`)."""
     return apply_like_autocast_conv(
-        _RepeatedDepthwise, x, weight, tuple(stride), tuple(padding), tuple(dilation)
+        _RepeatedDepthwise, x, weight, tuple(stride), tuple(padding), tuple(dilation), channel_groups
     )

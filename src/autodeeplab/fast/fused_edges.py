@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autodeeplab.fast.channel_groups import from_batch, repeat_filters, to_batch
 from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_conv
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
@@ -44,10 +45,11 @@ _CONVS = PRIMITIVES[_FIRST_CONV:]
 assert set(_CONVS) == set(_ATROUS + _SEPARABLE)
 
 
-def _alpha_columns(weights: torch.Tensor, channels: int, fold: bool) -> dict[str, torch.Tensor]:
+def _alpha_columns(weights: torch.Tensor, channels: int, fold: bool, k: int = 1) -> dict[str, torch.Tensor]:
     """α of ``weights`` ``[E, P]`` by primitive: ``[E, 1]`` (broadcasts over the ``[..., E, C]`` edge axis
     of the sum), and with ``fold`` each conv primitive's as one factor per channel of its fused
-    ``[G·N, E·C, *S]`` output instead, ``[E·C]`` (edge i's weight repeated over its C channels).
+    ``[G·N, E·C, *S]`` output instead, ``[E·C]`` (edge i's weight repeated over its C channels), or
+    ``[K·E·C]`` for ``[N, K·E·C, *S]`` (K channel groups).
 
     Views of one transposed tensor: the backward is one ``stack`` and one ``cat``, where a column per
     primitive would cost a ``select`` and its backward each. The per-channel factors are one copy for the
@@ -58,17 +60,26 @@ def _alpha_columns(weights: torch.Tensor, channels: int, fold: bool) -> dict[str
     columns = dict(zip(PRIMITIVES[:_FIRST_CONV], head.unsqueeze(-1).unbind(0), strict=True))
     if not fold:
         return columns | dict(zip(_CONVS, convs.unsqueeze(-1).unbind(0), strict=True))
-    table = convs.unsqueeze(-1).expand(len(_CONVS), e, channels).reshape(len(_CONVS), e * channels)
+    n = len(_CONVS)
+    if k == 1:
+        table = convs.unsqueeze(-1).expand(n, e, channels).reshape(n, e * channels)
+    else:
+        table = convs.view(n, 1, e, 1).expand(n, k, e, channels).reshape(n, k * e * channels)
     return columns | dict(zip(_CONVS, table.unbind(0), strict=True))
 
 
-def _edge_rows(t: torch.Tensor, edges: int) -> torch.Tensor:
-    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, *S, E, C]`` view."""
-    return to_rows(t).unflatten(-1, (edges, t.shape[1] // edges))
+def _edge_rows(t: torch.Tensor, edges: int, k: int = 1) -> torch.Tensor:
+    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, *S, E, C]`` view; ``[N, K·E·C, *S]`` → the
+    ``[N, *S, K, E, C]`` view."""
+    c = t.shape[1] // (edges * k)
+    return to_rows(t).unflatten(-1, (edges, c) if k == 1 else (k, edges, c))
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -> torch.Tensor:
-    return conv_function(x.dim() - 2)(x, weight, None, like.stride, like.padding, like.dilation, groups)
+def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int, k: int = 1) -> torch.Tensor:
+    """``like``'s convolution of ``x`` with ``weight``, the same filters for each of ``x``'s K channel
+    groups."""
+    conv = conv_function(x.dim() - 2)
+    return conv(x, repeat_filters(weight, k), None, like.stride, like.padding, like.dilation, groups * k)
 
 
 _FILTERS = {name: (1,) for name in _ATROUS} | {name: (1, 2, 5, 6) for name in _SEPARABLE}
@@ -91,23 +102,37 @@ def stacked_filters(edges: list[nn.Module], execution: ExecutionConfig) -> dict[
     return out
 
 
-def _atrous(relu_x, edges, name, groups, repeats, scale, filters):
+def _atrous(relu_x, edges, name, groups, repeats, scale, filters, k):
+    """``relu_x``: the ReLU of the input, with K > 1 channel groups already on the batch axis
+    (``[K·N, C, *S]``, see :mod:`autodeeplab.fast.channel_groups`) → ``[N, K·E·C, *S]``."""
     ops = [e.op(name) for e in edges]  # ReLU → conv → BN
     z = _conv(relu_x, filters[0], ops[0][1], 1)
-    return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale)
+    if k > 1:
+        z = from_batch(z, k)
+    return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale, k)
 
 
-def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig, filters):
+def _pointwise(z, weight, like, groups, k, matmul):
+    """A (grouped) 1×1 conv of each of ``z``'s K channel groups."""
+    if matmul:
+        return pointwise_conv(z, weight, groups=groups, channel_groups=k)
+    return _conv(z, weight, like, groups, k)
+
+
+def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig, filters, k):
     ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
-    e, c = len(ops), relu_x.shape[1]
+    e, c = len(ops), relu_x.shape[1] // k
     spatial = (1,) * (relu_x.dim() - 2)
     matmul = execution.pointwise_as_matmul
     dw, pw, dw2, pw2 = filters  # [E·C, 1, *K], [E·C, C, 1…], [E·C, 1, *K], [E·C, C, 1…]
     if execution.repeat_separable_input:
         like = ops[0][1]
-        z = repeated_depthwise_conv(relu_x, dw, like.stride, like.padding, like.dilation)
-        z = pointwise_conv(z, pw, groups=e) if matmul else _conv(z, pw, ops[0][2], e)
-        return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2)
+        dw = repeat_filters(dw, k)
+        z = repeated_depthwise_conv(relu_x, dw, like.stride, like.padding, like.dilation, k)
+        z = _pointwise(z, pw, ops[0][2], e, k, matmul)
+        return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, k)
+    if k > 1:
+        raise ValueError("groups_in_channels needs repeat_separable_input")
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
     kernel = dw.shape[2:]
     dw = dw.reshape(e, c, *kernel).transpose(0, 1).reshape(c * e, 1, *kernel)
@@ -120,18 +145,18 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     pw = torch.block_diag(*pw.reshape(e, c, c).unbind(0)) if e > 1 else pw
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
     z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
-    return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2)
+    return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, 1)
 
 
-def _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2):
-    """From the first pointwise conv's output ``[G·N, E·C, *S]`` (edge-major) on: BN → ReLU → the second
-    depthwise and (grouped) pointwise conv → BN."""
+def _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, k):
+    """From the first pointwise conv's output ``[G·N, (K·)E·C, *S]`` (edge-major) on: BN → ReLU → the
+    second depthwise and (grouped) pointwise conv → BN."""
     e = len(ops)
-    z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats))
-    z = _conv(z, dw2, ops[0][5], z.shape[1])
+    z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats, channel_groups=k))
+    z = _conv(z, dw2, ops[0][5], z.shape[1] // k, k)
     # grouped: edge i's C outputs read its C inputs
-    z = pointwise_conv(z, pw2, groups=e) if matmul else _conv(z, pw2, ops[0][6], e)
-    return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale)
+    z = _pointwise(z, pw2, ops[0][6], e, k, matmul)
+    return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale, k)
 
 
 def fused_mixed_ops(
@@ -141,46 +166,59 @@ def fused_mixed_ops(
     execution: ExecutionConfig,
     groups: int = 1,
     repeats: int = 1,
+    channel_groups: int = 1,
 ) -> list[torch.Tensor]:
     """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → E tensors ``[G·N, C, *S]``.
 
     ``edges``: E :class:`autodeeplab.space.autodeeplab.cell.MixedOp` of C channels (no partial channels
     here: the caller slices); ``weights``: ``[E, P]`` softmax weights. ``groups``/``repeats`` as in
-    :mod:`autodeeplab.fast.grouped_bn`. Of ``execution``: ``pool_without_indices``; ``fold_alpha_into_bn``
+    :mod:`autodeeplab.fast.grouped_bn`. ``channel_groups`` K > 1: ``x`` is ``[N, K·C, *S]``, K inputs side
+    by side in the channels (:mod:`autodeeplab.fast.channel_groups`), and each edge's result comes as the
+    ``[N, *S, K, C]`` rows view. Of ``execution``: ``pool_without_indices``; ``fold_alpha_into_bn``
     (the conv ops' weights fold into their last BN's affine transform, as a constant α always does, so no BN
     output is kept for α's gradient); ``pointwise_as_matmul`` (the 1×1 convs of channels-last ``x`` as
     matmuls, :mod:`autodeeplab.fast.pointwise`); ``depthwise_flipped_grad`` (the multiplier depthwise
     convs' input gradient as a flipped-filter depthwise conv, :mod:`autodeeplab.fast.depthwise`). The
     ReLU is shared whatever ``share_edge_relu`` says.
     """
-    e = len(edges)
+    e, k = len(edges), channel_groups
+    c = x.shape[1] // k
     # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
     # grouped_bn), or as a product after it
     fold = execution.fold_alpha_into_bn or not weights.requires_grad
     # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32
-    column = _alpha_columns(weights.to(x.dtype), x.shape[1], fold)
+    column = _alpha_columns(weights.to(x.dtype), c, fold, k)
     relu_x = F.relu(x)
-    # The sum is built as [G·N, *S, E, C]: for channels-last activations that is the memory order of the
-    # fused convs' [G·N, E·C, *S] outputs, so they add in as views, and each edge's gradient comes back
-    # channels-last (an [E, G·N, C, *S] sum would hand the convs' BNs strided gradients, their slow path).
+    # The sum is built as [G·N, *S, E, C] ([N, *S, K, E, C]): for channels-last activations that is the
+    # memory order of the fused convs' [G·N, (K·)E·C, *S] outputs, so they add in as views, and each edge's
+    # gradient comes back channels-last (an [E, G·N, C, *S] sum would hand the convs' BNs strided
+    # gradients, their slow path).
     out = None
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
         seq = edges[0].op(name)  # pool → affine-free BN
         no_indices = execution.pool_without_indices and name == _POOLS[0]
         pooled = max_pool_saving_input(x, seq[0]) if no_indices else seq[0](x)
-        y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats)
-        # training: one [G·N, C, *S] for every edge; evaluation: [E, G·N, C, *S] (running statistics)
-        y = to_rows(y).unsqueeze(-2) if y.dim() == x.dim() else y.permute(1, *range(3, y.dim()), 0, 2)
+        y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats, k)
+        # training: one [G·N, K·C, *S] for every edge; evaluation: [E, G·N, K·C, *S] (running statistics)
+        if y.dim() == x.dim():
+            y = _edge_rows(y, 1, k)
+        elif k == 1:
+            y = y.permute(1, *range(3, y.dim()), 0, 2)
+        else:
+            y = y.unflatten(2, (k, c)).permute(1, *range(4, y.dim() + 1), 2, 0, 3)
         out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
-    out = torch.addcmul(out, column["skip_connect"], to_rows(x).unsqueeze(-2))
+    out = torch.addcmul(out, column["skip_connect"], _edge_rows(x, 1, k))
     filters = stacked_filters(edges, execution)
+    batch_relu_x = to_batch(relu_x, k) if k > 1 else relu_x  # for the dense convs, see _atrous
     for name in _ATROUS + _SEPARABLE:
         scale = column[name] if fold else None
         if name in _ATROUS:
-            y = _atrous(relu_x, edges, name, groups, repeats, scale, filters[name])
+            y = _atrous(batch_relu_x, edges, name, groups, repeats, scale, filters[name], k)
         else:
-            y = _separable(relu_x, edges, name, groups, repeats, scale, execution, filters[name])
-        y = _edge_rows(y, e)
+            y = _separable(relu_x, edges, name, groups, repeats, scale, execution, filters[name], k)
+        y = _edge_rows(y, e, k)
         out = out + y if fold else torch.addcmul(out, column[name], y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
+    if k > 1:
+        return list(out.unbind(-2))
     return [from_rows(t) for t in out.unbind(-2)]

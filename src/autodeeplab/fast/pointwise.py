@@ -9,6 +9,9 @@ convolution and 0.38 ms as a matmul (``benchmarks/README.md``). The result is ch
 convolution's, and equal to it up to float rounding (the same products, summed in another order).
 
 A grouped 1×1 convolution (G groups) is a batched product: ``[G, N·prod(S), C/G] @ [G, C/G, O/G]``.
+K inputs side by side in the channels (``[N, K·C, *S]``, :mod:`autodeeplab.fast.channel_groups`) that go
+through the same convolution are, in memory, a ``[N·prod(S)·K, C]`` matrix: the same products with K times
+the rows, no copy of the weight.
 
 Tensors that are not channels-last (CUDA fp32, volumes, the reference path) keep the convolution.
 """
@@ -52,16 +55,16 @@ def from_rows(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, y.dim() - 1, *range(1, y.dim() - 1))
 
 
-def _matrix(t: torch.Tensor) -> torch.Tensor:
-    """A channels-last ``[N, C, *S]`` tensor as the ``[N·prod(S), C]`` matrix it is in memory: one
+def _matrix(t: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """A channels-last ``[N, K·C, *S]`` tensor as the ``[N·prod(S)·K, C]`` matrix it is in memory: one
     ``as_strided`` (a permute and a reshape would be two dispatches, and the products below take views)."""
-    c = t.shape[1]
+    c = t.shape[1] // k
     return t.as_strided((t.numel() // c, c), (c, 1))
 
 
-def _rows_matrix(t: torch.Tensor) -> torch.Tensor:
+def _rows_matrix(t: torch.Tensor, k: int = 1) -> torch.Tensor:
     """:func:`_matrix` of ``t``, of a channels-last copy if ``t`` is not (a gradient may not be)."""
-    return _matrix(t if is_channels_last(t) else t.contiguous(memory_format=_CHANNELS_LAST[t.dim()]))
+    return _matrix(t if is_channels_last(t) else t.contiguous(memory_format=_CHANNELS_LAST[t.dim()]), k)
 
 
 def _channels_last_like(t: torch.Tensor, channels: int) -> torch.Tensor:
@@ -79,10 +82,11 @@ def _per_group(rows: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
     return torch.bmm(by_group, mats)
 
 
-def _from_groups(product: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Write ``[G, M, J]`` into the channels-last ``out`` ``[N, G·J, *S]`` (group-major channels)."""
+def _from_groups(product: torch.Tensor, out: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Write ``[G, M, J]`` into the channels-last ``out`` ``[N, K·G·J, *S]`` (group-major channels within
+    each of the K channel groups, whose rows M counts)."""
     groups, m, j = product.shape
-    _matrix(out).as_strided((groups, m, j), (j, groups * j, 1)).copy_(product)
+    _matrix(out, k).as_strided((groups, m, j), (j, groups * j, 1)).copy_(product)
     return out
 
 
@@ -91,36 +95,36 @@ class _PointwiseConv(torch.autograd.Function):
     the convolution does: the saved-activation accounting sees the same tensors either way."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups: int):
+    def forward(ctx, x, weight, bias, groups: int, k: int):
         ctx.save_for_backward(x, weight)
-        ctx.groups, ctx.has_bias = groups, bias is not None
+        ctx.groups, ctx.k, ctx.has_bias = groups, k, bias is not None
         # the result is its own channels-last tensor, not a view of a [N, *S, O] one: what later
         # saves it for a backward sees an [N, O, *S] tensor, as after a convolution
-        out = _channels_last_like(x, weight.shape[0])
+        out = _channels_last_like(x, k * weight.shape[0])
         if groups == 1:
-            torch.mm(_matrix(x), weight.t(), out=_matrix(out))
+            torch.mm(_matrix(x, k), weight.t(), out=_matrix(out, k))
         else:  # weight [O, C/G] → per group [C/G, O/G]
             mats = weight.view(groups, weight.shape[0] // groups, weight.shape[1]).transpose(1, 2)
-            _from_groups(_per_group(_matrix(x), mats), out)
+            _from_groups(_per_group(_matrix(x, k), mats), out, k)
         if bias is not None:
-            _matrix(out).add_(bias)
+            _matrix(out, k).add_(bias)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        groups = ctx.groups
-        g = _rows_matrix(grad)  # [M, O]
+        groups, k = ctx.groups, ctx.k
+        g = _rows_matrix(grad, k)  # [M·K, O]
         out_channels, c_in = weight.shape[0], weight.shape[1]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
             grad_x = _channels_last_like(x, x.shape[1])
             if groups == 1:
-                torch.mm(g, weight, out=_matrix(grad_x))
+                torch.mm(g, weight, out=_matrix(grad_x, k))
             else:  # per group through [O/G, C/G]
-                _from_groups(_per_group(g, weight.view(groups, out_channels // groups, c_in)), grad_x)
+                _from_groups(_per_group(g, weight.view(groups, out_channels // groups, c_in)), grad_x, k)
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
-            x2 = _matrix(x)
+            x2 = _matrix(x, k)
             if groups == 1:
                 grad_w = g.t().mm(x2)
             else:
@@ -130,20 +134,29 @@ class _PointwiseConv(torch.autograd.Function):
                 grad_w = torch.bmm(gg, xg).view(out_channels, c_in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 def pointwise_conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    groups: int = 1,
+    channel_groups: int = 1,
 ) -> torch.Tensor:
     """1×1 convolution of ``x`` ``[N, C, *S]`` with ``weight`` ``[O, C/groups, 1, ...]`` → ``[N, O, *S]``.
 
     A matmul when ``x`` is channels-last (the result is channels-last too), the convolution otherwise.
-    Under autocast the operands are cast as autocast casts a convolution's.
+    Under autocast the operands are cast as autocast casts a convolution's. ``channel_groups`` K: ``x``
+    ``[N, K·C, *S]`` holds K inputs side by side, each convolved with ``weight`` → ``[N, K·O, *S]``.
     """
+    k = channel_groups
     if not is_channels_last(x):
-        return conv_function(x.dim() - 2)(x, weight, bias, 1, 0, 1, groups)
-    return apply_like_autocast_conv(_PointwiseConv, x, weight.reshape(weight.shape[0], -1), bias, groups)
+        if k > 1:  # the same filters for every channel group: a grouped convolution of K copies
+            weight = weight.repeat(k, *([1] * (weight.dim() - 1)))
+            bias = bias.repeat(k) if bias is not None else None
+        return conv_function(x.dim() - 2)(x, weight, bias, 1, 0, 1, groups * k)
+    return apply_like_autocast_conv(_PointwiseConv, x, weight.reshape(weight.shape[0], -1), bias, groups, k)
 
 
 def apply_conv(conv: nn.Module, x: torch.Tensor, *, pointwise_as_matmul: bool) -> torch.Tensor:

@@ -28,9 +28,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from autodeeplab.fast.cell import cell_blocks, lay_out_filters, run_sequence
+from autodeeplab.fast.channel_groups import uses_channel_groups
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.grouped_bn import running_stats_frozen
 from autodeeplab.fast.memory import note_held
+from autodeeplab.fast.pointwise import from_rows, to_rows
 from autodeeplab.fast.running_stats import batched_running_stats
 from autodeeplab.ops.primitives import resize
 from autodeeplab.space.autodeeplab.supernet import Resample, SearchNetwork, SearchSpaceConfig
@@ -156,6 +158,14 @@ class FastSearchNetwork(SearchNetwork):
                 out = term if out is None else out + term
             return out
         groups, n = len(sources), h_pp.shape[0]
+        if uses_channel_groups(ex, cell.edges[0].partial_channels, groups):
+            # the G resolutions side by side in the channels (autodeeplab.fast.channel_groups)
+            s1 = run_sequence(cell.preprocess1, torch.cat(resampled, dim=1), ex, channel_groups=groups)
+            blocks = cell_blocks(cell, s0, s1, alpha, groups, ex)
+            # each group as a view of the [N, *S, G, C] rows: the backward stacks their gradients in that
+            # layout again (an unbind of [N, G, C, *S] would stack them into a contiguous, not a
+            # channels-last, gradient for every block)
+            return torch.cat([_weighted_sum(weights, _channel_group_views(b, groups)) for b in blocks], dim=1)
         s1 = torch.cat(resampled, dim=0) if groups > 1 else resampled[0]
         s1 = run_sequence(cell.preprocess1, s1, ex, groups)
         blocks = cell_blocks(cell, s0, s1, alpha, groups, ex)
@@ -221,6 +231,11 @@ def _resample(resampler: Resample, x: torch.Tensor, size: tuple[int, ...], execu
     if not isinstance(resampler.conv, nn.Sequential):
         return x
     return run_sequence(resampler.conv, x, execution)
+
+
+def _channel_group_views(x: torch.Tensor, groups: int) -> list[torch.Tensor]:
+    """``[N, G·C, *S]`` → G views ``[N, C, *S]``, through the ``[N, *S, G, C]`` rows."""
+    return [from_rows(t) for t in to_rows(x).unflatten(-1, (groups, -1)).unbind(-2)]
 
 
 def _weighted_sum(weights: list[torch.Tensor], tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:

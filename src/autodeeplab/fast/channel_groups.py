@@ -1,0 +1,134 @@
+"""A node's G incoming resolutions side by side in the channels, ``[N, G·C, *S]`` (issue 16, exact).
+
+A node's cell runs on up to three inputs h^{l-1} (one per incoming resolution) with the same weights. Stacked
+on the batch axis (``[G·N, C, *S]``, :mod:`autodeeplab.fast.grouped_bn`), every batch norm must normalise
+each batch chunk on its own: G native calls, G chunk views, and a ``cat`` of their outputs (and the same
+again in the backward), at every one of a cell's ~45 batch norms. Side by side in the channels instead
+(group g's channel c is channel g·C + c), one native call normalises every group with its own statistics,
+since batch statistics are per channel; the modules still record the G groups' statistics in group order.
+
+The operations change as follows (each equal to G separate calls up to float rounding, tested):
+
+- ReLU, pools, the identity: per channel, unchanged;
+- a depthwise convolution: the filters repeated G times, G times the channels (a copy of the small
+  filter tensor, summed back in the backward);
+- a dense convolution (the atrous convs): on the groups moved to the batch axis and back (a copy of the
+  input and one of the output, :func:`to_batch`, :func:`from_batch`), since a grouped convolution of
+  repeated filters is 1.1–4× slower on CPU (oneDNN, measured at the search's sizes);
+- a 1×1 convolution of channels-last activations as a matmul: the G groups are G times the rows of the
+  same matrix product, with no copy (:func:`autodeeplab.fast.pointwise.pointwise_conv`).
+
+Channels-last activations keep the layout: in memory ``[N, *S, G, C]``, so that a fused edge output
+``[N, *S, G, E, C]`` (the edges' channels within each group) is summed per edge as a strided view.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autodeeplab.fast.execution import ExecutionConfig
+from autodeeplab.fast.pointwise import _CHANNELS_LAST, is_channels_last, is_pointwise, pointwise_conv
+from autodeeplab.ops.primitives import conv_function
+
+
+def uses_channel_groups(execution: ExecutionConfig, partial_channels: int, groups: int) -> bool:
+    """Whether a node with ``groups`` incoming resolutions runs its cell with them side by side in the
+    channels: ``groups_in_channels`` with the fused, batched cell path whose separable convs repeat their
+    input (``repeat_separable_input``), and no partial channels (whose per-edge channel split and shuffle
+    would cut across the groups)."""
+    return (
+        groups > 1
+        and execution.groups_in_channels
+        and execution.batch_node_inputs
+        and execution.fuse_edges
+        and execution.repeat_separable_input
+        and partial_channels == 1
+    )
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return _CHANNELS_LAST[x.dim()] if is_channels_last(x) else torch.contiguous_format
+
+
+def _grouped_view(t: torch.Tensor, k: int, batch_major: bool) -> torch.Tensor:
+    """``t`` as the ``[N, K, C, *S]`` view of its K groups: ``t`` ``[N, K·C, *S]`` (channel groups), or with
+    ``batch_major`` ``[K·N, C, *S]`` (batch groups). One ``as_strided``, whatever the layout."""
+    if batch_major:
+        n, c = t.shape[0] // k, t.shape[1]
+        strides = (t.stride(0), n * t.stride(0), *t.stride()[1:])
+    else:
+        n, c = t.shape[0], t.shape[1] // k
+        strides = (t.stride(0), c * t.stride(1), *t.stride()[1:])
+    return t.as_strided((n, k, c, *t.shape[2:]), strides, t.storage_offset())
+
+
+def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool) -> torch.Tensor:
+    """The copy between the two layouts of K groups, into a new tensor of ``x``'s memory format."""
+    if to_batch_axis:
+        shape = (k * x.shape[0], x.shape[1] // k, *x.shape[2:])
+    else:
+        shape = (x.shape[0] // k, k * x.shape[1], *x.shape[2:])
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+    _grouped_view(out, k, to_batch_axis).copy_(_grouped_view(x, k, not to_batch_axis))
+    return out
+
+
+class _Regroup(torch.autograd.Function):
+    """:func:`_regroup` with the opposite copy as its backward: four dispatches each way, where the same
+    copy through permutes and reshapes costs about twice as many, and as many again in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, k: int, to_batch_axis: bool):  # noqa: D102
+        ctx.k, ctx.to_batch_axis = k, to_batch_axis
+        return _regroup(x, k, to_batch_axis)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        return _regroup(grad, ctx.k, not ctx.to_batch_axis), None, None
+
+
+def to_batch(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, K·C, *S]`` (K channel groups) → ``[K·N, C, *S]`` (the groups stacked on the batch axis) in the
+    same memory format: one copy."""
+    return _Regroup.apply(x, k, True)
+
+
+def from_batch(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``[K·N, C, *S]`` → ``[N, K·C, *S]`` in the same memory format (one copy): :func:`to_batch` undone."""
+    return _Regroup.apply(x, k, False)
+
+
+def repeat_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[O, *rest]`` → ``[G·O, *rest]``: the same filters for each of G channel groups."""
+    return weight.repeat(groups, *([1] * (weight.dim() - 1))) if groups > 1 else weight
+
+
+def shared_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    like: nn.Module,
+    groups: int,
+    channel_groups: int,
+    pointwise_as_matmul: bool,
+) -> torch.Tensor:
+    """Each of the K channel groups of ``x`` ``[N, K·C, *S]`` convolved with ``weight`` ``[O, C/groups, *k]``
+    (``like``'s stride, padding and dilation) → ``[N, K·O, *S']``."""
+    k = channel_groups
+    if pointwise_as_matmul and is_pointwise(like) and is_channels_last(x):
+        return pointwise_conv(x, weight, None, groups, k)
+    conv = conv_function(x.dim() - 2)
+    return conv(x, repeat_filters(weight, k), None, like.stride, like.padding, like.dilation, groups * k)
+
+
+def shared_module_conv(
+    conv: nn.Module, x: torch.Tensor, channel_groups: int, pointwise_as_matmul: bool
+) -> torch.Tensor:
+    """``conv`` (an ``nn.Conv*d``) applied to each of the K channel groups of ``x`` ``[N, K·C, *S]``."""
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        what = f"{type(conv).__name__} with padding {conv.padding!r}"
+        raise ValueError(f"channel groups: {what} is not supported")
+    out = shared_conv(x, conv.weight, conv, conv.groups, channel_groups, pointwise_as_matmul)
+    if conv.bias is not None:
+        out = out + conv.bias.repeat(channel_groups).view(1, -1, *([1] * (x.dim() - 2)))
+    return out

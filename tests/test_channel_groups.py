@@ -1,0 +1,232 @@
+"""A node's G inputs side by side in the channels (``groups_in_channels``, issue 16): every piece equals G
+separate calls on the groups — values, gradients, BN running statistics — and the supernet takes the path.
+
+The supernet-level equality with the reference, alone and with every other switch, is in
+``tests/test_perf_exactness.py`` (the switch is one of its factors)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from autodeeplab.fast.channel_groups import shared_module_conv, uses_channel_groups
+from autodeeplab.fast.depthwise import repeat_edge_major, repeated_depthwise_conv
+from autodeeplab.fast.execution import ExecutionConfig
+from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
+from autodeeplab.fast.pointwise import pointwise_conv
+
+TOL = {"atol": 1e-10, "rtol": 1e-8}
+K = 3  # channel groups
+
+
+def _layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if not channels_last:
+        return t.contiguous()
+    return t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
+
+
+def _groups(x: torch.Tensor, k: int = K) -> list[torch.Tensor]:
+    """``[N, K·C, *S]`` → K tensors ``[N, C, *S]``."""
+    return list(x.chunk(k, dim=1))
+
+
+def _bns(count: int, channels: int, affine: bool = False) -> list[nn.BatchNorm2d]:
+    torch.manual_seed(3)
+    bns = [nn.BatchNorm2d(channels, affine=affine).double() for _ in range(count)]
+    for bn in bns:
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        if affine:
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_()
+    return bns
+
+
+def _equal_grads(outputs: tuple, expected: tuple, wrt: list, wrt_expected: list, grad: torch.Tensor) -> None:
+    got = torch.autograd.grad(outputs, wrt, grad)
+    for u, v in zip(got, torch.autograd.grad(expected, wrt_expected, grad), strict=True):
+        assert torch.allclose(u, v, **TOL)
+
+
+def _state(bns: list[nn.Module]) -> list[torch.Tensor]:
+    return [t.clone() for bn in bns for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("scale", [None, "module", "channel"])
+def test_multi_batch_norm_in_channel_groups_equals_calls_group_by_group(affine, channels_last, scale):
+    """E modules on ``[N, K·E·C, *S]``: output, input and α gradients, and the running statistics equal
+    K·(one multi-module call per group, in group order); evaluation mode as well."""
+    g = torch.Generator().manual_seed(0)
+    e, c = 2, 3
+    x = _layout(torch.randn(2, K * e * c, 5, 4, generator=g, dtype=torch.float64), channels_last)
+    s = {None: None, "module": torch.rand(e, generator=g, dtype=torch.float64) + 0.5}
+    s["channel"] = torch.rand(e * c, generator=g, dtype=torch.float64) + 0.5
+    bns = _bns(e, c, affine)
+    expected_bns = copy.deepcopy(bns)
+    a = x.clone().requires_grad_()
+    sa = s[scale].clone().requires_grad_() if scale else None
+    got = multi_batch_norm(a, bns, scale=sa, channel_groups=K)
+    b = x.clone().requires_grad_()
+    sb = s[scale].clone().requires_grad_() if scale else None
+    expected = torch.cat([multi_batch_norm(t, expected_bns, scale=sb) for t in _groups(b)], dim=1)
+    assert torch.allclose(got, expected, **TOL)
+    grad = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    inputs = [a] + ([sa] if scale else []) + ([bns[0].weight] if affine else [])
+    references = [b] + ([sb] if scale else []) + ([expected_bns[0].weight] if affine else [])
+    _equal_grads(got, expected, inputs, references, grad)
+    for u, v in zip(_state(bns), _state(expected_bns), strict=True):
+        assert torch.allclose(u.double(), v.double(), **TOL)
+    for bn in bns + expected_bns:
+        bn.eval()
+    with torch.no_grad():
+        got = multi_batch_norm(x, bns, channel_groups=K)
+        expected = torch.cat([multi_batch_norm(t, expected_bns) for t in _groups(x)], dim=1)
+    assert torch.allclose(got, expected, **TOL)
+
+
+def test_shared_batch_norm_in_channel_groups_equals_calls_group_by_group():
+    """One normalisation recorded by E modules, for K groups at once: as K shared calls in order."""
+    g = torch.Generator().manual_seed(1)
+    e, c = 3, 4
+    x = _layout(torch.randn(2, K * c, 5, 5, generator=g, dtype=torch.float64), True)
+    bns = _bns(e, c)
+    expected_bns = copy.deepcopy(bns)
+    got = shared_batch_norm(x, bns, channel_groups=K)
+    expected = torch.cat([shared_batch_norm(t, expected_bns) for t in _groups(x)], dim=1)
+    assert torch.allclose(got, expected, **TOL)
+    for u, v in zip(_state(bns), _state(expected_bns), strict=True):
+        assert torch.allclose(u.double(), v.double(), **TOL)
+    for bn in bns + expected_bns:
+        bn.eval()
+    got = shared_batch_norm(x, bns, channel_groups=K)  # [E, N, K·C, *S]
+    expected = torch.cat([shared_batch_norm(t, expected_bns) for t in _groups(x)], dim=2)
+    assert got.shape == (e, 2, K * c, 5, 5)
+    assert torch.allclose(got, expected, **TOL)
+
+
+@pytest.mark.parametrize(("spatial", "stride"), [((9, 7), 1), ((9, 7), 2), ((5, 6, 4), 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_repeated_depthwise_conv_in_channel_groups_equals_the_groups_one_by_one(
+    spatial, stride, channels_last
+):
+    """Each group repeated E times in place, the depthwise conv with each group's filters: value and both
+    gradients as the plain repeated depthwise conv of each group."""
+    g = torch.Generator().manual_seed(2)
+    dims, edges, c = len(spatial), 2, 3
+    x = _layout(torch.randn(2, K * c, *spatial, generator=g, dtype=torch.float64), channels_last)
+    w = torch.randn(K * edges * c, 1, *(3,) * dims, generator=g, dtype=torch.float64)
+    repeated = repeat_edge_major(x, edges, K)
+    assert torch.equal(repeated, torch.cat([repeat_edge_major(t, edges) for t in _groups(x)], dim=1))
+    conv_args = ((stride,) * dims, (1,) * dims, (1,) * dims)
+    a, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    got = repeated_depthwise_conv(a, wa, *conv_args, K)
+    pairs = zip(_groups(b), wb.chunk(K, dim=0), strict=True)  # group k's filters: rows k·E·C..
+    expected = torch.cat([repeated_depthwise_conv(t, f, *conv_args) for t, f in pairs], dim=1)
+    assert torch.allclose(got, expected, **TOL)
+    grad = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    _equal_grads(got, expected, [a, wa], [b, wb], grad)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_in_channel_groups_equals_the_groups_one_by_one(groups, channels_last, bias):
+    """The same (grouped) 1×1 conv on each of K channel groups: a matmul over K times the rows when
+    channels-last, a grouped conv of repeated filters otherwise; value and gradients as K convs."""
+    g = torch.Generator().manual_seed(4)
+    c, o = 4, 6
+    x = _layout(torch.randn(2, K * c, 5, 3, generator=g, dtype=torch.float64), channels_last)
+    w = torch.randn(o, c // groups, 1, 1, generator=g, dtype=torch.float64)
+    bvec = torch.randn(o, generator=g, dtype=torch.float64) if bias else None
+    a, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    got = pointwise_conv(a, wa, bvec, groups, channel_groups=K)
+    b, wb = x.clone().requires_grad_(), w.clone().requires_grad_()
+    expected = torch.cat([F.conv2d(t, wb, bvec, groups=groups) for t in _groups(b)], dim=1)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, **TOL)
+    grad = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    _equal_grads(got, expected, [a, wa], [b, wb], grad)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("matmul", [False, True])
+def test_a_module_conv_on_channel_groups_equals_the_module_on_each(kernel, matmul):
+    """:func:`shared_module_conv` (the cell's preprocessing conv on the G resolutions at once)."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 5, kernel, padding=kernel // 2, bias=True).double()
+    x = _layout(torch.randn(2, K * 4, 6, 7, dtype=torch.float64), True).requires_grad_()
+    got = shared_module_conv(conv, x, K, matmul)
+    expected = torch.cat([conv(t) for t in _groups(x)], dim=1)
+    assert torch.allclose(got, expected, **TOL)
+    grad = torch.randn(got.shape, dtype=torch.float64)
+    for u, v in zip(
+        torch.autograd.grad(got, [x, conv.weight, conv.bias], grad),
+        torch.autograd.grad(expected, [x, conv.weight, conv.bias], grad),
+        strict=True,
+    ):
+        assert torch.allclose(u, v, **TOL)
+
+
+def test_the_supernet_takes_the_channel_grouped_path_where_it_applies(monkeypatch):
+    """By default every node with two or more incoming resolutions runs its cell with them in the
+    channels; switched off, or with partial channels, none does (so that the exactness tests of
+    ``tests/test_perf_exactness.py`` compare the path they mean to)."""
+    import autodeeplab.fast.cell as cell_module
+    from autodeeplab.fast.supernet import build_supernet
+    from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
+    from autodeeplab.space.autodeeplab.topology import incoming_edges
+
+    calls: list[int] = []
+    original = cell_module._channel_grouped_blocks
+
+    def counted(cell, s0, s1, alpha, groups, execution):
+        calls.append(groups)
+        return original(cell, s0, s1, alpha, groups, execution)
+
+    monkeypatch.setattr(cell_module, "_channel_grouped_blocks", counted)
+    space = dict(filter_multiplier=2, num_layers=3, num_levels=3, num_blocks=2, stem_channels=(2, 2, 4))
+    x = torch.randn(2, 3, 17, 17)
+    expected = sorted(
+        len(incoming_edges(layer, level, 3))
+        for layer in range(1, 4)
+        for level in range(3)
+        if len(incoming_edges(layer, level, 3)) > 1
+    )
+    for execution, partial, used in [
+        (ExecutionConfig(), 1, True),
+        (ExecutionConfig(groups_in_channels=False), 1, False),
+        (ExecutionConfig(), 2, False),
+    ]:
+        calls.clear()
+        net = build_supernet(SearchSpaceConfig(**space, partial_channels=partial), 3, execution=execution)
+        net(x)
+        assert sorted(calls) == (expected if used else [])
+    assert uses_channel_groups(ExecutionConfig(), 1, 1) is False  # one resolution: nothing to group
+    assert uses_channel_groups(ExecutionConfig(repeat_separable_input=False), 1, 3) is False
+
+
+@pytest.mark.parametrize("shape", [(2, 3 * 4, 5, 6), (2, 3 * 4, 3, 4, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_moving_the_groups_to_the_batch_axis_and_back(shape, channels_last):
+    """:func:`to_batch` stacks the K channel groups on the batch axis (group-major, as the batch layout
+    does) in the input's memory format, and :func:`from_batch` undoes it exactly."""
+    from autodeeplab.fast.channel_groups import from_batch, to_batch
+    from autodeeplab.fast.pointwise import is_channels_last
+
+    x = _layout(torch.randn(*shape, dtype=torch.float64), channels_last)
+    batch = to_batch(x, K)
+    assert torch.equal(batch, torch.cat(_groups(x), dim=0))
+    assert is_channels_last(batch) == is_channels_last(x)
+    back = from_batch(batch, K)
+    assert torch.equal(back, x) and is_channels_last(back) == is_channels_last(x)
+    small = _layout(torch.randn(2, K * 2, *shape[2:], dtype=torch.float64), channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: from_batch(to_batch(t, K) * 2.0, K), (small,))
+    assert torch.autograd.gradcheck(lambda t: to_batch(t, K), (small,))
