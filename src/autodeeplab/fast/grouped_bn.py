@@ -181,9 +181,8 @@ def multi_batch_norm(
         return _normalize(x, weight, bias, first.eps, stats, first.momentum if record else 0.0)
     y, means, invstds = _grouped_normalize(x, groups, weight, bias, first.eps)
     if record:
-        if k > 1:  # one [K·E·C] → the K groups' [E·C], in group order
-            means, invstds = means[0].chunk(k), invstds[0].chunk(k)
-        record_running_stats(bns, means, invstds, _count(x, groups), repeats)
+        # with K channel groups: one [K·E·C] each, the groups side by side
+        record_running_stats(bns, means, invstds, _count(x, groups), repeats, in_channels=k > 1)
     return y
 
 
@@ -213,7 +212,5 @@ def shared_batch_norm(
     record = first.track_running_stats and not _FROZEN.get()
     y, means, invstds = _grouped_normalize(x, groups, None, None, first.eps)
     if record:  # the same statistics for every module
-        if k > 1:
-            means, invstds = means[0].chunk(k), invstds[0].chunk(k)
-        record_running_stats(bns, means, invstds, _count(x, groups), repeats, shared=True)
+        record_running_stats(bns, means, invstds, _count(x, groups), repeats, shared=True, in_channels=k > 1)
     return y

@@ -37,15 +37,21 @@ _PENDING: contextvars.ContextVar[_PendingUpdates | None] = contextvars.ContextVa
 @dataclass
 class _Item:
     """One fused call's statistics: G batch means and inverse deviations ``1/sqrt(biased var + eps)``, each
-    ``[E·C]`` (``[C]`` when ``shared``: the same for the E modules), over ``count`` values per channel."""
+    ``[E·C]`` (``[C]`` when ``shared``: the same for the E modules), over ``count`` values per channel; or,
+    with ``in_channels``, one ``[G·E·C]`` (``[G·C]``) tensor each, the G groups side by side."""
 
     bns: Sequence[nn.Module]
     means: list[torch.Tensor]
     invstds: list[torch.Tensor]
     shared: bool
+    in_channels: bool = False
 
     def per_module(self, stats: list[torch.Tensor], g: int) -> list[torch.Tensor]:
         return [stats[g]] * len(self.bns) if self.shared else [stats[g]]
+
+    def layout(self) -> tuple[bool, int, int]:
+        """What :func:`_group_index` needs to know of this item: shared, module count, values per group."""
+        return self.shared, len(self.bns), self.means[0].numel()
 
 
 class _PendingUpdates:
@@ -68,7 +74,10 @@ class _PendingUpdates:
             self.apply()
         self._owed.update(map(id, bns))
         mean = item.means[0]
-        self._items[(len(item.means), repeats, momentum, eps, count, mean.dtype, mean.device)].append(item)
+        groups = mean.numel() // (1 if item.shared else len(bns)) // bns[0].running_mean.numel()
+        groups = groups if item.in_channels else len(item.means)
+        key = (groups, repeats, momentum, eps, count, mean.dtype, mean.device, item.in_channels)
+        self._items[key].append(item)
 
     def apply(self) -> None:
         with torch.no_grad():
@@ -90,21 +99,63 @@ def _coefficients(weights: tuple[float, ...], dtype, device) -> torch.Tensor:
     return _COEFFICIENTS[key]
 
 
+_INDICES: dict[tuple, torch.Tensor] = {}
+
+
+def _group_index(layouts: tuple[tuple[bool, int, int], ...], groups: int, device) -> torch.Tensor:
+    """``[G, Σ channels]`` positions in the concatenation of items whose G groups lie side by side
+    (``[G·X]`` each): row g lists, item after item and module after module, where group g's statistics of
+    each module are (a shared item's ``[C]`` once per module). Made once per layout and device."""
+    key = (layouts, groups, device)
+    if key not in _INDICES:
+        rows: list[list[int]] = [[] for _ in range(groups)]
+        offset = 0
+        for shared, modules, total in layouts:
+            per_group = total // groups
+            width = per_group if shared else per_group // modules
+            for g in range(groups):
+                start = offset + g * per_group
+                for m in range(modules):
+                    first = start if shared else start + m * width
+                    rows[g].extend(range(first, first + width))
+            offset += total
+        _INDICES[key] = torch.tensor(rows, device=device)
+    return _INDICES[key]
+
+
+def _stacked(items: list[_Item], groups: int, in_channels: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items' means and inverse deviations as ``[G, Σ channels]`` (module order within a group)."""
+    names = ("means", "invstds")
+    if in_channels:  # one gather from the concatenation, where a split per item would cost a dispatch each
+        index = _group_index(tuple(it.layout() for it in items), groups, device)
+        means, invstds = (torch.cat([getattr(it, name)[0] for it in items])[index] for name in names)
+        return means, invstds
+    out = []
+    for name in names:
+        rows = [[t for it in items for t in it.per_module(getattr(it, name), g)] for g in range(groups)]
+        out.append(torch.stack([torch.cat(row) for row in rows]))
+    return out[0], out[1]
+
+
 def _apply_kind(
-    groups: int, repeats: int, momentum: float, eps: float, count: int, dtype, device, items: list[_Item]
+    groups: int,
+    repeats: int,
+    momentum: float,
+    eps: float,
+    count: int,
+    dtype,
+    device,
+    in_channels: bool,
+    items: list[_Item],
 ) -> None:
-    """The closed-form update of every module in ``items`` (all alike in G, R, momentum, eps and count)."""
+    """The closed-form update of every module in ``items`` (all alike in G, R, momentum, eps, count and
+    layout)."""
     decay = (1.0 - momentum) ** repeats
     weights = [(1.0 - decay) * decay ** (groups - 1 - g) for g in range(groups)]
     coef = _coefficients(tuple(weights), dtype, device)
     modules = [bn for item in items for bn in item.bns]
     sizes = [bn.running_mean.numel() for bn in modules]
-    means = torch.stack(
-        [torch.cat([m for it in items for m in it.per_module(it.means, g)]) for g in range(groups)]
-    )
-    invstds = torch.stack(
-        [torch.cat([s for it in items for s in it.per_module(it.invstds, g)]) for g in range(groups)]
-    )
+    means, invstds = _stacked(items, groups, in_channels, device)
     # The unbiased variance the running statistics track, from the kernel's 1/sqrt(biased variance + eps).
     variances = (invstds.pow(-2) - eps) * (count / max(count - 1, 1))
     for name, stats in (("running_mean", means), ("running_var", variances)):
@@ -122,15 +173,17 @@ def record_running_stats(
     count: int,
     repeats: int = 1,
     shared: bool = False,
+    in_channels: bool = False,
 ) -> None:
     """Owe E modules ``bns`` (C channels each) the statistics of G groups, each recorded ``repeats`` times.
 
     ``means``/``invstds``: G tensors ``[E·C]`` (``[C]`` with ``shared``: one normalisation recorded by every
     module), group order = call order: the batch means and ``1/sqrt(biased variance + eps)`` as
-    ``torch.native_batch_norm`` returns them, over ``count`` values per channel. Applied now, or when the
-    enclosing :func:`batched_running_stats` ends.
+    ``torch.native_batch_norm`` returns them, over ``count`` values per channel; with ``in_channels``, one
+    tensor ``[G·E·C]`` (``[G·C]``) each, the groups side by side (one call on channel groups). Applied now,
+    or when the enclosing :func:`batched_running_stats` ends.
     """
-    item = _Item(bns, list(means), list(invstds), shared)
+    item = _Item(bns, list(means), list(invstds), shared, in_channels)
     pending = _PENDING.get()
     if pending is not None:
         pending.add(item, count, repeats)
