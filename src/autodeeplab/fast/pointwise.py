@@ -73,20 +73,15 @@ def _channels_last_like(t: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=_CHANNELS_LAST[t.dim()])
 
 
-def _per_group(rows: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
-    """``rows`` ``[M, G·K]`` (a matrix) times one ``[K, J]`` matrix per group (``mats`` ``[G, K, J]``) →
-    ``[G, M, J]``: the grouped 1×1 conv's forward and input gradient alike."""
-    groups, k = mats.shape[0], mats.shape[1]
+def _per_group(rows: torch.Tensor, mats: torch.Tensor, out: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """``rows`` ``[M, G·I]`` (a matrix) times one ``[I, J]`` matrix per group (``mats`` ``[G, I, J]``),
+    written into the channels-last ``out`` ``[N, K·G·J, *S]`` (group-major channels within each of its K
+    channel groups, whose rows M counts): the grouped 1×1 conv's forward and input gradient alike. One
+    ``bmm`` straight into ``out``'s strided ``[G, M, J]`` view (a BLAS-compatible layout: no copy after)."""
+    groups, i, j = mats.shape
     m = rows.shape[0]
-    by_group = rows.as_strided((groups, m, k), (k, rows.stride(0), 1), rows.storage_offset())
-    return torch.bmm(by_group, mats)
-
-
-def _from_groups(product: torch.Tensor, out: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """Write ``[G, M, J]`` into the channels-last ``out`` ``[N, K·G·J, *S]`` (group-major channels within
-    each of the K channel groups, whose rows M counts)."""
-    groups, m, j = product.shape
-    _matrix(out, k).as_strided((groups, m, j), (j, groups * j, 1)).copy_(product)
+    by_group = rows.as_strided((groups, m, i), (i, rows.stride(0), 1), rows.storage_offset())
+    torch.bmm(by_group, mats, out=_matrix(out, k).as_strided((groups, m, j), (j, groups * j, 1)))
     return out
 
 
@@ -105,7 +100,7 @@ class _PointwiseConv(torch.autograd.Function):
             torch.mm(_matrix(x, k), weight.t(), out=_matrix(out, k))
         else:  # weight [O, C/G] → per group [C/G, O/G]
             mats = weight.view(groups, weight.shape[0] // groups, weight.shape[1]).transpose(1, 2)
-            _from_groups(_per_group(_matrix(x, k), mats), out, k)
+            _per_group(_matrix(x, k), mats, out, k)
         if bias is not None:
             _matrix(out, k).add_(bias)
         return out
@@ -122,7 +117,7 @@ class _PointwiseConv(torch.autograd.Function):
             if groups == 1:
                 torch.mm(g, weight, out=_matrix(grad_x, k))
             else:  # per group through [O/G, C/G]
-                _from_groups(_per_group(g, weight.view(groups, out_channels // groups, c_in)), grad_x, k)
+                _per_group(g, weight.view(groups, out_channels // groups, c_in), grad_x, k)
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
             x2 = _matrix(x, k)
             if groups == 1:
