@@ -124,6 +124,9 @@ def test_repeated_depthwise_conv_in_channel_groups_equals_the_groups_one_by_one(
     w = torch.randn(K * edges * c, 1, *(3,) * dims, generator=g, dtype=torch.float64)
     repeated = repeat_edge_major(x, edges, K)
     assert torch.equal(repeated, torch.cat([repeat_edge_major(t, edges) for t in _groups(x)], dim=1))
+    # channels-last images stay channels-last; volumes come contiguous (ops.primitives.depthwise_input)
+    layout = torch.channels_last if channels_last and dims == 2 else torch.contiguous_format
+    assert repeated.is_contiguous(memory_format=layout)
     conv_args = ((stride,) * dims, (1,) * dims, (1,) * dims)
     a, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
     b, wb = x.clone().requires_grad_(), w.clone().requires_grad_()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from autodeeplab.fast.pointwise import from_rows, to_rows
 from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function, depthwise_input
 
@@ -74,24 +73,37 @@ def depthwise_conv(
     return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))
 
 
+def _edge_view(t: torch.Tensor, k: int, edges: int, c: int, repeat: bool) -> torch.Tensor:
+    """``t`` as ``[N, K, E, C, *S]``: ``t`` ``[N, K·C, *S]`` with stride 0 over E (``repeat``), or ``t``
+    ``[N, K·E·C, *S]``. One ``as_strided`` of ``t``'s own strides, whatever its layout."""
+    s = t.stride()
+    inner = (0, s[1]) if repeat else (c * s[1], s[1])
+    group = c * s[1] if repeat else edges * c * s[1]
+    return t.as_strided((t.shape[0], k, edges, c, *t.shape[2:]), (s[0], group, *inner, *s[2:]))
+
+
 def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> torch.Tensor:
     """``[N, C, *S]`` → ``[N, E·C, *S]``, channel i·C + c a copy of channel c: one copy, channels-last for a
     channels-last image batch and contiguous otherwise (volumes included, see
     :func:`autodeeplab.ops.primitives.depthwise_input`). With ``channel_groups`` K, ``x`` ``[N, K·C, *S]``
     holds K inputs side by side and each is repeated in place: ``[N, K·E·C, *S]``, channel (k·E + i)·C + c
-    a copy of channel k·C + c."""
-    n, k = x.shape[0], channel_groups
+    a copy of channel k·C + c. Four dispatches: the result, two strided views and the copy."""
+    k = channel_groups
     c = x.shape[1] // k
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        rows = to_rows(x)  # channels-last: the copy is made as [N, *S, (K,) E, C] rows, one pass
-        if k == 1:
-            return from_rows(rows.unsqueeze(-2).expand(*rows.shape[:-1], edges, c).flatten(-2))
-        grouped = rows.view(*rows.shape[:-1], k, 1, c).expand(*rows.shape[:-1], k, edges, c)
-        return from_rows(grouped.flatten(-3))
-    if k == 1:
-        return x.unsqueeze(1).expand(n, edges, *x.shape[1:]).flatten(1, 2)
-    spatial = x.shape[2:]
-    return x.view(n, k, 1, c, *spatial).expand(n, k, edges, c, *spatial).flatten(1, 3)
+    image = x.dim() == 4 and not x.is_contiguous()
+    layout = torch.channels_last if image and x.is_contiguous(memory_format=torch.channels_last) else None
+    layout = layout or torch.contiguous_format
+    shape = (x.shape[0], k * edges * c, *x.shape[2:])
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    _edge_view(out, k, edges, c, repeat=False).copy_(_edge_view(x, k, edges, c, repeat=True))
+    return out
+
+
+def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
+    """The backward of :func:`repeat_edge_major`: ``[N, K·E·C, *S]`` → ``[N, K·C, *S]``, each channel's E
+    copies' gradients summed (in ``grad``'s layout)."""
+    c = grad.shape[1] // (k * edges)
+    return _edge_view(grad, k, edges, c, repeat=False).sum(2).flatten(1, 2)
 
 
 class _RepeatedDepthwise(torch.autograd.Function):
@@ -127,15 +139,7 @@ class _RepeatedDepthwise(torch.autograd.Function):
         )
         grad_x = None
         if grad_repeated is not None:  # the repeat's backward: the E copies' gradients summed
-            c = x.shape[1] // k
-            split = (edges, c) if k == 1 else (k, edges, c)
-            if grad_repeated.is_contiguous():
-                grad_x = grad_repeated.unflatten(1, split).sum(len(split) - 1)
-                grad_x = grad_x if k == 1 else grad_x.flatten(1, 2)
-            else:
-                rows = to_rows(grad_repeated)
-                summed = rows.unflatten(-1, split).sum(-2)
-                grad_x = from_rows(summed if k == 1 else summed.flatten(-2))
+            grad_x = _sum_edge_copies(grad_repeated, k, edges)
         return grad_x, grad_w, None, None, None, None
 
 

@@ -55,16 +55,14 @@ def from_rows(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, y.dim() - 1, *range(1, y.dim() - 1))
 
 
-def _matrix(t: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """A channels-last ``[N, K·C, *S]`` tensor as the ``[N·prod(S)·K, C]`` matrix it is in memory: one
-    ``as_strided`` (a permute and a reshape would be two dispatches, and the products below take views)."""
+def _matrix(t: torch.Tensor, k: int = 1, transposed: bool = False) -> torch.Tensor:
+    """A channels-last ``[N, K·C, *S]`` tensor as the ``[N·prod(S)·K, C]`` matrix it is in memory (its
+    transpose ``[C, N·prod(S)·K]`` when ``transposed``): one ``as_strided`` (a permute and a reshape would
+    be two dispatches, and the products below take views)."""
     c = t.shape[1] // k
+    if transposed:
+        return t.as_strided((c, t.numel() // c), (1, c))
     return t.as_strided((t.numel() // c, c), (c, 1))
-
-
-def _rows_matrix(t: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """:func:`_matrix` of ``t``, of a channels-last copy if ``t`` is not (a gradient may not be)."""
-    return _matrix(t if is_channels_last(t) else t.contiguous(memory_format=_CHANNELS_LAST[t.dim()]), k)
 
 
 def _channels_last_like(t: torch.Tensor, channels: int) -> torch.Tensor:
@@ -73,16 +71,14 @@ def _channels_last_like(t: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=_CHANNELS_LAST[t.dim()])
 
 
-def _per_group(rows: torch.Tensor, mats: torch.Tensor, out: torch.Tensor, k: int = 1) -> torch.Tensor:
-    """``rows`` ``[M, G·I]`` (a matrix) times one ``[I, J]`` matrix per group (``mats`` ``[G, I, J]``),
-    written into the channels-last ``out`` ``[N, K·G·J, *S]`` (group-major channels within each of its K
-    channel groups, whose rows M counts): the grouped 1×1 conv's forward and input gradient alike. One
-    ``bmm`` straight into ``out``'s strided ``[G, M, J]`` view (a BLAS-compatible layout: no copy after)."""
-    groups, i, j = mats.shape
-    m = rows.shape[0]
-    by_group = rows.as_strided((groups, m, i), (i, rows.stride(0), 1), rows.storage_offset())
-    torch.bmm(by_group, mats, out=_matrix(out, k).as_strided((groups, m, j), (j, groups * j, 1)))
-    return out
+def _by_group(t: torch.Tensor, k: int, groups: int, transposed: bool = False) -> torch.Tensor:
+    """A channels-last ``[N, K·G·I, *S]`` tensor as the ``[G, M, I]`` view of its G channel groups' rows
+    (M = N·prod(S)·K), or ``[G, I, M]`` when ``transposed``: one ``as_strided``."""
+    i = t.shape[1] // (k * groups)
+    m = t.numel() // (groups * i)
+    if transposed:
+        return t.as_strided((groups, i, m), (i, 1, groups * i))
+    return t.as_strided((groups, m, i), (i, groups * i, 1))
 
 
 class _PointwiseConv(torch.autograd.Function):
@@ -98,9 +94,9 @@ class _PointwiseConv(torch.autograd.Function):
         out = _channels_last_like(x, k * weight.shape[0])
         if groups == 1:
             torch.mm(_matrix(x, k), weight.t(), out=_matrix(out, k))
-        else:  # weight [O, C/G] → per group [C/G, O/G]
+        else:  # weight [O, C/G] → per group [C/G, O/G]; the bmm writes into out's strided [G, M, O/G] view
             mats = weight.view(groups, weight.shape[0] // groups, weight.shape[1]).transpose(1, 2)
-            _per_group(_matrix(x, k), mats, out, k)
+            torch.bmm(_by_group(x, k, groups), mats, out=_by_group(out, k, groups))
         if bias is not None:
             _matrix(out, k).add_(bias)
         return out
@@ -109,26 +105,25 @@ class _PointwiseConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         groups, k = ctx.groups, ctx.k
-        g = _rows_matrix(grad, k)  # [M·K, O]
+        if not is_channels_last(grad):  # a gradient may come in another layout
+            grad = grad.contiguous(memory_format=_CHANNELS_LAST[grad.dim()])
         out_channels, c_in = weight.shape[0], weight.shape[1]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
             grad_x = _channels_last_like(x, x.shape[1])
             if groups == 1:
-                torch.mm(g, weight, out=_matrix(grad_x, k))
+                torch.mm(_matrix(grad, k), weight, out=_matrix(grad_x, k))
             else:  # per group through [O/G, C/G]
-                _per_group(g, weight.view(groups, out_channels // groups, c_in), grad_x, k)
+                mats = weight.view(groups, out_channels // groups, c_in)
+                torch.bmm(_by_group(grad, k, groups), mats, out=_by_group(grad_x, k, groups))
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
-            x2 = _matrix(x, k)
             if groups == 1:
-                grad_w = g.t().mm(x2)
+                grad_w = torch.mm(_matrix(grad, k, transposed=True), _matrix(x, k))
             else:
-                per = out_channels // groups
-                gg = g.as_strided((groups, per, g.shape[0]), (per, 1, g.stride(0)), g.storage_offset())
-                xg = x2.as_strided((groups, x2.shape[0], c_in), (c_in, x2.stride(0), 1), x2.storage_offset())
-                grad_w = torch.bmm(gg, xg).view(out_channels, c_in)
+                gg = _by_group(grad, k, groups, transposed=True)  # [G, O/G, M]
+                grad_w = torch.bmm(gg, _by_group(x, k, groups)).view(out_channels, c_in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g.sum(0)
+            grad_b = _matrix(grad, k).sum(0)
         return grad_x, grad_w, grad_b, None, None
 
 
