@@ -81,6 +81,16 @@ def _by_group(t: torch.Tensor, k: int, groups: int, transposed: bool = False) ->
     return t.as_strided((groups, m, i), (i, groups * i, 1))
 
 
+def _group_filters(weight: torch.Tensor, groups: int, transposed: bool) -> torch.Tensor:
+    """A grouped 1×1 conv's filters ``[O, C/G, 1…]`` as G matrices ``[O/G, C/G]`` (``[C/G, O/G]`` when
+    ``transposed``): one ``as_strided`` of the filters' own strides."""
+    per, c = weight.shape[0] // groups, weight.shape[1]
+    s0, s1 = weight.stride(0), weight.stride(1)
+    if transposed:
+        return weight.as_strided((groups, c, per), (per * s0, s1, s0))
+    return weight.as_strided((groups, per, c), (per * s0, s0, s1))
+
+
 class _PointwiseConv(torch.autograd.Function):
     """The matmul form with its own backward, so that autograd keeps ``x`` itself (``[N, C, *S]``), as
     the convolution does: the saved-activation accounting sees the same tensors either way."""
@@ -94,8 +104,8 @@ class _PointwiseConv(torch.autograd.Function):
         out = _channels_last_like(x, k * weight.shape[0])
         if groups == 1:
             torch.mm(_matrix(x, k), weight.t(), out=_matrix(out, k))
-        else:  # weight [O, C/G] → per group [C/G, O/G]; the bmm writes into out's strided [G, M, O/G] view
-            mats = weight.view(groups, weight.shape[0] // groups, weight.shape[1]).transpose(1, 2)
+        else:  # weight [O, C/G, 1…] → per group [C/G, O/G]; the bmm writes into out's [G, M, O/G] view
+            mats = _group_filters(weight, groups, transposed=True)
             torch.bmm(_by_group(x, k, groups), mats, out=_by_group(out, k, groups))
         if bias is not None:
             _matrix(out, k).add_(bias)
@@ -107,21 +117,20 @@ class _PointwiseConv(torch.autograd.Function):
         groups, k = ctx.groups, ctx.k
         if not is_channels_last(grad):  # a gradient may come in another layout
             grad = grad.contiguous(memory_format=_CHANNELS_LAST[grad.dim()])
-        out_channels, c_in = weight.shape[0], weight.shape[1]
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
             grad_x = _channels_last_like(x, x.shape[1])
             if groups == 1:
                 torch.mm(_matrix(grad, k), weight, out=_matrix(grad_x, k))
             else:  # per group through [O/G, C/G]
-                mats = weight.view(groups, out_channels // groups, c_in)
+                mats = _group_filters(weight, groups, transposed=False)
                 torch.bmm(_by_group(grad, k, groups), mats, out=_by_group(grad_x, k, groups))
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
             if groups == 1:
                 grad_w = torch.mm(_matrix(grad, k, transposed=True), _matrix(x, k))
             else:
                 gg = _by_group(grad, k, groups, transposed=True)  # [G, O/G, M]
-                grad_w = torch.bmm(gg, _by_group(x, k, groups)).view(out_channels, c_in)
+                grad_w = torch.bmm(gg, _by_group(x, k, groups)).view(weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = _matrix(grad, k).sum(0)
         return grad_x, grad_w, grad_b, None, None
@@ -146,7 +155,9 @@ def pointwise_conv(
             weight = weight.repeat(k, *([1] * (weight.dim() - 1)))
             bias = bias.repeat(k) if bias is not None else None
         return conv_function(x.dim() - 2)(x, weight, bias, 1, 0, 1, groups * k)
-    return apply_like_autocast_conv(_PointwiseConv, x, weight.reshape(weight.shape[0], -1), bias, groups, k)
+    # grouped: the filters as they are (the function views them per group); else as the [O, C] matrix
+    w = weight if groups > 1 else weight.reshape(weight.shape[0], -1)
+    return apply_like_autocast_conv(_PointwiseConv, x, w, bias, groups, k)
 
 
 def apply_conv(conv: nn.Module, x: torch.Tensor, *, pointwise_as_matmul: bool) -> torch.Tensor:
