@@ -188,7 +188,7 @@ def test_3d_bf16_steps_of_the_other_networks_give_depthwise_convs_contiguous_vol
     y = torch.randint(0, net(x[:1]).shape[1], (2, 16, 12, 20), generator=g)
     with autocast("bf16", "cpu"):
         loss = nn.functional.cross_entropy(net(x).float(), y)
-    # the found network's sep convs are depthwise; DiNTS has none (nothing seen)
-    assert _depthwise_inputs_in_backward(loss) == ({True} if model == "found" else set())
+    seen = _depthwise_inputs_in_backward(loss)
+    assert seen <= {True} and (seen or model != "found")  # the found network's sep convs are depthwise
     grads = [p.grad for p in net.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(t).all() for t in grads)
