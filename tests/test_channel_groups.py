@@ -219,17 +219,46 @@ def test_the_supernet_takes_the_channel_grouped_path_where_it_applies(monkeypatc
 @pytest.mark.parametrize("shape", [(2, 3 * 4, 5, 6), (2, 3 * 4, 3, 4, 5)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_moving_the_groups_to_the_batch_axis_and_back(shape, channels_last):
-    """:func:`to_batch` stacks the K channel groups on the batch axis (group-major, as the batch layout
-    does) in the input's memory format, and :func:`from_batch` undoes it exactly."""
-    from autodeeplab.fast.channel_groups import from_batch, to_batch
+    """The copy between the layouts stacks the K channel groups on the batch axis (group-major, as the
+    batch layout does) in the input's memory format, and the opposite copy undoes it exactly."""
+    from autodeeplab.fast.channel_groups import _regroup
     from autodeeplab.fast.pointwise import is_channels_last
 
     x = _layout(torch.randn(*shape, dtype=torch.float64), channels_last)
-    batch = to_batch(x, K)
+    batch = _regroup(x, K, to_batch_axis=True)
     assert torch.equal(batch, torch.cat(_groups(x), dim=0))
     assert is_channels_last(batch) == is_channels_last(x)
-    back = from_batch(batch, K)
+    back = _regroup(batch, K, to_batch_axis=False)
     assert torch.equal(back, x) and is_channels_last(back) == is_channels_last(x)
-    small = _layout(torch.randn(2, K * 2, *shape[2:], dtype=torch.float64), channels_last).requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: from_batch(to_batch(t, K) * 2.0, K), (small,))
-    assert torch.autograd.gradcheck(lambda t: to_batch(t, K), (small,))
+
+
+@pytest.mark.parametrize("spatial", [(9, 7), (5, 6, 4)])
+def test_dense_convs_through_the_batch_axis_equal_each_group_alone_and_keep_only_the_input(spatial):
+    """:func:`convs_on_the_batch_axis` (the atrous convs of a channel-grouped state): each result equals
+    the library's conv of every group, both gradients too, and the backward keeps ``x`` (and the filters)
+    only, not its batch-axis copy."""
+    from autodeeplab.fast.channel_groups import convs_on_the_batch_axis
+    from autodeeplab.fast.memory import SavedTensorCounter
+
+    g = torch.Generator().manual_seed(6)
+    dims, c = len(spatial), 3
+    conv_type = nn.Conv2d if dims == 2 else nn.Conv3d
+    likes = [conv_type(c, 4, 3, padding=2, dilation=2), conv_type(c, 2, 5, padding=4, dilation=2)]
+    x = _layout(torch.randn(2, K * c, *spatial, generator=g, dtype=torch.float64), True)
+    weights = [torch.randn(m.weight.shape, generator=g, dtype=torch.float64) for m in likes]
+    a, wa = x.clone().requires_grad_(), [w.clone().requires_grad_() for w in weights]
+    with SavedTensorCounter(exclude=wa) as counter:
+        got = convs_on_the_batch_axis(a, K, wa, likes)
+    b, wb = x.clone().requires_grad_(), [w.clone().requires_grad_() for w in weights]
+    conv = F.conv2d if dims == 2 else F.conv3d
+    expected = [
+        torch.cat([conv(t, w, None, 1, m.padding, m.dilation) for t in _groups(b)], dim=1)
+        for w, m in zip(wb, likes, strict=True)
+    ]
+    assert counter.total_bytes == x.numel() * x.element_size()  # x only
+    grads = [torch.randn(e.shape, generator=g, dtype=torch.float64) for e in expected]
+    for u, v in zip(got, expected, strict=True):
+        assert u.shape == v.shape and torch.allclose(u, v, **TOL)
+    got_grads = torch.autograd.grad(got, [a, *wa], grads)
+    for u, v in zip(got_grads, torch.autograd.grad(expected, [b, *wb], grads), strict=True):
+        assert torch.allclose(u, v, **TOL)

@@ -13,8 +13,9 @@ The operations change as follows (each equal to G separate calls up to float rou
 - a depthwise convolution: the filters repeated G times, G times the channels (a copy of the small
   filter tensor, summed back in the backward);
 - a dense convolution (the atrous convs): on the groups moved to the batch axis and back (a copy of the
-  input and one of the output, :func:`to_batch`, :func:`from_batch`), since a grouped convolution of
-  repeated filters is 1.1–4× slower on CPU (oneDNN, measured at the search's sizes);
+  input, shared by a state's convolutions, and one of each output: :func:`convs_on_the_batch_axis`), since
+  a grouped convolution of repeated filters is 1.1–4× slower on CPU (oneDNN, measured at the search's
+  sizes);
 - a 1×1 convolution of channels-last activations as a matmul: the G groups are G times the rows of the
   same matrix product, with no copy (:func:`autodeeplab.fast.pointwise.pointwise_conv`).
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.pointwise import _CHANNELS_LAST, is_channels_last, is_pointwise, pointwise_conv
+from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function
 
 
@@ -74,29 +76,63 @@ def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool) -> torch.Tensor:
     return out
 
 
-class _Regroup(torch.autograd.Function):
-    """:func:`_regroup` with the opposite copy as its backward: four dispatches each way, where the same
-    copy through permutes and reshapes costs about twice as many, and as many again in the backward."""
+class _ConvsOnTheBatchAxis(torch.autograd.Function):
+    """Dense convolutions of one input's K channel groups, each on the groups moved to the batch axis and
+    its result moved back: ``x`` ``[N, K·C, *S]`` → one ``[N, K·O_i, *S']`` per filter tensor
+    ``[O_i, C, *k]``.
+
+    Keeps ``x`` itself for the backward (saved anyway by the ReLU that made it and the separable convs), not
+    its batch-axis copy (one more activation per state, 2% of a search's at 321²): the backward makes the
+    copy again, once for all the convolutions."""
 
     @staticmethod
-    def forward(ctx, x, k: int, to_batch_axis: bool):  # noqa: D102
-        ctx.k, ctx.to_batch_axis = k, to_batch_axis
-        return _regroup(x, k, to_batch_axis)
+    def forward(ctx, x, k: int, convs: tuple, *weights):  # noqa: D102
+        ctx.save_for_backward(x, *weights)
+        ctx.k, ctx.convs = k, convs
+        on_batch, conv = _regroup(x, k, True), conv_function(x.dim() - 2)
+        return tuple(
+            _regroup(conv(on_batch, w, None, *arguments, 1), k, False)
+            for w, arguments in zip(weights, convs, strict=True)
+        )
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        return _regroup(grad, ctx.k, not ctx.to_batch_axis), None, None
+    def backward(ctx, *grads):  # noqa: D102
+        x, *weights = ctx.saved_tensors
+        k, needs = ctx.k, ctx.needs_input_grad
+        on_batch, grad_on_batch, grad_weights = _regroup(x, k, True), None, []
+        parts = zip(grads, weights, ctx.convs, strict=True)
+        for index, (grad, w, (stride, padding, dilation)) in enumerate(parts):
+            if grad is None:
+                grad_weights.append(None)
+                continue
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                _regroup(grad, k, True),
+                on_batch,
+                w,
+                None,
+                list(stride),
+                list(padding),
+                list(dilation),
+                False,
+                [0] * (x.dim() - 2),
+                1,
+                [needs[0], needs[3 + index], False],
+            )
+            grad_weights.append(grad_w)
+            if grad_x is not None:
+                grad_on_batch = grad_x if grad_on_batch is None else grad_on_batch.add_(grad_x)
+        grad_x = _regroup(grad_on_batch, k, False) if grad_on_batch is not None else None
+        return grad_x, None, None, *grad_weights
 
 
-def to_batch(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``[N, K·C, *S]`` (K channel groups) → ``[K·N, C, *S]`` (the groups stacked on the batch axis) in the
-    same memory format: one copy."""
-    return _Regroup.apply(x, k, True)
-
-
-def from_batch(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``[K·N, C, *S]`` → ``[N, K·C, *S]`` in the same memory format (one copy): :func:`to_batch` undone."""
-    return _Regroup.apply(x, k, False)
+def convs_on_the_batch_axis(
+    x: torch.Tensor, channel_groups: int, weights: list[torch.Tensor], likes: list[nn.Module]
+) -> tuple[torch.Tensor, ...]:
+    """Each dense convolution ``likes[i]`` (its stride, padding, dilation) with ``weights[i]``
+    ``[O_i, C, *k]`` of every channel group of ``x`` ``[N, K·C, *S]`` → ``[N, K·O_i, *S']`` each: through the
+    batch axis (see the module docstring), keeping only ``x`` for the backward."""
+    convs = tuple((tuple(m.stride), tuple(m.padding), tuple(m.dilation)) for m in likes)
+    return apply_like_autocast_conv(_ConvsOnTheBatchAxis, x, channel_groups, convs, *weights)
 
 
 def repeat_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:

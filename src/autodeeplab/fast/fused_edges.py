@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autodeeplab.fast.channel_groups import from_batch, repeat_filters, to_batch
+from autodeeplab.fast.channel_groups import convs_on_the_batch_axis, repeat_filters
 from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_conv
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
@@ -102,13 +102,12 @@ def stacked_filters(edges: list[nn.Module], execution: ExecutionConfig) -> dict[
     return out
 
 
-def _atrous(relu_x, edges, name, groups, repeats, scale, filters, k):
-    """``relu_x``: the ReLU of the input, with K > 1 channel groups already on the batch axis
-    (``[K·N, C, *S]``, see :mod:`autodeeplab.fast.channel_groups`) → ``[N, K·E·C, *S]``."""
+def _atrous(relu_x, edges, name, groups, repeats, scale, filters, k, z=None):
+    """``z``: the convolution's result when already made (K > 1 channel groups: by
+    :func:`autodeeplab.fast.channel_groups.convs_on_the_batch_axis`, for both atrous convs at once)."""
     ops = [e.op(name) for e in edges]  # ReLU → conv → BN
-    z = _conv(relu_x, filters[0], ops[0][1], 1)
-    if k > 1:
-        z = from_batch(z, k)
+    if z is None:
+        z = _conv(relu_x, filters[0], ops[0][1], 1)
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale, k)
 
 
@@ -209,11 +208,15 @@ def fused_mixed_ops(
         out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
     out = torch.addcmul(out, column["skip_connect"], _edge_rows(x, 1, k))
     filters = stacked_filters(edges, execution)
-    batch_relu_x = to_batch(relu_x, k) if k > 1 else relu_x  # for the dense convs, see _atrous
+    dense: dict[str, torch.Tensor] = {}
+    if k > 1:  # the dense convs through the batch axis, both at once (autodeeplab.fast.channel_groups)
+        likes = [edges[0].op(name)[1] for name in _ATROUS]
+        made = convs_on_the_batch_axis(relu_x, k, [filters[name][0] for name in _ATROUS], likes)
+        dense = dict(zip(_ATROUS, made, strict=True))
     for name in _ATROUS + _SEPARABLE:
         scale = column[name] if fold else None
         if name in _ATROUS:
-            y = _atrous(batch_relu_x, edges, name, groups, repeats, scale, filters[name], k)
+            y = _atrous(relu_x, edges, name, groups, repeats, scale, filters[name], k, dense.get(name))
         else:
             y = _separable(relu_x, edges, name, groups, repeats, scale, execution, filters[name], k)
         y = _edge_rows(y, e, k)
