@@ -35,8 +35,8 @@ import torch
 from machine_info import machine_info  # benchmarks/machine_info.py (this script's folder)
 
 from autodeeplab.ops.losses import DiceCELoss
-from autodeeplab.search.estimate import count_saved
 from autodeeplab.search.loop import arch_step, weight_step
+from autodeeplab.search.saved_memory import count_saved
 from autodeeplab.space.dints.network import DintsShape
 from autodeeplab.space.dints.supernet import DintsSupernet
 

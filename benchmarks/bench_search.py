@@ -207,7 +207,7 @@ def worker_memory(spec: dict) -> dict:
 
     from autodeeplab.fast.memory import SavedTensorCounter, peak_rss_bytes
     from autodeeplab.fast.precision import autocast
-    from autodeeplab.search.estimate import count_saved, scale_saved_bytes
+    from autodeeplab.search.saved_memory import count_saved, scale_saved_bytes
 
     calibration, target = spec.get("scaled_from"), spec["size"]
     if (

@@ -33,7 +33,7 @@ from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.fileio import atomic_write_text
 from autodeeplab.nets.network import build_network
 from autodeeplab.ops.losses import DiceCELoss
-from autodeeplab.search.estimate import count_saved
+from autodeeplab.search.saved_memory import count_saved
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 from autodeeplab.train.config import TrainConfig
 

@@ -12,8 +12,8 @@ from autodeeplab.fast.execution import ExecutionConfig, reference_switches
 from autodeeplab.fast.memory import SavedTensorCounter
 from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.search.config import SearchConfig
-from autodeeplab.search.estimate import count_saved, resolution_chain, scale_saved_bytes
 from autodeeplab.search.loop import make_optimizers, weight_step
+from autodeeplab.search.saved_memory import count_saved, resolution_chain, scale_saved_bytes
 from autodeeplab.space.autodeeplab.supernet import SearchNetwork, SearchSpaceConfig
 
 REFERENCE = ExecutionConfig(**reference_switches())

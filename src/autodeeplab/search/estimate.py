@@ -9,7 +9,7 @@ directly. Time: one weight step and one architecture step are timed at two calib
 target device (after a warm-up) and fitted as ``a + b · pixels``; the projected search multiplies by the
 number of steps, and adds each epoch's validation (an evaluation forward timed the same way, at the
 validation's image size, times the images validated). ``benchmarks/README.md`` compares both with
-measurements.
+measurements. The counting and scaling of saved activations live in :mod:`autodeeplab.search.saved_memory`.
 """
 
 from __future__ import annotations
@@ -24,16 +24,14 @@ from torch import nn
 
 from autodeeplab.data.registry import build_dataset, dataset_class
 from autodeeplab.errors import AutoDeepLabError
-from autodeeplab.fast.execution import Precision
-from autodeeplab.fast.memory import GIB, SavedRecord, SavedTensorCounter
-from autodeeplab.fast.precision import autocast
+from autodeeplab.fast.memory import GIB
 from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.ops.losses import make_loss
 from autodeeplab.runs.sampling import batches_per_epoch
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.dispatch_probe import count_search_steps, format_dispatches
-from autodeeplab.search.loop import arch_step, frozen, make_optimizers, weight_step
-from autodeeplab.space.autodeeplab.supernet import SearchNetwork
+from autodeeplab.search.loop import arch_step, make_optimizers, weight_step
+from autodeeplab.search.saved_memory import count_saved, scale_saved_bytes
 
 CALIBRATION_CROP = 97
 """Crop of the memory calibration: its resolutions (97, 49, 25, 13, 7, 4) differ from each other and from
@@ -74,61 +72,6 @@ def projected_search_seconds(
     epoch, an architecture step after each from epoch ``arch_start_epoch`` (0-based) on."""
     arch_epochs = max(epochs - arch_start_epoch, 0)
     return steps_per_epoch * (epochs * weight_step_seconds + arch_epochs * arch_step_seconds)
-
-
-def resolution_chain(size: int, count: int = 8) -> list[int]:
-    """Side of each resolution for an input side ``size``: input, then every stride-2 step (ceil)."""
-    chain = [size]
-    for _ in range(count - 1):
-        chain.append((chain[-1] + 1) // 2)
-    return chain
-
-
-def scale_saved_bytes(records: list[SavedRecord], calibration: int, target: int) -> int:
-    """Bytes the ``records`` counted at crop ``calibration`` would take at crop ``target``."""
-    source, goal = resolution_chain(calibration), resolution_chain(target)
-    ratio = {side: (goal[k] / side) ** 2 for k, side in enumerate(source) if side > 1}
-    total = 0.0
-    for record in records:
-        side = _square_side(record.shape, ratio)
-        total += record.nbytes * (ratio[side] if side else 1.0)
-    return int(round(total))
-
-
-def _square_side(shape: tuple[int, ...], sides: dict[int, float]) -> int | None:
-    """The spatial side of a saved tensor's owner: its last two dims (``[N, C, H, W]``) or, for an owner
-    made as channels-last rows (``[N, H, W, C]``), the two before the channels, or for rows of channel
-    groups (``[N, H, W, G, C]``, ``[N, H, W, G, E, C]``: the only owners of more than four dims in the 2D
-    search), the two after the batch."""
-    if len(shape) >= 5:
-        pairs = [shape[1:3]]
-    else:
-        pairs = [shape[-2:], shape[-3:-1]] if len(shape) >= 3 else [shape[-2:]] if len(shape) == 2 else []
-    for h, w in pairs:
-        if h == w and h in sides:
-            return h
-    return None
-
-
-def count_saved(
-    model: SearchNetwork,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    criterion: nn.Module,
-    step: str,
-    precision: Precision = "fp32",
-) -> list[SavedRecord]:
-    """Storages kept for the backward of a ``step`` (``weight`` or ``arch``) on ``images`` ``[N, 3, H, W]``.
-
-    Runs the forward and the loss as the step does (same frozen parameters, same ``precision``), no
-    backward.
-    """
-    model.train()
-    still = model.arch_parameters() if step == "weight" else list(model.weight_parameters())
-    counter = SavedTensorCounter(exclude=[*model.parameters(), *model.buffers()])
-    with frozen(still), counter, autocast(precision, images.device.type):
-        criterion(model(images), masks)
-    return counter.records
 
 
 @dataclass

@@ -14,7 +14,8 @@ from autodeeplab.runs.sampling import batches_per_epoch
 from autodeeplab.search.config import SearchConfig
 from autodeeplab.search.data import build_search_data
 from autodeeplab.search.dispatch_probe import count_search_steps
-from autodeeplab.search.estimate import SearchEstimate, _time_forward, _time_steps, count_saved
+from autodeeplab.search.estimate import SearchEstimate, _time_forward, _time_steps
+from autodeeplab.search.saved_memory import count_saved
 from autodeeplab.search.spaces import space_builder
 
 
