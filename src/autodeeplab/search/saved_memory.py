@@ -40,13 +40,14 @@ def scale_saved_bytes(records: list[SavedRecord], calibration: int, target: int)
 
 def _square_side(shape: tuple[int, ...], sides: dict[int, float]) -> int | None:
     """The spatial side of a saved tensor's owner: its last two dims (``[N, C, H, W]``) or, for an owner
-    made as channels-last rows (``[N, H, W, C]``), the two before the channels, or for rows of channel
-    groups (``[N, H, W, G, C]``, ``[N, H, W, G, E, C]``: the only owners of more than four dims in the 2D
-    search), the two after the batch."""
+    made as channels-last rows (``[N, H, W, C]``), the two before the channels. Owners of more than four
+    dims are either rows of channel groups (``[N, H, W, G, C]``, ``[N, H, W, G, E, C]``: the two after the
+    batch) or batch groups (``[G, N, C, H, W]``: the last two); when both pairs could be sides (tiny F and
+    batch), the larger is taken."""
     if len(shape) >= 5:
-        pairs = [shape[1:3]]
-    else:
-        pairs = [shape[-2:], shape[-3:-1]] if len(shape) >= 3 else [shape[-2:]] if len(shape) == 2 else []
+        found = [h for h, w in (shape[1:3], shape[-2:]) if h == w and h in sides]
+        return max(found) if found else None
+    pairs = [shape[-2:], shape[-3:-1]] if len(shape) >= 3 else [shape[-2:]] if len(shape) == 2 else []
     for h, w in pairs:
         if h == w and h in sides:
             return h
