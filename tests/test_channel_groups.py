@@ -262,3 +262,31 @@ def test_dense_convs_through_the_batch_axis_equal_each_group_alone_and_keep_only
     got_grads = torch.autograd.grad(got, [a, *wa], grads)
     for u, v in zip(got_grads, torch.autograd.grad(expected, [b, *wb], grads), strict=True):
         assert torch.allclose(u, v, **TOL)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_input_gradients_with_frozen_filters_come_from_a_stand_in_and_equal_the_librarys(channels_last):
+    """An architecture step freezes the filters: the repeated depthwise conv and the batch-axis convs then
+    give the input gradient from an uninitialised stand-in of the copied input (its shape and layout are
+    all the convolution's input gradient reads), equal to the library's."""
+    from autodeeplab.fast.channel_groups import convs_on_the_batch_axis
+
+    g = torch.Generator().manual_seed(7)
+    c = 3
+    x = _layout(torch.randn(2, K * c, 9, 7, generator=g, dtype=torch.float64), channels_last)
+    dw = torch.randn(K * 2 * c, 1, 5, 5, generator=g, dtype=torch.float64)  # frozen
+    dense = torch.randn(4, c, 3, 3, generator=g, dtype=torch.float64)
+    like = nn.Conv2d(c, 4, 3, padding=2, dilation=2)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = (
+        repeated_depthwise_conv(a, dw, (1, 1), (2, 2), (1, 1), K).sum()
+        + convs_on_the_batch_axis(a, K, [dense], [like])[0].square().sum()
+    )
+    repeated = torch.cat([repeat_edge_major(t, 2) for t in _groups(b)], dim=1)
+    expected = F.conv2d(repeated, dw, None, 1, 2, 1, K * 2 * c).sum()
+    expected = (
+        expected + torch.cat([F.conv2d(t, dense, None, 1, 2, 2) for t in _groups(b)], dim=1).square().sum()
+    )
+    (u,) = torch.autograd.grad(got, [a])
+    (v,) = torch.autograd.grad(expected, [b])
+    assert torch.allclose(u, v, **TOL)

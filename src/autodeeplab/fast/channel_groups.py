@@ -65,14 +65,16 @@ def _grouped_view(t: torch.Tensor, k: int, batch_major: bool) -> torch.Tensor:
     return t.as_strided((n, k, c, *t.shape[2:]), strides, t.storage_offset())
 
 
-def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool) -> torch.Tensor:
-    """The copy between the two layouts of K groups, into a new tensor of ``x``'s memory format."""
+def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool, values: bool = True) -> torch.Tensor:
+    """The copy between the two layouts of K groups, into a new tensor of ``x``'s memory format (without
+    ``values``: that tensor uninitialised, for a convolution backward that needs only its shape)."""
     if to_batch_axis:
         shape = (k * x.shape[0], x.shape[1] // k, *x.shape[2:])
     else:
         shape = (x.shape[0] // k, k * x.shape[1], *x.shape[2:])
     out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-    _grouped_view(out, k, to_batch_axis).copy_(_grouped_view(x, k, not to_batch_axis))
+    if values:
+        _grouped_view(out, k, to_batch_axis).copy_(_grouped_view(x, k, not to_batch_axis))
     return out
 
 
@@ -99,7 +101,10 @@ class _ConvsOnTheBatchAxis(torch.autograd.Function):
     def backward(ctx, *grads):  # noqa: D102
         x, *weights = ctx.saved_tensors
         k, needs = ctx.k, ctx.needs_input_grad
-        on_batch, grad_on_batch, grad_weights = _regroup(x, k, True), None, []
+        # the filters' gradients read x on the batch axis; x's gradient needs only its shape (an
+        # architecture step's frozen filters: no copy)
+        on_batch = _regroup(x, k, True, values=any(needs[3:]))
+        grad_on_batch, grad_weights = None, []
         parts = zip(grads, weights, ctx.convs, strict=True)
         for index, (grad, w, (stride, padding, dilation)) in enumerate(parts):
             if grad is None:

@@ -90,13 +90,18 @@ def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> t
     a copy of channel k·C + c. Four dispatches: the result, two strided views and the copy."""
     k = channel_groups
     c = x.shape[1] // k
-    image = x.dim() == 4 and not x.is_contiguous()
-    layout = torch.channels_last if image and x.is_contiguous(memory_format=torch.channels_last) else None
-    layout = layout or torch.contiguous_format
-    shape = (x.shape[0], k * edges * c, *x.shape[2:])
-    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    out = _repeat_target(x, edges, k)
     _edge_view(out, k, edges, c, repeat=False).copy_(_edge_view(x, k, edges, c, repeat=True))
     return out
+
+
+def _repeat_target(x: torch.Tensor, edges: int, k: int) -> torch.Tensor:
+    """An uninitialised tensor of :func:`repeat_edge_major`'s result's shape and layout: also what an
+    input-only gradient of the convolution needs of its input (the shape and layout, not the values)."""
+    image = x.dim() == 4 and not x.is_contiguous()
+    layout = torch.channels_last if image and x.is_contiguous(memory_format=torch.channels_last) else None
+    shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout or torch.contiguous_format)
 
 
 def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
@@ -124,9 +129,12 @@ class _RepeatedDepthwise(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         (stride, padding, dilation, k), spatial = ctx.conv, x.dim() - 2
         edges = weight.shape[0] // x.shape[1]
+        # the filters' gradient reads the repeated input; the input's gradient needs only its shape (an
+        # architecture step's frozen filters: no copy)
+        repeated = repeat_edge_major(x, edges, k) if ctx.needs_input_grad[1] else _repeat_target(x, edges, k)
         grad_repeated, grad_w, _ = torch.ops.aten.convolution_backward(
             grad,
-            repeat_edge_major(x, edges, k),
+            repeated,
             weight,
             None,
             list(stride),

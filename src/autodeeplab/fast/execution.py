@@ -63,12 +63,13 @@ class ExecutionConfig:
     iteration and −3% peak memory on CPU (benchmarks/README.md). Off: the depthwise conv with E filters
     per channel (``depthwise_flipped_grad`` applies there). Acts only within ``fuse_edges``."""
     groups_in_channels: bool = True
-    """With ``batch_node_inputs`` and ``fuse_edges``: a node's G incoming resolutions run side by side in
-    the channels (``[N, G·C, *S]``) instead of stacked on the batch axis, so that each batch norm is one
-    native call for all the groups (its statistics are per channel) instead of G calls and a ``cat``, and
-    the 1×1 convs are one matmul over G times the rows (:mod:`autodeeplab.fast.channel_groups`). Not with
-    partial channels (their channel split would cut across the groups: those cells stay on the batch
-    axis)."""
+    """With ``batch_node_inputs``, ``fuse_edges`` and ``repeat_separable_input``: a node's G incoming
+    resolutions run side by side in the channels (``[N, G·C, *S]``) instead of stacked on the batch axis,
+    so that each batch norm is one native call for all the groups (its statistics are per channel) instead
+    of G calls and a ``cat``, and the 1×1 convs are one matmul over G times the rows
+    (:mod:`autodeeplab.fast.channel_groups`). Measured −16% kernels and −2…−4% CPU time per search
+    iteration (benchmarks/README.md). Not with partial channels (their channel split would cut across the
+    groups: those cells stay on the batch axis), nor without the other three switches (it does nothing)."""
     batch_running_stats: bool = True
     """The fast path's BatchNorm running-statistics updates of a forward are applied together at its end,
     in closed form (:mod:`autodeeplab.fast.running_stats`), instead of a few tiny calls per batch norm.

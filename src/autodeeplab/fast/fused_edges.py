@@ -130,8 +130,6 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
         z = repeated_depthwise_conv(relu_x, dw, like.stride, like.padding, like.dilation, k)
         z = _pointwise(z, pw, ops[0][2], e, k, matmul)
         return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, k)
-    if k > 1:
-        raise ValueError("groups_in_channels needs repeat_separable_input")
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
     kernel = dw.shape[2:]
     dw = dw.reshape(e, c, *kernel).transpose(0, 1).reshape(c * e, 1, *kernel)

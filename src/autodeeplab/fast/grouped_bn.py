@@ -121,10 +121,11 @@ def _count(x: torch.Tensor, groups: int) -> int:
     return math.prod(x.shape[2:]) * x.shape[0] // groups
 
 
-def _channel_factor(t: torch.Tensor, per_module: int, channels: int, modules: int, k: int) -> torch.Tensor:
-    """A per-module ``[E]`` or per-channel ``[E·C]`` factor as one per channel of ``[N, K·E·C, *S]``."""
-    if t.shape[0] == modules and per_module > 1:
-        t = t.repeat_interleave(per_module)
+def _channel_factor(t: torch.Tensor, width: int, channels: int, modules: int, k: int) -> torch.Tensor:
+    """A factor per module ``[E]`` or per channel ``[E·C]`` (``width`` = C) as one per channel of the
+    ``channels`` = K·E·C of ``[N, K·E·C, *S]``."""
+    if t.shape[0] == modules and width > 1:
+        t = t.repeat_interleave(width)
     return t.repeat(k) if t.shape[0] != channels else t
 
 
@@ -198,7 +199,7 @@ def shared_batch_norm(
     """
     first, k = bns[0], channel_groups
     if groups > 1 and (repeats > 1 or k > 1):
-        raise ValueError("batch_norm: groups cannot exceed 1 with repeats or channel groups")
+        raise ValueError("shared_batch_norm: groups cannot exceed 1 with repeats or channel groups")
     if any(bn.affine for bn in bns):
         raise ValueError("shared_batch_norm: modules with affine parameters normalise differently")
     if not first.training and first.track_running_stats:

@@ -74,8 +74,9 @@ class _PendingUpdates:
             self.apply()
         self._owed.update(map(id, bns))
         mean = item.means[0]
-        groups = mean.numel() // (1 if item.shared else len(bns)) // bns[0].running_mean.numel()
-        groups = groups if item.in_channels else len(item.means)
+        groups = len(item.means)
+        if item.in_channels:  # one [G·E·C] (shared: [G·C]) tensor
+            groups = mean.numel() // (1 if item.shared else len(bns)) // bns[0].running_mean.numel()
         key = (groups, repeats, momentum, eps, count, mean.dtype, mean.device, item.in_channels)
         self._items[key].append(item)
 
