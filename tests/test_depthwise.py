@@ -100,3 +100,41 @@ def test_repeated_depthwise_conv_equals_the_conv_of_the_concatenated_input(spati
     ):
         assert torch.allclose(got, expected, **TOL)
     assert counter.total_bytes == x.numel() * x.element_size()  # x only, not its E copies
+
+
+@pytest.mark.parametrize("channel_groups", [1, 2])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_depthwise_convs_on_one_repeat_equal_one_call_each(channel_groups, frozen):
+    """Both sep convs' first depthwise convs (3×3 and 5×5) on one repeat of their common input: values and
+    gradients equal one :func:`repeated_depthwise_conv` each, with filters that learn or are frozen (an
+    architecture step), and only the input is kept for the backward."""
+    from torch import nn
+
+    from autodeeplab.fast.depthwise import repeated_depthwise_conv, repeated_depthwise_convs
+    from autodeeplab.fast.memory import SavedTensorCounter
+
+    g = torch.Generator().manual_seed(3)
+    k, edges, c = channel_groups, 3, 4
+    x = torch.randn(2, k * c, 9, 7, generator=g, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last
+    )
+    likes = [nn.Conv2d(c, c, 3, padding=1, groups=c), nn.Conv2d(c, c, 5, padding=2, groups=c)]
+    weights = [torch.randn(k * edges * c, 1, s, s, generator=g, dtype=torch.float64) for s in (3, 5)]
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    wa = [w.clone().requires_grad_(not frozen) for w in weights]
+    wb = [w.clone().requires_grad_(not frozen) for w in weights]
+    with SavedTensorCounter(exclude=wa) as counter:
+        got = repeated_depthwise_convs(a, wa, likes, k)
+    expected = [
+        repeated_depthwise_conv(b, w, m.stride, m.padding, m.dilation, k)
+        for w, m in zip(wb, likes, strict=True)
+    ]
+    assert counter.total_bytes == x.numel() * x.element_size()  # x only
+    grads = [torch.randn(e.shape, generator=g, dtype=torch.float64) for e in expected]
+    inputs_a, inputs_b = [a] + ([] if frozen else wa), [b] + ([] if frozen else wb)
+    for u, v in zip(got, expected, strict=True):
+        assert torch.allclose(u, v, **TOL)
+    for u, v in zip(
+        torch.autograd.grad(got, inputs_a, grads), torch.autograd.grad(expected, inputs_b, grads), strict=True
+    ):
+        assert torch.allclose(u, v, **TOL)

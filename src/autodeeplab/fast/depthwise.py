@@ -13,6 +13,7 @@ case keep the library's backward. Equal to the library's result up to float roun
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function, depthwise_input
@@ -112,43 +113,67 @@ def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
 
 
 class _RepeatedDepthwise(torch.autograd.Function):
-    """Depthwise conv of ``x`` ``[N, K·C, *S]`` repeated E times edge-major within each of its K channel
-    groups (:func:`repeat_edge_major`) with ``weight`` ``[K·E·C, 1, *k]``. Keeps ``x`` for the backward, not
-    its E-fold repeat (which autograd would keep as the conv's input, E activations more per call): the
-    backward repeats it again."""
+    """Depthwise convs of ``x`` ``[N, K·C, *S]`` repeated E times edge-major within each of its K channel
+    groups (:func:`repeat_edge_major`), one per filter tensor ``[K·E·C, 1, *k]`` (each with its own stride,
+    padding and dilation): the repeat is made once for all of them. Keeps ``x`` for the backward, not its
+    E-fold repeat (which autograd would keep as the convs' input, E activations more per call): the
+    backward repeats it again, once, and only when a filter gradient needs its values."""
 
     @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation, channel_groups):
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, dilation, channel_groups)
-        repeated = repeat_edge_major(x, weight.shape[0] // x.shape[1], channel_groups)
-        return conv_function(x.dim() - 2)(repeated, weight, None, stride, padding, dilation, weight.shape[0])
+    def forward(ctx, x, channel_groups: int, convs: tuple, *weights):
+        ctx.save_for_backward(x, *weights)
+        ctx.k, ctx.convs = channel_groups, convs
+        repeated = repeat_edge_major(x, weights[0].shape[0] // x.shape[1], channel_groups)
+        conv = conv_function(x.dim() - 2)
+        pairs = zip(weights, convs, strict=True)
+        return tuple(conv(repeated, w, None, *arguments, w.shape[0]) for w, arguments in pairs)
 
     @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        (stride, padding, dilation, k), spatial = ctx.conv, x.dim() - 2
-        edges = weight.shape[0] // x.shape[1]
-        # the filters' gradient reads the repeated input; the input's gradient needs only its shape (an
+    def backward(ctx, *grads):
+        x, *weights = ctx.saved_tensors
+        k, needs, spatial = ctx.k, ctx.needs_input_grad, x.dim() - 2
+        edges = weights[0].shape[0] // x.shape[1]
+        # the filters' gradients read the repeated input; the input's gradient needs only its shape (an
         # architecture step's frozen filters: no copy)
-        repeated = repeat_edge_major(x, edges, k) if ctx.needs_input_grad[1] else _repeat_target(x, edges, k)
-        grad_repeated, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad,
-            repeated,
-            weight,
-            None,
-            list(stride),
-            list(padding),
-            list(dilation),
-            False,
-            [0] * spatial,
-            weight.shape[0],
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
-        )
+        repeated = repeat_edge_major(x, edges, k) if any(needs[3:]) else _repeat_target(x, edges, k)
+        grad_repeated, grad_weights = None, []
+        parts = zip(grads, weights, ctx.convs, strict=True)
+        for index, (grad, w, (stride, padding, dilation)) in enumerate(parts):
+            if grad is None:
+                grad_weights.append(None)
+                continue
+            grad_in, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad,
+                repeated,
+                w,
+                None,
+                list(stride),
+                list(padding),
+                list(dilation),
+                False,
+                [0] * spatial,
+                w.shape[0],
+                [needs[0], needs[3 + index], False],
+            )
+            grad_weights.append(grad_w)
+            if grad_in is not None:
+                grad_repeated = grad_in if grad_repeated is None else grad_repeated.add_(grad_in)
         grad_x = None
         if grad_repeated is not None:  # the repeat's backward: the E copies' gradients summed
             grad_x = _sum_edge_copies(grad_repeated, k, edges)
-        return grad_x, grad_w, None, None, None, None
+        return grad_x, None, None, *grad_weights
+
+
+def repeated_depthwise_convs(
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    likes: list[nn.Module],
+    channel_groups: int = 1,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`repeated_depthwise_conv` of one ``x`` with each of ``weights`` (``likes[i]``'s stride, padding
+    and dilation), the repeat made once for all of them."""
+    convs = tuple((tuple(m.stride), tuple(m.padding), tuple(m.dilation)) for m in likes)
+    return apply_like_autocast_conv(_RepeatedDepthwise, x, channel_groups, convs, *weights)
 
 
 def repeated_depthwise_conv(
@@ -163,6 +188,5 @@ def repeated_depthwise_conv(
     (edge i's filters at rows i·C..i·C+C) → ``[N, E·C, *S']``, without keeping the repeat for the backward.
     With ``channel_groups`` K: ``x`` ``[N, K·C, *S]``, ``weight`` ``[K·E·C, 1, *k]`` → ``[N, K·E·C, *S']``,
     each group repeated in place (:func:`repeat_edge_major`)."""
-    return apply_like_autocast_conv(
-        _RepeatedDepthwise, x, weight, tuple(stride), tuple(padding), tuple(dilation), channel_groups
-    )
+    convs = ((tuple(stride), tuple(padding), tuple(dilation)),)
+    return apply_like_autocast_conv(_RepeatedDepthwise, x, channel_groups, convs, weight)[0]

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from autodeeplab.fast.channel_groups import convs_on_the_batch_axis, repeat_filters
-from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_conv
+from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_convs
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
@@ -118,16 +118,15 @@ def _pointwise(z, weight, like, groups, k, matmul):
     return _conv(z, weight, like, groups, k)
 
 
-def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig, filters, k):
+def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig, filters, k, z=None):
+    """``z``: the first depthwise conv's result when already made (``repeat_separable_input``: by
+    :func:`autodeeplab.fast.depthwise.repeated_depthwise_convs`, for both sep convs at once)."""
     ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1] // k
     spatial = (1,) * (relu_x.dim() - 2)
     matmul = execution.pointwise_as_matmul
     dw, pw, dw2, pw2 = filters  # [E·C, 1, *K], [E·C, C, 1…], [E·C, 1, *K], [E·C, C, 1…]
-    if execution.repeat_separable_input:
-        like = ops[0][1]
-        dw = repeat_filters(dw, k)
-        z = repeated_depthwise_conv(relu_x, dw, like.stride, like.padding, like.dilation, k)
+    if z is not None:
         z = _pointwise(z, pw, ops[0][2], e, k, matmul)
         return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, k)
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
@@ -211,12 +210,19 @@ def fused_mixed_ops(
         likes = [edges[0].op(name)[1] for name in _ATROUS]
         made = convs_on_the_batch_axis(relu_x, k, [filters[name][0] for name in _ATROUS], likes)
         dense = dict(zip(_ATROUS, made, strict=True))
+    first: dict[str, torch.Tensor] = {}
+    if execution.repeat_separable_input:  # both sep convs' first depthwise convs on one repeat of relu_x
+        likes = [edges[0].op(name)[1] for name in _SEPARABLE]
+        dws = [repeat_filters(filters[name][0], k) for name in _SEPARABLE]
+        first = dict(zip(_SEPARABLE, repeated_depthwise_convs(relu_x, dws, likes, k), strict=True))
     for name in _ATROUS + _SEPARABLE:
         scale = column[name] if fold else None
         if name in _ATROUS:
             y = _atrous(relu_x, edges, name, groups, repeats, scale, filters[name], k, dense.get(name))
         else:
-            y = _separable(relu_x, edges, name, groups, repeats, scale, execution, filters[name], k)
+            y = _separable(
+                relu_x, edges, name, groups, repeats, scale, execution, filters[name], k, first.get(name)
+            )
         y = _edge_rows(y, e, k)
         out = out + y if fold else torch.addcmul(out, column[name], y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
