@@ -290,26 +290,3 @@ def test_input_gradients_with_frozen_filters_come_from_a_stand_in_and_equal_the_
     (u,) = torch.autograd.grad(got, [a])
     (v,) = torch.autograd.grad(expected, [b])
     assert torch.allclose(u, v, **TOL)
-
-
-@pytest.mark.parametrize("k", [1, K])
-def test_the_weightless_terms_as_one_product_equal_the_terms_one_by_one(k):
-    """The pools' and the identity's α-weighted sum: as one product of their stacked rows (channels-last)
-    equal to the products and sums term by term (the contiguous path), values and the gradients of the
-    inputs and of α."""
-    from autodeeplab.fast.fused_edges import _alpha_columns, _weightless_terms
-
-    g = torch.Generator().manual_seed(8)
-    c, e = 3, 4
-    inputs = [_layout(torch.randn(2, k * c, 5, 6, generator=g, dtype=torch.float64), True) for _ in range(3)]
-    weights = torch.randn(e, 8, generator=g, dtype=torch.float64).softmax(-1)
-    results = []
-    for layout in (True, False):
-        x, *pooled = [_layout(t, layout).clone().requires_grad_() for t in inputs]
-        w = weights.clone().requires_grad_()
-        out = _weightless_terms(x, pooled, w, _alpha_columns(w, c, True, k), k)
-        grad = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view(out.shape)
-        results.append([out.detach(), *torch.autograd.grad(out, [x, *pooled, w], grad)])
-    assert results[0][0].shape == (2, 5, 6, *((k,) if k > 1 else ()), e, c)
-    for u, v in zip(*results, strict=True):
-        assert torch.allclose(u, v, **TOL)
