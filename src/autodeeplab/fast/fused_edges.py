@@ -32,7 +32,7 @@ from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_convs
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
-from autodeeplab.fast.pointwise import from_rows, is_channels_last, pointwise_conv, to_rows
+from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
 from autodeeplab.ops.primitives import PRIMITIVES, conv_function
 
@@ -155,40 +155,6 @@ def _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, k):
     return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale, k)
 
 
-_WEIGHTLESS = PRIMITIVES.index(_POOLS[0]), PRIMITIVES.index(_POOLS[1]), PRIMITIVES.index("skip_connect")
-assert _WEIGHTLESS == (1, 2, 3)  # α's columns 1..3: one slice
-
-
-def _weightless_terms(x, pooled, weights, column, k):
-    """Σ over the pools and the identity of α_ip · y_p for every edge i, as the ``[G·N, *S, (K,) E, C]``
-    rows the sum is built in. ``pooled``: the two pools' BN outputs (training: ``[G·N, K·C, *S]``, the
-    same for every edge; evaluation: ``[E, G·N, K·C, *S]``).
-
-    Channels-last in training: one ``stack`` of the three's rows, one product with α's ``[E, 3]`` columns
-    and one transposing copy (three kernels, as the products term by term); the backward is one product per
-    input, where the terms took six, or nine with α's gradient. Otherwise term by term."""
-    c = x.shape[1] // k
-    if pooled[0].dim() == x.dim() and is_channels_last(x):
-        # [G·N, *S, (K,) C, 3]: the three's rows side by side, so that the product is one 2D matmul of a
-        # view (and what it keeps for α's gradient is this stack, whose spatial axes the memory estimate
-        # scales); its [.., C, E] result is transposed into the sum's [.., E, C] layout by one copy
-        groups = [to_rows(t) if k == 1 else to_rows(t).unflatten(-1, (k, c)) for t in (*pooled, x)]
-        rows = torch.stack(groups, dim=-1)
-        alpha = weights[:, _WEIGHTLESS[0] : _WEIGHTLESS[-1] + 1]  # [E, 3]
-        product = torch.mm(rows.view(-1, len(groups)), alpha.t())  # [(G·N·prod(S)·K·C), E]
-        return product.view(*rows.shape[:-1], weights.shape[0]).transpose(-1, -2).contiguous()
-    out = None
-    for name, y in zip(_POOLS, pooled, strict=True):
-        if y.dim() == x.dim():  # training: one [G·N, K·C, *S] for every edge
-            y = _edge_rows(y, 1, k)
-        elif k == 1:  # evaluation: [E, G·N, K·C, *S] (running statistics)
-            y = y.permute(1, *range(3, y.dim()), 0, 2)
-        else:
-            y = y.unflatten(2, (k, c)).permute(1, *range(4, y.dim() + 1), 2, 0, 3)
-        out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
-    return torch.addcmul(out, column["skip_connect"], _edge_rows(x, 1, k))
-
-
 def fused_mixed_ops(
     x: torch.Tensor,
     edges: list[nn.Module],
@@ -217,20 +183,27 @@ def fused_mixed_ops(
     # grouped_bn), or as a product after it
     fold = execution.fold_alpha_into_bn or not weights.requires_grad
     # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32
-    weights = weights.to(x.dtype)
-    column = _alpha_columns(weights, c, fold, k)
+    column = _alpha_columns(weights.to(x.dtype), c, fold, k)
     relu_x = F.relu(x)
     # The sum is built as [G·N, *S, E, C] ([N, *S, K, E, C]): for channels-last activations that is the
     # memory order of the fused convs' [G·N, (K·)E·C, *S] outputs, so they add in as views, and each edge's
     # gradient comes back channels-last (an [E, G·N, C, *S] sum would hand the convs' BNs strided
     # gradients, their slow path).
-    pooled = []
+    out = None
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
         seq = edges[0].op(name)  # pool → affine-free BN
         no_indices = execution.pool_without_indices and name == _POOLS[0]
-        p = max_pool_saving_input(x, seq[0]) if no_indices else seq[0](x)
-        pooled.append(shared_batch_norm(p, [edge.op(name)[1] for edge in edges], groups, repeats, k))
-    out = _weightless_terms(x, pooled, weights, column, k)
+        pooled = max_pool_saving_input(x, seq[0]) if no_indices else seq[0](x)
+        y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats, k)
+        # training: one [G·N, K·C, *S] for every edge; evaluation: [E, G·N, K·C, *S] (running statistics)
+        if y.dim() == x.dim():
+            y = _edge_rows(y, 1, k)
+        elif k == 1:
+            y = y.permute(1, *range(3, y.dim()), 0, 2)
+        else:
+            y = y.unflatten(2, (k, c)).permute(1, *range(4, y.dim() + 1), 2, 0, 3)
+        out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
+    out = torch.addcmul(out, column["skip_connect"], _edge_rows(x, 1, k))
     filters = stacked_filters(edges, execution)
     dense: dict[str, torch.Tensor] = {}
     if k > 1:  # the dense convs through the batch axis, both at once (autodeeplab.fast.channel_groups)
