@@ -188,13 +188,14 @@ def test_the_supernet_takes_the_channel_grouped_path_where_it_applies(monkeypatc
     from autodeeplab.space.autodeeplab.topology import incoming_edges
 
     calls: list[int] = []
-    original = cell_module._channel_grouped_blocks
+    original = cell_module._channel_group_terms
 
-    def counted(cell, s0, s1, alpha, groups, execution):
-        calls.append(groups)
-        return original(cell, s0, s1, alpha, groups, execution)
+    def counted(x, j, edges, weights, groups, execution):
+        if j == 1:  # once per node: its h^{l-1}
+            calls.append(groups)
+        return original(x, j, edges, weights, groups, execution)
 
-    monkeypatch.setattr(cell_module, "_channel_grouped_blocks", counted)
+    monkeypatch.setattr(cell_module, "_channel_group_terms", counted)
     space = dict(filter_multiplier=2, num_layers=3, num_levels=3, num_blocks=2, stem_channels=(2, 2, 4))
     x = torch.randn(2, 3, 17, 17)
     expected = sorted(

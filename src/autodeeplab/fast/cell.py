@@ -186,11 +186,13 @@ def _fused_blocks(
     """:func:`cell_blocks` state by state: every state's outgoing edges run as one fused call.
 
     State j (0: h^{l-2}, 1: h^{l-1}, j ≥ 2: block j-2) feeds blocks max(0, j-1)..B-1; block b is
-    complete once state b+1 has been processed. Partial sums are kept as ``[G, N, C, *S]``.
+    complete once state b+1 has been processed. Partial sums are kept as ``[G, N, C, *S]`` (groups on the
+    batch axis) or as ``[N, *S, G, C]`` rows (side by side in the channels: the layout of the fused edges'
+    outputs, :func:`autodeeplab.fast.fused_edges.fused_mixed_ops`; an edge reading ``s0`` adds its
+    ``[N, *S, 1, C]`` term to every group by broadcasting).
     """
-    n, k = s0.shape[0], cell.edges[0].partial_channels
-    if uses_channel_groups(execution, k, groups):
-        return _channel_grouped_blocks(cell, s0, s1, alpha, groups, execution)
+    in_channels = uses_channel_groups(execution, cell.edges[0].partial_channels, groups)
+    state_terms = _channel_group_terms if in_channels else _batch_group_terms
     pending: list[torch.Tensor | None] = [None] * cell.num_blocks
     states, outputs = [s0, s1], []
     # α reordered state-major once per cell (one gather, and one scatter in its backward), then each
@@ -200,59 +202,45 @@ def _fused_blocks(
     for j in range(cell.num_blocks + 1):
         readers, edges = _state_readers(cell, j)
         weights, start = by_state[start : start + len(edges)], start + len(edges)
-        x = states[j]
-        width = x.shape[1] // k  # MixedOp.split's, once for all the edges reading x
-        fused = fused_mixed_ops(
-            x[:, :width] if k > 1 else x,
-            edges,
-            weights,
-            execution,
-            1 if j == 0 else groups,
-            groups if j == 0 else 1,
-        )
-        for edge, b, term in zip(edges, readers, fused, strict=True):
-            # The bypass is sliced per edge, as each reference edge slices its own: one slice shared by
-            # the edges would sum their gradients in another order (equal only up to rounding).
-            term = edge.merge(term, x[:, width:] if k > 1 else None)
-            term = term.unsqueeze(0) if j == 0 else term.unflatten(0, (groups, n))
-            pending[b] = term if pending[b] is None else pending[b] + term
-        if j >= 1:  # block j-1 has all its inputs
-            block = pending[j - 1].flatten(0, 1)
-            pending[j - 1] = None
-            states.append(block)
-            outputs.append(block)
-    return outputs
-
-
-def _channel_grouped_blocks(
-    cell: SearchCell,
-    s0: torch.Tensor,
-    s1: torch.Tensor,
-    alpha: torch.Tensor,
-    groups: int,
-    execution: ExecutionConfig,
-) -> list[torch.Tensor]:
-    """:func:`_fused_blocks` with the G groups side by side in the channels: ``s1`` and the blocks
-    ``[N, G·C, *S]``. Partial sums are kept as ``[N, *S, G, C]`` rows, the layout of the fused edges'
-    outputs (:func:`autodeeplab.fast.fused_edges.fused_mixed_ops`); an edge reading ``s0`` adds its
-    ``[N, *S, 1, C]`` term to every group by broadcasting."""
-    pending: list[torch.Tensor | None] = [None] * cell.num_blocks
-    states, outputs = [s0, s1], []
-    by_state = alpha[_state_major_order(cell.num_blocks, alpha.device)]  # as in _fused_blocks
-    start = 0
-    for j in range(cell.num_blocks + 1):
-        readers, edges = _state_readers(cell, j)
-        weights, start = by_state[start : start + len(edges)], start + len(edges)
-        if j == 0:  # the shared h^{l-2}: once for all the groups, recorded G times
-            fused = fused_mixed_ops(states[0], edges, weights, execution, repeats=groups)
-            terms = [to_rows(t).unsqueeze(-2) for t in fused]
-        else:
-            terms = fused_mixed_ops(states[j], edges, weights, execution, channel_groups=groups)
+        terms = state_terms(states[j], j, edges, weights, groups, execution)
         for b, term in zip(readers, terms, strict=True):
             pending[b] = term if pending[b] is None else pending[b] + term
-        if j >= 1:  # block j-1 has all its inputs: [N, *S, G, C] → [N, G·C, *S]
-            block = from_rows(pending[j - 1].flatten(-2))
+        if j >= 1:  # block j-1 has all its inputs
+            block = from_rows(pending[j - 1].flatten(-2)) if in_channels else pending[j - 1].flatten(0, 1)
             pending[j - 1] = None
             states.append(block)
             outputs.append(block)
     return outputs
+
+
+def _batch_group_terms(x, j, edges, weights, groups, execution) -> list[torch.Tensor]:
+    """State ``j`` ``x`` (``[N, C, *S]`` for j = 0, else ``[G·N, C, *S]``) through its edges → one
+    ``[1 or G, N, C, *S]`` term per edge, partial channels split off and merged back per edge."""
+    k = edges[0].partial_channels
+    n = x.shape[0] if j == 0 else x.shape[0] // groups
+    width = x.shape[1] // k  # MixedOp.split's, once for all the edges reading x
+    fused = fused_mixed_ops(
+        x[:, :width] if k > 1 else x,
+        edges,
+        weights,
+        execution,
+        1 if j == 0 else groups,
+        groups if j == 0 else 1,
+    )
+    terms = []
+    for edge, term in zip(edges, fused, strict=True):
+        # The bypass is sliced per edge, as each reference edge slices its own: one slice shared by the
+        # edges would sum their gradients in another order (equal only up to rounding).
+        term = edge.merge(term, x[:, width:] if k > 1 else None)
+        terms.append(term.unsqueeze(0) if j == 0 else term.unflatten(0, (groups, n)))
+    return terms
+
+
+def _channel_group_terms(x, j, edges, weights, groups, execution) -> list[torch.Tensor]:
+    """State ``j`` ``x`` (``[N, C, *S]`` for j = 0, else ``[N, G·C, *S]``) through its edges → one
+    ``[N, *S, 1 or G, C]`` term per edge; the shared h^{l-2} runs once for all the groups, recorded G
+    times."""
+    if j == 0:
+        shared = fused_mixed_ops(x, edges, weights, execution, repeats=groups)
+        return [to_rows(t).unsqueeze(-2) for t in shared]
+    return fused_mixed_ops(x, edges, weights, execution, channel_groups=groups)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autodeeplab.fast.conv_grads import convs_backward
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.pointwise import _CHANNELS_LAST, is_channels_last, is_pointwise, pointwise_conv
 from autodeeplab.fast.precision import apply_like_autocast_conv
@@ -104,28 +105,10 @@ class _ConvsOnTheBatchAxis(torch.autograd.Function):
         # the filters' gradients read x on the batch axis; x's gradient needs only its shape (an
         # architecture step's frozen filters: no copy)
         on_batch = _regroup(x, k, True, values=any(needs[3:]))
-        grad_on_batch, grad_weights = None, []
-        parts = zip(grads, weights, ctx.convs, strict=True)
-        for index, (grad, w, (stride, padding, dilation)) in enumerate(parts):
-            if grad is None:
-                grad_weights.append(None)
-                continue
-            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                _regroup(grad, k, True),
-                on_batch,
-                w,
-                None,
-                list(stride),
-                list(padding),
-                list(dilation),
-                False,
-                [0] * (x.dim() - 2),
-                1,
-                [needs[0], needs[3 + index], False],
-            )
-            grad_weights.append(grad_w)
-            if grad_x is not None:
-                grad_on_batch = grad_x if grad_on_batch is None else grad_on_batch.add_(grad_x)
+        grads = [None if grad is None else _regroup(grad, k, True) for grad in grads]
+        grad_on_batch, grad_weights = convs_backward(
+            grads, on_batch, weights, ctx.convs, False, needs[0], needs[3:]
+        )
         grad_x = _regroup(grad_on_batch, k, False) if grad_on_batch is not None else None
         return grad_x, None, None, *grad_weights
 
@@ -145,31 +128,18 @@ def repeat_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:
     return weight.repeat(groups, *([1] * (weight.dim() - 1))) if groups > 1 else weight
 
 
-def shared_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    like: nn.Module,
-    groups: int,
-    channel_groups: int,
-    pointwise_as_matmul: bool,
-) -> torch.Tensor:
-    """Each of the K channel groups of ``x`` ``[N, K·C, *S]`` convolved with ``weight`` ``[O, C/groups, *k]``
-    (``like``'s stride, padding and dilation) → ``[N, K·O, *S']``."""
-    k = channel_groups
-    if pointwise_as_matmul and is_pointwise(like) and is_channels_last(x):
-        return pointwise_conv(x, weight, None, groups, k)
-    conv = conv_function(x.dim() - 2)
-    return conv(x, repeat_filters(weight, k), None, like.stride, like.padding, like.dilation, groups * k)
-
-
 def shared_module_conv(
     conv: nn.Module, x: torch.Tensor, channel_groups: int, pointwise_as_matmul: bool
 ) -> torch.Tensor:
-    """``conv`` (an ``nn.Conv*d``) applied to each of the K channel groups of ``x`` ``[N, K·C, *S]``."""
+    """``conv`` (an ``nn.Conv*d``) applied to each of the K channel groups of ``x`` ``[N, K·C, *S]`` →
+    ``[N, K·O, *S']``: a 1×1 conv of channels-last ``x`` as one matmul over K times the rows
+    (``pointwise_as_matmul``), any other as a grouped convolution of the filters repeated K times."""
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         what = f"{type(conv).__name__} with padding {conv.padding!r}"
         raise ValueError(f"channel groups: {what} is not supported")
-    out = shared_conv(x, conv.weight, conv, conv.groups, channel_groups, pointwise_as_matmul)
-    if conv.bias is not None:
-        out = out + conv.bias.repeat(channel_groups).view(1, -1, *([1] * (x.dim() - 2)))
-    return out
+    k = channel_groups
+    if pointwise_as_matmul and is_pointwise(conv) and is_channels_last(x):
+        return pointwise_conv(x, conv.weight, conv.bias, conv.groups, k)
+    bias = conv.bias.repeat(k) if conv.bias is not None else None
+    weight, convolve = repeat_filters(conv.weight, k), conv_function(x.dim() - 2)
+    return convolve(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups * k)

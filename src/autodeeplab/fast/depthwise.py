@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from autodeeplab.fast.conv_grads import convs_backward
 from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function, depthwise_input
 
@@ -131,33 +132,14 @@ class _RepeatedDepthwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         x, *weights = ctx.saved_tensors
-        k, needs, spatial = ctx.k, ctx.needs_input_grad, x.dim() - 2
+        k, needs = ctx.k, ctx.needs_input_grad
         edges = weights[0].shape[0] // x.shape[1]
         # the filters' gradients read the repeated input; the input's gradient needs only its shape (an
         # architecture step's frozen filters: no copy)
         repeated = repeat_edge_major(x, edges, k) if any(needs[3:]) else _repeat_target(x, edges, k)
-        grad_repeated, grad_weights = None, []
-        parts = zip(grads, weights, ctx.convs, strict=True)
-        for index, (grad, w, (stride, padding, dilation)) in enumerate(parts):
-            if grad is None:
-                grad_weights.append(None)
-                continue
-            grad_in, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad,
-                repeated,
-                w,
-                None,
-                list(stride),
-                list(padding),
-                list(dilation),
-                False,
-                [0] * spatial,
-                w.shape[0],
-                [needs[0], needs[3 + index], False],
-            )
-            grad_weights.append(grad_w)
-            if grad_in is not None:
-                grad_repeated = grad_in if grad_repeated is None else grad_repeated.add_(grad_in)
+        grad_repeated, grad_weights = convs_backward(
+            grads, repeated, weights, ctx.convs, True, needs[0], needs[3:]
+        )
         grad_x = None
         if grad_repeated is not None:  # the repeat's backward: the E copies' gradients summed
             grad_x = _sum_edge_copies(grad_repeated, k, edges)
