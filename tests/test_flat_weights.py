@@ -159,3 +159,58 @@ def test_a_flat_supernet_pickles_swaps_shares_memory_and_trains_after_inference_
     assert not any(p.is_inference() for p in fresh.parameters())
     loss = fresh(torch.randn(2, 3, 17, 17)).sum()
     loss.backward()  # trainable after a layout made under inference mode
+
+
+def test_gradients_accumulate_over_backwards_and_skip_frozen_parameters_as_autograd_does():
+    """The group's gradient reaches the parameters through a hook (one leaf per group): a second backward
+    adds to the parameters' gradients, ``zero_grad`` in either mode starts again, and a frozen parameter of
+    a partly frozen group gets none — as with ``torch.cat`` of the parameters."""
+    torch.manual_seed(0)
+    flat = [nn.Parameter(torch.randn(2, 3, 3, 3)) for _ in range(3)]
+    plain = [nn.Parameter(p.detach().clone()) for p in flat]
+    flat[1].requires_grad_(False)
+    plain[1].requires_grad_(False)
+    x = torch.randn(2, 3, 6, 6)
+
+    def both(backwards: int) -> None:
+        for _ in range(backwards):
+            nn.functional.conv2d(x, flat_weight(flat)).square().sum().backward()
+            nn.functional.conv2d(x, torch.cat(plain)).square().sum().backward()
+
+    both(2)
+    for p, q in zip(flat, plain, strict=True):
+        assert (p.grad is None) == (q.grad is None) and (q.grad is None) == (not q.requires_grad)
+        if q.grad is not None:
+            assert torch.equal(p.grad, q.grad)
+    for set_to_none in (False, True):
+        for p in flat + plain:
+            if p.grad is not None:
+                p.grad = None if set_to_none else p.grad.zero_()
+        both(1)
+        for p, q in zip(flat[::2], plain[::2], strict=True):
+            assert torch.equal(p.grad, q.grad)
+
+
+def test_calls_without_gradients_read_an_alias_outside_the_graph():
+    flat = [nn.Parameter(torch.randn(2, 3, 1, 1)) for _ in range(2)]
+    with torch.no_grad():
+        assert not flat_weight(flat).requires_grad
+    for p in flat:
+        p.requires_grad_(False)
+    alias = flat_weight(flat)
+    assert not alias.requires_grad and alias.data_ptr() == flat[0].data_ptr()
+
+
+def test_a_deep_copy_trains_its_own_parameters():
+    import copy
+
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=2, num_levels=2, num_blocks=2, stem_channels=(2, 2, 4)
+    )
+    torch.manual_seed(0)
+    net = build_supernet(space, 3).train()
+    twin = copy.deepcopy(net)
+    twin(torch.randn(2, 3, 17, 17)).sum().backward()
+    assert all(p.grad is None for p in net.parameters())
+    edge = twin.cells["1_0"].edges[1].op("atr_conv_3x3")[1].weight
+    assert edge.grad is not None and edge.grad.abs().sum() > 0

@@ -35,7 +35,8 @@ class ExecutionConfig:
     flat_edge_weights: bool = True
     """With ``fuse_edges``: the filters of the edges that read one state live side by side in one tensor
     (each parameter a slice of it, :mod:`autodeeplab.fast.flat_weights`), so the fused convolutions read
-    them without a copy and their gradients come back without one."""
+    them without a copy and their gradients come back without one, handed to the parameters by a hook
+    (``.grad`` as usual; ``torch.autograd.grad`` with respect to these parameters needs it off)."""
     share_edge_relu: bool = True
     """One ReLU per edge feeds its four conv ops (each starts with a ReLU of the same input); the fused
     edges share one ReLU per state anyway."""

@@ -8,11 +8,20 @@ parameter (E copies, each an allocation and a kernel).
 
 :func:`flat_weight` keeps the E parameters as consecutive slices of one contiguous tensor instead (each
 parameter's storage is its slice: ``param.data`` is a view), so the stacked filter is that tensor itself,
-without a copy, and its gradient comes back in one piece whose slices are the parameters' gradients as they
-are (no copy either). The parameters stay ordinary leaf parameters — the same names, shapes, values,
-``state_dict``, optimizers and checkpoints — and the arithmetic is unchanged, so the results are identical
-bit for bit (tested). Anything that gives a parameter new storage (``.to()``, ``.double()``,
+without a copy. The parameters stay ordinary parameters — the same names, shapes, values, ``state_dict``,
+optimizers and checkpoints — and the arithmetic is unchanged, so the results are identical bit for bit
+(tested). Anything that gives a parameter new storage (``.to()``, ``.double()``,
 ``load_state_dict(assign=True)``) is noticed at the next call, which lays the slices out again.
+
+How the gradient gets to the parameters: the group's tensor is itself the leaf that the convolutions read
+(it shares the parameters' storage), and once its gradient ``[Σ rows, *K]`` has been accumulated, a hook
+hands each parameter its slice (a view; added in place when the parameter already has a gradient, as
+``AccumulateGrad`` does). That is one ``AccumulateGrad`` per group instead of one per parameter and no
+autograd function in between: −2 dispatches per parameter and step (~9.4k in a weight step of the
+paper's supernet). What follows from it: the parameters themselves are not in the autograd graph, so
+``torch.autograd.grad(loss, params)`` and hooks registered on the parameters do not see these filters —
+use ``flat_edge_weights=False`` for that; ``.backward()``, optimizers, clipping and the ranks' averaging
+see ordinary ``.grad`` tensors.
 
 Slices along the first dimension are contiguous, which the fused SGD kernel needs (it mis-updates strided
 views): every layout here is a concatenation along dim 0. One difference from ``torch.cat``: the convolutions
@@ -30,31 +39,62 @@ from torch import nn
 
 
 class _Flat:
-    """One group: the contiguous tensor and where its parameters' data must be for it to hold them."""
+    """One group: the contiguous tensor, a no-gradient alias of it, and where its parameters' data must be
+    for it to hold them."""
 
-    __slots__ = ("fused", "addresses")
+    __slots__ = ("fused", "frozen", "addresses")
 
     def __init__(self, params: Sequence[nn.Parameter]) -> None:
         # normal tensors even when first called under inference mode (the parameters train later), in
         # shared memory when the parameters were (``share_memory()``)
         with torch.inference_mode(False), torch.no_grad():
-            self.fused = torch.cat([p.detach() for p in params])
+            fused = torch.cat([p.detach() for p in params])
             if all(p.is_shared() for p in params):
-                self.fused.share_memory_()
+                fused.share_memory_()
         start = 0
         for p in params:
             rows = p.shape[0]
-            p.data = self.fused[start : start + rows]  # a view: the parameter now lives in ``fused``
+            p.data = fused[start : start + rows]  # a view: the parameter now lives in ``fused``
             start += rows
         self.addresses = [p.data_ptr() for p in params]
+        self.frozen = fused.detach()  # what a call that needs no gradient reads: no graph, no hook
+        self.fused = fused.requires_grad_(True)  # the leaf of the calls that train the filters
+        self.fused.register_post_accumulate_grad_hook(_handing_out(list(params)))
 
     def holds(self, params: Sequence[nn.Parameter]) -> bool:
         """Whether ``params`` are still this group's slices. An address inside ``fused`` (alive as long as
-        this group) can only be its slice, so the addresses decide; no reference to the parameters is kept
-        (weak references would stop pickling and ``torch.utils.swap_tensors``)."""
+        this group) can only be its slice, so the addresses decide."""
         if len(params) != len(self.addresses):
             return False
         return all(p.data_ptr() == address for p, address in zip(params, self.addresses, strict=True))
+
+    def __reduce__(self):
+        # a copy or a pickle of a parameter drops its group (the copy has storage of its own anyway):
+        # nothing of it is pickled, not the hook, not the parameters
+        return (_dropped, ())
+
+
+def _dropped() -> None:
+    return None
+
+
+def _handing_out(params: list[nn.Parameter]):
+    """The hook that gives each parameter its slice of the group's accumulated gradient ``[Σ rows, *K]``
+    and clears the group's, so that the next backward starts from nothing, like a parameter after
+    ``zero_grad``. A frozen parameter of a partly frozen group gets nothing."""
+    rows = [p.shape[0] for p in params]
+
+    def hand_out(fused: torch.Tensor) -> None:
+        grad, fused.grad = fused.grad, None
+        for p, piece in zip(params, grad.split(rows), strict=True):
+            if not p.requires_grad:
+                continue
+            if p.grad is None:  # contiguous, laid out like the parameter: kept as it is, no copy
+                p.grad = piece
+            else:
+                p.grad.add_(piece)
+
+    return hand_out
 
 
 _ATTRIBUTE = "_autodeeplab_flat"
@@ -62,40 +102,13 @@ _ATTRIBUTE = "_autodeeplab_flat"
 parameter has none, or one whose ``holds`` fails)."""
 
 
-class _FromSlices(torch.autograd.Function):
-    """Each group's ``fused`` tensor (its parameters' common storage) as a tensor whose gradient goes to
-    the parameters: an incoming gradient ``[Σ rows, *K]`` is split into the parameters' ``[rows, *K]``
-    slices (views). One call for all the groups of a state: autograd functions written in Python cost tens
-    of microseconds per call, about what a copy of these small filters costs."""
-
-    @staticmethod
-    def forward(ctx, sizes: tuple[int, ...], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: D102
-        # tensors: the groups' fused tensors, then every group's parameters; sizes: each group's count
-        fused, params = tensors[: len(sizes)], tensors[len(sizes) :]
-        ctx.set_materialize_grads(False)  # an unused group's parameters get no gradient, as with cat
-        ctx.rows, start = [], 0
-        for size in sizes:
-            ctx.rows.append([p.shape[0] for p in params[start : start + size]])
-            start += size
-        return tuple(f.view_as(f) for f in fused)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:  # noqa: D102
-        out: list[torch.Tensor | None] = [None] * (1 + len(grads))
-        for grad, rows in zip(grads, ctx.rows, strict=True):
-            if grad is None:
-                out += [None] * len(rows)
-            else:  # contiguous, so that each slice has its parameter's strides: AccumulateGrad keeps it
-                out += grad.contiguous().split(rows)
-        return tuple(out)
-
-
 def flat_weights(groups: Sequence[Sequence[nn.Parameter]]) -> list[torch.Tensor]:
     """For each group, ``torch.cat(group)`` along dim 0 (``[Σ rows, *K]``), equal in value and gradient,
-    without copying: each group's parameters are (made) consecutive slices of one tensor, which is returned.
-    A group of one parameter: the parameter itself."""
-    out: list[torch.Tensor | None] = []
-    fused, params, sizes, where = [], [], [], []
+    without copying: each group's parameters are (made) consecutive slices of one tensor, which is returned
+    (the parameters get their gradients from it, see the module docstring). A group of one parameter: the
+    parameter itself."""
+    out: list[torch.Tensor] = []
+    grad = torch.is_grad_enabled()
     for group in groups:
         if len(group) == 1:
             out.append(group[0])
@@ -104,14 +117,8 @@ def flat_weights(groups: Sequence[Sequence[nn.Parameter]]) -> list[torch.Tensor]
         if flat is None or not flat.holds(group):
             flat = _Flat(group)
             setattr(group[0], _ATTRIBUTE, flat)
-        where.append(len(out))
-        out.append(flat.fused)
-        fused.append(flat.fused)
-        sizes.append(len(group))
-        params.extend(group)
-    if fused and torch.is_grad_enabled() and any(p.requires_grad for p in params):
-        for index, tensor in zip(where, _FromSlices.apply(tuple(sizes), *fused, *params), strict=True):
-            out[index] = tensor
+        trains = grad and any(p.requires_grad for p in group)
+        out.append(flat.fused if trains else flat.frozen)
     return out
 
 
