@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from autodeeplab.fast.channel_groups import shared_module_conv, uses_channel_groups
 from autodeeplab.fast.execution import ExecutionConfig
-from autodeeplab.fast.fused_edges import fused_mixed_ops, stacked_filters
+from autodeeplab.fast.fused_edges import alpha_columns, fused_mixed_ops, stacked_filters
 from autodeeplab.fast.grouped_bn import batch_norm
 from autodeeplab.fast.pointwise import apply_conv, from_rows, to_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
@@ -114,7 +114,7 @@ def cell_blocks(
     cell: SearchCell,
     s0: torch.Tensor,
     s1: torch.Tensor,
-    alpha: torch.Tensor,
+    alpha: torch.Tensor | StateAlpha,
     groups: int,
     execution: ExecutionConfig,
 ) -> list[torch.Tensor]:
@@ -123,7 +123,8 @@ def cell_blocks(
     ``s0``: preprocessed h^{l-2} ``[N, C, *S]``, shared by every group; ``s1``: the preprocessed
     h^{l-1} of each group stacked on the batch axis, ``[G·N, C, *S]``, or side by side in the channels,
     ``[N, G·C, *S]``, where :func:`autodeeplab.fast.channel_groups.uses_channel_groups` says so;
-    ``alpha``: ``[E, P]`` softmax weights. Returns B tensors laid out as ``s1``; group g of each equals
+    ``alpha``: ``[E, P]`` softmax weights, or the :class:`StateAlpha` of them that the supernet made once
+    for every cell of its forward. Returns B tensors laid out as ``s1``; group g of each equals
     the reference ``cell.blocks(s0, s1[g], alpha)``'s block.
 
     An edge reading ``s0`` gives the same output for every group, so it runs once (its BNs update
@@ -131,6 +132,8 @@ def cell_blocks(
     """
     if execution.fuse_edges:
         return _fused_blocks(cell, s0, s1, alpha, groups, execution)
+    if isinstance(alpha, StateAlpha):
+        alpha = alpha.alpha
     n = s0.shape[0]
     states = [s1]
     outputs = []
@@ -160,6 +163,34 @@ def _state_major_order(num_blocks: int, device: torch.device) -> torch.Tensor:
     return _ORDERS[key]
 
 
+class StateAlpha:
+    """α ``[E, P]`` cut by the cell state its edges read, for every cell of one forward.
+
+    α is one tensor shared by all the supernet's cells, so the rows of state j (``[E_j, P]``) and their
+    per-primitive columns (:func:`autodeeplab.fast.fused_edges.alpha_columns`) are the same in every cell:
+    made once — the rows at construction (one gather, and one scatter in the backward), the columns at the
+    first request for a (state, channels, channel groups, dtype) — instead of once per cell and state.
+    Making columns takes only views and copies, which save nothing for the backward, so a first request
+    inside an activation checkpoint and its recomputation, which finds them made, save the same tensors.
+    """
+
+    def __init__(self, alpha: torch.Tensor, num_blocks: int) -> None:
+        self.alpha = alpha
+        sizes = [num_blocks - max(0, j - 1) for j in range(num_blocks + 1)]
+        self.rows = alpha[_state_major_order(num_blocks, alpha.device)].split(sizes)
+        self._columns: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def columns(
+        self, j: int, dtype: torch.dtype, channels: int, fold: bool, k: int
+    ) -> dict[str, torch.Tensor]:
+        """State ``j``'s columns, as :func:`~autodeeplab.fast.fused_edges.alpha_columns` makes them."""
+        key = (j, dtype, channels, fold, k)
+        made = self._columns.get(key)
+        if made is None:
+            made = self._columns[key] = alpha_columns(self.rows[j], dtype, channels, fold, k)
+        return made
+
+
 def _state_readers(cell: SearchCell, j: int) -> tuple[range, list[nn.Module]]:
     """The blocks that read state ``j`` (0: h^{l-2}, 1: h^{l-1}, j ≥ 2: block j-2) and their edges."""
     readers = range(max(0, j - 1), cell.num_blocks)
@@ -179,7 +210,7 @@ def _fused_blocks(
     cell: SearchCell,
     s0: torch.Tensor,
     s1: torch.Tensor,
-    alpha: torch.Tensor,
+    alpha: torch.Tensor | StateAlpha,
     groups: int,
     execution: ExecutionConfig,
 ) -> list[torch.Tensor]:
@@ -195,14 +226,11 @@ def _fused_blocks(
     state_terms = _channel_group_terms if in_channels else _batch_group_terms
     pending: list[torch.Tensor | None] = [None] * cell.num_blocks
     states, outputs = [s0, s1], []
-    # α reordered state-major once per cell (one gather, and one scatter in its backward), then each
-    # state's rows are a slice, where a gather per state would cost B + 1 of each
-    by_state = alpha[_state_major_order(cell.num_blocks, alpha.device)]
-    start = 0
+    if not isinstance(alpha, StateAlpha):
+        alpha = StateAlpha(alpha, cell.num_blocks)
     for j in range(cell.num_blocks + 1):
         readers, edges = _state_readers(cell, j)
-        weights, start = by_state[start : start + len(edges)], start + len(edges)
-        terms = state_terms(states[j], j, edges, weights, groups, execution)
+        terms = state_terms(states[j], j, edges, alpha, groups, execution)
         for b, term in zip(readers, terms, strict=True):
             pending[b] = term if pending[b] is None else pending[b] + term
         if j >= 1:  # block j-1 has all its inputs
@@ -213,12 +241,13 @@ def _fused_blocks(
     return outputs
 
 
-def _batch_group_terms(x, j, edges, weights, groups, execution) -> list[torch.Tensor]:
+def _batch_group_terms(x, j, edges, alpha: StateAlpha, groups, execution) -> list[torch.Tensor]:
     """State ``j`` ``x`` (``[N, C, *S]`` for j = 0, else ``[G·N, C, *S]``) through its edges → one
     ``[1 or G, N, C, *S]`` term per edge, partial channels split off and merged back per edge."""
     k = edges[0].partial_channels
     n = x.shape[0] if j == 0 else x.shape[0] // groups
     width = x.shape[1] // k  # MixedOp.split's, once for all the edges reading x
+    weights = alpha.rows[j]
     fused = fused_mixed_ops(
         x[:, :width] if k > 1 else x,
         edges,
@@ -226,6 +255,7 @@ def _batch_group_terms(x, j, edges, weights, groups, execution) -> list[torch.Te
         execution,
         1 if j == 0 else groups,
         groups if j == 0 else 1,
+        columns=alpha.columns(j, x.dtype, width, _folds(weights, execution), 1),
     )
     terms = []
     for edge, term in zip(edges, fused, strict=True):
@@ -236,11 +266,19 @@ def _batch_group_terms(x, j, edges, weights, groups, execution) -> list[torch.Te
     return terms
 
 
-def _channel_group_terms(x, j, edges, weights, groups, execution) -> list[torch.Tensor]:
+def _channel_group_terms(x, j, edges, alpha: StateAlpha, groups, execution) -> list[torch.Tensor]:
     """State ``j`` ``x`` (``[N, C, *S]`` for j = 0, else ``[N, G·C, *S]``) through its edges → one
     ``[N, *S, 1 or G, C]`` term per edge; the shared h^{l-2} runs once for all the groups, recorded G
     times."""
+    weights, fold = alpha.rows[j], _folds(alpha.rows[j], execution)
     if j == 0:
-        shared = fused_mixed_ops(x, edges, weights, execution, repeats=groups)
+        columns = alpha.columns(j, x.dtype, x.shape[1], fold, 1)
+        shared = fused_mixed_ops(x, edges, weights, execution, repeats=groups, columns=columns)
         return [to_rows(t).unsqueeze(-2) for t in shared]
-    return fused_mixed_ops(x, edges, weights, execution, channel_groups=groups)
+    columns = alpha.columns(j, x.dtype, x.shape[1] // groups, fold, groups)
+    return fused_mixed_ops(x, edges, weights, execution, channel_groups=groups, columns=columns)
+
+
+def _folds(weights: torch.Tensor, execution: ExecutionConfig) -> bool:
+    """Whether the fused edges fold α into their BNs (as :func:`fused_mixed_ops` decides)."""
+    return execution.fold_alpha_into_bn or not weights.requires_grad

@@ -45,8 +45,11 @@ _CONVS = PRIMITIVES[_FIRST_CONV:]
 assert set(_CONVS) == set(_ATROUS + _SEPARABLE)
 
 
-def _alpha_columns(weights: torch.Tensor, channels: int, fold: bool, k: int = 1) -> dict[str, torch.Tensor]:
-    """α of ``weights`` ``[E, P]`` by primitive: ``[E, 1]`` (broadcasts over the ``[..., E, C]`` edge axis
+def alpha_columns(
+    weights: torch.Tensor, dtype: torch.dtype, channels: int, fold: bool, k: int = 1
+) -> dict[str, torch.Tensor]:
+    """α of ``weights`` ``[E, P]`` as ``dtype`` (the activations': a dimensioned fp32 factor would promote
+    bf16 activations to fp32) by primitive: ``[E, 1]`` (broadcasts over the ``[..., E, C]`` edge axis
     of the sum), and with ``fold`` each conv primitive's as one factor per channel of its fused
     ``[G·N, E·C, *S]`` output instead, ``[E·C]`` (edge i's weight repeated over its C channels), or
     ``[K·E·C]`` for ``[N, K·E·C, *S]`` (K channel groups).
@@ -56,6 +59,7 @@ def _alpha_columns(weights: torch.Tensor, channels: int, fold: bool, k: int = 1)
     four conv primitives (a repeat each would cost four, and four in the backward).
     """
     e = weights.shape[0]
+    weights = weights.to(dtype)
     head, convs = weights.t().split([_FIRST_CONV, len(_CONVS)])  # [4, E] each
     columns = dict(zip(PRIMITIVES[:_FIRST_CONV], head.unsqueeze(-1).unbind(0), strict=True))
     if not fold:
@@ -163,6 +167,7 @@ def fused_mixed_ops(
     groups: int = 1,
     repeats: int = 1,
     channel_groups: int = 1,
+    columns: dict[str, torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → E tensors ``[G·N, C, *S]``.
 
@@ -175,15 +180,16 @@ def fused_mixed_ops(
     output is kept for α's gradient); ``pointwise_as_matmul`` (the 1×1 convs of channels-last ``x`` as
     matmuls, :mod:`autodeeplab.fast.pointwise`); ``depthwise_flipped_grad`` (the multiplier depthwise
     convs' input gradient as a flipped-filter depthwise conv, :mod:`autodeeplab.fast.depthwise`). The
-    ReLU is shared whatever ``share_edge_relu`` says.
+    ReLU is shared whatever ``share_edge_relu`` says. ``columns``: :func:`alpha_columns` of ``weights``
+    for this call, when the caller has them already (α is shared by every cell,
+    :class:`autodeeplab.fast.cell.StateAlpha`).
     """
     e, k = len(edges), channel_groups
     c = x.shape[1] // k
     # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
     # grouped_bn), or as a product after it
     fold = execution.fold_alpha_into_bn or not weights.requires_grad
-    # α as x's dtype: a dimensioned fp32 factor would promote bf16 activations to fp32
-    column = _alpha_columns(weights.to(x.dtype), c, fold, k)
+    column = alpha_columns(weights, x.dtype, c, fold, k) if columns is None else columns
     relu_x = F.relu(x)
     # The sum is built as [G·N, *S, E, C] ([N, *S, K, E, C]): for channels-last activations that is the
     # memory order of the fused convs' [G·N, (K·)E·C, *S] outputs, so they add in as views, and each edge's

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from autodeeplab.fast.cell import cell_blocks, lay_out_filters, run_sequence
+from autodeeplab.fast.cell import StateAlpha, cell_blocks, lay_out_filters, run_sequence
 from autodeeplab.fast.channel_groups import uses_channel_groups
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.grouped_bn import running_stats_frozen
@@ -113,6 +113,10 @@ class FastSearchNetwork(SearchNetwork):
         sizes = self.level_sizes(stem.shape[2:])
         alpha, beta = self.alpha_weights(), self.beta_weights()
         node = self._fast_node if uses_fast_cells(ex) else self._node
+        if uses_fast_cells(ex):  # β's scalars and α's per-state cuts, made once for every cell
+            beta = BetaItems(beta)
+            if ex.fuse_edges:
+                alpha = StateAlpha(alpha, c.num_blocks)
         prev_prev: dict[int, torch.Tensor] = {0: stem}  # layer -1 is represented by the stem
         prev: dict[int, torch.Tensor] = {0: stem}
         recompute = torch.is_grad_enabled()  # under no_grad there is no backward to recompute for
@@ -136,11 +140,12 @@ class FastSearchNetwork(SearchNetwork):
         prev_prev: dict[int, torch.Tensor],
         prev: dict[int, torch.Tensor],
         sizes: list[tuple[int, ...]],
-        alpha: torch.Tensor,
-        beta: torch.Tensor,
+        alpha: torch.Tensor | StateAlpha,
+        beta: BetaItems,
     ) -> torch.Tensor:
         """:meth:`SearchNetwork._node` (Eq. 6), the cell through :mod:`autodeeplab.fast.cell`
-        → ``[N, B·F·2^level, *sizes[level]]``."""
+        → ``[N, B·F·2^level, *sizes[level]]``; ``alpha`` as :func:`~autodeeplab.fast.cell.cell_blocks`
+        takes it."""
         ex = self.execution
         cell = self.cells[f"{layer}_{level}"]
         h_pp = resize(prev_prev[nearest_level(layer - 2, level, self.config.num_levels)], sizes[level])
@@ -231,6 +236,20 @@ def _resample(resampler: Resample, x: torch.Tensor, size: tuple[int, ...], execu
     if not isinstance(resampler.conv, nn.Sequential):
         return x
     return run_sequence(resampler.conv, x, execution)
+
+
+class BetaItems:
+    """β ``[L, levels, 3]`` as its scalars, cut once per forward for every node: one ``unbind`` (its backward
+    one ``stack``), where indexing ``beta[l, s, d]`` in each node costs a ``select`` per scalar, and in the
+    backward a β-sized zero-filled gradient per ``select``. Indexed like β."""
+
+    def __init__(self, beta: torch.Tensor) -> None:
+        self.shape = beta.shape
+        self.items = beta.reshape(-1).unbind(0)
+
+    def __getitem__(self, index: tuple[int, int, int]) -> torch.Tensor:
+        layer, source, direction = index
+        return self.items[(layer * self.shape[1] + source) * self.shape[2] + direction]
 
 
 def _channel_group_views(x: torch.Tensor, groups: int) -> list[torch.Tensor]:
