@@ -291,3 +291,22 @@ def test_input_gradients_with_frozen_filters_come_from_a_stand_in_and_equal_the_
     (u,) = torch.autograd.grad(got, [a])
     (v,) = torch.autograd.grad(expected, [b])
     assert torch.allclose(u, v, **TOL)
+
+
+def test_copies_in_order_read_any_strides_and_lay_the_result_out_as_asked():
+    """:mod:`autodeeplab.fast.strided`: the strides of each layout are the library's, and a regroup of a
+    non-dense view (a gradient may come so) equals the groups concatenated, in a dense result."""
+    from autodeeplab.fast.channel_groups import _regroup
+    from autodeeplab.fast.strided import layout_strides
+
+    for shape, layout in [
+        ((2, 6, 5, 4), torch.contiguous_format),
+        ((2, 6, 5, 4), torch.channels_last),
+        ((2, 6, 3, 5, 4), torch.channels_last_3d),
+    ]:
+        assert layout_strides(shape, layout) == torch.empty(shape, memory_format=layout).stride()
+    base = torch.randn(2, K * 4 * 2, 7, 9, dtype=torch.float64)
+    x = base[:, ::2, 1:6, ::2]  # every other channel, cropped, every other column: no dense layout
+    batch = _regroup(x, K, to_batch_axis=True)
+    assert torch.equal(batch, torch.cat(_groups(x), dim=0)) and batch.is_contiguous()
+    assert torch.equal(_regroup(batch, K, to_batch_axis=False), x)

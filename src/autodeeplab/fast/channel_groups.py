@@ -32,6 +32,7 @@ from autodeeplab.fast.conv_grads import convs_backward
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.pointwise import _CHANNELS_LAST, is_channels_last, is_pointwise, pointwise_conv
 from autodeeplab.fast.precision import apply_like_autocast_conv
+from autodeeplab.fast.strided import copy_in_order
 from autodeeplab.ops.primitives import conv_function
 
 
@@ -54,16 +55,16 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     return _CHANNELS_LAST[x.dim()] if is_channels_last(x) else torch.contiguous_format
 
 
-def _grouped_view(t: torch.Tensor, k: int, batch_major: bool) -> torch.Tensor:
-    """``t`` as the ``[N, K, C, *S]`` view of its K groups: ``t`` ``[N, K·C, *S]`` (channel groups), or with
-    ``batch_major`` ``[K·N, C, *S]`` (batch groups). One ``as_strided``, whatever the layout."""
+def _grouped_geometry(t: torch.Tensor, k: int, batch_major: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The size and strides of ``t`` seen as ``[N, K, C, *S]``, its K groups: ``t`` ``[N, K·C, *S]``
+    (channel groups), or with ``batch_major`` ``[K·N, C, *S]`` (batch groups); whatever the layout."""
     if batch_major:
         n, c = t.shape[0] // k, t.shape[1]
         strides = (t.stride(0), n * t.stride(0), *t.stride()[1:])
     else:
         n, c = t.shape[0], t.shape[1] // k
         strides = (t.stride(0), c * t.stride(1), *t.stride()[1:])
-    return t.as_strided((n, k, c, *t.shape[2:]), strides, t.storage_offset())
+    return (n, k, c, *t.shape[2:]), strides
 
 
 def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool, values: bool = True) -> torch.Tensor:
@@ -73,10 +74,17 @@ def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool, values: bool = True) 
         shape = (k * x.shape[0], x.shape[1] // k, *x.shape[2:])
     else:
         shape = (x.shape[0] // k, k * x.shape[1], *x.shape[2:])
-    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
-    if values:
-        _grouped_view(out, k, to_batch_axis).copy_(_grouped_view(x, k, not to_batch_axis))
-    return out
+    layout = _memory_format(x)
+    if not values:
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    # x's groups as [N, K, C, *S] (dims 0, 1, 2, 3…), listed in the new tensor's memory order
+    size, stride = _grouped_geometry(x, k, not to_batch_axis)
+    spatial = list(range(3, x.dim() + 1))
+    if to_batch_axis:  # [K·N, C, *S]: K outermost
+        order = [1, 0, *spatial, 2] if layout != torch.contiguous_format else [1, 0, 2, *spatial]
+    else:  # [N, K·C, *S]
+        order = [0, *spatial, 1, 2] if layout != torch.contiguous_format else [0, 1, 2, *spatial]
+    return copy_in_order(x, [size[d] for d in order], [stride[d] for d in order], shape, layout)
 
 
 class _ConvsOnTheBatchAxis(torch.autograd.Function):

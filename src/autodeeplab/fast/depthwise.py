@@ -17,6 +17,7 @@ from torch import nn
 
 from autodeeplab.fast.conv_grads import convs_backward
 from autodeeplab.fast.precision import apply_like_autocast_conv
+from autodeeplab.fast.strided import copy_in_order
 from autodeeplab.ops.primitives import conv_function, depthwise_input
 
 
@@ -89,21 +90,34 @@ def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> t
     channels-last image batch and contiguous otherwise (volumes included, see
     :func:`autodeeplab.ops.primitives.depthwise_input`). With ``channel_groups`` K, ``x`` ``[N, K·C, *S]``
     holds K inputs side by side and each is repeated in place: ``[N, K·E·C, *S]``, channel (k·E + i)·C + c
-    a copy of channel k·C + c. Four dispatches: the result, two strided views and the copy."""
+    a copy of channel k·C + c. Two dispatches (:func:`autodeeplab.fast.strided.copy_in_order`)."""
     k = channel_groups
     c = x.shape[1] // k
-    out = _repeat_target(x, edges, k)
-    _edge_view(out, k, edges, c, repeat=False).copy_(_edge_view(x, k, edges, c, repeat=True))
-    return out
+    layout = _repeat_layout(x)
+    # x as [N, K, E, C, *S] with stride 0 over E (dims 0, 1, 2, 3, 4…), in the result's memory order
+    s, spatial = x.stride(), list(range(4, x.dim() + 2))
+    size = (x.shape[0], k, edges, c, *x.shape[2:])
+    stride = (s[0], c * s[1], 0, s[1], *s[2:])
+    order = [0, *spatial, 1, 2, 3] if layout != torch.contiguous_format else [0, 1, 2, 3, *spatial]
+    shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
+    return copy_in_order(x, [size[d] for d in order], [stride[d] for d in order], shape, layout)
+
+
+def _repeat_layout(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last for a channels-last image batch (4 dims), else contiguous."""
+    image = x.dim() == 4 and not x.is_contiguous()
+    return (
+        torch.channels_last
+        if image and x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
 
 
 def _repeat_target(x: torch.Tensor, edges: int, k: int) -> torch.Tensor:
     """An uninitialised tensor of :func:`repeat_edge_major`'s result's shape and layout: also what an
     input-only gradient of the convolution needs of its input (the shape and layout, not the values)."""
-    image = x.dim() == 4 and not x.is_contiguous()
-    layout = torch.channels_last if image and x.is_contiguous(memory_format=torch.channels_last) else None
     shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout or torch.contiguous_format)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_repeat_layout(x))
 
 
 def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
