@@ -25,9 +25,9 @@ def _counting(monkeypatch) -> tuple[list[tuple], list[int]]:
     made, fused = [], [0]
     real_columns, real_fused = fast_cell.alpha_columns, fast_cell.fused_mixed_ops
 
-    def columns(weights, dtype, channels, fold, k=1):
+    def columns(weights, dtype, channels, fold, k=1, spatial=2):
         made.append((id(weights), dtype, channels, fold, k))  # id: one state's rows, alive all forward
-        return real_columns(weights, dtype, channels, fold, k)
+        return real_columns(weights, dtype, channels, fold, k, spatial)
 
     def fused_mixed_ops(*args, **kwargs):
         fused[0] += 1
@@ -72,3 +72,41 @@ def test_beta_items_index_like_beta_with_the_same_gradient():
     for index in [(0, 0, 0), (3, 2, 1), (1, 2, 2), (2, 0, 1)]:
         assert torch.equal(items[index], beta[index])
     assert torch.equal(grad, weights)  # each scalar used once with its weight
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_edge_sums_are_laid_out_channels_last_with_channels_last_gradients(fold, k):
+    """The fused edges' sum is built on the convs' outputs (``[N, (K,) E, C, *S]`` views), so that for a
+    channels-last state each edge's result is a slice of one contiguous ``[N, *S, (K,) E, C]`` tensor and
+    the gradient that reaches the convs' batch norms is channels-last (their fast path): a sum started by a
+    weightless term broadcast over E would be laid out edge-outermost."""
+    from autodeeplab.fast import grouped_bn
+    from autodeeplab.fast.fused_edges import fused_mixed_ops
+    from autodeeplab.fast.pointwise import to_rows
+    from autodeeplab.space.autodeeplab.cell import MixedOp
+
+    torch.manual_seed(0)
+    c, edges = 4, [MixedOp(4).train() for _ in range(3)]
+    x = torch.randn(2, k * c, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = torch.randn(3, 8).softmax(-1).requires_grad_(not fold)
+    grads_seen = []
+    real = grouped_bn.multi_batch_norm
+
+    def recording(z, *args, **kwargs):  # the gradient arriving at each conv primitive's last BN
+        out = real(z, *args, **kwargs)
+        if out.requires_grad and z.shape[1] == k * len(edges) * c:
+            out.register_hook(lambda g: grads_seen.append(g))
+        return out
+
+    execution = ExecutionConfig(fold_alpha_into_bn=fold)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("autodeeplab.fast.fused_edges.multi_batch_norm", recording)
+        outs = fused_mixed_ops(x, edges, weights, execution, channel_groups=k)
+        sum(o.square().sum() for o in outs).backward()
+    rows = [o if k > 1 else to_rows(o) for o in outs]  # [N, *S, (K,) C] each
+    whole = rows[0]._base  # the sum, [N, (K,) E, C, *S]; in memory [N, *S, (K,) E, C]
+    lead = 2 if k == 1 else 3
+    in_memory_order = whole.permute(0, *range(lead + 1, whole.dim()), *range(1, lead + 1))
+    assert in_memory_order.is_contiguous() and all(r._base is whole for r in rows)
+    assert grads_seen and all(g.is_contiguous(memory_format=torch.channels_last) for g in grads_seen)

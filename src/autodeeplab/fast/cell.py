@@ -180,14 +180,14 @@ class StateAlpha:
         self.rows = alpha[_state_major_order(num_blocks, alpha.device)].split(sizes)
         self._columns: dict[tuple, dict[str, torch.Tensor]] = {}
 
-    def columns(
-        self, j: int, dtype: torch.dtype, channels: int, fold: bool, k: int
-    ) -> dict[str, torch.Tensor]:
-        """State ``j``'s columns, as :func:`~autodeeplab.fast.fused_edges.alpha_columns` makes them."""
-        key = (j, dtype, channels, fold, k)
+    def columns(self, j: int, x: torch.Tensor, channels: int, fold: bool, k: int) -> dict[str, torch.Tensor]:
+        """State ``j``'s columns for the fused call on ``x`` (its dtype and spatial dims), as
+        :func:`~autodeeplab.fast.fused_edges.alpha_columns` makes them."""
+        key = (j, x.dtype, x.dim(), channels, fold, k)
         made = self._columns.get(key)
         if made is None:
-            made = self._columns[key] = alpha_columns(self.rows[j], dtype, channels, fold, k)
+            made = alpha_columns(self.rows[j], x.dtype, channels, fold, k, x.dim() - 2)
+            self._columns[key] = made
         return made
 
 
@@ -255,7 +255,7 @@ def _batch_group_terms(x, j, edges, alpha: StateAlpha, groups, execution) -> lis
         execution,
         1 if j == 0 else groups,
         groups if j == 0 else 1,
-        columns=alpha.columns(j, x.dtype, width, _folds(weights, execution), 1),
+        columns=alpha.columns(j, x, width, _folds(weights, execution), 1),
     )
     terms = []
     for edge, term in zip(edges, fused, strict=True):
@@ -272,10 +272,10 @@ def _channel_group_terms(x, j, edges, alpha: StateAlpha, groups, execution) -> l
     times."""
     weights, fold = alpha.rows[j], _folds(alpha.rows[j], execution)
     if j == 0:
-        columns = alpha.columns(j, x.dtype, x.shape[1], fold, 1)
+        columns = alpha.columns(j, x, x.shape[1], fold, 1)
         shared = fused_mixed_ops(x, edges, weights, execution, repeats=groups, columns=columns)
         return [to_rows(t).unsqueeze(-2) for t in shared]
-    columns = alpha.columns(j, x.dtype, x.shape[1] // groups, fold, groups)
+    columns = alpha.columns(j, x, x.shape[1] // groups, fold, groups)
     return fused_mixed_ops(x, edges, weights, execution, channel_groups=groups, columns=columns)
 
 

@@ -32,7 +32,7 @@ from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_convs
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
-from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
+from autodeeplab.fast.pointwise import from_rows, pointwise_conv
 from autodeeplab.fast.pooling import max_pool_saving_input
 from autodeeplab.ops.primitives import PRIMITIVES, conv_function
 
@@ -46,13 +46,13 @@ assert set(_CONVS) == set(_ATROUS + _SEPARABLE)
 
 
 def alpha_columns(
-    weights: torch.Tensor, dtype: torch.dtype, channels: int, fold: bool, k: int = 1
+    weights: torch.Tensor, dtype: torch.dtype, channels: int, fold: bool, k: int = 1, spatial: int = 2
 ) -> dict[str, torch.Tensor]:
     """α of ``weights`` ``[E, P]`` as ``dtype`` (the activations': a dimensioned fp32 factor would promote
-    bf16 activations to fp32) by primitive: ``[E, 1]`` (broadcasts over the ``[..., E, C]`` edge axis
-    of the sum), and with ``fold`` each conv primitive's as one factor per channel of its fused
-    ``[G·N, E·C, *S]`` output instead, ``[E·C]`` (edge i's weight repeated over its C channels), or
-    ``[K·E·C]`` for ``[N, K·E·C, *S]`` (K channel groups).
+    bf16 activations to fp32) by primitive: ``[E, 1, *1…]`` (``spatial`` ones; broadcasts over the
+    ``[…, E, C, *S]`` edge axis of the sum), and with ``fold`` each conv primitive's as one factor per
+    channel of its fused ``[G·N, E·C, *S]`` output instead, ``[E·C]`` (edge i's weight repeated over its C
+    channels), or ``[K·E·C]`` for ``[N, K·E·C, *S]`` (K channel groups).
 
     Views of one transposed tensor: the backward is one ``stack`` and one ``cat``, where a column per
     primitive would cost a ``select`` and its backward each. The per-channel factors are one copy for the
@@ -61,10 +61,11 @@ def alpha_columns(
     e = weights.shape[0]
     weights = weights.to(dtype)
     head, convs = weights.t().split([_FIRST_CONV, len(_CONVS)])  # [4, E] each
-    columns = dict(zip(PRIMITIVES[:_FIRST_CONV], head.unsqueeze(-1).unbind(0), strict=True))
-    if not fold:
-        return columns | dict(zip(_CONVS, convs.unsqueeze(-1).unbind(0), strict=True))
+    ones = (1,) * (1 + spatial)
+    columns = dict(zip(PRIMITIVES[:_FIRST_CONV], head.view(_FIRST_CONV, e, *ones).unbind(0), strict=True))
     n = len(_CONVS)
+    if not fold:
+        return columns | dict(zip(_CONVS, convs.view(n, e, *ones).unbind(0), strict=True))
     if k == 1:
         table = convs.unsqueeze(-1).expand(n, e, channels).reshape(n, e * channels)
     else:
@@ -72,11 +73,18 @@ def alpha_columns(
     return columns | dict(zip(_CONVS, table.unbind(0), strict=True))
 
 
-def _edge_rows(t: torch.Tensor, edges: int, k: int = 1) -> torch.Tensor:
-    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, *S, E, C]`` view; ``[N, K·E·C, *S]`` → the
-    ``[N, *S, K, E, C]`` view."""
+def _by_edge(t: torch.Tensor, edges: int, k: int = 1) -> torch.Tensor:
+    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, E, C, *S]`` view; ``[N, K·E·C, *S]`` → the
+    ``[N, K, E, C, *S]`` view. One dispatch."""
     c = t.shape[1] // (edges * k)
-    return to_rows(t).unflatten(-1, (edges, c) if k == 1 else (k, edges, c))
+    return t.unflatten(1, (edges, c) if k == 1 else (k, edges, c))
+
+
+def _to_edge_rows(t: torch.Tensor, k: int) -> torch.Tensor:
+    """``[G·N, (K,) E, C, *S]`` → its ``[G·N, *S, (K,) E, C]`` view (contiguous for channels-last
+    activations, whose memory order it is)."""
+    lead = 2 if k == 1 else 3  # the (K,) E, C dims after the batch
+    return t.permute(0, *range(lead + 1, t.dim()), *range(1, lead + 1))
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int, k: int = 1) -> torch.Tensor:
@@ -189,13 +197,16 @@ def fused_mixed_ops(
     # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
     # grouped_bn), or as a product after it
     fold = execution.fold_alpha_into_bn or not weights.requires_grad
-    column = alpha_columns(weights, x.dtype, c, fold, k) if columns is None else columns
+    spatial = x.dim() - 2
+    column = alpha_columns(weights, x.dtype, c, fold, k, spatial) if columns is None else columns
     relu_x = F.relu(x)
-    # The sum is built as [G·N, *S, E, C] ([N, *S, K, E, C]): for channels-last activations that is the
-    # memory order of the fused convs' [G·N, (K·)E·C, *S] outputs, so they add in as views, and each edge's
-    # gradient comes back channels-last (an [E, G·N, C, *S] sum would hand the convs' BNs strided
-    # gradients, their slow path).
-    out = None
+    # The sum is built as [G·N, (K,) E, C, *S], a view of the fused convs' [G·N, (K·)E·C, *S] outputs: for
+    # channels-last activations its memory order is [G·N, *S, (K,) E, C], and each edge's result is cut
+    # from the [G·N, *S, (K,) E, C] rows view at the end, so that the backward stacks the E gradients
+    # channels-last again (an unbind of the E axis as it is would stack them into a contiguous, not a
+    # channels-last, gradient: the convs' BNs' slow path). A conv term starts the sum: a product of the
+    # weightless terms broadcast over E would lay the sum out edge-outermost.
+    weightless = []  # (α column, [G·N, (K,) 1 or E, C, *S] term)
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
         seq = edges[0].op(name)  # pool → affine-free BN
         no_indices = execution.pool_without_indices and name == _POOLS[0]
@@ -203,14 +214,15 @@ def fused_mixed_ops(
         y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats, k)
         # training: one [G·N, K·C, *S] for every edge; evaluation: [E, G·N, K·C, *S] (running statistics)
         if y.dim() == x.dim():
-            y = _edge_rows(y, 1, k)
+            y = _by_edge(y, 1, k)
         elif k == 1:
-            y = y.permute(1, *range(3, y.dim()), 0, 2)
+            y = y.transpose(0, 1)
         else:
-            y = y.unflatten(2, (k, c)).permute(1, *range(4, y.dim() + 1), 2, 0, 3)
-        out = column[name] * y if out is None else torch.addcmul(out, column[name], y)
-    out = torch.addcmul(out, column["skip_connect"], _edge_rows(x, 1, k))
+            y = y.unflatten(2, (k, c)).permute(1, 2, 0, *range(3, y.dim() + 1))
+        weightless.append((column[name], y))
+    weightless.append((column["skip_connect"], _by_edge(x, 1, k)))
     filters = stacked_filters(edges, execution)
+    out = None
     dense: dict[str, torch.Tensor] = {}
     if k > 1:  # the dense convs through the batch axis, both at once (autodeeplab.fast.channel_groups)
         likes = [edges[0].op(name)[1] for name in _ATROUS]
@@ -229,9 +241,15 @@ def fused_mixed_ops(
             y = _separable(
                 relu_x, edges, name, groups, repeats, scale, execution, filters[name], k, first.get(name)
             )
-        y = _edge_rows(y, e, k)
-        out = out + y if fold else torch.addcmul(out, column[name], y)
+        y = _by_edge(y, e, k)
+        if fold:
+            out = y if out is None else out + y
+        else:
+            out = y * column[name] if out is None else torch.addcmul(out, column[name], y)
+    for factor, y in weightless:
+        out = torch.addcmul(out, factor, y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
+    rows = _to_edge_rows(out, k).unbind(-2)
     if k > 1:
-        return list(out.unbind(-2))
-    return [from_rows(t) for t in out.unbind(-2)]
+        return list(rows)
+    return [from_rows(t) for t in rows]
