@@ -310,3 +310,22 @@ def test_copies_in_order_read_any_strides_and_lay_the_result_out_as_asked():
     batch = _regroup(x, K, to_batch_axis=True)
     assert torch.equal(batch, torch.cat(_groups(x), dim=0)) and batch.is_contiguous()
     assert torch.equal(_regroup(batch, K, to_batch_axis=False), x)
+
+
+def test_a_blocks_groups_weighted_by_beta_in_one_product_and_sum():
+    """The node's Σ_g β_g · block_g over the channel groups: equal to the per-group sum (value and
+    gradients), and channels-last in both directions."""
+    from autodeeplab.fast.supernet import _group_weighted_sum
+
+    g = torch.Generator().manual_seed(3)
+    x = _layout(torch.randn(2, K * 4, 5, 6, generator=g, dtype=torch.float64), True).requires_grad_()
+    beta = torch.rand(K, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    y = _group_weighted_sum(x, beta)
+    expected = sum(beta[i, 0] * t for i, t in enumerate(_groups(x)))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y, expected, **TOL)
+    grad = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(y, [x, beta], grad)
+    for u, v in zip(got, torch.autograd.grad(expected, [x, beta], grad), strict=True):
+        assert torch.allclose(u, v, **TOL)
+    assert got[0].is_contiguous(memory_format=torch.channels_last)

@@ -167,10 +167,8 @@ class FastSearchNetwork(SearchNetwork):
             # the G resolutions side by side in the channels (autodeeplab.fast.channel_groups)
             s1 = run_sequence(cell.preprocess1, torch.cat(resampled, dim=1), ex, channel_groups=groups)
             blocks = cell_blocks(cell, s0, s1, alpha, groups, ex)
-            # each group as a view of the [N, *S, G, C] rows: the backward stacks their gradients in that
-            # layout again (an unbind of [N, G, C, *S] would stack them into a contiguous, not a
-            # channels-last, gradient for every block)
-            return torch.cat([_weighted_sum(weights, _channel_group_views(b, groups)) for b in blocks], dim=1)
+            factors = torch.stack(weights).to(s1.dtype).view(groups, 1)  # [G, 1], the activations' dtype
+            return torch.cat([_group_weighted_sum(b, factors) for b in blocks], dim=1)
         s1 = torch.cat(resampled, dim=0) if groups > 1 else resampled[0]
         s1 = run_sequence(cell.preprocess1, s1, ex, groups)
         blocks = cell_blocks(cell, s0, s1, alpha, groups, ex)
@@ -252,9 +250,14 @@ class BetaItems:
         return self.items[(layer * self.shape[1] + source) * self.shape[2] + direction]
 
 
-def _channel_group_views(x: torch.Tensor, groups: int) -> list[torch.Tensor]:
-    """``[N, G·C, *S]`` → G views ``[N, C, *S]``, through the ``[N, *S, G, C]`` rows."""
-    return [from_rows(t) for t in to_rows(x).unflatten(-1, (groups, -1)).unbind(-2)]
+def _group_weighted_sum(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Σ_g factors[g] · (group g of ``x``): ``x`` ``[N, G·C, *S]`` holds G groups side by side in the
+    channels, ``factors`` is ``[G, 1]`` → ``[N, C, *S]``. One product and one sum over the group axis of
+    the ``[N, *S, G, C]`` rows view, which for channels-last ``x`` is its memory order: the result and the
+    gradient that comes back stay channels-last (G products and G − 1 sums of per-group views would cost
+    four times the calls)."""
+    rows = to_rows(x).unflatten(-1, (factors.shape[0], -1))
+    return from_rows((rows * factors).sum(-2))
 
 
 def _weighted_sum(weights: list[torch.Tensor], tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
