@@ -75,8 +75,8 @@ def test_beta_items_index_like_beta_with_the_same_gradient():
 
 
 @pytest.mark.parametrize("fold", [True, False])
-@pytest.mark.parametrize("k", [1, 3])
-def test_fused_edge_sums_are_laid_out_channels_last_with_channels_last_gradients(fold, k):
+@pytest.mark.parametrize(("k", "group_rows"), [(1, False), (1, True), (3, False)])
+def test_fused_edge_sums_are_laid_out_channels_last_with_channels_last_gradients(fold, k, group_rows):
     """The fused edges' sum is built on the convs' outputs (``[N, (K,) E, C, *S]`` views), so that for a
     channels-last state each edge's result is a slice of one contiguous ``[N, *S, (K,) E, C]`` tensor and
     the gradient that reaches the convs' batch norms is channels-last (their fast path): a sum started by a
@@ -102,9 +102,12 @@ def test_fused_edge_sums_are_laid_out_channels_last_with_channels_last_gradients
     execution = ExecutionConfig(fold_alpha_into_bn=fold)
     with pytest.MonkeyPatch.context() as m:
         m.setattr("autodeeplab.fast.fused_edges.multi_batch_norm", recording)
-        outs = fused_mixed_ops(x, edges, weights, execution, channel_groups=k)
+        outs = fused_mixed_ops(x, edges, weights, execution, channel_groups=k, group_rows=group_rows)
         sum(o.square().sum() for o in outs).backward()
-    rows = [o if k > 1 else to_rows(o) for o in outs]  # [N, *S, (K,) C] each
+    if group_rows:  # [N, *S, 1, C] each: a term for every channel group of a node
+        assert all(o.shape == (2, 6, 5, 1, c) for o in outs)
+        outs = [o.squeeze(-2) for o in outs]
+    rows = [o if k > 1 or group_rows else to_rows(o) for o in outs]  # [N, *S, (K,) C] each
     whole = rows[0]._base  # the sum, [N, (K,) E, C, *S]; in memory [N, *S, (K,) E, C]
     lead = 2 if k == 1 else 3
     in_memory_order = whole.permute(0, *range(lead + 1, whole.dim()), *range(1, lead + 1))

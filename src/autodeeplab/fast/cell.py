@@ -27,7 +27,7 @@ from autodeeplab.fast.channel_groups import shared_module_conv, uses_channel_gro
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.fused_edges import alpha_columns, fused_mixed_ops, stacked_filters
 from autodeeplab.fast.grouped_bn import batch_norm
-from autodeeplab.fast.pointwise import apply_conv, from_rows, to_rows
+from autodeeplab.fast.pointwise import apply_conv, from_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
 from autodeeplab.space.autodeeplab.cell import MixedOp, SearchCell
 from autodeeplab.space.autodeeplab.topology import edge_offset
@@ -273,8 +273,7 @@ def _channel_group_terms(x, j, edges, alpha: StateAlpha, groups, execution) -> l
     weights, fold = alpha.rows[j], _folds(alpha.rows[j], execution)
     if j == 0:
         columns = alpha.columns(j, x, x.shape[1], fold, 1)
-        shared = fused_mixed_ops(x, edges, weights, execution, repeats=groups, columns=columns)
-        return [to_rows(t).unsqueeze(-2) for t in shared]
+        return fused_mixed_ops(x, edges, weights, execution, repeats=groups, columns=columns, group_rows=True)
     columns = alpha.columns(j, x, x.shape[1] // groups, fold, groups)
     return fused_mixed_ops(x, edges, weights, execution, channel_groups=groups, columns=columns)
 

@@ -176,6 +176,7 @@ def fused_mixed_ops(
     repeats: int = 1,
     channel_groups: int = 1,
     columns: dict[str, torch.Tensor] | None = None,
+    group_rows: bool = False,
 ) -> list[torch.Tensor]:
     """Σ_p w_ip · op_ip(x) for every edge i reading ``x`` ``[G·N, C, *S]`` → E tensors ``[G·N, C, *S]``.
 
@@ -190,7 +191,8 @@ def fused_mixed_ops(
     convs' input gradient as a flipped-filter depthwise conv, :mod:`autodeeplab.fast.depthwise`). The
     ReLU is shared whatever ``share_edge_relu`` says. ``columns``: :func:`alpha_columns` of ``weights``
     for this call, when the caller has them already (α is shared by every cell,
-    :class:`autodeeplab.fast.cell.StateAlpha`).
+    :class:`autodeeplab.fast.cell.StateAlpha`). ``group_rows`` (K = 1): each edge's result as the
+    ``[G·N, *S, 1, C]`` rows view instead, a term that broadcasts over a node's channel groups.
     """
     e, k = len(edges), channel_groups
     c = x.shape[1] // k
@@ -249,7 +251,9 @@ def fused_mixed_ops(
     for factor, y in weightless:
         out = torch.addcmul(out, factor, y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
-    rows = _to_edge_rows(out, k).unbind(-2)
+    rows = _to_edge_rows(out, k)
     if k > 1:
-        return list(rows)
-    return [from_rows(t) for t in rows]
+        return list(rows.unbind(-2))
+    if group_rows:
+        return list(rows.unsqueeze(-3).unbind(-2))
+    return [from_rows(t) for t in rows.unbind(-2)]
