@@ -315,12 +315,13 @@ def test_copies_in_order_read_any_strides_and_lay_the_result_out_as_asked():
 def test_a_blocks_groups_weighted_by_beta_in_one_product_and_sum():
     """The node's Σ_g β_g · block_g over the channel groups: equal to the per-group sum (value and
     gradients), and channels-last in both directions."""
+    from autodeeplab.fast.pointwise import to_rows
     from autodeeplab.fast.supernet import _group_weighted_sum
 
     g = torch.Generator().manual_seed(3)
     x = _layout(torch.randn(2, K * 4, 5, 6, generator=g, dtype=torch.float64), True).requires_grad_()
     beta = torch.rand(K, 1, generator=g, dtype=torch.float64, requires_grad=True)
-    y = _group_weighted_sum(x, beta)
+    y = _group_weighted_sum(to_rows(x).unflatten(-1, (K, -1)), beta)
     expected = sum(beta[i, 0] * t for i, t in enumerate(_groups(x)))
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(y, expected, **TOL)

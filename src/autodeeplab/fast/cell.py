@@ -117,6 +117,7 @@ def cell_blocks(
     alpha: torch.Tensor | StateAlpha,
     groups: int,
     execution: ExecutionConfig,
+    as_rows: bool = False,
 ) -> list[torch.Tensor]:
     """The B block outputs of ``cell`` for ``groups`` inputs h^{l-1} at once.
 
@@ -129,9 +130,14 @@ def cell_blocks(
 
     An edge reading ``s0`` gives the same output for every group, so it runs once (its BNs update
     their running statistics G times, as the G reference calls would) and is broadcast.
+
+    ``as_rows`` (groups side by side in the channels only): each block as its ``[N, *S, G, C]`` rows
+    instead, the layout it is summed in.
     """
     if execution.fuse_edges:
-        return _fused_blocks(cell, s0, s1, alpha, groups, execution)
+        return _fused_blocks(cell, s0, s1, alpha, groups, execution, as_rows)
+    if as_rows:
+        raise ValueError("cell_blocks: as_rows needs fuse_edges and the groups in the channels")
     if isinstance(alpha, StateAlpha):
         alpha = alpha.alpha
     n = s0.shape[0]
@@ -213,6 +219,7 @@ def _fused_blocks(
     alpha: torch.Tensor | StateAlpha,
     groups: int,
     execution: ExecutionConfig,
+    as_rows: bool = False,
 ) -> list[torch.Tensor]:
     """:func:`cell_blocks` state by state: every state's outgoing edges run as one fused call.
 
@@ -223,6 +230,8 @@ def _fused_blocks(
     ``[N, *S, 1, C]`` term to every group by broadcasting).
     """
     in_channels = uses_channel_groups(execution, cell.edges[0].partial_channels, groups)
+    if as_rows and not in_channels:
+        raise ValueError("cell_blocks: as_rows needs the groups in the channels")
     state_terms = _channel_group_terms if in_channels else _batch_group_terms
     pending: list[torch.Tensor | None] = [None] * cell.num_blocks
     states, outputs = [s0, s1], []
@@ -234,10 +243,12 @@ def _fused_blocks(
         for b, term in zip(readers, terms, strict=True):
             pending[b] = term if pending[b] is None else pending[b] + term
         if j >= 1:  # block j-1 has all its inputs
-            block = from_rows(pending[j - 1].flatten(-2)) if in_channels else pending[j - 1].flatten(0, 1)
-            pending[j - 1] = None
+            rows, pending[j - 1] = pending[j - 1], None
+            block = None
+            if not as_rows or j < cell.num_blocks:  # [N, (G·)C, *S]; the last one only as an output
+                block = from_rows(rows.flatten(-2)) if in_channels else rows.flatten(0, 1)
             states.append(block)
-            outputs.append(block)
+            outputs.append(rows if as_rows else block)
     return outputs
 
 

@@ -32,7 +32,7 @@ from autodeeplab.fast.channel_groups import uses_channel_groups
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.grouped_bn import running_stats_frozen
 from autodeeplab.fast.memory import note_held
-from autodeeplab.fast.pointwise import from_rows, to_rows
+from autodeeplab.fast.pointwise import from_rows
 from autodeeplab.fast.running_stats import batched_running_stats
 from autodeeplab.ops.primitives import resize
 from autodeeplab.space.autodeeplab.supernet import Resample, SearchNetwork, SearchSpaceConfig
@@ -166,9 +166,9 @@ class FastSearchNetwork(SearchNetwork):
         if uses_channel_groups(ex, cell.edges[0].partial_channels, groups):
             # the G resolutions side by side in the channels (autodeeplab.fast.channel_groups)
             s1 = run_sequence(cell.preprocess1, torch.cat(resampled, dim=1), ex, channel_groups=groups)
-            blocks = cell_blocks(cell, s0, s1, alpha, groups, ex)
+            rows = cell_blocks(cell, s0, s1, alpha, groups, ex, as_rows=True)  # [N, *S, G, C] each
             factors = torch.stack(weights).to(s1.dtype).view(groups, 1)  # [G, 1], the activations' dtype
-            return torch.cat([_group_weighted_sum(b, factors) for b in blocks], dim=1)
+            return torch.cat([_group_weighted_sum(r, factors) for r in rows], dim=1)
         s1 = torch.cat(resampled, dim=0) if groups > 1 else resampled[0]
         s1 = run_sequence(cell.preprocess1, s1, ex, groups)
         blocks = cell_blocks(cell, s0, s1, alpha, groups, ex)
@@ -250,13 +250,12 @@ class BetaItems:
         return self.items[(layer * self.shape[1] + source) * self.shape[2] + direction]
 
 
-def _group_weighted_sum(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Σ_g factors[g] · (group g of ``x``): ``x`` ``[N, G·C, *S]`` holds G groups side by side in the
-    channels, ``factors`` is ``[G, 1]`` → ``[N, C, *S]``. One product and one sum over the group axis of
-    the ``[N, *S, G, C]`` rows view, which for channels-last ``x`` is its memory order: the result and the
-    gradient that comes back stay channels-last (G products and G − 1 sums of per-group views would cost
-    four times the calls)."""
-    rows = to_rows(x).unflatten(-1, (factors.shape[0], -1))
+def _group_weighted_sum(rows: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Σ_g factors[g] · group g of a block's ``[N, *S, G, C]`` rows, ``factors`` ``[G, 1]`` → ``[N, C, *S]``.
+
+    One product and one sum over the group axis (G products and G − 1 sums of per-group views would cost
+    four times the calls). For channels-last activations the rows are the memory order: the result and
+    the gradient that comes back stay channels-last."""
     return from_rows((rows * factors).sum(-2))
 
 
