@@ -202,12 +202,13 @@ def fused_mixed_ops(
     spatial = x.dim() - 2
     column = alpha_columns(weights, x.dtype, c, fold, k, spatial) if columns is None else columns
     relu_x = F.relu(x)
-    # The sum is built as [G·N, (K,) E, C, *S], a view of the fused convs' [G·N, (K·)E·C, *S] outputs: for
-    # channels-last activations its memory order is [G·N, *S, (K,) E, C], and each edge's result is cut
-    # from the [G·N, *S, (K,) E, C] rows view at the end, so that the backward stacks the E gradients
-    # channels-last again (an unbind of the E axis as it is would stack them into a contiguous, not a
-    # channels-last, gradient: the convs' BNs' slow path). A conv term starts the sum: a product of the
-    # weightless terms broadcast over E would lay the sum out edge-outermost.
+    # The sum is built as [G·N, (K,) E, C, *S], a view of the fused convs' [G·N, (K·)E·C, *S] outputs (with
+    # α folded into their BNs, of their plain sum): for channels-last activations its memory order is
+    # [G·N, *S, (K,) E, C], and each edge's result is cut from the [G·N, *S, (K,) E, C] rows view at the
+    # end, so that the backward stacks the E gradients channels-last again (an unbind of the E axis as it
+    # is would stack them into a contiguous, not a channels-last, gradient: the convs' BNs' slow path). The
+    # conv terms start the sum: a product of the weightless terms broadcast over E would lay the sum out
+    # edge-outermost.
     weightless = []  # (α column, [G·N, (K,) 1 or E, C, *S] term)
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
         seq = edges[0].op(name)  # pool → affine-free BN
@@ -243,11 +244,13 @@ def fused_mixed_ops(
             y = _separable(
                 relu_x, edges, name, groups, repeats, scale, execution, filters[name], k, first.get(name)
             )
-        y = _by_edge(y, e, k)
-        if fold:
+        if fold:  # α inside the BNs: the terms add as they are, one view of the sum for the rest
             out = y if out is None else out + y
         else:
+            y = _by_edge(y, e, k)
             out = y * column[name] if out is None else torch.addcmul(out, column[name], y)
+    if fold:
+        out = _by_edge(out, e, k)
     for factor, y in weightless:
         out = torch.addcmul(out, factor, y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
