@@ -214,3 +214,23 @@ def test_a_deep_copy_trains_its_own_parameters():
     assert all(p.grad is None for p in net.parameters())
     edge = twin.cells["1_0"].edges[1].op("atr_conv_3x3")[1].weight
     assert edge.grad is not None and edge.grad.abs().sum() > 0
+
+
+def test_a_dropped_flat_supernet_frees_its_grouped_parameters():
+    """The gradient hook reaches its group through a weak reference: with a strong one the cycle
+    parameter → group → tensor → hook → parameters ran through C++, where the collector cannot see it, and
+    every dropped supernet's filters (and gradients) stayed allocated."""
+    import gc
+    import weakref
+
+    space = SearchSpaceConfig(
+        filter_multiplier=2, num_layers=2, num_levels=2, num_blocks=2, stem_channels=(2, 2, 4)
+    )
+    net = build_supernet(space, 3).train()
+    net(torch.randn(2, 3, 17, 17)).sum().backward()
+    weight = net.cells["1_0"].edges[1].op("atr_conv_3x3")[1].weight  # lives in a group of two
+    assert weight.grad is not None
+    alive = weakref.ref(weight)
+    del net, weight
+    gc.collect()
+    assert alive() is None

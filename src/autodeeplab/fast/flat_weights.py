@@ -32,6 +32,7 @@ after the backward).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -42,7 +43,7 @@ class _Flat:
     """One group: the contiguous tensor, a no-gradient alias of it, and where its parameters' data must be
     for it to hold them."""
 
-    __slots__ = ("fused", "frozen", "addresses")
+    __slots__ = ("fused", "frozen", "addresses", "params", "__weakref__")
 
     def __init__(self, params: Sequence[nn.Parameter]) -> None:
         # normal tensors even when first called under inference mode (the parameters train later), in
@@ -57,13 +58,19 @@ class _Flat:
             p.data = fused[start : start + rows]  # a view: the parameter now lives in ``fused``
             start += rows
         self.addresses = [p.data_ptr() for p in params]
+        self.params = list(params)
         self.frozen = fused.detach()  # what a call that needs no gradient reads: no graph, no hook
         self.fused = fused.requires_grad_(True)  # the leaf of the calls that train the filters
-        self.fused.register_post_accumulate_grad_hook(_handing_out(list(params)))
+        # The hook finds the group through a weak reference: a strong one would close a cycle
+        # (parameter → group → tensor → hook → parameters) through the hook, which lives in C++ where the
+        # garbage collector cannot see it, and no parameter would ever be freed. The cycle through the
+        # group's ``params`` is Python's and is collected.
+        self.fused.register_post_accumulate_grad_hook(_handing_out(weakref.ref(self)))
 
     def holds(self, params: Sequence[nn.Parameter]) -> bool:
         """Whether ``params`` are still this group's slices. An address inside ``fused`` (alive as long as
-        this group) can only be its slice, so the addresses decide."""
+        this group) can only be its slice, so the addresses decide (no weak reference to a parameter is
+        kept: ``torch.utils.swap_tensors`` refuses tensors that have one)."""
         if len(params) != len(self.addresses):
             return False
         return all(p.data_ptr() == address for p, address in zip(params, self.addresses, strict=True))
@@ -78,15 +85,18 @@ def _dropped() -> None:
     return None
 
 
-def _handing_out(params: list[nn.Parameter]):
-    """The hook that gives each parameter its slice of the group's accumulated gradient ``[Σ rows, *K]``
-    and clears the group's, so that the next backward starts from nothing, like a parameter after
-    ``zero_grad``. A frozen parameter of a partly frozen group gets nothing."""
-    rows = [p.shape[0] for p in params]
+def _handing_out(group: weakref.ref):
+    """The hook that gives each parameter of ``group`` its slice of the group's accumulated gradient
+    ``[Σ rows, *K]`` and clears the group's, so that the next backward starts from nothing, like a
+    parameter after ``zero_grad``. A frozen parameter of a partly frozen group gets nothing."""
 
     def hand_out(fused: torch.Tensor) -> None:
+        flat = group()
         grad, fused.grad = fused.grad, None
-        for p, piece in zip(params, grad.split(rows), strict=True):
+        if flat is None:  # the group is gone (its parameters with it): nobody to hand out to
+            return
+        rows = [p.shape[0] for p in flat.params]
+        for p, piece in zip(flat.params, grad.split(rows), strict=True):
             if not p.requires_grad:
                 continue
             if p.grad is None:  # contiguous, laid out like the parameter: kept as it is, no copy
