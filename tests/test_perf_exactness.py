@@ -233,6 +233,32 @@ def test_volumes_change_no_result():
         assert torch.allclose(net.eval()(x), ref.eval()(x), **TOL)
 
 
+@pytest.mark.parametrize(
+    ("spatial", "execution"),
+    [((17, 21), {}), ((17, 21), {"memory_format": "contiguous"}), ((9, 7, 11), {})],  # 3D: two levels
+    ids=["2d", "2d-contiguous", "3d"],
+)
+def test_a_batch_of_one_changes_no_result(spatial, execution):
+    """N = 1 (volumes, a rank's shard): the fused sums' gradients once reached the batch norms in a
+    stride of the size-1 batch axis that torch 2.13's CPU batch-norm backward misreads (outputs exact,
+    gradients off by up to 0.7)."""
+    space = tiny_space(spatial_dims=len(spatial), num_layers=2, num_levels=3 if len(spatial) == 2 else 2)
+    ref = make_reference(space)
+    net = build_supernet(space, 3, in_channels=3, execution=ExecutionConfig(**execution)).double()
+    net.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 3, *spatial, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (1, *spatial), generator=g)
+    outs = []
+    for model in (ref, net):
+        model.train()
+        outs.append(model(x))
+        nn.functional.cross_entropy(outs[-1], y).backward()
+    assert torch.allclose(outs[1], outs[0], **TOL)
+    for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, **TOL), name
+
+
 def test_the_reference_switches_evaluate_exactly_the_reference():
     """Not merely close: with every switch off, build_supernet's forward calls the reference node."""
     ref = make_reference(tiny_space())

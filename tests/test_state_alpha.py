@@ -25,9 +25,9 @@ def _counting(monkeypatch) -> tuple[list[tuple], list[int]]:
     made, fused = [], [0]
     real_columns, real_fused = fast_cell.alpha_columns, fast_cell.fused_mixed_ops
 
-    def columns(weights, dtype, channels, fold, k=1, spatial=2):
+    def columns(weights, dtype, channels, fold, k=1):
         made.append((id(weights), dtype, channels, fold, k))  # id: one state's rows, alive all forward
-        return real_columns(weights, dtype, channels, fold, k, spatial)
+        return real_columns(weights, dtype, channels, fold, k)
 
     def fused_mixed_ops(*args, **kwargs):
         fused[0] += 1
@@ -74,13 +74,15 @@ def test_beta_items_index_like_beta_with_the_same_gradient():
     assert torch.equal(grad, weights)  # each scalar used once with its weight
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("fold", [True, False])
 @pytest.mark.parametrize(("k", "group_rows"), [(1, False), (1, True), (3, False)])
-def test_fused_edge_sums_are_laid_out_channels_last_with_channels_last_gradients(fold, k, group_rows):
-    """The fused edges' sum is built on the convs' outputs (``[N, (K,) E, C, *S]`` views), so that for a
-    channels-last state each edge's result is a slice of one contiguous ``[N, *S, (K,) E, C]`` tensor and
-    the gradient that reaches the convs' batch norms is channels-last (their fast path): a sum started by a
-    weightless term broadcast over E would be laid out edge-outermost."""
+def test_fused_edge_sums_give_channels_last_gradients_in_canonical_strides(batch, fold, k, group_rows):
+    """The fused edges' sum is laid out in the channels-last memory order, ``[N, *S, (K,) E, C]`` rows,
+    each edge's result a slice of it, so that every gradient that comes back is channels-last with the
+    canonical strides: the convs' and the pools' batch norms' and the input state's. (Broadcast over E in
+    another order, the weightless terms' gradients came back contiguous, the pools' BN backward 2-4× slower;
+    with a batch of one, in a stride that torch 2.13's CPU batch-norm backward misreads: wrong gradients.)"""
     from autodeeplab.fast import grouped_bn
     from autodeeplab.fast.fused_edges import fused_mixed_ops
     from autodeeplab.fast.pointwise import to_rows
@@ -88,28 +90,34 @@ def test_fused_edge_sums_are_laid_out_channels_last_with_channels_last_gradients
 
     torch.manual_seed(0)
     c, edges = 4, [MixedOp(4).train() for _ in range(3)]
-    x = torch.randn(2, k * c, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(batch, k * c, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
     weights = torch.randn(3, 8).softmax(-1).requires_grad_(not fold)
     grads_seen = []
-    real = grouped_bn.multi_batch_norm
 
-    def recording(z, *args, **kwargs):  # the gradient arriving at each conv primitive's last BN
-        out = real(z, *args, **kwargs)
-        if out.requires_grad and z.shape[1] == k * len(edges) * c:
-            out.register_hook(lambda g: grads_seen.append(g))
-        return out
+    def recording(real):
+        def bn(z, *args, **kwargs):  # the gradient arriving at each batch norm
+            out = real(z, *args, **kwargs)
+            if out.requires_grad:
+                out.register_hook(grads_seen.append)
+            return out
+
+        return bn
+
+    def canonical(g: torch.Tensor) -> bool:
+        return g.stride() == torch.empty(g.shape, memory_format=torch.channels_last).stride()
 
     execution = ExecutionConfig(fold_alpha_into_bn=fold)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr("autodeeplab.fast.fused_edges.multi_batch_norm", recording)
+        for name in ("multi_batch_norm", "shared_batch_norm"):
+            m.setattr(f"autodeeplab.fast.fused_edges.{name}", recording(getattr(grouped_bn, name)))
         outs = fused_mixed_ops(x, edges, weights, execution, channel_groups=k, group_rows=group_rows)
         sum(o.square().sum() for o in outs).backward()
     if group_rows:  # [N, *S, 1, C] each: a term for every channel group of a node
-        assert all(o.shape == (2, 6, 5, 1, c) for o in outs)
+        assert all(o.shape == (batch, 6, 5, 1, c) for o in outs)
         outs = [o.squeeze(-2) for o in outs]
     rows = [o if k > 1 or group_rows else to_rows(o) for o in outs]  # [N, *S, (K,) C] each
-    whole = rows[0]._base  # the sum, [N, (K,) E, C, *S]; in memory [N, *S, (K,) E, C]
-    lead = 2 if k == 1 else 3
-    in_memory_order = whole.permute(0, *range(lead + 1, whole.dim()), *range(1, lead + 1))
-    assert in_memory_order.is_contiguous() and all(r._base is whole for r in rows)
-    assert grads_seen and all(g.is_contiguous(memory_format=torch.channels_last) for g in grads_seen)
+    whole = rows[0]._base  # the sum, [N, *S, (K,) E, C]
+    assert whole.is_contiguous() and all(r._base is whole for r in rows)
+    assert len(grads_seen) == 8  # the 2 pools', the 4 conv primitives' last and the sep convs' first BNs
+    assert all(canonical(g) for g in grads_seen)
+    assert canonical(x.grad)

@@ -187,12 +187,12 @@ class StateAlpha:
         self._columns: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def columns(self, j: int, x: torch.Tensor, channels: int, fold: bool, k: int) -> dict[str, torch.Tensor]:
-        """State ``j``'s columns for the fused call on ``x`` (its dtype and spatial dims), as
+        """State ``j``'s columns for the fused call on ``x`` (its dtype), as
         :func:`~autodeeplab.fast.fused_edges.alpha_columns` makes them."""
-        key = (j, x.dtype, x.dim(), channels, fold, k)
+        key = (j, x.dtype, channels, fold, k)
         made = self._columns.get(key)
         if made is None:
-            made = alpha_columns(self.rows[j], x.dtype, channels, fold, k, x.dim() - 2)
+            made = alpha_columns(self.rows[j], x.dtype, channels, fold, k)
             self._columns[key] = made
         return made
 

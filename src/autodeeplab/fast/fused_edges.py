@@ -32,7 +32,7 @@ from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_convs
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
-from autodeeplab.fast.pointwise import from_rows, pointwise_conv
+from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
 from autodeeplab.ops.primitives import PRIMITIVES, conv_function
 
@@ -46,13 +46,13 @@ assert set(_CONVS) == set(_ATROUS + _SEPARABLE)
 
 
 def alpha_columns(
-    weights: torch.Tensor, dtype: torch.dtype, channels: int, fold: bool, k: int = 1, spatial: int = 2
+    weights: torch.Tensor, dtype: torch.dtype, channels: int, fold: bool, k: int = 1
 ) -> dict[str, torch.Tensor]:
     """α of ``weights`` ``[E, P]`` as ``dtype`` (the activations': a dimensioned fp32 factor would promote
-    bf16 activations to fp32) by primitive: ``[E, 1, *1…]`` (``spatial`` ones; broadcasts over the
-    ``[…, E, C, *S]`` edge axis of the sum), and with ``fold`` each conv primitive's as one factor per
-    channel of its fused ``[G·N, E·C, *S]`` output instead, ``[E·C]`` (edge i's weight repeated over its C
-    channels), or ``[K·E·C]`` for ``[N, K·E·C, *S]`` (K channel groups).
+    bf16 activations to fp32) by primitive: ``[E, 1]`` (broadcasts over the ``[…, E, C]`` rows of the sum),
+    and with ``fold`` each conv primitive's as one factor per channel of its fused ``[G·N, E·C, *S]``
+    output instead, ``[E·C]`` (edge i's weight repeated over its C channels), or ``[K·E·C]`` for
+    ``[N, K·E·C, *S]`` (K channel groups).
 
     Views of one transposed tensor: the backward is one ``stack`` and one ``cat``, where a column per
     primitive would cost a ``select`` and its backward each. The per-channel factors are one copy for the
@@ -61,11 +61,10 @@ def alpha_columns(
     e = weights.shape[0]
     weights = weights.to(dtype)
     head, convs = weights.t().split([_FIRST_CONV, len(_CONVS)])  # [4, E] each
-    ones = (1,) * (1 + spatial)
-    columns = dict(zip(PRIMITIVES[:_FIRST_CONV], head.view(_FIRST_CONV, e, *ones).unbind(0), strict=True))
+    columns = dict(zip(PRIMITIVES[:_FIRST_CONV], head.unsqueeze(-1).unbind(0), strict=True))
     n = len(_CONVS)
     if not fold:
-        return columns | dict(zip(_CONVS, convs.view(n, e, *ones).unbind(0), strict=True))
+        return columns | dict(zip(_CONVS, convs.unsqueeze(-1).unbind(0), strict=True))
     if k == 1:
         table = convs.unsqueeze(-1).expand(n, e, channels).reshape(n, e * channels)
     else:
@@ -73,18 +72,11 @@ def alpha_columns(
     return columns | dict(zip(_CONVS, table.unbind(0), strict=True))
 
 
-def _by_edge(t: torch.Tensor, edges: int, k: int = 1) -> torch.Tensor:
-    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, E, C, *S]`` view; ``[N, K·E·C, *S]`` → the
-    ``[N, K, E, C, *S]`` view. One dispatch."""
+def _edge_rows(t: torch.Tensor, edges: int, k: int = 1) -> torch.Tensor:
+    """``[G·N, E·C, *S]`` (edge-major channels) → the ``[G·N, *S, E, C]`` view; ``[N, K·E·C, *S]`` → the
+    ``[N, *S, K, E, C]`` view."""
     c = t.shape[1] // (edges * k)
-    return t.unflatten(1, (edges, c) if k == 1 else (k, edges, c))
-
-
-def _to_edge_rows(t: torch.Tensor, k: int) -> torch.Tensor:
-    """``[G·N, (K,) E, C, *S]`` → its ``[G·N, *S, (K,) E, C]`` view (contiguous for channels-last
-    activations, whose memory order it is)."""
-    lead = 2 if k == 1 else 3  # the (K,) E, C dims after the batch
-    return t.permute(0, *range(lead + 1, t.dim()), *range(1, lead + 1))
+    return to_rows(t).unflatten(-1, (edges, c) if k == 1 else (k, edges, c))
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int, k: int = 1) -> torch.Tensor:
@@ -199,17 +191,17 @@ def fused_mixed_ops(
     # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
     # grouped_bn), or as a product after it
     fold = execution.fold_alpha_into_bn or not weights.requires_grad
-    spatial = x.dim() - 2
-    column = alpha_columns(weights, x.dtype, c, fold, k, spatial) if columns is None else columns
+    column = alpha_columns(weights, x.dtype, c, fold, k) if columns is None else columns
     relu_x = F.relu(x)
-    # The sum is built as [G·N, (K,) E, C, *S], a view of the fused convs' [G·N, (K·)E·C, *S] outputs (with
-    # α folded into their BNs, of their plain sum): for channels-last activations its memory order is
-    # [G·N, *S, (K,) E, C], and each edge's result is cut from the [G·N, *S, (K,) E, C] rows view at the
-    # end, so that the backward stacks the E gradients channels-last again (an unbind of the E axis as it
-    # is would stack them into a contiguous, not a channels-last, gradient: the convs' BNs' slow path). The
-    # conv terms start the sum: a product of the weightless terms broadcast over E would lay the sum out
-    # edge-outermost.
-    weightless = []  # (α column, [G·N, (K,) 1 or E, C, *S] term)
+    # The conv terms are summed as the fused convs' [G·N, (K·)E·C, *S] outputs (with α folded into their BNs,
+    # as they are; else as [G·N, (K,) E, C, *S] views times α), the weightless terms added to the sum's
+    # [G·N, *S, (K,) E, C] rows, broadcast over E, and each edge's result cut from those rows. For
+    # channels-last activations the rows are the memory order: every gradient that comes back (the
+    # convs' BNs', the pools' BNs', the state's through the skip) is channels-last with canonical strides.
+    # Broadcast over E in any other order, the weightless terms' gradients came back contiguous (the
+    # pools' BN backward 2-4x slower), and with a batch of one in a stride that torch 2.13's CPU batch-norm
+    # backward misreads (wrong gradients; tests/test_state_alpha.py).
+    weightless = []  # (α column [E, 1], [G·N, *S, (K,) 1 or E, C] term)
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
         seq = edges[0].op(name)  # pool → affine-free BN
         no_indices = execution.pool_without_indices and name == _POOLS[0]
@@ -217,13 +209,13 @@ def fused_mixed_ops(
         y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats, k)
         # training: one [G·N, K·C, *S] for every edge; evaluation: [E, G·N, K·C, *S] (running statistics)
         if y.dim() == x.dim():
-            y = _by_edge(y, 1, k)
+            y = _edge_rows(y, 1, k)
         elif k == 1:
-            y = y.transpose(0, 1)
+            y = y.permute(1, *range(3, y.dim()), 0, 2)
         else:
-            y = y.unflatten(2, (k, c)).permute(1, 2, 0, *range(3, y.dim() + 1))
+            y = y.unflatten(2, (k, c)).permute(1, *range(4, y.dim() + 1), 2, 0, 3)
         weightless.append((column[name], y))
-    weightless.append((column["skip_connect"], _by_edge(x, 1, k)))
+    weightless.append((column["skip_connect"], _edge_rows(x, 1, k)))
     filters = stacked_filters(edges, execution)
     out = None
     dense: dict[str, torch.Tensor] = {}
@@ -244,17 +236,15 @@ def fused_mixed_ops(
             y = _separable(
                 relu_x, edges, name, groups, repeats, scale, execution, filters[name], k, first.get(name)
             )
-        if fold:  # α inside the BNs: the terms add as they are, one view of the sum for the rest
+        if fold:  # α inside the BNs: the terms add as they are
             out = y if out is None else out + y
-        else:
-            y = _by_edge(y, e, k)
+        else:  # each term's rows times α's [E, 1] column
+            y = _edge_rows(y, e, k)
             out = y * column[name] if out is None else torch.addcmul(out, column[name], y)
-    if fold:
-        out = _by_edge(out, e, k)
+    rows = _edge_rows(out, e, k) if fold else out  # [G·N, *S, (K,) E, C]
     for factor, y in weightless:
-        out = torch.addcmul(out, factor, y)
+        rows = torch.addcmul(rows, factor, y)
     # one tensor per edge; unbind (not indexing) so that the backward stacks the E gradients once
-    rows = _to_edge_rows(out, k)
     if k > 1:
         return list(rows.unbind(-2))
     if group_rows:
