@@ -14,7 +14,8 @@
 #   (the device tool), also copies the new records to $OUT/results_search_gpu.jsonl so that they come back;
 # - counts the operator dispatches of the exact steps on the GPU and calibrates the launch model there
 #   (benchmarks/bench_dispatch.py --calibrate; records in $OUT or benchmarks/results_dispatch_gpu.jsonl);
-# - prints the records against the issue's GPU targets (bf16: <= 6 GPU-hours projected, <= 8 GiB peak).
+# - prints the records against the issue's GPU targets (bf16: <= 6 GPU-hours projected, <= 8 GiB peak);
+# - first, checks the fast path against the reference on the GPU in float64 (benchmarks/gpu_exactness.py).
 #
 # Installs nothing: it needs torch with CUDA plus the package's own dependencies (numpy, pyyaml, pillow,
 # safetensors, matplotlib) and runs the package from src/ when it is not installed.
@@ -37,6 +38,10 @@ if not torch.cuda.is_available():
 print("device:", torch.cuda.get_device_name(0))
 import autodeeplab  # noqa: F401,E402  (fails here, not mid-run, if a dependency is missing)
 EOF
+
+# Issue 16: the fast path equal to the reference on this GPU's kernels (float64, seconds)
+timeout 60 python benchmarks/gpu_exactness.py --device cuda \
+  || echo "gpu_check: the fast path DIFFERS from the reference on this GPU, or the check stopped (rc $?)"
 
 before=$( [ -f "$RESULTS" ] && wc -l < "$RESULTS" || echo 0 )
 # each variant is one subprocess: CUDA start-up (~10-20 s) + 1 + REPEATS iterations

@@ -330,3 +330,22 @@ def test_a_blocks_groups_weighted_by_beta_in_one_product_and_sum():
     for u, v in zip(got, torch.autograd.grad(expected, [x, beta], grad), strict=True):
         assert torch.allclose(u, v, **TOL)
     assert got[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_beta_weighted_sum_of_rows_not_in_memory_order_takes_the_per_group_form():
+    """Rows of contiguous activations (or, untestable here, CUDA ones) take one product per group: the
+    same values and gradients, and the result keeps the activations' layout."""
+    from autodeeplab.fast.pointwise import to_rows
+    from autodeeplab.fast.supernet import _group_weighted_sum
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, K * 4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)  # contiguous
+    beta = torch.rand(K, 1, generator=g, dtype=torch.float64, requires_grad=True)
+    y = _group_weighted_sum(to_rows(x).unflatten(-1, (K, -1)), beta)
+    expected = sum(beta[i, 0] * t for i, t in enumerate(_groups(x)))
+    assert y.is_contiguous() and torch.allclose(y, expected, **TOL)
+    grad = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    for u, v in zip(
+        torch.autograd.grad(y, [x, beta], grad), torch.autograd.grad(expected, [x, beta], grad), strict=True
+    ):
+        assert torch.allclose(u, v, **TOL)

@@ -253,10 +253,15 @@ class BetaItems:
 def _group_weighted_sum(rows: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Σ_g factors[g] · group g of a block's ``[N, *S, G, C]`` rows, ``factors`` ``[G, 1]`` → ``[N, C, *S]``.
 
-    One product and one sum over the group axis (G products and G − 1 sums of per-group views would cost
-    four times the calls). For channels-last activations the rows are the memory order: the result and
-    the gradient that comes back stay channels-last."""
-    return from_rows((rows * factors).sum(-2))
+    On the CPU with the rows in memory order (channels-last activations): one product and one sum over the
+    group axis (G products and G − 1 sums would cost four times the calls); the result and the gradient
+    that comes back stay channels-last. Elsewhere a product and a sum per group: on CUDA the one-product
+    form gave wrong gradients further back in an audit (H200, torch 2.11, float64; outputs exact, the
+    per-group form and the CPU exact), and the cause was not found on the machine's time; for contiguous
+    activations it would turn the node's output channels-last."""
+    if rows.device.type == "cpu" and rows.is_contiguous():
+        return from_rows((rows * factors).sum(-2))
+    return from_rows(sum(factors[g] * rows[..., g, :] for g in range(rows.shape[-2])))
 
 
 def _weighted_sum(weights: list[torch.Tensor], tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
