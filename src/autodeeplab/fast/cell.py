@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from autodeeplab.fast.channel_groups import shared_module_conv, uses_channel_groups
 from autodeeplab.fast.execution import ExecutionConfig
-from autodeeplab.fast.fused_edges import alpha_columns, fused_mixed_ops, stacked_filters
+from autodeeplab.fast.fused_edges import alpha_columns, folds_alpha, fused_mixed_ops, stacked_filters
 from autodeeplab.fast.grouped_bn import batch_norm
 from autodeeplab.fast.pointwise import apply_conv, from_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
@@ -186,13 +186,14 @@ class StateAlpha:
         self.rows = alpha[_state_major_order(num_blocks, alpha.device)].split(sizes)
         self._columns: dict[tuple, dict[str, torch.Tensor]] = {}
 
-    def columns(self, j: int, x: torch.Tensor, channels: int, fold: bool, k: int) -> dict[str, torch.Tensor]:
-        """State ``j``'s columns for the fused call on ``x`` (its dtype), as
-        :func:`~autodeeplab.fast.fused_edges.alpha_columns` makes them."""
-        key = (j, x.dtype, channels, fold, k)
+    def columns(
+        self, j: int, dtype: torch.dtype, channels: int, fold: bool, k: int
+    ) -> dict[str, torch.Tensor]:
+        """State ``j``'s columns, as :func:`~autodeeplab.fast.fused_edges.alpha_columns` makes them."""
+        key = (j, dtype, channels, fold, k)
         made = self._columns.get(key)
         if made is None:
-            made = alpha_columns(self.rows[j], x.dtype, channels, fold, k)
+            made = alpha_columns(self.rows[j], dtype, channels, fold, k)
             self._columns[key] = made
         return made
 
@@ -266,7 +267,7 @@ def _batch_group_terms(x, j, edges, alpha: StateAlpha, groups, execution) -> lis
         execution,
         1 if j == 0 else groups,
         groups if j == 0 else 1,
-        columns=alpha.columns(j, x, width, _folds(weights, execution), 1),
+        columns=alpha.columns(j, x.dtype, width, folds_alpha(weights, execution), 1),
     )
     terms = []
     for edge, term in zip(edges, fused, strict=True):
@@ -281,14 +282,9 @@ def _channel_group_terms(x, j, edges, alpha: StateAlpha, groups, execution) -> l
     """State ``j`` ``x`` (``[N, C, *S]`` for j = 0, else ``[N, G·C, *S]``) through its edges → one
     ``[N, *S, 1 or G, C]`` term per edge; the shared h^{l-2} runs once for all the groups, recorded G
     times."""
-    weights, fold = alpha.rows[j], _folds(alpha.rows[j], execution)
+    weights, fold = alpha.rows[j], folds_alpha(alpha.rows[j], execution)
     if j == 0:
-        columns = alpha.columns(j, x, x.shape[1], fold, 1)
+        columns = alpha.columns(j, x.dtype, x.shape[1], fold, 1)
         return fused_mixed_ops(x, edges, weights, execution, repeats=groups, columns=columns, group_rows=True)
-    columns = alpha.columns(j, x, x.shape[1] // groups, fold, groups)
+    columns = alpha.columns(j, x.dtype, x.shape[1] // groups, fold, groups)
     return fused_mixed_ops(x, edges, weights, execution, channel_groups=groups, columns=columns)
-
-
-def _folds(weights: torch.Tensor, execution: ExecutionConfig) -> bool:
-    """Whether the fused edges fold α into their BNs (as :func:`fused_mixed_ops` decides)."""
-    return execution.fold_alpha_into_bn or not weights.requires_grad

@@ -84,7 +84,7 @@ def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool, values: bool = True) 
         order = [1, 0, *spatial, 2] if layout != torch.contiguous_format else [1, 0, 2, *spatial]
     else:  # [N, K·C, *S]
         order = [0, *spatial, 1, 2] if layout != torch.contiguous_format else [0, 1, 2, *spatial]
-    return copy_in_order(x, [size[d] for d in order], [stride[d] for d in order], shape, layout)
+    return copy_in_order(x, size, stride, order, shape, layout)
 
 
 class _ConvsOnTheBatchAxis(torch.autograd.Function):

@@ -76,13 +76,11 @@ def depthwise_conv(
     return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))
 
 
-def _edge_view(t: torch.Tensor, k: int, edges: int, c: int, repeat: bool) -> torch.Tensor:
-    """``t`` as ``[N, K, E, C, *S]``: ``t`` ``[N, K·C, *S]`` with stride 0 over E (``repeat``), or ``t``
-    ``[N, K·E·C, *S]``. One ``as_strided`` of ``t``'s own strides, whatever its layout."""
+def _edge_view(t: torch.Tensor, k: int, edges: int, c: int) -> torch.Tensor:
+    """``t`` ``[N, K·E·C, *S]`` as ``[N, K, E, C, *S]``: one ``as_strided`` of ``t``'s own strides, whatever
+    its layout."""
     s = t.stride()
-    inner = (0, s[1]) if repeat else (c * s[1], s[1])
-    group = c * s[1] if repeat else edges * c * s[1]
-    return t.as_strided((t.shape[0], k, edges, c, *t.shape[2:]), (s[0], group, *inner, *s[2:]))
+    return t.as_strided((t.shape[0], k, edges, c, *t.shape[2:]), (s[0], edges * c * s[1], c * s[1], *s[1:]))
 
 
 def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> torch.Tensor:
@@ -100,7 +98,7 @@ def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> t
     stride = (s[0], c * s[1], 0, s[1], *s[2:])
     order = [0, *spatial, 1, 2, 3] if layout != torch.contiguous_format else [0, 1, 2, 3, *spatial]
     shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
-    return copy_in_order(x, [size[d] for d in order], [stride[d] for d in order], shape, layout)
+    return copy_in_order(x, size, stride, order, shape, layout)
 
 
 def _repeat_layout(x: torch.Tensor) -> torch.memory_format:
@@ -113,7 +111,7 @@ def _repeat_layout(x: torch.Tensor) -> torch.memory_format:
     )
 
 
-def _repeat_target(x: torch.Tensor, edges: int, k: int) -> torch.Tensor:
+def _repeat_target(x: torch.Tensor, edges: int) -> torch.Tensor:
     """An uninitialised tensor of :func:`repeat_edge_major`'s result's shape and layout: also what an
     input-only gradient of the convolution needs of its input (the shape and layout, not the values)."""
     shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
@@ -124,7 +122,7 @@ def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
     """The backward of :func:`repeat_edge_major`: ``[N, K·E·C, *S]`` → ``[N, K·C, *S]``, each channel's E
     copies' gradients summed (in ``grad``'s layout)."""
     c = grad.shape[1] // (k * edges)
-    return _edge_view(grad, k, edges, c, repeat=False).sum(2).flatten(1, 2)
+    return _edge_view(grad, k, edges, c).sum(2).flatten(1, 2)
 
 
 class _RepeatedDepthwise(torch.autograd.Function):
@@ -150,7 +148,7 @@ class _RepeatedDepthwise(torch.autograd.Function):
         edges = weights[0].shape[0] // x.shape[1]
         # the filters' gradients read the repeated input; the input's gradient needs only its shape (an
         # architecture step's frozen filters: no copy)
-        repeated = repeat_edge_major(x, edges, k) if any(needs[3:]) else _repeat_target(x, edges, k)
+        repeated = repeat_edge_major(x, edges, k) if any(needs[3:]) else _repeat_target(x, edges)
         grad_repeated, grad_weights = convs_backward(
             grads, repeated, weights, ctx.convs, True, needs[0], needs[3:]
         )

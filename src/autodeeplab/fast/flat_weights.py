@@ -43,7 +43,7 @@ class _Flat:
     """One group: the contiguous tensor, a no-gradient alias of it, and where its parameters' data must be
     for it to hold them."""
 
-    __slots__ = ("fused", "frozen", "addresses", "params", "__weakref__")
+    __slots__ = ("fused", "frozen", "addresses", "params", "rows", "__weakref__")
 
     def __init__(self, params: Sequence[nn.Parameter]) -> None:
         # normal tensors even when first called under inference mode (the parameters train later), in
@@ -59,6 +59,7 @@ class _Flat:
             start += rows
         self.addresses = [p.data_ptr() for p in params]
         self.params = list(params)
+        self.rows = [p.shape[0] for p in params]
         self.frozen = fused.detach()  # what a call that needs no gradient reads: no graph, no hook
         self.fused = fused.requires_grad_(True)  # the leaf of the calls that train the filters
         # The hook finds the group through a weak reference: a strong one would close a cycle
@@ -95,8 +96,7 @@ def _handing_out(group: weakref.ref):
         grad, fused.grad = fused.grad, None
         if flat is None:  # the group is gone (its parameters with it): nobody to hand out to
             return
-        rows = [p.shape[0] for p in flat.params]
-        for p, piece in zip(flat.params, grad.split(rows), strict=True):
+        for p, piece in zip(flat.params, grad.split(flat.rows), strict=True):
             if not p.requires_grad:
                 continue
             if p.grad is None:  # contiguous, laid out like the parameter: kept as it is, no copy

@@ -45,6 +45,12 @@ _CONVS = PRIMITIVES[_FIRST_CONV:]
 assert set(_CONVS) == set(_ATROUS + _SEPARABLE)
 
 
+def folds_alpha(weights: torch.Tensor, execution: ExecutionConfig) -> bool:
+    """Whether α scales each conv op's last BN inside it (a constant α, or by choice a learned one, see
+    :mod:`autodeeplab.fast.grouped_bn`) rather than as a product after it."""
+    return execution.fold_alpha_into_bn or not weights.requires_grad
+
+
 def alpha_columns(
     weights: torch.Tensor, dtype: torch.dtype, channels: int, fold: bool, k: int = 1
 ) -> dict[str, torch.Tensor]:
@@ -188,9 +194,7 @@ def fused_mixed_ops(
     """
     e, k = len(edges), channel_groups
     c = x.shape[1] // k
-    # α scales each conv op's last BN: inside it (a constant α, or by choice a learned one, see
-    # grouped_bn), or as a product after it
-    fold = execution.fold_alpha_into_bn or not weights.requires_grad
+    fold = folds_alpha(weights, execution)
     column = alpha_columns(weights, x.dtype, c, fold, k) if columns is None else columns
     relu_x = F.relu(x)
     # The conv terms are summed as the fused convs' [G·N, (K·)E·C, *S] outputs (with α folded into their BNs,

@@ -31,11 +31,13 @@ def copy_in_order(
     x: torch.Tensor,
     size: Sequence[int],
     stride: Sequence[int],
+    order: Sequence[int],
     shape: Sequence[int],
     memory_format: torch.memory_format,
 ) -> torch.Tensor:
     """A new ``shape`` tensor in ``memory_format`` holding the values of the view
-    ``x.as_strided(size, stride, x.storage_offset())``, whose dims are listed in the new tensor's memory
-    order (outermost first): the view's values, read in that order, are the new tensor's memory."""
-    flat = torch.as_strided_copy(x, tuple(size), tuple(stride), x.storage_offset())  # contiguous
+    ``x.as_strided(size, stride, x.storage_offset())``, whose dims ``order`` lists in the new tensor's
+    memory order (outermost first): the view's values, read in that order, are the new tensor's memory."""
+    size, stride = tuple(size[d] for d in order), tuple(stride[d] for d in order)
+    flat = torch.as_strided_copy(x, size, stride, x.storage_offset())  # contiguous
     return flat.as_strided(tuple(shape), layout_strides(shape, memory_format))
