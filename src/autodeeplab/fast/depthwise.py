@@ -1,13 +1,20 @@
-"""Depthwise convolutions (stride 1) with a cheaper backward for the ones with several filters per channel.
+"""Depthwise convolutions (stride 1) with a cheaper backward than the convolution library's on CPU.
 
-The fused separable convs (:mod:`autodeeplab.fast.fused_edges`) run depthwise convolutions with a channel
-multiplier M: E edges' filters on the same C channels, M = E outputs per input channel. For those the
-convolution library's input gradient is slow on CPU: measured on 2 cores, for ``[6, 8, 33, 33]`` → 40
-channels, 5×5, 0.59 ms, against 0.19 ms for the forward. Here it is computed as what it is, a transposed
-convolution: a depthwise convolution of the output gradient (C·M channels, multiplier 1) with the filters
-flipped, whose M outputs per input channel are then summed. Stride 1 with "same" padding makes that
-transposed convolution an ordinary one with the same padding. The weight gradient and the multiplier-1
-case keep the library's backward. Equal to the library's result up to float rounding (tested).
+The fused separable convs (:mod:`autodeeplab.fast.fused_edges`) run depthwise convolutions of E edges'
+filters on the same C channels: either on the input repeated once per edge (``repeat_separable_input``,
+multiplier 1: :func:`repeated_depthwise_convs`), or with a channel multiplier M = E, E outputs per input
+channel (:func:`depthwise_conv`). The second depthwise conv of a separable conv has multiplier 1.
+
+- Multiplier M > 1: the convolution library's input gradient is slow on CPU (measured on 2 cores, for
+  ``[6, 8, 33, 33]`` → 40 channels, 5×5, 0.59 ms, against 0.19 ms for the forward). It is computed as what
+  it is, a transposed convolution: a depthwise convolution of the output gradient (C·M channels, multiplier
+  1) with the filters flipped, whose M outputs per input channel are then summed. Stride 1 with "same"
+  padding makes that transposed convolution an ordinary one with the same padding.
+- Multiplier 1, on the CPU: both gradients as forward convolutions where the library's backward is slow
+  (:func:`autodeeplab.fast.conv_grads.backward_as_forward_convs`, :func:`~autodeeplab.fast.conv_grads.
+  depthwise_backward`).
+
+Equal to the library's result up to float rounding (tested).
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autodeeplab.fast.conv_grads import convs_backward
+from autodeeplab.fast.conv_grads import (
+    backward_as_forward_convs,
+    convs_backward,
+    depthwise_backward,
+    same_padding,
+)
 from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.fast.strided import copy_in_order
 from autodeeplab.ops.primitives import conv_function, depthwise_input
-
-
-def _same_padding(kernel: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...]) -> bool:
-    return all(d * (k - 1) == 2 * p for k, p, d in zip(kernel, padding, dilation, strict=True))
 
 
 class _MultiplierDepthwise(torch.autograd.Function):
@@ -61,19 +69,39 @@ class _MultiplierDepthwise(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+class _Depthwise(torch.autograd.Function):
+    """A stride-1 "same" depthwise conv (multiplier 1) whose backward is forward convolutions
+    (:func:`autodeeplab.fast.conv_grads.depthwise_backward`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x, grad_w = depthwise_backward(grad, x, weight, ctx.padding, ctx.dilation, needs[0], needs[1])
+        return grad_x, grad_w, None, None
+
+
 def depthwise_conv(
     x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], dilation: tuple[int, ...]
 ) -> torch.Tensor:
-    """Stride-1 depthwise convolution: ``x`` ``[N, C, *S]``, ``weight`` ``[C·M, 1, *k]`` → ``[N, C·M, *S]``.
-
-    With a multiplier M > 1 and "same" padding, the input gradient is a flipped-filter depthwise conv
-    (see the module docstring); otherwise the plain convolution.
-    """
+    """Stride-1 depthwise convolution: ``x`` ``[N, C, *S]``, ``weight`` ``[C·M, 1, *k]`` → ``[N, C·M, *S]``,
+    with the cheaper backward where one applies (see the module docstring); otherwise the plain
+    convolution."""
     kernel = tuple(weight.shape[2:])
-    x = depthwise_input(x, x.shape[1])  # what the backward's convolution_backward reads, too
-    if weight.shape[0] == x.shape[1] or not _same_padding(kernel, padding, dilation):
-        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
-    return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, tuple(padding), tuple(dilation))
+    x = depthwise_input(x, x.shape[1])  # what the backward's convolutions read, too
+    padding, dilation = tuple(padding), tuple(dilation)
+    if weight.shape[0] == x.shape[1]:
+        if backward_as_forward_convs(x, weight, (1,) * len(kernel), padding, dilation):
+            return apply_like_autocast_conv(_Depthwise, x, weight, padding, dilation)
+    elif same_padding(kernel, padding, dilation):
+        return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, padding, dilation)
+    return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
 
 
 def _edge_view(t: torch.Tensor, k: int, edges: int, c: int) -> torch.Tensor:
@@ -133,9 +161,9 @@ class _RepeatedDepthwise(torch.autograd.Function):
     backward repeats it again, once, and only when a filter gradient needs its values."""
 
     @staticmethod
-    def forward(ctx, x, channel_groups: int, convs: tuple, *weights):
+    def forward(ctx, x, channel_groups: int, convs: tuple, forward_convs: bool, *weights):
         ctx.save_for_backward(x, *weights)
-        ctx.k, ctx.convs = channel_groups, convs
+        ctx.k, ctx.convs, ctx.forward_convs = channel_groups, convs, forward_convs
         repeated = repeat_edge_major(x, weights[0].shape[0] // x.shape[1], channel_groups)
         conv = conv_function(x.dim() - 2)
         pairs = zip(weights, convs, strict=True)
@@ -148,14 +176,14 @@ class _RepeatedDepthwise(torch.autograd.Function):
         edges = weights[0].shape[0] // x.shape[1]
         # the filters' gradients read the repeated input; the input's gradient needs only its shape (an
         # architecture step's frozen filters: no copy)
-        repeated = repeat_edge_major(x, edges, k) if any(needs[3:]) else _repeat_target(x, edges)
+        repeated = repeat_edge_major(x, edges, k) if any(needs[4:]) else _repeat_target(x, edges)
         grad_repeated, grad_weights = convs_backward(
-            grads, repeated, weights, ctx.convs, True, needs[0], needs[3:]
+            grads, repeated, weights, ctx.convs, True, needs[0], needs[4:], ctx.forward_convs
         )
         grad_x = None
         if grad_repeated is not None:  # the repeat's backward: the E copies' gradients summed
             grad_x = _sum_edge_copies(grad_repeated, k, edges)
-        return grad_x, None, None, *grad_weights
+        return grad_x, None, None, None, *grad_weights
 
 
 def repeated_depthwise_convs(
@@ -163,11 +191,13 @@ def repeated_depthwise_convs(
     weights: list[torch.Tensor],
     likes: list[nn.Module],
     channel_groups: int = 1,
+    forward_convs: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`repeated_depthwise_conv` of one ``x`` with each of ``weights`` (``likes[i]``'s stride, padding
-    and dilation), the repeat made once for all of them."""
+    and dilation), the repeat made once for all of them. ``forward_convs``: the backward as forward
+    convolutions where that is faster (:func:`autodeeplab.fast.conv_grads.backward_as_forward_convs`)."""
     convs = tuple((tuple(m.stride), tuple(m.padding), tuple(m.dilation)) for m in likes)
-    return apply_like_autocast_conv(_RepeatedDepthwise, x, channel_groups, convs, *weights)
+    return apply_like_autocast_conv(_RepeatedDepthwise, x, channel_groups, convs, forward_convs, *weights)
 
 
 def repeated_depthwise_conv(
@@ -177,10 +207,11 @@ def repeated_depthwise_conv(
     padding: tuple[int, ...],
     dilation: tuple[int, ...],
     channel_groups: int = 1,
+    forward_convs: bool = False,
 ) -> torch.Tensor:
     """Depthwise conv of ``x`` ``[N, C, *S]`` repeated E times edge-major with ``weight`` ``[E·C, 1, *k]``
     (edge i's filters at rows i·C..i·C+C) → ``[N, E·C, *S']``, without keeping the repeat for the backward.
     With ``channel_groups`` K: ``x`` ``[N, K·C, *S]``, ``weight`` ``[K·E·C, 1, *k]`` → ``[N, K·E·C, *S']``,
     each group repeated in place (:func:`repeat_edge_major`)."""
     convs = ((tuple(stride), tuple(padding), tuple(dilation)),)
-    return apply_like_autocast_conv(_RepeatedDepthwise, x, channel_groups, convs, weight)[0]
+    return apply_like_autocast_conv(_RepeatedDepthwise, x, channel_groups, convs, forward_convs, weight)[0]

@@ -51,10 +51,12 @@ class ExecutionConfig:
     axis (:mod:`autodeeplab.fast.pointwise`): the same products without the convolution library's per-call
     cost. Contiguous activations keep the convolution."""
     depthwise_flipped_grad: bool = True
-    """The fused separable convs' first depthwise conv (E filters per channel) computes its input
-    gradient as a depthwise conv with flipped filters (:mod:`autodeeplab.fast.depthwise`) instead of the
-    convolution library's backward, which is slow for channel multipliers on CPU. Acts only with
-    ``repeat_separable_input`` off (on, that conv has no multiplier)."""
+    """The fused separable convs' depthwise convs compute their gradients as forward convolutions where
+    the convolution library's backward is slow on CPU (:mod:`autodeeplab.fast.depthwise`): with E filters
+    per channel (``repeat_separable_input`` off) the input gradient, as a depthwise conv with flipped
+    filters; with one filter per channel, on the CPU, both gradients, for every stride-1 "same" depthwise
+    conv but 2D ones of at most 3×3 undilated (:mod:`autodeeplab.fast.conv_grads`; the filter gradient of
+    a 5×5 one 3–13× faster, a volume's 5–20×). The name is kept from when it did only the first."""
     repeat_separable_input: bool = True
     """The fused separable convs' first depthwise conv reads its input repeated once per edge (edge-major
     channels ``[G·N, E·C, *S]``, one copy), so that it is a plain depthwise conv over the edges' filters as

@@ -85,11 +85,17 @@ def _edge_rows(t: torch.Tensor, edges: int, k: int = 1) -> torch.Tensor:
     return to_rows(t).unflatten(-1, (edges, c) if k == 1 else (k, edges, c))
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int, k: int = 1) -> torch.Tensor:
+def _conv(
+    x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int, k: int = 1, cheap_grad: bool = False
+) -> torch.Tensor:
     """``like``'s convolution of ``x`` with ``weight``, the same filters for each of ``x``'s K channel
-    groups."""
+    groups; ``cheap_grad``: a stride-1 depthwise one with the cheaper backward where one applies
+    (:func:`autodeeplab.fast.depthwise.depthwise_conv`)."""
+    weight = repeat_filters(weight, k)
+    if cheap_grad and groups * k == x.shape[1] and all(s == 1 for s in like.stride):
+        return depthwise_conv(x, weight, like.padding, like.dilation)
     conv = conv_function(x.dim() - 2)
-    return conv(x, repeat_filters(weight, k), None, like.stride, like.padding, like.dilation, groups * k)
+    return conv(x, weight, None, like.stride, like.padding, like.dilation, groups * k)
 
 
 _FILTERS = {name: (1,) for name in _ATROUS} | {name: (1, 2, 5, 6) for name in _SEPARABLE}
@@ -134,32 +140,29 @@ def _separable(relu_x, edges, name, groups, repeats, scale, execution: Execution
     ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1] // k
     spatial = (1,) * (relu_x.dim() - 2)
-    matmul = execution.pointwise_as_matmul
+    matmul, cheap = execution.pointwise_as_matmul, execution.depthwise_flipped_grad
     dw, pw, dw2, pw2 = filters  # [E·C, 1, *K], [E·C, C, 1…], [E·C, 1, *K], [E·C, C, 1…]
     if z is not None:
         z = _pointwise(z, pw, ops[0][2], e, k, matmul)
-        return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, k)
+        return _separable_rest(z, ops, groups, repeats, scale, matmul, cheap, dw2, pw2, k)
     # depthwise with E outputs per input channel: output channel c·E + i is edge i's filter on channel c
     kernel = dw.shape[2:]
     dw = dw.reshape(e, c, *kernel).transpose(0, 1).reshape(c * e, 1, *kernel)
     like = ops[0][1]
-    if execution.depthwise_flipped_grad and all(st == 1 for st in like.stride):
-        z = depthwise_conv(relu_x, dw, like.padding, like.dilation)
-    else:
-        z = _conv(relu_x, dw, like, c)
+    z = _conv(relu_x, dw, like, c, cheap_grad=cheap)
     # block-diagonal pointwise, columns permuted from (edge, channel) to the (channel, edge) input order
     pw = torch.block_diag(*pw.reshape(e, c, c).unbind(0)) if e > 1 else pw
     pw = pw.reshape(e * c, e, c).transpose(1, 2).reshape(e * c, c * e, *spatial)
     z = pointwise_conv(z, pw) if matmul else _conv(z, pw, ops[0][2], 1)
-    return _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, 1)
+    return _separable_rest(z, ops, groups, repeats, scale, matmul, cheap, dw2, pw2, 1)
 
 
-def _separable_rest(z, ops, groups, repeats, scale, matmul, dw2, pw2, k):
+def _separable_rest(z, ops, groups, repeats, scale, matmul, cheap, dw2, pw2, k):
     """From the first pointwise conv's output ``[G·N, (K·)E·C, *S]`` (edge-major) on: BN → ReLU → the
     second depthwise and (grouped) pointwise conv → BN."""
     e = len(ops)
     z = F.relu(multi_batch_norm(z, [op[3] for op in ops], groups, repeats, channel_groups=k))
-    z = _conv(z, dw2, ops[0][5], z.shape[1] // k, k)
+    z = _conv(z, dw2, ops[0][5], z.shape[1] // k, k, cheap_grad=cheap)
     # grouped: edge i's C outputs read its C inputs
     z = _pointwise(z, pw2, ops[0][6], e, k, matmul)
     return multi_batch_norm(z, [op[7] for op in ops], groups, repeats, scale, k)
@@ -231,7 +234,8 @@ def fused_mixed_ops(
     if execution.repeat_separable_input:  # both sep convs' first depthwise convs on one repeat of relu_x
         likes = [edges[0].op(name)[1] for name in _SEPARABLE]
         dws = [repeat_filters(filters[name][0], k) for name in _SEPARABLE]
-        first = dict(zip(_SEPARABLE, repeated_depthwise_convs(relu_x, dws, likes, k), strict=True))
+        made = repeated_depthwise_convs(relu_x, dws, likes, k, execution.depthwise_flipped_grad)
+        first = dict(zip(_SEPARABLE, made, strict=True))
     for name in _ATROUS + _SEPARABLE:
         scale = column[name] if fold else None
         if name in _ATROUS:
