@@ -86,12 +86,21 @@ def test_pointwise_conv_under_autocast_matches_the_convolution(groups):
     assert torch.allclose(grads[0], grads[1], atol=0.1, rtol=0.02)
 
 
-def test_saved_tensor_is_the_input_itself():
+@pytest.mark.parametrize("groups", [1, 2])
+def test_saved_activation_is_the_inputs_storage_counted_as_the_input(groups):
+    """What the backward keeps of ``x`` is ``x``'s own storage (the matrix view the products read, no
+    copy), and the memory accounting counts it once, as the ``[N, C, H, W]`` activation it is."""
+    from autodeeplab.fast.memory import SavedTensorCounter
+
     x = torch.randn(2, 4, 5, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(8, 4, 1, 1, requires_grad=True)
+    w = torch.randn(8, 4 // groups, 1, 1, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        pointwise_conv(x, w).sum().backward()
-    shapes = {tuple(t.shape) for t in saved}
-    assert (2, 4, 5, 6) in shapes  # x as [N, C, H, W], so memory accounting sees its spatial size
-    assert all(len(s) != 4 or s[1:] != (5, 6, 4) for s in shapes)  # no [N, H, W, C] view
+        pointwise_conv(x, w, groups=groups).sum().backward()
+    activations = [t for t in saved if t.untyped_storage().data_ptr() != w.untyped_storage().data_ptr()]
+    assert activations and all(
+        t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for t in activations
+    )
+    with SavedTensorCounter(exclude=[w]) as counter:
+        pointwise_conv(x, w, groups=groups)
+    assert [(r.nbytes, r.shape) for r in counter.records] == [(x.numel() * 4, (2, 4, 5, 6))]

@@ -161,11 +161,13 @@ _ORDERS: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 def _state_major_order(num_blocks: int, device: torch.device) -> torch.Tensor:
     """α's edge indices grouped by the state they read (state j: the edges of blocks max(0, j-1)..B-1 that
-    read it), made once per block count and device."""
+    read it), made once per block count and device: a normal tensor even when first made under inference
+    mode (the gather saves it for its backward in the training steps that follow)."""
     key = (num_blocks, device)
     if key not in _ORDERS:
         order = [edge_offset(b) + j for j in range(num_blocks + 1) for b in range(max(0, j - 1), num_blocks)]
-        _ORDERS[key] = torch.tensor(order, device=device)
+        with torch.inference_mode(False):
+            _ORDERS[key] = torch.tensor(order, device=device)
     return _ORDERS[key]
 
 

@@ -92,34 +92,36 @@ def _group_filters(weight: torch.Tensor, groups: int, transposed: bool) -> torch
 
 
 class _PointwiseConv(torch.autograd.Function):
-    """The matmul form with its own backward, so that autograd keeps ``x`` itself (``[N, C, *S]``), as
-    the convolution does: the saved-activation accounting sees the same tensors either way."""
+    """The matmul form with its own backward, so that autograd keeps ``x``'s storage (as the matrix view
+    the products read, ``[M, C]`` or ``[G, M, C/G]``), as the convolution keeps ``x``: the saved-activation
+    accounting sees the same storage either way, and the backward needs no view of its own."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, k: int):
-        ctx.save_for_backward(x, weight)
-        ctx.groups, ctx.k, ctx.has_bias = groups, k, bias is not None
+        rows = _matrix(x, k) if groups == 1 else _by_group(x, k, groups)
+        ctx.save_for_backward(rows, weight)
+        ctx.groups, ctx.k, ctx.has_bias, ctx.shape = groups, k, bias is not None, x.shape
         # the result is its own channels-last tensor, not a view of a [N, *S, O] one: what later
         # saves it for a backward sees an [N, O, *S] tensor, as after a convolution
         out = _channels_last_like(x, k * weight.shape[0])
         if groups == 1:
-            torch.mm(_matrix(x, k), weight.t(), out=_matrix(out, k))
+            torch.mm(rows, weight.t(), out=_matrix(out, k))
         else:  # weight [O, C/G, 1…] → per group [C/G, O/G]; the bmm writes into out's [G, M, O/G] view
             mats = _group_filters(weight, groups, transposed=True)
-            torch.bmm(_by_group(x, k, groups), mats, out=_by_group(out, k, groups))
+            torch.bmm(rows, mats, out=_by_group(out, k, groups))
         if bias is not None:
             _matrix(out, k).add_(bias)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        rows, weight = ctx.saved_tensors
         groups, k = ctx.groups, ctx.k
         if not is_channels_last(grad):  # a gradient may come in another layout
             grad = grad.contiguous(memory_format=_CHANNELS_LAST[grad.dim()])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
-            grad_x = _channels_last_like(x, x.shape[1])
+            grad_x = _channels_last_like(grad, ctx.shape[1])
             if groups == 1:
                 torch.mm(_matrix(grad, k), weight, out=_matrix(grad_x, k))
             else:  # per group through [O/G, C/G]
@@ -127,10 +129,10 @@ class _PointwiseConv(torch.autograd.Function):
                 torch.bmm(_by_group(grad, k, groups), mats, out=_by_group(grad_x, k, groups))
         if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
             if groups == 1:
-                grad_w = torch.mm(_matrix(grad, k, transposed=True), _matrix(x, k))
+                grad_w = torch.mm(_matrix(grad, k, transposed=True), rows)
             else:
                 gg = _by_group(grad, k, groups, transposed=True)  # [G, O/G, M]
-                grad_w = torch.bmm(gg, _by_group(x, k, groups)).view(weight.shape)
+                grad_w = torch.bmm(gg, rows).view(weight.shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = _matrix(grad, k).sum(0)
         return grad_x, grad_w, grad_b, None, None

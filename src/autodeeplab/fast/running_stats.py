@@ -96,7 +96,8 @@ def _coefficients(weights: tuple[float, ...], dtype, device) -> torch.Tensor:
     every forward would be a host-to-device copy each time, which a captured step cannot contain)."""
     key = (weights, dtype, device)
     if key not in _COEFFICIENTS:
-        _COEFFICIENTS[key] = torch.tensor(weights, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # reused outside inference mode (fast/cell.py's _state_major_order)
+            _COEFFICIENTS[key] = torch.tensor(weights, dtype=dtype, device=device)
     return _COEFFICIENTS[key]
 
 
@@ -120,7 +121,8 @@ def _group_index(layouts: tuple[tuple[bool, int, int], ...], groups: int, device
                     first = start if shared else start + m * width
                     rows[g].extend(range(first, first + width))
             offset += total
-        _INDICES[key] = torch.tensor(rows, device=device)
+        with torch.inference_mode(False):
+            _INDICES[key] = torch.tensor(rows, device=device)
     return _INDICES[key]
 
 
