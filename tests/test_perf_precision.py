@@ -124,7 +124,9 @@ def test_3d_depthwise_convs_get_no_channels_last_input(repeat):
     whatever the output gradient's layout, none with a contiguous input; it depends on what ran before, so
     a comparison of gradients is not a reliable test). The fast path hands those convs contiguous volumes:
     checked on every depthwise ``convolution_backward`` of a 3D bf16 step, with both ways of running the
-    sep convs' first depthwise conv; the gradients stay finite."""
+    sep convs' first depthwise conv, and on the depthwise convolutions that compute gradients in their place
+    (``autodeeplab.fast.conv_grads.depthwise_backward``: on the CPU, every multiplier-1 one of a volume);
+    the gradients stay finite."""
     from autodeeplab.fast.execution import ExecutionConfig
     from autodeeplab.fast.supernet import build_supernet
     from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
@@ -139,13 +141,15 @@ def test_3d_depthwise_convs_get_no_channels_last_input(repeat):
     x, y = torch.randn(2, 3, 9, 7, 11, generator=g), torch.randint(0, 3, (2, 9, 7, 11), generator=g)
     with autocast("bf16", "cpu"):
         loss = nn.functional.cross_entropy(net(x).float(), y)
-    assert _depthwise_inputs_in_backward(loss) == {True}
+    assert _depthwise_inputs_in_backward(loss) == {
+        True
+    }  # some ran (the multiplier's filter gradient, or ours)
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
 
 
 def _depthwise_inputs_in_backward(loss: torch.Tensor) -> set[bool]:
-    """``loss.backward()``; which contiguity the inputs of its depthwise ``convolution_backward`` calls had
-    (the input is what decides the torch 2.13 bf16 bug, measured)."""
+    """``loss.backward()``; which contiguity the inputs of its depthwise ``convolution_backward`` calls and
+    depthwise ``convolution`` calls had (the input is what decides the torch 2.13 bf16 bug, measured)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen: set[bool] = set()
@@ -154,6 +158,8 @@ def _depthwise_inputs_in_backward(loss: torch.Tensor) -> set[bool]:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func is torch.ops.aten.convolution_backward.default and args[2].shape[1] == 1:
                 seen.add(args[1].is_contiguous())
+            elif func is torch.ops.aten.convolution.default and args[1].shape[1] == 1 and args[8] > 1:
+                seen.add(args[0].is_contiguous())
             return func(*args, **(kwargs or {}))
 
     with Layouts():
