@@ -67,21 +67,14 @@ def _grouped_geometry(t: torch.Tensor, k: int, batch_major: bool) -> tuple[tuple
     return (n, k, c, *t.shape[2:]), strides
 
 
-def _regroup(
-    x: torch.Tensor,
-    k: int,
-    to_batch_axis: bool,
-    values: bool = True,
-    layout: torch.memory_format | None = None,
-) -> torch.Tensor:
-    """The copy between the two layouts of K groups, into a new tensor of memory format ``layout`` (None:
-    ``x``'s; without ``values``: that tensor uninitialised, for a convolution backward that needs only its
-    shape)."""
+def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool, values: bool = True) -> torch.Tensor:
+    """The copy between the two layouts of K groups, into a new tensor of ``x``'s memory format (without
+    ``values``: that tensor uninitialised, for a convolution backward that needs only its shape)."""
     if to_batch_axis:
         shape = (k * x.shape[0], x.shape[1] // k, *x.shape[2:])
     else:
         shape = (x.shape[0] // k, k * x.shape[1], *x.shape[2:])
-    layout = _memory_format(x) if layout is None else layout
+    layout = _memory_format(x)
     if not values:
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
     # x's groups as [N, K, C, *S] (dims 0, 1, 2, 3…), listed in the new tensor's memory order
@@ -92,22 +85,6 @@ def _regroup(
     else:  # [N, K·C, *S]
         order = [0, *spatial, 1, 2] if layout != torch.contiguous_format else [0, 1, 2, *spatial]
     return copy_in_order(x, size, stride, order, shape, layout)
-
-
-SMALL_MAP = 12
-"""The largest side of a channels-last image batch whose dense convolutions run contiguous on the batch
-axis: oneDNN's dilated dense convolutions of small maps are faster contiguous (measured on one core,
-forward + backward: 5×5 maps 2.2 against 4.2 ms, 9×9 1.2 against 1.4; 17×17 the same, 33×33 slower), and
-the copy to the batch axis is made anyway, in any layout."""
-
-
-def _batch_axis_layout(x: torch.Tensor) -> torch.memory_format:
-    """The layout of ``x``'s groups on the batch axis: contiguous for a channels-last image batch of small
-    maps (every side ≤ :data:`SMALL_MAP`), else ``x``'s own."""
-    layout = _memory_format(x)
-    if layout == torch.channels_last and max(x.shape[2:]) <= SMALL_MAP:
-        return torch.contiguous_format
-    return layout
 
 
 class _ConvsOnTheBatchAxis(torch.autograd.Function):
@@ -123,27 +100,24 @@ class _ConvsOnTheBatchAxis(torch.autograd.Function):
     def forward(ctx, x, k: int, convs: tuple, *weights):  # noqa: D102
         ctx.save_for_backward(x, *weights)
         ctx.k, ctx.convs = k, convs
-        ctx.layouts = (_memory_format(x), _batch_axis_layout(x))  # [N, K·C, *S]'s, [K·N, C, *S]'s
-        on_batch, conv = _regroup(x, k, True, layout=ctx.layouts[1]), conv_function(x.dim() - 2)
+        on_batch, conv = _regroup(x, k, True), conv_function(x.dim() - 2)
         return tuple(
-            _regroup(conv(on_batch, w, None, *arguments, 1), k, False, layout=ctx.layouts[0])
+            _regroup(conv(on_batch, w, None, *arguments, 1), k, False)
             for w, arguments in zip(weights, convs, strict=True)
         )
 
     @staticmethod
     def backward(ctx, *grads):  # noqa: D102
         x, *weights = ctx.saved_tensors
-        k, needs, (outer, on_axis) = ctx.k, ctx.needs_input_grad, ctx.layouts
+        k, needs = ctx.k, ctx.needs_input_grad
         # the filters' gradients read x on the batch axis; x's gradient needs only its shape (an
         # architecture step's frozen filters: no copy)
-        on_batch = _regroup(x, k, True, values=any(needs[3:]), layout=on_axis)
-        grads = [None if grad is None else _regroup(grad, k, True, layout=on_axis) for grad in grads]
+        on_batch = _regroup(x, k, True, values=any(needs[3:]))
+        grads = [None if grad is None else _regroup(grad, k, True) for grad in grads]
         grad_on_batch, grad_weights = convs_backward(
             grads, on_batch, weights, ctx.convs, False, needs[0], needs[3:]
         )
-        grad_x = None
-        if grad_on_batch is not None:
-            grad_x = _regroup(grad_on_batch, k, False, layout=outer)
+        grad_x = _regroup(grad_on_batch, k, False) if grad_on_batch is not None else None
         return grad_x, None, None, *grad_weights
 
 
