@@ -137,3 +137,54 @@ def test_bf16_under_autocast_stays_close_to_float32():
     for a, b in zip(*grads, strict=True):
         assert a.dtype == torch.float32
         assert ((a - b).abs().max() / b.abs().max()) < 0.02
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_an_input_only_gradient_reads_the_output_gradient_as_its_stand_in(kernel):
+    """Frozen filters (an architecture step): the repeated depthwise conv's input gradient needs only the
+    repeat's shape and layout, which a stride-1 "same" conv's output gradient has: no allocation for it, and
+    the gradient equals the library's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 9, 8, generator=g, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last
+    )
+    w = torch.randn(3 * 4, 1, kernel, kernel, generator=g, dtype=torch.float64)  # frozen
+    grad = torch.randn(2, 12, 9, 8, generator=g, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last
+    )
+    pad = (kernel // 2,) * 2
+    allocated = []
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.empty, torch.ops.aten.empty_strided):
+                allocated.append(tuple(args[0]))
+            return func(*args, **(kwargs or {}))
+
+    a = x.clone().requires_grad_()
+    y = repeated_depthwise_conv(a, w, (1, 1), pad, (1, 1), 1, True)
+    with Allocations():
+        (got,) = torch.autograd.grad(y, [a], grad)
+    assert (2, 12, 9, 8) not in allocated
+    b = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(F.conv2d(torch.cat([b] * 4, 1), w, None, 1, pad, 1, 12), [b], grad)
+    torch.testing.assert_close(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_one_edge_repeats_nothing(channels_last):
+    """A state read by one edge (E = 1): its repeat is the input itself and the repeat's backward the
+    gradient itself, when the input is laid out as the repeat would be; a strided input is still copied."""
+    from autodeeplab.fast.depthwise import _sum_edge_copies, repeat_edge_major
+
+    x = torch.randn(2, 6, 5, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for k in (1, 2):
+        assert repeat_edge_major(x, 1, k) is x
+        assert _sum_edge_copies(x, k, 1) is x
+    strided = torch.randn(2, 6, 5, 14)[..., ::2]
+    copy = repeat_edge_major(strided, 1)
+    assert copy is not strided and torch.equal(copy, strided) and copy.is_contiguous()

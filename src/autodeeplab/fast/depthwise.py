@@ -29,7 +29,7 @@ from autodeeplab.fast.conv_grads import (
     same_padding,
 )
 from autodeeplab.fast.precision import apply_like_autocast_conv
-from autodeeplab.fast.strided import copy_in_order
+from autodeeplab.fast.strided import copy_in_order, layout_strides
 from autodeeplab.ops.primitives import conv_function, depthwise_input
 
 
@@ -116,10 +116,13 @@ def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> t
     channels-last image batch and contiguous otherwise (volumes included, see
     :func:`autodeeplab.ops.primitives.depthwise_input`). With ``channel_groups`` K, ``x`` ``[N, K·C, *S]``
     holds K inputs side by side and each is repeated in place: ``[N, K·E·C, *S]``, channel (k·E + i)·C + c
-    a copy of channel k·C + c. Two dispatches (:func:`autodeeplab.fast.strided.copy_in_order`)."""
+    a copy of channel k·C + c. Two dispatches (:func:`autodeeplab.fast.strided.copy_in_order`); none for
+    E = 1 when ``x`` is laid out so already (a state that one edge reads): ``x`` itself."""
     k = channel_groups
     c = x.shape[1] // k
     layout = _repeat_layout(x)
+    if edges == 1 and x.stride() == layout_strides(x.shape, layout):  # one copy of each channel: x itself
+        return x
     # x as [N, K, E, C, *S] with stride 0 over E (dims 0, 1, 2, 3, 4…), in the result's memory order
     s, spatial = x.stride(), list(range(4, x.dim() + 2))
     size = (x.shape[0], k, edges, c, *x.shape[2:])
@@ -146,10 +149,27 @@ def _repeat_target(x: torch.Tensor, edges: int) -> torch.Tensor:
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_repeat_layout(x))
 
 
+def _stand_in(x: torch.Tensor, edges: int, grads) -> torch.Tensor:
+    """What an input-only gradient of the repeated depthwise convs reads of their input: the repeat's shape
+    and layout. An output gradient of that shape and layout (a stride-1 "same" conv's) stands in, with no
+    allocation; else :func:`_repeat_target`."""
+    shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
+    strides = layout_strides(shape, _repeat_layout(x))
+    for grad in grads:
+        if grad is not None and grad.shape == shape and grad.stride() == strides and grad.dtype == x.dtype:
+            return grad
+    return _repeat_target(x, edges)
+
+
 def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
     """The backward of :func:`repeat_edge_major`: ``[N, K·E·C, *S]`` → ``[N, K·C, *S]``, each channel's E
     copies' gradients summed (in ``grad``'s layout)."""
     c = grad.shape[1] // (k * edges)
+    if edges == 1:  # one copy: its gradient is the input's
+        return grad
+    if k == 1:  # [N, E, C, *S] summed over E is the result's shape already (no flatten)
+        s = grad.stride()
+        return grad.as_strided((grad.shape[0], edges, c, *grad.shape[2:]), (s[0], c * s[1], *s[1:])).sum(1)
     return _edge_view(grad, k, edges, c).sum(2).flatten(1, 2)
 
 
@@ -176,7 +196,7 @@ class _RepeatedDepthwise(torch.autograd.Function):
         edges = weights[0].shape[0] // x.shape[1]
         # the filters' gradients read the repeated input; the input's gradient needs only its shape (an
         # architecture step's frozen filters: no copy)
-        repeated = repeat_edge_major(x, edges, k) if any(needs[4:]) else _repeat_target(x, edges)
+        repeated = repeat_edge_major(x, edges, k) if any(needs[4:]) else _stand_in(x, edges, grads)
         grad_repeated, grad_weights = convs_backward(
             grads, repeated, weights, ctx.convs, True, needs[0], needs[4:], ctx.forward_convs
         )
