@@ -95,7 +95,7 @@ def test_the_autograd_function_equals_the_convolution(spatial):
             y = fn(xs, ws, (2,) * dims, (1,) * dims)
             y.backward(grad)
             results.append((y, xs.grad, ws.grad))
-        assert results[0][0].grad_fn.name().endswith("_DepthwiseBackward")
+        assert results[0][0].grad_fn.name().endswith("_DepthwiseConvBackward")
         assert (results[0][2] is None) == (results[1][2] is None) == frozen
         for a, b in zip(*results, strict=True):
             if a is not None:

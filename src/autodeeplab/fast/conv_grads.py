@@ -56,7 +56,7 @@ def convs_backward(
         if depthwise and forward_convs and backward_as_forward_convs(x, w, stride, padding, dilation):
             grad_in, grad_w = depthwise_backward(grad, x, w, padding, dilation, needs_x, needs_w)
         else:
-            grad_in, grad_w = _library_backward(
+            grad_in, grad_w = library_backward(
                 grad, x, w, stride, padding, dilation, depthwise, needs_x, needs_w
             )
         grad_weights.append(grad_w)
@@ -65,7 +65,9 @@ def convs_backward(
     return grad_x, grad_weights
 
 
-def _library_backward(grad, x, w, stride, padding, dilation, depthwise, needs_x, needs_w):
+def library_backward(grad, x, w, stride, padding, dilation, depthwise, needs_x, needs_w):
+    """The convolution library's input and filter gradients (None where not needed) of a convolution of
+    ``x`` with ``w`` (one group, or ``depthwise``: a group per input channel)."""
     grad_in, grad_w, _ = torch.ops.aten.convolution_backward(
         grad,
         x,
@@ -76,7 +78,7 @@ def _library_backward(grad, x, w, stride, padding, dilation, depthwise, needs_x,
         list(dilation),
         False,
         [0] * (x.dim() - 2),
-        w.shape[0] if depthwise else 1,
+        x.shape[1] if depthwise else 1,
         [needs_x, needs_w, False],
     )
     return grad_in, grad_w
@@ -133,7 +135,7 @@ def depthwise_backward(
         grad_x = conv_function(spatial)(grad, flipped, None, 1, padding, dilation, channels)
     elif needs_x:
         stride = (1,) * spatial
-        grad_x, _ = _library_backward(grad, x, weight, stride, padding, dilation, True, True, False)
+        grad_x, _ = library_backward(grad, x, weight, stride, padding, dilation, True, True, False)
     if needs_w:
         grad_w = _filter_gradient(grad, x, weight.shape, padding, dilation)
     return grad_x, grad_w

@@ -26,6 +26,7 @@ from autodeeplab.fast.conv_grads import (
     backward_as_forward_convs,
     convs_backward,
     depthwise_backward,
+    library_backward,
     same_padding,
 )
 from autodeeplab.fast.precision import apply_like_autocast_conv
@@ -33,8 +34,11 @@ from autodeeplab.fast.strided import copy_in_order, layout_strides
 from autodeeplab.ops.primitives import conv_function, depthwise_input
 
 
-class _MultiplierDepthwise(torch.autograd.Function):
-    """Depthwise conv of ``x`` ``[N, C, *S]`` with ``weight`` ``[C·M, 1, *k]`` (M filters per channel)."""
+class _DepthwiseConv(torch.autograd.Function):
+    """A stride-1 "same" depthwise conv of ``x`` ``[N, C, *S]`` with ``weight`` ``[C·M, 1, *k]`` whose
+    backward avoids the library's slow parts (see the module docstring): with M = 1 both gradients from
+    :func:`autodeeplab.fast.conv_grads.depthwise_backward`; with M > 1 the input gradient a flipped-filter
+    conv whose M outputs per channel are summed, the filter gradient the library's."""
 
     @staticmethod
     def forward(ctx, x, weight, padding, dilation):
@@ -45,45 +49,19 @@ class _MultiplierDepthwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
+        needs, padding, dilation = ctx.needs_input_grad, ctx.padding, ctx.dilation
         channels, spatial = x.shape[1], x.dim() - 2
+        if weight.shape[0] == channels:
+            grad_x, grad_w = depthwise_backward(grad, x, weight, padding, dilation, needs[0], needs[1])
+            return grad_x, grad_w, None, None
         grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             flipped = weight.flip(tuple(range(2, 2 + spatial)))
-            conv = conv_function(spatial)
-            per_filter = conv(grad, flipped, None, 1, ctx.padding, ctx.dilation, weight.shape[0])
+            per_filter = conv_function(spatial)(grad, flipped, None, 1, padding, dilation, weight.shape[0])
             grad_x = per_filter.unflatten(1, (channels, weight.shape[0] // channels)).sum(2)
-        if ctx.needs_input_grad[1]:
-            _, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad,
-                x,
-                weight,
-                None,
-                [1] * spatial,
-                list(ctx.padding),
-                list(ctx.dilation),
-                False,
-                [0] * spatial,
-                channels,
-                [False, True, False],
-            )
-        return grad_x, grad_w, None, None
-
-
-class _Depthwise(torch.autograd.Function):
-    """A stride-1 "same" depthwise conv (multiplier 1) whose backward is forward convolutions
-    (:func:`autodeeplab.fast.conv_grads.depthwise_backward`)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.dilation = padding, dilation
-        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad_x, grad_w = depthwise_backward(grad, x, weight, ctx.padding, ctx.dilation, needs[0], needs[1])
+        if needs[1]:
+            stride = (1,) * spatial
+            _, grad_w = library_backward(grad, x, weight, stride, padding, dilation, True, False, True)
         return grad_x, grad_w, None, None
 
 
@@ -97,18 +75,21 @@ def depthwise_conv(
     x = depthwise_input(x, x.shape[1])  # what the backward's convolutions read, too
     padding, dilation = tuple(padding), tuple(dilation)
     if weight.shape[0] == x.shape[1]:
-        if backward_as_forward_convs(x, weight, (1,) * len(kernel), padding, dilation):
-            return apply_like_autocast_conv(_Depthwise, x, weight, padding, dilation)
-    elif same_padding(kernel, padding, dilation):
-        return apply_like_autocast_conv(_MultiplierDepthwise, x, weight, padding, dilation)
+        cheaper = backward_as_forward_convs(x, weight, (1,) * len(kernel), padding, dilation)
+    else:
+        cheaper = same_padding(kernel, padding, dilation)
+    if cheaper:
+        return apply_like_autocast_conv(_DepthwiseConv, x, weight, padding, dilation)
     return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
 
 
 def _edge_view(t: torch.Tensor, k: int, edges: int, c: int) -> torch.Tensor:
-    """``t`` ``[N, K·E·C, *S]`` as ``[N, K, E, C, *S]``: one ``as_strided`` of ``t``'s own strides, whatever
-    its layout."""
+    """``t`` ``[N, K·E·C, *S]`` as ``[N, K, E, C, *S]`` (``[N, E, C, *S]`` for K = 1): one ``as_strided`` of
+    ``t``'s own strides, whatever its layout."""
     s = t.stride()
-    return t.as_strided((t.shape[0], k, edges, c, *t.shape[2:]), (s[0], edges * c * s[1], c * s[1], *s[1:]))
+    groups = ((k,), (edges * c * s[1],)) if k > 1 else ((), ())
+    size = (t.shape[0], *groups[0], edges, c, *t.shape[2:])
+    return t.as_strided(size, (s[0], *groups[1], c * s[1], *s[1:]))
 
 
 def repeat_edge_major(x: torch.Tensor, edges: int, channel_groups: int = 1) -> torch.Tensor:
@@ -142,23 +123,17 @@ def _repeat_layout(x: torch.Tensor) -> torch.memory_format:
     )
 
 
-def _repeat_target(x: torch.Tensor, edges: int) -> torch.Tensor:
-    """An uninitialised tensor of :func:`repeat_edge_major`'s result's shape and layout: also what an
-    input-only gradient of the convolution needs of its input (the shape and layout, not the values)."""
-    shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_repeat_layout(x))
-
-
 def _stand_in(x: torch.Tensor, edges: int, grads) -> torch.Tensor:
-    """What an input-only gradient of the repeated depthwise convs reads of their input: the repeat's shape
-    and layout. An output gradient of that shape and layout (a stride-1 "same" conv's) stands in, with no
-    allocation; else :func:`_repeat_target`."""
+    """What an input-only gradient of the repeated depthwise convs reads of their input: the shape and layout
+    of :func:`repeat_edge_major`'s result, not its values. An output gradient of that shape and those
+    strides (a stride-1 "same" conv's) stands in, with no allocation; else an uninitialised tensor."""
     shape = (x.shape[0], edges * x.shape[1], *x.shape[2:])
-    strides = layout_strides(shape, _repeat_layout(x))
+    layout = _repeat_layout(x)
+    strides = layout_strides(shape, layout)
     for grad in grads:
         if grad is not None and grad.shape == shape and grad.stride() == strides and grad.dtype == x.dtype:
             return grad
-    return _repeat_target(x, edges)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
 
 
 def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
@@ -168,8 +143,7 @@ def _sum_edge_copies(grad: torch.Tensor, k: int, edges: int) -> torch.Tensor:
     if edges == 1:  # one copy: its gradient is the input's
         return grad
     if k == 1:  # [N, E, C, *S] summed over E is the result's shape already (no flatten)
-        s = grad.stride()
-        return grad.as_strided((grad.shape[0], edges, c, *grad.shape[2:]), (s[0], c * s[1], *s[1:])).sum(1)
+        return _edge_view(grad, k, edges, c).sum(1)
     return _edge_view(grad, k, edges, c).sum(2).flatten(1, 2)
 
 
