@@ -104,3 +104,29 @@ def test_saved_activation_is_the_inputs_storage_counted_as_the_input(groups):
     with SavedTensorCounter(exclude=[w]) as counter:
         pointwise_conv(x, w, groups=groups)
     assert [(r.nbytes, r.shape) for r in counter.records] == [(x.numel() * 4, (2, 4, 5, 6))]
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_backward_is_two_products_into_one_allocation(groups):
+    """Both gradients read the output gradient through one view and the filters through the view the
+    forward made: two products, one allocation (the input gradient, written in place through its
+    transposed view) and nothing copied; the input gradient equals g · W computed directly."""
+    from autodeeplab.fast.dispatch import count_dispatches
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(9, 6 // groups, 1, 1, generator=g)
+    grad = torch.randn(2, 9, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+    y = pointwise_conv(xs, ws, groups=groups)
+    counts = count_dispatches(lambda: y.backward(grad))
+    product = "mm" if groups == 1 else "bmm"
+    assert counts.by_op[product] == 2 and counts.by_class["alloc"] == 1
+    assert counts.by_class["kernel"] == 2  # no copy, no sum
+    assert counts.by_op["as_strided"] == 2  # gᵀ for both products, the input gradient's transposed view
+    # the direct form: per group [M, O/G] · [O/G, C/G] on the [N, *S, C] rows
+    g_rows = grad.permute(0, 2, 3, 1).reshape(-1, groups, 9 // groups).transpose(0, 1)
+    w_mats = w.view(groups, 9 // groups, 6 // groups)
+    direct = torch.bmm(g_rows, w_mats).transpose(0, 1).reshape(2, 5, 7, 6).permute(0, 3, 1, 2)
+    assert torch.equal(xs.grad, direct)
+    assert is_channels_last(xs.grad)

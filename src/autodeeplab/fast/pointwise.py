@@ -99,15 +99,18 @@ class _PointwiseConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, k: int):
         rows = _matrix(x, k) if groups == 1 else _by_group(x, k, groups)
-        ctx.save_for_backward(rows, weight)
+        # the filters as the products read them, [C, O] (per group [G, C/G, O/G]): the backward reads
+        # the same view (see there), so it is made once
+        mats = weight.t() if groups == 1 else _group_filters(weight, groups, transposed=True)
+        ctx.save_for_backward(rows, mats)
         ctx.groups, ctx.k, ctx.has_bias, ctx.shape = groups, k, bias is not None, x.shape
+        ctx.weight_shape = weight.shape
         # the result is its own channels-last tensor, not a view of a [N, *S, O] one: what later
         # saves it for a backward sees an [N, O, *S] tensor, as after a convolution
         out = _channels_last_like(x, k * weight.shape[0])
         if groups == 1:
-            torch.mm(rows, weight.t(), out=_matrix(out, k))
-        else:  # weight [O, C/G, 1…] → per group [C/G, O/G]; the bmm writes into out's [G, M, O/G] view
-            mats = _group_filters(weight, groups, transposed=True)
+            torch.mm(rows, mats, out=_matrix(out, k))
+        else:  # the bmm writes into out's [G, M, O/G] view
             torch.bmm(rows, mats, out=_by_group(out, k, groups))
         if bias is not None:
             _matrix(out, k).add_(bias)
@@ -115,24 +118,25 @@ class _PointwiseConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        rows, weight = ctx.saved_tensors
+        rows, mats = ctx.saved_tensors
         groups, k = ctx.groups, ctx.k
         if not is_channels_last(grad):  # a gradient may come in another layout
             grad = grad.contiguous(memory_format=_CHANNELS_LAST[grad.dim()])
+        # Both products read the gradient transposed, gᵀ [O, M] (per group [G, O/G, M]): the input's is
+        # computed as its transpose, dL/dxᵀ = Wᵀ · gᵀ, written into the transposed view of a channels-last
+        # tensor. The same dot products as g · W (bit for bit on this CPU's BLAS, tested), one view of g
+        # instead of two and none of the filters; BLAS takes either orientation of every operand and of
+        # the result (cuBLAS too, by swapping the operands), so nothing is copied.
+        gt = _matrix(grad, k, transposed=True) if groups == 1 else _by_group(grad, k, groups, transposed=True)
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:  # dL/dx = g · W (per group)
+        if ctx.needs_input_grad[0]:
             grad_x = _channels_last_like(grad, ctx.shape[1])
             if groups == 1:
-                torch.mm(_matrix(grad, k), weight, out=_matrix(grad_x, k))
-            else:  # per group through [O/G, C/G]
-                mats = _group_filters(weight, groups, transposed=False)
-                torch.bmm(_by_group(grad, k, groups), mats, out=_by_group(grad_x, k, groups))
-        if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
-            if groups == 1:
-                grad_w = torch.mm(_matrix(grad, k, transposed=True), rows)
+                torch.mm(mats, gt, out=_matrix(grad_x, k, transposed=True))
             else:
-                gg = _by_group(grad, k, groups, transposed=True)  # [G, O/G, M]
-                grad_w = torch.bmm(gg, rows).view(weight.shape)
+                torch.bmm(mats, gt, out=_by_group(grad_x, k, groups, transposed=True))
+        if ctx.needs_input_grad[1]:  # dL/dW = gᵀ · x (per group)
+            grad_w = torch.mm(gt, rows) if groups == 1 else torch.bmm(gt, rows).view(ctx.weight_shape)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = _matrix(grad, k).sum(0)
         return grad_x, grad_w, grad_b, None, None
