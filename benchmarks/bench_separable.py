@@ -11,8 +11,8 @@ import time
 import torch
 from torch.nn import functional as F
 
-from autodeeplab.fast.depthwise import depthwise_conv
 from autodeeplab.fast.pointwise import pointwise_conv
+from autodeeplab.ops.depthwise import depthwise_conv
 
 torch.set_num_threads(1)
 torch.manual_seed(0)

@@ -7,7 +7,8 @@
   settings (F=8, slim heads, the OS2 stage): a training step (Dice + cross-entropy, SGD) on a batch of ``S³``
   patches and an eval-mode forward under ``torch.inference_mode``, in voxels per second; in the default
   memory layout and in ``channels_last_3d`` (what training and inference use on a CPU), and with every
-  kernel tap against only those that can reach the map (``ops.primitives.CroppedConv3d``), side by side.
+  kernel tap against only those that can reach the map (``ops.primitives.CroppedConv3d``), and with the
+  library's depthwise backward against the one as forward convolutions (``nets.depthwise``), side by side.
 
 Prints one line per measurement and appends JSON lines to ``benchmarks/results_volumes.jsonl``.
 
@@ -32,6 +33,7 @@ from autodeeplab.config.settings import load_config
 from autodeeplab.fast.supernet import build_supernet
 from autodeeplab.fileio import atomic_write_text
 from autodeeplab.nets.network import build_network
+from autodeeplab.ops.depthwise import cheap_depthwise_backward
 from autodeeplab.ops.losses import DiceCELoss
 from autodeeplab.search.saved_memory import count_saved
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
@@ -75,19 +77,26 @@ def time_it(step, warmup: int, iters: int) -> float:
 
 def network_throughput(size: int, batch: int, classes: int, warmup: int, iters: int) -> list[dict]:
     records = []
-    variants = [("contiguous", "cropped"), ("channels_last_3d", "full"), ("channels_last_3d", "cropped")]
-    for layout, kernels in variants:
-        records += _throughput_in(layout, kernels, size, batch, classes, warmup, iters)
+    variants = [
+        ("contiguous", "cropped", "as_convs"),
+        ("channels_last_3d", "full", "library"),
+        ("channels_last_3d", "cropped", "library"),
+        ("channels_last_3d", "cropped", "as_convs"),
+    ]
+    for layout, kernels, depthwise in variants:
+        records += _throughput_in(layout, kernels, depthwise, size, batch, classes, warmup, iters)
     return records
 
 
 def _throughput_in(
-    layout: str, kernels: str, size: int, batch: int, classes: int, warmup: int, iters: int
+    layout: str, kernels: str, depthwise: str, size: int, batch: int, classes: int, warmup: int, iters: int
 ) -> list[dict]:
     model_settings = load_config(TrainConfig, preset="hippocampus").model
     memory_format = torch.channels_last_3d if layout == "channels_last_3d" else torch.contiguous_format
     torch.manual_seed(0)
     net = build_network("paper", model_settings, num_classes=classes, in_channels=1)
+    if depthwise == "library":  # the library's depthwise backward (autodeeplab.nets.depthwise)
+        cheap_depthwise_backward(net, enable=False)
     if kernels == "full":  # plain nn.Conv3d: every tap computed, also those reading only padding
         for module in net.modules():
             if isinstance(module, torch.nn.Conv3d):
@@ -113,7 +122,8 @@ def _throughput_in(
         seconds = time_it(step, warmup, iters)
         voxels = batch * size**3 / seconds
         print(
-            f"{mode}: 3D found network ({params / 1e6:.2f}M parameters, {layout}, {kernels} kernels) "
+            f"{mode}: 3D found network ({params / 1e6:.2f}M parameters, {layout}, {kernels} kernels, "
+            f"depthwise backward {depthwise}) "
             f"batch {batch} at "
             f"{size}^3: {seconds:.3f} s/iter, {voxels / 1e6:.2f}M voxels/s"
         )
@@ -122,6 +132,7 @@ def _throughput_in(
                 "benchmark": f"network3d_{mode}",
                 "layout": layout,
                 "kernels": kernels,
+                "depthwise_backward": depthwise,
                 "input_size": [batch, 1, size, size, size],
                 "params": params,
                 "seconds_per_iter": seconds,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from autodeeplab.fast.depthwise import depthwise_conv
+from autodeeplab.ops.depthwise import depthwise_conv
 
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 

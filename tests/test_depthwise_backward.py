@@ -1,4 +1,4 @@
-"""A depthwise conv's backward as forward convolutions (autodeeplab.fast.conv_grads.depthwise_backward):
+"""A depthwise conv's backward as forward convolutions (autodeeplab.ops.depthwise.depthwise_backward):
 equal to the convolution library's backward, and used exactly where it is meant to be."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from autodeeplab.fast.conv_grads import backward_as_forward_convs, depthwise_backward
-from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_conv
+from autodeeplab.fast.depthwise import repeated_depthwise_conv
+from autodeeplab.ops.depthwise import backward_as_forward_convs, depthwise_backward, depthwise_conv
 
 TOL = {"atol": 1e-12, "rtol": 1e-10}
 LAYOUT = {4: torch.channels_last, 5: torch.channels_last_3d}

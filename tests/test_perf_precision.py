@@ -125,7 +125,7 @@ def test_3d_depthwise_convs_get_no_channels_last_input(repeat):
     a comparison of gradients is not a reliable test). The fast path hands those convs contiguous volumes:
     checked on every depthwise ``convolution_backward`` of a 3D bf16 step, with both ways of running the
     sep convs' first depthwise conv, and on the depthwise convolutions that compute gradients in their place
-    (``autodeeplab.fast.conv_grads.depthwise_backward``: on the CPU, every multiplier-1 one of a volume);
+    (``autodeeplab.ops.depthwise.depthwise_backward``: on the CPU, every multiplier-1 one of a volume);
     the gradients stay finite."""
     from autodeeplab.fast.execution import ExecutionConfig
     from autodeeplab.fast.supernet import build_supernet

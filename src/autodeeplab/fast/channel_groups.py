@@ -31,8 +31,8 @@ from torch import nn
 from autodeeplab.fast.conv_grads import convs_backward
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.pointwise import _CHANNELS_LAST, is_channels_last, is_pointwise, pointwise_conv
-from autodeeplab.fast.precision import apply_like_autocast_conv
 from autodeeplab.fast.strided import copy_in_order
+from autodeeplab.ops.autocast import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function
 
 

@@ -5,16 +5,11 @@ filters on the same C channels: either on the input repeated once per edge (``re
 multiplier 1: :func:`repeated_depthwise_convs`), or with a channel multiplier M = E, E outputs per input
 channel (:func:`depthwise_conv`). The second depthwise conv of a separable conv has multiplier 1.
 
-- Multiplier M > 1: the convolution library's input gradient is slow on CPU (measured on 2 cores, for
-  ``[6, 8, 33, 33]`` → 40 channels, 5×5, 0.59 ms, against 0.19 ms for the forward). It is computed as what
-  it is, a transposed convolution: a depthwise convolution of the output gradient (C·M channels, multiplier
-  1) with the filters flipped, whose M outputs per input channel are then summed. Stride 1 with "same"
-  padding makes that transposed convolution an ordinary one with the same padding.
-- Multiplier 1, on the CPU: both gradients as forward convolutions where the library's backward is slow
-  (:func:`autodeeplab.fast.conv_grads.backward_as_forward_convs`, :func:`~autodeeplab.fast.conv_grads.
-  depthwise_backward`).
-
-Equal to the library's result up to float rounding (tested).
+The convolution library's backward is slow on the CPU for both; :func:`depthwise_conv` (from
+:mod:`autodeeplab.ops.depthwise`, which the found networks share) computes the gradients as forward
+convolutions, and the repeated input's functions here do the same for their edges
+(:func:`autodeeplab.ops.depthwise.backward_as_forward_convs`). Equal to the library's result up to float
+rounding (tested).
 """
 
 from __future__ import annotations
@@ -22,65 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autodeeplab.fast.conv_grads import (
-    backward_as_forward_convs,
-    convs_backward,
-    depthwise_backward,
-    library_backward,
-    same_padding,
-)
-from autodeeplab.fast.precision import apply_like_autocast_conv
+from autodeeplab.fast.conv_grads import convs_backward
 from autodeeplab.fast.strided import copy_in_order, layout_strides
-from autodeeplab.ops.primitives import conv_function, depthwise_input
-
-
-class _DepthwiseConv(torch.autograd.Function):
-    """A stride-1 "same" depthwise conv of ``x`` ``[N, C, *S]`` with ``weight`` ``[C·M, 1, *k]`` whose
-    backward avoids the library's slow parts (see the module docstring): with M = 1 both gradients from
-    :func:`autodeeplab.fast.conv_grads.depthwise_backward`; with M > 1 the input gradient a flipped-filter
-    conv whose M outputs per channel are summed, the filter gradient the library's."""
-
-    @staticmethod
-    def forward(ctx, x, weight, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.dilation = padding, dilation
-        return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        needs, padding, dilation = ctx.needs_input_grad, ctx.padding, ctx.dilation
-        channels, spatial = x.shape[1], x.dim() - 2
-        if weight.shape[0] == channels:
-            grad_x, grad_w = depthwise_backward(grad, x, weight, padding, dilation, needs[0], needs[1])
-            return grad_x, grad_w, None, None
-        grad_x = grad_w = None
-        if needs[0]:
-            flipped = weight.flip(tuple(range(2, 2 + spatial)))
-            per_filter = conv_function(spatial)(grad, flipped, None, 1, padding, dilation, weight.shape[0])
-            grad_x = per_filter.unflatten(1, (channels, weight.shape[0] // channels)).sum(2)
-        if needs[1]:
-            stride = (1,) * spatial
-            _, grad_w = library_backward(grad, x, weight, stride, padding, dilation, True, False, True)
-        return grad_x, grad_w, None, None
-
-
-def depthwise_conv(
-    x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, ...], dilation: tuple[int, ...]
-) -> torch.Tensor:
-    """Stride-1 depthwise convolution: ``x`` ``[N, C, *S]``, ``weight`` ``[C·M, 1, *k]`` → ``[N, C·M, *S]``,
-    with the cheaper backward where one applies (see the module docstring); otherwise the plain
-    convolution."""
-    kernel = tuple(weight.shape[2:])
-    x = depthwise_input(x, x.shape[1])  # what the backward's convolutions read, too
-    padding, dilation = tuple(padding), tuple(dilation)
-    if weight.shape[0] == x.shape[1]:
-        cheaper = backward_as_forward_convs(x, weight, (1,) * len(kernel), padding, dilation)
-    else:
-        cheaper = same_padding(kernel, padding, dilation)
-    if cheaper:
-        return apply_like_autocast_conv(_DepthwiseConv, x, weight, padding, dilation)
-    return conv_function(x.dim() - 2)(x, weight, None, 1, padding, dilation, x.shape[1])
+from autodeeplab.ops.autocast import apply_like_autocast_conv
+from autodeeplab.ops.primitives import conv_function
 
 
 def _edge_view(t: torch.Tensor, k: int, edges: int, c: int) -> torch.Tensor:
@@ -189,7 +129,7 @@ def repeated_depthwise_convs(
 ) -> tuple[torch.Tensor, ...]:
     """:func:`repeated_depthwise_conv` of one ``x`` with each of ``weights`` (``likes[i]``'s stride, padding
     and dilation), the repeat made once for all of them. ``forward_convs``: the backward as forward
-    convolutions where that is faster (:func:`autodeeplab.fast.conv_grads.backward_as_forward_convs`)."""
+    convolutions where that is faster (:func:`autodeeplab.ops.depthwise.backward_as_forward_convs`)."""
     convs = tuple((tuple(m.stride), tuple(m.padding), tuple(m.dilation)) for m in likes)
     return apply_like_autocast_conv(_RepeatedDepthwise, x, channel_groups, convs, forward_convs, *weights)
 

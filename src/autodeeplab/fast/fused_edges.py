@@ -28,12 +28,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from autodeeplab.fast.channel_groups import convs_on_the_batch_axis, repeat_filters
-from autodeeplab.fast.depthwise import depthwise_conv, repeated_depthwise_convs
+from autodeeplab.fast.depthwise import repeated_depthwise_convs
 from autodeeplab.fast.execution import ExecutionConfig
 from autodeeplab.fast.flat_weights import flat_weights
 from autodeeplab.fast.grouped_bn import multi_batch_norm, shared_batch_norm
 from autodeeplab.fast.pointwise import from_rows, pointwise_conv, to_rows
 from autodeeplab.fast.pooling import max_pool_saving_input
+from autodeeplab.ops.depthwise import depthwise_conv
 from autodeeplab.ops.primitives import PRIMITIVES, conv_function
 
 _ATROUS = ("atr_conv_3x3", "atr_conv_5x5")

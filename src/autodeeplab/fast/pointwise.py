@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from autodeeplab.fast.precision import apply_like_autocast_conv
+from autodeeplab.ops.autocast import apply_like_autocast_conv
 from autodeeplab.ops.primitives import conv_function
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}

@@ -38,6 +38,7 @@ from torch import nn
 
 from autodeeplab.errors import ConfigError, GenotypeError
 from autodeeplab.nets.cell import FixedCell, Stem, scheduled_keep_prob
+from autodeeplab.ops.depthwise import cheap_depthwise_backward
 from autodeeplab.ops.heads import (
     ASPP,
     DeepLabV3PlusDecoder,
@@ -258,6 +259,7 @@ class AutoDeepLabNet(nn.Module):
             else None
         )
         self._init_weights()
+        cheap_depthwise_backward(self)  # the sep convs' CPU training time (autodeeplab.ops.depthwise)
 
     def _init_weights(self) -> None:
         # PyTorch's default conv init (uniform, bound sqrt(1 / fan_in)) is exactly the released model's
