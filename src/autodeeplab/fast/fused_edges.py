@@ -108,7 +108,8 @@ def stacked_filters(edges: list[nn.Module], execution: ExecutionConfig) -> dict[
     """Each conv primitive's filters, every edge's concatenated along the output channels ``[E·rows, *K]``:
     views of the one tensor each group lives in (``flat_edge_weights``, one call for the state), or copies
     made by ``torch.cat``."""
-    groups = [[edge.op(name)[i].weight for edge in edges] for name, at in _FILTERS.items() for i in at]
+    parts = {name: [edge.parts(name) for edge in edges] for name in _FILTERS}
+    groups = [[p[i].weight for p in parts[name]] for name, at in _FILTERS.items() for i in at]
     if execution.flat_edge_weights:
         stacked = flat_weights(groups)
     else:
@@ -122,7 +123,7 @@ def stacked_filters(edges: list[nn.Module], execution: ExecutionConfig) -> dict[
 def _atrous(relu_x, edges, name, groups, repeats, scale, filters, k, z=None):
     """``z``: the convolution's result when already made (K > 1 channel groups: by
     :func:`autodeeplab.fast.channel_groups.convs_on_the_batch_axis`, for both atrous convs at once)."""
-    ops = [e.op(name) for e in edges]  # ReLU → conv → BN
+    ops = [e.parts(name) for e in edges]  # ReLU → conv → BN
     if z is None:
         z = _conv(relu_x, filters[0], ops[0][1], 1)
     return multi_batch_norm(z, [op[2] for op in ops], groups, repeats, scale, k)
@@ -138,7 +139,7 @@ def _pointwise(z, weight, like, groups, k, matmul):
 def _separable(relu_x, edges, name, groups, repeats, scale, execution: ExecutionConfig, filters, k, z=None):
     """``z``: the first depthwise conv's result when already made (``repeat_separable_input``: by
     :func:`autodeeplab.fast.depthwise.repeated_depthwise_convs`, for both sep convs at once)."""
-    ops = [e.op(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
+    ops = [e.parts(name) for e in edges]  # [ReLU → dw → pw → BN] × 2
     e, c = len(ops), relu_x.shape[1] // k
     spatial = (1,) * (relu_x.dim() - 2)
     matmul, cheap = execution.pointwise_as_matmul, execution.depthwise_flipped_grad
@@ -211,10 +212,10 @@ def fused_mixed_ops(
     # backward misreads (wrong gradients; tests/test_state_alpha.py).
     weightless = []  # (α column [E, 1], [G·N, *S, (K,) 1 or E, C] term)
     for name in _POOLS:  # the pools first: the max pool keeps x for its backward as [G·N, C, *S]
-        seq = edges[0].op(name)  # pool → affine-free BN
+        seq = edges[0].parts(name)  # pool → affine-free BN
         no_indices = execution.pool_without_indices and name == _POOLS[0]
         pooled = max_pool_saving_input(x, seq[0]) if no_indices else seq[0](x)
-        y = shared_batch_norm(pooled, [edge.op(name)[1] for edge in edges], groups, repeats, k)
+        y = shared_batch_norm(pooled, [edge.parts(name)[1] for edge in edges], groups, repeats, k)
         # training: one [G·N, K·C, *S] for every edge; evaluation: [E, G·N, K·C, *S] (running statistics)
         if y.dim() == x.dim():
             y = _edge_rows(y, 1, k)
@@ -228,12 +229,12 @@ def fused_mixed_ops(
     out = None
     dense: dict[str, torch.Tensor] = {}
     if k > 1:  # the dense convs through the batch axis, both at once (autodeeplab.fast.channel_groups)
-        likes = [edges[0].op(name)[1] for name in _ATROUS]
+        likes = [edges[0].parts(name)[1] for name in _ATROUS]
         made = convs_on_the_batch_axis(relu_x, k, [filters[name][0] for name in _ATROUS], likes)
         dense = dict(zip(_ATROUS, made, strict=True))
     first: dict[str, torch.Tensor] = {}
     if execution.repeat_separable_input:  # both sep convs' first depthwise convs on one repeat of relu_x
-        likes = [edges[0].op(name)[1] for name in _SEPARABLE]
+        likes = [edges[0].parts(name)[1] for name in _SEPARABLE]
         dws = [repeat_filters(filters[name][0], k) for name in _SEPARABLE]
         made = repeated_depthwise_convs(relu_x, dws, likes, k, execution.depthwise_flipped_grad)
         first = dict(zip(_SEPARABLE, made, strict=True))

@@ -56,11 +56,19 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList(ops)
         self.op_indices: tuple[int, ...] = tuple(indices)
         """Each module's primitive: its column of the α weights."""
-        self._position: dict[str, int] = {PRIMITIVES[index]: k for k, index in enumerate(indices)}
+        # ModuleList's keys are the positions as strings; the fast path asks for a module by name some 30k
+        # times an iteration, and ``self.ops[i]`` costs several µs of Python each time
+        self._keys: dict[str, str] = {PRIMITIVES[index]: str(k) for k, index in enumerate(indices)}
 
     def op(self, name: str) -> nn.Module:
-        """The module of primitive ``name`` (not ``none``, which has none)."""
-        return self.ops[self._position[name]]
+        """The module of primitive ``name`` (not ``none``, which has none): ``self.ops``' entry, read from
+        its registry (always the module that is there now)."""
+        return self.ops._modules[self._keys[name]]  # type: ignore[return-value]
+
+    def parts(self, name: str) -> tuple[nn.Module, ...]:
+        """The submodules of primitive ``name``'s sequence in order (e.g. ReLU, conv, BN), as ``op(name)[i]``
+        gives them but without ``nn.Sequential``'s indexing, which walks the sequence."""
+        return tuple(self.op(name)._modules.values())  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``x``: ``[N, C, *S]``, ``weights``: ``[P]`` softmax weights → ``[N, C, *S]``."""
