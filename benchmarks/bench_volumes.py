@@ -8,7 +8,7 @@
   patches and an eval-mode forward under ``torch.inference_mode``, in voxels per second; in the default
   memory layout and in ``channels_last_3d`` (what training and inference use on a CPU), and with every
   kernel tap against only those that can reach the map (``ops.primitives.CroppedConv3d``), and with the
-  library's depthwise backward against the one as forward convolutions (``nets.depthwise``), side by side.
+  library's depthwise backward against the one as forward convolutions (``ops.depthwise``), side by side.
 
 Prints one line per measurement and appends JSON lines to ``benchmarks/results_volumes.jsonl``.
 
@@ -95,7 +95,7 @@ def _throughput_in(
     memory_format = torch.channels_last_3d if layout == "channels_last_3d" else torch.contiguous_format
     torch.manual_seed(0)
     net = build_network("paper", model_settings, num_classes=classes, in_channels=1)
-    if depthwise == "library":  # the library's depthwise backward (autodeeplab.nets.depthwise)
+    if depthwise == "library":  # the library's depthwise backward (autodeeplab.ops.depthwise)
         cheap_depthwise_backward(net, enable=False)
     if kernels == "full":  # plain nn.Conv3d: every tap computed, also those reading only padding
         for module in net.modules():

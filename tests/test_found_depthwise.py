@@ -76,7 +76,7 @@ def test_training_equals_the_librarys_backward(dims, channels_last):
         assert torch.allclose(grads[name], grads_ref[name], rtol=1e-10, atol=1e-12), name
 
 
-def test_the_cheaper_backward_is_the_one_that_runs_and_only_when_training():
+def test_the_cheaper_backward_is_the_one_that_runs_and_only_with_gradients():
     conv = CroppedConv3d(4, 4, 5, padding=2, groups=4, bias=False)
     cheap_depthwise_backward(conv)
     assert type(conv) is DepthwiseConv3d
@@ -108,3 +108,47 @@ def test_resize_hands_its_backward_a_dense_gradient_and_the_same_result():
         grads.append(xs.grad)
     assert seen == [True]
     assert torch.equal(grads[0], grads[1])
+
+
+# torch.func's imports script helper functions, which torch 2.13 reports as deprecated
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_torch_func_transforms_take_the_librarys_convolution():
+    """``torch.func`` (per-sample gradients with vmap, jvp) works on the swapped modules as on plain ones:
+    the custom autograd function has no jvp or vmap rule, so the transforms get the library's conv."""
+    from torch.func import functional_call, grad, jvp, vmap
+
+    conv = CroppedConv3d(3, 3, 5, padding=2, groups=3, bias=False).double()
+    plain = copy.deepcopy(conv)
+    cheap_depthwise_backward(conv)
+    x = torch.randn(4, 3, 5, 5, 5, dtype=torch.float64, requires_grad=True)
+
+    def per_sample(module):
+        def loss(params, sample):
+            return functional_call(module, params, (sample.unsqueeze(0),)).square().sum()
+
+        params = {k: v.detach() for k, v in module.named_parameters()}
+        return vmap(grad(loss), in_dims=(None, 0))(params, x.detach())["weight"]
+
+    assert torch.allclose(per_sample(conv), per_sample(plain), rtol=1e-12, atol=1e-12)
+    tangent = torch.randn_like(x)
+    out, jv = jvp(lambda t: conv(t), (x.detach(),), (tangent,))
+    out_ref, jv_ref = jvp(lambda t: plain(t), (x.detach(),), (tangent,))
+    assert torch.allclose(jv, jv_ref, rtol=1e-12, atol=1e-12) and torch.equal(out, out_ref)
+
+
+def test_resize_passes_a_missing_gradient_through():
+    """A function that gives its input no gradient hands the hook None: it stays None (no error)."""
+
+    class FirstOnly(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            return a * 2 + b
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2, None
+
+    x = torch.randn(1, 2, 3, 4, requires_grad=True)
+    a = torch.randn(1, 2, 6, 8, requires_grad=True)
+    FirstOnly.apply(a, resize(x, (6, 8))).sum().backward()
+    assert x.grad is None and torch.equal(a.grad, torch.full_like(a, 2.0))

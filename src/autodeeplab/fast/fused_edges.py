@@ -91,7 +91,7 @@ def _conv(
 ) -> torch.Tensor:
     """``like``'s convolution of ``x`` with ``weight``, the same filters for each of ``x``'s K channel
     groups; ``cheap_grad``: a stride-1 depthwise one with the cheaper backward where one applies
-    (:func:`autodeeplab.fast.depthwise.depthwise_conv`)."""
+    (:func:`autodeeplab.ops.depthwise.depthwise_conv`)."""
     weight = repeat_filters(weight, k)
     if cheap_grad and groups * k == x.shape[1] and all(s == 1 for s in like.stride):
         return depthwise_conv(x, weight, like.padding, like.dilation)

@@ -126,7 +126,8 @@ class _PointwiseConv(torch.autograd.Function):
         # computed as its transpose, dL/dxᵀ = Wᵀ · gᵀ, written into the transposed view of a channels-last
         # tensor. The same dot products as g · W (bit for bit on this CPU's BLAS, tested), one view of g
         # instead of two and none of the filters; BLAS takes either orientation of every operand and of
-        # the result (cuBLAS too, by swapping the operands), so nothing is copied.
+        # the result (cuBLAS too, by swapping the operands, as torch's CUDA bmm/mm read; not run on a GPU
+        # here), so nothing is copied in fp32.
         gt = _matrix(grad, k, transposed=True) if groups == 1 else _by_group(grad, k, groups, transposed=True)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:

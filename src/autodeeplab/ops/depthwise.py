@@ -191,12 +191,26 @@ class _CheaperBackward:
     :func:`depthwise_conv`."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
-        if bias is None and torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        # the custom backward only where a backward will run; not under torch.func's transforms (the
+        # autograd function defines no jvp or vmap rule) nor for a stride changed after the swap
+        if (
+            bias is None
+            and torch.is_grad_enabled()
+            and (input.requires_grad or weight.requires_grad)
+            and all(s == 1 for s in self.stride)  # type: ignore[attr-defined]
+            and not _functorch_active()
+        ):
             cropped = self._cropped(input, weight)  # type: ignore[attr-defined]
             if cropped is not None:  # a zero-padded "same" convolution, not being exported
                 weight, padding = cropped
                 return depthwise_conv(input, weight, padding, tuple(self.dilation))  # type: ignore[attr-defined]
         return super()._conv_forward(input, weight, bias)  # type: ignore[misc]
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, vjp, jvp, vmap) is running."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 class DepthwiseConv1d(_CheaperBackward, CroppedConv1d):
