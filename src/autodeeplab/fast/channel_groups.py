@@ -30,10 +30,10 @@ from torch import nn
 
 from autodeeplab.fast.conv_grads import convs_backward
 from autodeeplab.fast.execution import ExecutionConfig
-from autodeeplab.fast.pointwise import _CHANNELS_LAST, is_channels_last, is_pointwise, pointwise_conv
+from autodeeplab.fast.pointwise import is_channels_last, is_pointwise, pointwise_conv
 from autodeeplab.fast.strided import copy_in_order
 from autodeeplab.ops.autocast import apply_like_autocast_conv
-from autodeeplab.ops.primitives import conv_function
+from autodeeplab.ops.primitives import conv_function, memory_format_of
 
 
 def uses_channel_groups(execution: ExecutionConfig, partial_channels: int, groups: int) -> bool:
@@ -49,10 +49,6 @@ def uses_channel_groups(execution: ExecutionConfig, partial_channels: int, group
         and execution.repeat_separable_input
         and partial_channels == 1
     )
-
-
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return _CHANNELS_LAST[x.dim()] if is_channels_last(x) else torch.contiguous_format
 
 
 def _grouped_geometry(t: torch.Tensor, k: int, batch_major: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -74,7 +70,7 @@ def _regroup(x: torch.Tensor, k: int, to_batch_axis: bool, values: bool = True) 
         shape = (k * x.shape[0], x.shape[1] // k, *x.shape[2:])
     else:
         shape = (x.shape[0] // k, k * x.shape[1], *x.shape[2:])
-    layout = _memory_format(x)
+    layout = memory_format_of(x)
     if not values:
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
     # x's groups as [N, K, C, *S] (dims 0, 1, 2, 3…), listed in the new tensor's memory order

@@ -22,14 +22,12 @@ import torch
 from torch import nn
 
 from autodeeplab.ops.autocast import apply_like_autocast_conv
-from autodeeplab.ops.primitives import conv_function
-
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+from autodeeplab.ops.primitives import CHANNELS_LAST, conv_function
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
     """Whether ``x`` ``[N, C, *S]`` (2 or 3 spatial axes) is laid out channels-last in memory."""
-    layout = _CHANNELS_LAST.get(x.dim())
+    layout = CHANNELS_LAST.get(x.dim())
     return layout is not None and x.is_contiguous(memory_format=layout)
 
 
@@ -68,7 +66,7 @@ def _matrix(t: torch.Tensor, k: int = 1, transposed: bool = False) -> torch.Tens
 def _channels_last_like(t: torch.Tensor, channels: int) -> torch.Tensor:
     """An empty channels-last ``[N, channels, *S]`` tensor with ``t``'s batch, spatial size, dtype, device."""
     shape = (t.shape[0], channels, *t.shape[2:])
-    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=_CHANNELS_LAST[t.dim()])
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=CHANNELS_LAST[t.dim()])
 
 
 def _by_group(t: torch.Tensor, k: int, groups: int, transposed: bool = False) -> torch.Tensor:
@@ -121,7 +119,7 @@ class _PointwiseConv(torch.autograd.Function):
         rows, mats = ctx.saved_tensors
         groups, k = ctx.groups, ctx.k
         if not is_channels_last(grad):  # a gradient may come in another layout
-            grad = grad.contiguous(memory_format=_CHANNELS_LAST[grad.dim()])
+            grad = grad.contiguous(memory_format=CHANNELS_LAST[grad.dim()])
         # Both products read the gradient transposed, gᵀ [O, M] (per group [G, O/G, M]): the input's is
         # computed as its transpose, dL/dxᵀ = Wᵀ · gᵀ, written into the transposed view of a channels-last
         # tensor. The same dot products as g · W (bit for bit on this CPU's BLAS, tested), one view of g

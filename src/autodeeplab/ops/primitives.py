@@ -166,13 +166,17 @@ def resize(x: torch.Tensor, size: tuple[int, ...] | torch.Size, align_corners: b
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.dim() - 2]
     y = nn.functional.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
     if y.requires_grad and y.device.type == "cpu":
-        y.register_hook(_dense_gradient(_memory_format(y)))
+        y.register_hook(_dense_gradient(memory_format_of(y)))
     return y
 
 
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    """``channels_last(_3d)`` when ``t`` is laid out so, else ``contiguous_format``."""
-    layout = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+CHANNELS_LAST: dict[int, torch.memory_format] = {4: torch.channels_last, 5: torch.channels_last_3d}
+"""The channels-last memory format of an ``[N, C, *S]`` tensor by its number of dimensions."""
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """``channels_last(_3d)`` when ``t`` ``[N, C, *S]`` is laid out so, else ``contiguous_format``."""
+    layout = CHANNELS_LAST.get(t.dim())
     return layout if layout is not None and t.is_contiguous(memory_format=layout) else torch.contiguous_format
 
 
