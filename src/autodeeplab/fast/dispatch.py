@@ -150,10 +150,12 @@ def count_dispatches(work: Callable[[], Any], flops: bool = True) -> DispatchCou
     return counts
 
 
-DEFAULT_LAUNCH_SECONDS = 5e-6
-"""Seconds per kernel launch assumed before a GPU calibrates it (``benchmarks/gpu_check.sh``)."""
-DEFAULT_FLOP_RATE = 50e12
-"""FLOP/s assumed for convolutions and matrix products before a GPU calibrates it."""
+DEFAULT_LAUNCH_SECONDS = 7.3e-6
+"""Seconds per small kernel: 7.29 µs calibrated on an NVIDIA H200 (torch 2.11, 2026-12-04;
+``benchmarks/bench_dispatch.py --device cuda --calibrate``, run by ``benchmarks/gpu_check.sh``; record in
+``benchmarks/results_dispatch_gpu.jsonl``). Other GPUs and hosts differ: calibrate there."""
+DEFAULT_FLOP_RATE = 51e12
+"""FLOP/s of float32 convolutions and matrix products: 51.0 TFLOP/s, an fp32 matmul on the same H200."""
 
 
 def gpu_seconds(
