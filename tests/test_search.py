@@ -271,3 +271,16 @@ def test_capture_refuses_what_it_cannot_replay():
                 "budget.image_size": "[64,64]",
             }
         ).validate()
+
+
+def test_an_eager_search_on_a_gpu_is_told_about_captured_steps():
+    from autodeeplab.search.loop import capture_hint
+
+    config = tiny_search_config()
+    assert "execution.capture_steps=true" in capture_hint(config, "cuda", 1)
+    assert capture_hint(config, "cpu", 1) is None  # no graphs on a CPU
+    assert capture_hint(config, "cuda", 2) is None  # refused with several processes
+    assert capture_hint(tiny_search_config(**{"execution.capture_steps": "true"}), "cuda", 1) is None
+    assert capture_hint(tiny_search_config(**{"execution.precision": "fp16"}), "cuda", 1) is None
+    budget = {"budget.multiply_adds": "1.0", "budget.image_size": "[64,64]"}
+    assert capture_hint(tiny_search_config(**budget), "cuda", 1) is None
