@@ -73,6 +73,35 @@ def test_loading_a_state_keeps_this_optimizers_implementation():
             assert torch.equal(state_w["momentum_buffer"], state_r["momentum_buffer"])
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.channels_last_3d])
+def test_a_state_saved_in_another_layout_is_resumed_correctly(layout):
+    """A 3D network trains channels-last on a CPU and contiguous on a GPU; resumed on the other, its
+    momentum buffers arrive in the other layout, which the fused kernel would read as a flat array against
+    the parameter's (wrong updates, no error). After loading, the steps equal an uninterrupted run's."""
+    shape = (6, 4, 3, 3) if layout == torch.channels_last else (6, 4, 3, 3, 3)
+    torch.manual_seed(0)
+    start, grads = torch.randn(shape), [torch.randn(shape) for _ in range(3)]
+
+    def steps(p, opt, gs):
+        for g in gs:
+            p.grad = torch.empty_like(p).copy_(g)  # a gradient has its parameter's layout
+            opt.step()
+
+    straight = nn.Parameter(start.clone())  # contiguous, never interrupted
+    opt_straight = sgd([straight], **OPTIONS)
+    steps(straight, opt_straight, grads)
+
+    written = nn.Parameter(start.clone())  # the GPU's run: one step, then a checkpoint
+    opt_written = sgd([written], **OPTIONS)
+    steps(written, opt_written, grads[:1])
+    resumed = nn.Parameter(written.detach().clone().contiguous(memory_format=layout))  # the CPU's
+    opt_resumed = sgd([resumed], **OPTIONS)
+    load_optimizer_state(opt_resumed, opt_written.state_dict())
+    assert opt_resumed.state[resumed]["momentum_buffer"].stride() == resumed.stride()
+    steps(resumed, opt_resumed, grads[1:])
+    torch.testing.assert_close(resumed.detach(), straight.detach())
+
+
 def test_search_weight_step_same_with_and_without_fused_sgd():
     def net():
         torch.manual_seed(0)

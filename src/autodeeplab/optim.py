@@ -42,3 +42,21 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, flags, strict=True):
         group.update(own)
+    _lay_out_like_parameters(optimizer)
+
+
+def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-element state tensor (momentum, Adam's moments) its parameter's memory layout.
+
+    Why: the fused kernels read a parameter, its gradient and its state as flat arrays, so a momentum
+    buffer laid out otherwise than its parameter is updated element against the wrong element, silently
+    (seen on the CPU: a channels-last parameter with a contiguous buffer moved by up to 0.7 in one step).
+    A gradient always has its parameter's layout (``AccumulateGrad`` makes it so) and a buffer made by
+    the optimizer copies the gradient's, but a loaded buffer keeps the layout it was saved in: a 3D
+    network trains channels-last on a CPU and contiguous on a GPU, and a run may resume on the other."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
