@@ -64,10 +64,12 @@ part 60 "the float64 exactness check (a failure means the fast path DIFFERS on t
 # Issue 16: each step replayed from a CUDA graph equals the eager step (fp32 and bf16; about a minute)
 part 150 "the captured-step test (a failure means a replayed step DIFFERS from the eager one)" \
   python -m pytest -q -s -p no:cacheprovider tests/test_capture_cuda.py
-# Issue 16: the iteration replayed from CUDA graphs (execution.capture_steps), fp32 and bf16 (~50 s each:
+# Issue 16: the iteration replayed from CUDA graphs (execution.capture_steps), fp32 and bf16, then fp32 in
+# channels-last (fewer kernels: is it faster once launches are gone?) (~50 s each:
 # CUDA start-up, 3 eager warm-up steps and the capture per step kind, then REPEATS timed iterations)
-part 200 "the captured time runs" python benchmarks/bench_search.py time --device cuda --size 321 \
-  --repeats "$REPEATS" --variants exact_captured bf16_captured --note "$NOTE (captured steps)"
+part 230 "the captured time runs" python benchmarks/bench_search.py time --device cuda --size 321 \
+  --repeats "$REPEATS" --variants exact_captured bf16_captured channels_last_captured \
+  --note "$NOTE (captured steps)"
 # Issue 16: the pointwise backward's transposed-result matmuls launch no copy on cuBLAS (~15 s)
 part 45 "the pointwise copy check" python benchmarks/gpu_pointwise_copy.py --device cuda
 # Issue 16: operator counts on the GPU and the launch model calibrated there (about a minute)
