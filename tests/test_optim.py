@@ -102,6 +102,42 @@ def test_a_state_saved_in_another_layout_is_resumed_correctly(layout):
     torch.testing.assert_close(resumed.detach(), straight.detach())
 
 
+def test_a_captured_runs_adam_state_resumes_in_a_plain_adam():
+    """A search with captured steps keeps Adam ``capturable`` (step counters on the GPU); resumed without
+    them (on a CPU, say), the checkpoint's flag must not come along: a capturable Adam on CPU parameters
+    stops at its first step. The resumed steps equal an uninterrupted run's."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(4)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(3)]
+
+    def run(params, opt, steps):
+        for gs in steps:
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+
+    straight = [nn.Parameter(t.clone()) for t in start]
+    run(straight, torch.optim.Adam(straight, lr=0.01), grads)
+    written = [nn.Parameter(t.clone()) for t in start]
+    opt_written = torch.optim.Adam(written, lr=0.01)
+    run(written, opt_written, grads[:1])
+    state = opt_written.state_dict()
+    state["param_groups"][0]["capturable"] = True  # as the captured run recorded it
+    resumed = [nn.Parameter(p.detach().clone()) for p in written]
+    opt_resumed = torch.optim.Adam(resumed, lr=0.01)
+    load_optimizer_state(opt_resumed, state)
+    assert opt_resumed.param_groups[0]["capturable"] is False
+    assert all(opt_resumed.state[p]["step"].device.type == "cpu" for p in resumed)
+    run(resumed, opt_resumed, grads[1:])
+    for a, b in zip(resumed, straight, strict=True):
+        torch.testing.assert_close(a.detach(), b.detach())
+    # the other way: this run's capturable flag stays, its counters float32 beside the parameters
+    again = torch.optim.Adam([nn.Parameter(t.clone()) for t in start], lr=0.01, capturable=True)
+    load_optimizer_state(again, opt_written.state_dict())
+    assert again.param_groups[0]["capturable"] is True
+    assert all(s["step"].dtype == torch.float32 for s in again.state.values())
+
+
 def test_search_weight_step_same_with_and_without_fused_sgd():
     def net():
         torch.manual_seed(0)

@@ -31,18 +31,42 @@ def sgd(params: Iterable[Any], fused: bool = True, **options: Any) -> torch.opti
     return torch.optim.SGD(params, **options)
 
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
+"""Optimizer options that choose how a step runs, not what it computes: this run's own are kept when a
+checkpoint is loaded."""
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``optimizer.load_state_dict(state)`` keeping this optimizer's own ``fused``/``foreach`` choice.
+    """``optimizer.load_state_dict(state)`` keeping this optimizer's own ``fused``/``foreach``/``capturable``
+    choice, with every state tensor where and how this optimizer's step needs it.
 
     A checkpoint records the implementation flags of the machine that wrote it; resuming elsewhere (a
-    GPU run resumed on a CPU with an older torch, or the reverse) must use what works here. The update
-    rule is the same either way (the fused kernel may round a last bit differently).
+    GPU run resumed on a CPU with an older torch, or the reverse; a search with captured steps resumed
+    without them) must use what works here. The update rule is the same either way (the fused kernel may
+    round a last bit differently).
     """
-    flags = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
+    flags = [
+        {key: group[key] for key in IMPLEMENTATION_FLAGS if key in group} for group in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, flags, strict=True):
         group.update(own)
+    _place_step_counters(optimizer)
     _lay_out_like_parameters(optimizer)
+
+
+def _place_step_counters(optimizer: torch.optim.Optimizer) -> None:
+    """Put each ``step`` counter (Adam's) where this optimizer reads it: on the parameter's device as
+    float32 when the group is ``capturable`` or ``fused``, else on the CPU — torch's own placement,
+    which ``load_state_dict`` applies with the checkpoint's flags, not this optimizer's (a capturable
+    GPU run resumed on a CPU stopped with an assertion at its first architecture step)."""
+    for group in optimizer.param_groups:
+        on_device = group.get("capturable", False) or group.get("fused", False)
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            step = state.get("step")
+            if torch.is_tensor(step):
+                state["step"] = step.to(dtype=torch.float32, device=p.device) if on_device else step.cpu()
 
 
 def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
