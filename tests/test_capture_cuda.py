@@ -12,7 +12,9 @@ first losses 3.6e-7 apart and second losses 1.3e-4 apart; two seeded eager searc
 by 0.02 in their first epoch's mean loss). So before every step the captured model is given the eager
 model's state (parameters, buffers, optimizer states, copied in place: the graph reads them where they
 lie), both run the step on the same batch, and what each step did is compared: the loss and the change
-of every parameter, against a tolerance set by the same comparison between two eager models.
+of every tensor it writes (parameters, BN running statistics, momentum, Adam's moments and counters),
+against a tolerance set by the same comparison between two eager models. Midway both are reset, as at an
+epoch's start, so the recapture (into the weight graph's new memory pool) is checked too.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from autodeeplab.search.steps import make_optimizers, step_runners
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on a lent one)")
 
-CLASSES, STEPS = 5, 7  # steps 4.. are replays (StepGraph's three warm-up steps run eagerly)
+CLASSES, STEPS = 5, 7  # steps 3.. are replays (StepGraph's three warm-up steps run eagerly)
+RECAPTURE_AT = 5  # the graphs are captured at step 3 and again at step 5
 
 
 def _config(device: str, precision: str, capture: bool) -> SearchConfig:
@@ -77,24 +80,34 @@ class _Searcher:
 
 def _step_difference(a: _Searcher, b: _Searcher, which: int, images, masks) -> tuple[float, float]:
     """Run step ``which`` (0 weight, 1 arch) on both from ``a``'s state; (loss gap, worst relative gap of
-    a parameter tensor's change, ‖Δa − Δb‖ / ‖Δa‖ over tensors that moved)."""
+    the change a step made to any tensor it writes — parameters, BN statistics, momentum, Adam's moments
+    and counters: ‖Δa − Δb‖ / ‖Δa‖, or inf where ``b`` changed what ``a`` left alone)."""
     b.load_from(a)  # both took the same steps, so their optimizer states hold the same tensors
-    before = [p.detach().clone() for p in a.model.parameters()]
+    before = [t.detach().double().cpu() for t in a.tensors()]
     loss_a = a.steps[which](images, masks)
     loss_b = b.steps[which](images, masks)
+    after_a, after_b = a.tensors(), b.tensors()
+    assert len(after_a) == len(after_b)
+    if len(before) != len(after_a):  # an optimizer's first step made its state: compare values from zero
+        before = [torch.zeros(()) for _ in after_a]
     worst = 0.0
-    for p0, pa, pb in zip(before, a.model.parameters(), b.model.parameters(), strict=True):
-        da, db = pa.detach().double() - p0.double(), pb.detach().double() - p0.double()
+    for t0, ta, tb in zip(before, after_a, after_b, strict=True):
+        da = ta.detach().double().cpu() - t0  # Adam's counters: on the CPU eagerly, on the GPU captured
+        db = tb.detach().double().cpu() - t0
         if da.norm() > 0:
             worst = max(worst, float((da - db).norm() / da.norm()))
+        elif db.norm() > 0:
+            worst = float("inf")
     return abs(float(loss_a) - float(loss_b)), worst
 
 
 def _compare(
     precision: str, captured: bool, device: str = "cuda", steps: int = STEPS
 ) -> list[tuple[int, str, float, float]]:
-    """(step, "weight"/"arch", loss gap, parameter-change gap) of an eager searcher against a second one,
-    captured or eager, step by step (on a CPU the captured one runs StepGraph's static path, no graph)."""
+    """(step, "weight"/"arch", loss gap, state-change gap) of an eager searcher against a second one,
+    captured or eager, step by step (on a CPU the captured one runs StepGraph's static path, no graph).
+    Before step ``RECAPTURE_AT`` both runners are reset, as the loop does at an epoch's start: the
+    captured one captures both graphs again, the architecture graph in the weight graph's new pool."""
     torch.manual_seed(0)
     eager_cfg = _config(device, precision, capture=False)
     model = space_builder(eager_cfg)(eager_cfg, CLASSES, 3).to(device)
@@ -105,12 +118,15 @@ def _compare(
     for step in range(steps):
         images = torch.randn(2, 3, 64, 64, generator=gen).to(device)
         masks = torch.randint(0, CLASSES, (2, 64, 64), generator=gen).to(device)
+        if step == RECAPTURE_AT:
+            for runner in (*a.steps, *b.steps):
+                runner.reset()
         for which, name in ((0, "weight"), (1, "arch")):
             gaps.append((step, name, *_step_difference(a, b, which, images, masks)))
     return gaps
 
 
-TOLERANCE = {"fp32": (1e-5, 1e-4), "bf16": (1e-3, 1e-2)}  # (loss, parameter change) floors
+TOLERANCE = {"fp32": (1e-5, 1e-4), "bf16": (1e-3, 1e-2)}  # (loss, state change) floors
 
 
 def test_the_step_by_step_harness_on_cpu():
@@ -134,14 +150,14 @@ def test_each_captured_step_equals_the_eager_step(monkeypatch, precision):
     control = _compare(precision, captured=False)
     assert not captures
     captured = _compare(precision, captured=True)
-    assert len(captures) == 2, captures  # the weight graph and the arch graph, once each
+    assert len(captures) == 4, captures  # the weight graph and the arch graph, at steps 3 and 5
     loss_floor = max(TOLERANCE[precision][0], 10 * max(c[2] for c in control))
     param_floor = max(TOLERANCE[precision][1], 10 * max(c[3] for c in control))
     for (step, name, loss_gap, param_gap), (_, _, c_loss, c_param) in zip(captured, control, strict=True):
         replay = "replayed" if step >= 3 else "warm-up"
         print(
             f"{precision} step {step} {name} ({replay}): loss gap {loss_gap:.2g} "
-            f"(eager vs eager {c_loss:.2g}), parameter change gap {param_gap:.2g} "
+            f"(eager vs eager {c_loss:.2g}), state change gap {param_gap:.2g} "
             f"(eager vs eager {c_param:.2g})"
         )
         assert loss_gap <= loss_floor, (step, name, loss_gap, loss_floor)
