@@ -30,6 +30,8 @@ from pathlib import Path
 from bench_search import VARIANTS, _setup, append_line
 from machine_info import machine_info
 
+from autodeeplab.fast.dispatch import DEFAULT_FLOP_RATE, DEFAULT_LAUNCH_SECONDS
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results_dispatch.jsonl"
 
@@ -43,8 +45,13 @@ def count_variant(spec: dict) -> dict:
     return {"torch": torch.__version__, **counts}
 
 
-def calibrate(device: str) -> tuple[float, float]:
-    """(microseconds per kernel launch, TFLOP/s of a large fp32 matmul) measured on ``device``."""
+def calibrate(device: str) -> tuple[float, float, float | None]:
+    """(microseconds per eager kernel launch, TFLOP/s of a large fp32 matmul, microseconds per kernel
+    replayed from a CUDA graph or None where that failed) measured on ``device``.
+
+    The first is one eager ``add_`` on a one-element tensor: the host's dispatch and the launch, the
+    least any eager operator costs. The third is the same kernel inside a captured graph, what a step
+    with ``execution.capture_steps`` pays per kernel beyond its arithmetic and memory traffic."""
     import time
 
     import torch
@@ -67,7 +74,28 @@ def calibrate(device: str) -> tuple[float, float]:
         a @ b
     torch.cuda.synchronize(device)
     tflops = 2 * 4096**3 * repeats / (time.perf_counter() - start) / 1e12
-    return launch_us, tflops
+    graph_us = None
+    try:
+        side = torch.cuda.Stream(device)  # a capture wants its warm-up on a side stream
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(10):
+                x.add_(1)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph, kernels = torch.cuda.CUDAGraph(), 2000
+        with torch.cuda.graph(graph):
+            for _ in range(kernels):
+                x.add_(1)
+        graph.replay()
+        torch.cuda.synchronize(device)
+        start, replays = time.perf_counter(), 20
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize(device)
+        graph_us = (time.perf_counter() - start) / (replays * kernels) * 1e6
+    except RuntimeError as error:  # e.g. a device or driver without graphs: the eager figures stand
+        print(f"calibrate: no CUDA graph replay measured ({error})")
+    return launch_us, tflops, graph_us
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,20 +111,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--launch-us", type=float, default=5.0, help="seconds per launch of the GPU model, in us"
+        "--launch-us",
+        type=float,
+        default=DEFAULT_LAUNCH_SECONDS * 1e6,
+        help="cost of one kernel in the GPU model, in us (default: an H200's eager launch, fast/dispatch.py)",
     )
-    parser.add_argument("--tflops", type=float, default=50.0, help="FLOP rate of the GPU model, in TFLOP/s")
     parser.add_argument(
-        "--calibrate", action="store_true", help="measure --launch-us and --tflops on the GPU"
+        "--tflops",
+        type=float,
+        default=DEFAULT_FLOP_RATE / 1e12,
+        help="FLOP rate of the GPU model, in TFLOP/s",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure --launch-us and --tflops (and a graph-replayed kernel) on the GPU",
     )
     parser.add_argument("--note", default="")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     calibrated = None
     if args.calibrate:
-        args.launch_us, args.tflops = calibrate(args.device)
+        args.launch_us, args.tflops, graph_us = calibrate(args.device)
         calibrated = {"launch_us": round(args.launch_us, 3), "tflops_fp32_matmul": round(args.tflops, 2)}
-        print(f"calibrated on {args.device}: {args.launch_us:.2f} us per launch, {args.tflops:.1f} TFLOP/s")
+        in_graph = ""
+        if graph_us is not None:
+            calibrated["graph_kernel_us"] = round(graph_us, 3)
+            in_graph = f", {graph_us:.2f} us per kernel replayed from a CUDA graph"
+        print(
+            f"calibrated on {args.device}: {args.launch_us:.2f} us per eager launch{in_graph}, "
+            f"{args.tflops:.1f} TFLOP/s"
+        )
     command = "python " + " ".join(
         shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]
     )

@@ -101,6 +101,9 @@ def _setup(spec: dict):
     space = {"filter_multiplier": spec["filters"], "num_layers": spec["layers"], **space}
     config = SearchConfig(space=SearchSpaceConfig(**space), execution=ExecutionConfig(**execution))
     device = torch.device(spec["device"])
+    if spec.get("memory_cap_gib"):  # the GPU as if it had only this much: a run that fits completes
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_gib"] * GIB / total), device)
     torch.manual_seed(0)
     model = build_supernet(config.space, spec["classes"], execution=config.execution).to(device)
     size, batch = spec["size"], spec["batch"]
@@ -359,8 +362,18 @@ def main(argv: list[str] | None = None) -> int:
         help="run the workers with this shared library preloaded (LD_PRELOAD), e.g. an allocator: "
         "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 (Debian: apt install libjemalloc2)",
     )
+    parser.add_argument(
+        "--memory-cap-gib",
+        type=float,
+        default=0.0,
+        metavar="GIB",
+        help="CUDA: let the process use at most this much GPU memory (torch.cuda."
+        "set_per_process_memory_fraction), so that a completed run shows it fits a card of that size",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    if args.memory_cap_gib and args.device == "cpu":
+        parser.error("--memory-cap-gib: a GPU memory cap; this run is on the CPU")
     if args.preload and not Path(args.preload).is_file():
         parser.error(f"--preload: {args.preload} is not a file")
 
@@ -379,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         base["smoke_test"] = True
     if args.preload:
         base["preload"] = args.preload
+    if args.memory_cap_gib:
+        base["memory_cap_gib"] = args.memory_cap_gib
     jobs: list[tuple[str, dict]] = []
     if args.kind in ("time", "memory"):
         for variant in args.variants:

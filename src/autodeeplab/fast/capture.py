@@ -90,6 +90,10 @@ class StepGraph:
 
     def _capture(self, images: torch.Tensor, masks: torch.Tensor) -> None:
         self.graph = None  # the old graph's memory goes back before the new one takes its own
+        # The eager warm-up steps ran on side streams whose freed blocks the allocator keeps cached for
+        # those streams, where the graph's private pool cannot reuse them: on an H200 the process had
+        # reserved 17.8 GiB for 3.9 GiB allocated (bf16, 2x321²). Hand them back before capturing.
+        torch.cuda.empty_cache()
         self.inputs = (images.clone(), masks.clone())
         graph = torch.cuda.CUDAGraph()
         pool = self.share.pool() if self.share is not None else None

@@ -151,9 +151,11 @@ def count_dispatches(work: Callable[[], Any], flops: bool = True) -> DispatchCou
 
 
 DEFAULT_LAUNCH_SECONDS = 7.3e-6
-"""Seconds per small kernel: 7.29 µs calibrated on an NVIDIA H200 (torch 2.11, 2026-12-04;
+"""Seconds per kernel in the floor model: one eager ``add_`` (host dispatch and launch, the least an eager
+operator costs), 7.29 µs calibrated on an NVIDIA H200's host (torch 2.11, 2026-12-04;
 ``benchmarks/bench_dispatch.py --device cuda --calibrate``, run by ``benchmarks/gpu_check.sh``; record in
-``benchmarks/results_dispatch_gpu.jsonl``). Other GPUs and hosts differ: calibrate there."""
+``benchmarks/results_dispatch_gpu.jsonl``). Not what a kernel costs inside a replayed CUDA graph, nor what
+an eager supernet operator costs with autograd (~34 µs measured there). Other GPUs and hosts differ."""
 DEFAULT_FLOP_RATE = 51e12
 """FLOP/s of float32 convolutions and matrix products: 51.0 TFLOP/s, an fp32 matmul on the same H200."""
 

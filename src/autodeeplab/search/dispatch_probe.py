@@ -71,10 +71,11 @@ def format_dispatches(
         f"  GPU floor per iteration: {kernels:,} launches x {launch_seconds * 1e6:g} us = {launch:.2f} s "
         f"+ {gflop:,.0f} GFLOP at {flop_rate / 1e12:g} TFLOP/s = {compute:.2f} s (a model, not a measurement)"
     )
-    # Why the floor is for captured steps: on an H200 (2026-12-04) eager steps took ~34 us of host time per
-    # dispatch, 6.6x the captured steps, which came within 4% of this floor (benchmarks/README.md, "GPU").
+    # What the floor is and is not: on an H200 (2026-12-04) eager steps took 6.8x it (host-bound, ~34 us
+    # an operator) and steps replayed from CUDA graphs 1.04x it, which may be a coincidence
+    # (benchmarks/README.md, "GPU").
     lines.append(
-        "  (the floor of steps replayed from CUDA graphs, execution.capture_steps; eager steps are bound by "
-        "the host's dispatch rate, measured 6.6x slower on an H200)"
+        "  (kernels x the cost of one bare eager launch + FLOPs; measured on an H200: eager steps 6.8x "
+        "this floor, steps replayed from CUDA graphs with execution.capture_steps about 1x)"
     )
     return lines
