@@ -9,9 +9,12 @@ the backward ran, flagging copies::
     python benchmarks/gpu_pointwise_copy.py --device cuda   # on a lent GPU (gpu_check.sh runs it)
     python benchmarks/gpu_pointwise_copy.py --device cpu
 
-Prints one line per dtype and shape: the kernels/ops and how many look like copies (under autocast two are
-expected: the casts of the float32 inputs' gradients back to float32). Nothing is recorded: the answer is a
-yes/no for the issue note.
+Prints one line per dtype and shape: the kernels/ops and how many look like copies. On CUDA, under autocast
+two copy kernels are expected: the casts of the float32 leaves' gradients back to float32. On the CPU the
+list holds aten ops, nested ones too (a cast counts as ``to``, ``_to_copy`` and ``copy_``; oneDNN's bf16
+``bmm`` copies gᵀ), so its counts are larger. The matmul path runs only on channels-last activations: on a
+GPU that is the bf16/fp16 search (fp32 runs contiguous, through the library's convolution) or
+``execution.memory_format=channels_last``. Nothing is recorded: the answer is a yes/no for the issue note.
 """
 
 from __future__ import annotations

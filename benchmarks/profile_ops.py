@@ -25,19 +25,20 @@ from torch.profiler import ProfilerActivity, profile
 
 from autodeeplab.search.loop import arch_step, make_optimizers, weight_step
 
-CLASSES = (  # (class, operator-name fragments), first match wins
+CLASSES = (  # (class, operator-name fragments; "=name": that name exactly), first match wins
+    ("optimizer", ("sgd", "adam", "foreach")),
     ("convolutions", ("convolution", "mkldnn_conv", "_convolution", "conv2d", "conv3d")),
     ("matrix products", ("bmm", "aten::mm", "addmm", "matmul")),
     ("batch norm", ("batch_norm",)),
     ("pooling and resizing", ("pool", "upsample")),
-    ("copies and layout", ("copy", "clone", "contiguous", "repeat", "cat", "stack", "_to_copy")),
+    # the backward of a select or slice writes a zero-filled tensor: kernels, not views
+    ("copies and layout", ("copy", "clone", "contiguous", "repeat", "cat", "stack")),
+    ("copies and layout", ("select_backward", "slice_backward")),
     ("allocation", ("empty", "zeros", "fill_", "resize_")),
     ("views and metadata", ("view", "as_strided", "select", "slice", "permute", "unbind", "split", "expand")),
-    (
-        "element-wise and reductions",
-        ("add", "mul", "sum", "relu", "clamp", "threshold", "div", "sub", "norm"),
-    ),
-    ("optimizer", ("sgd", "adam", "foreach")),
+    ("views and metadata", ("=aten::t", "transpose", "squeeze", "=aten::detach", "=aten::alias")),
+    ("element-wise and reductions", ("add", "mul", "sum", "relu", "clamp", "threshold", "div", "sub")),
+    ("element-wise and reductions", ("norm", "pow", "exp", "log", "softmax", "nll")),
 )
 
 
@@ -47,7 +48,7 @@ def op_class(name: str) -> str:
     if not low.startswith("aten::"):  # Python code of autograd functions, the engine's bookkeeping
         return "autograd functions' Python and engine"
     for label, fragments in CLASSES:
-        if any(f in low for f in fragments):
+        if any(low == f[1:] if f.startswith("=") else f in low for f in fragments):
             return label
     return "other operators"
 

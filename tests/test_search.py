@@ -284,3 +284,6 @@ def test_an_eager_search_on_a_gpu_is_told_about_captured_steps():
     assert capture_hint(tiny_search_config(**{"execution.precision": "fp16"}), "cuda", 1) is None
     budget = {"budget.multiply_adds": "1.0", "budget.image_size": "[64,64]"}
     assert capture_hint(tiny_search_config(**budget), "cuda", 1) is None
+    assert capture_hint(tiny_search_config(**{"execution.checkpoint_cells": "true"}), "cuda", 1) is None
+    dints = load_config(SearchConfig, "cpu", overrides=["search_space=dints", "device=cpu"])
+    assert capture_hint(dints, "cuda", 1) is None  # measured on the Auto-DeepLab supernet only

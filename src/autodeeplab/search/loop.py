@@ -82,13 +82,13 @@ def capture_hint(config: SearchConfig, device_type: str, world: int) -> str | No
         and not config.execution.capture_steps
         and config.execution.precision != "fp16"  # its loss scaler reads the device every step
         and config.budget.multiply_adds is None  # its term is not capturable yet
+        and not config.execution.checkpoint_cells  # never run captured on a GPU
     )
     if not capturable:
         return None
     return (
         "note: on a GPU, --set execution.capture_steps=true replays each search step from a CUDA graph "
-        "(same steps; 6.6x faster measured on an H200 at the paper's setting, 2.8 GPU-hours with "
-        "--set execution.precision=bf16)"
+        "(same steps; 6.6x faster measured on an H200 at the paper's setting; benchmarks/README.md, GPU)"
     )
 
 
@@ -182,7 +182,7 @@ def _search(
             "note: searching on full-resolution Cityscapes; the paper crops from half-resolution images "
             "(make them once: autodeeplab data prepare --data-root ROOT --out HALF --scale 0.5)"
         )
-    hint = capture_hint(config, device.type, world)
+    hint = None if resume else capture_hint(config, device.type, world)  # a resume keeps its settings
     if hint is not None:
         echo(hint)
     if loaded is None:
