@@ -45,13 +45,11 @@ def count_variant(spec: dict) -> dict:
     return {"torch": torch.__version__, **counts}
 
 
-def calibrate(device: str) -> tuple[float, float, float | None]:
-    """(microseconds per eager kernel launch, TFLOP/s of a large fp32 matmul, microseconds per kernel
-    replayed from a CUDA graph or None where that failed) measured on ``device``.
+def calibrate(device: str) -> tuple[float, float]:
+    """(microseconds per eager kernel launch, TFLOP/s of a large fp32 matmul) measured on ``device``.
 
     The first is one eager ``add_`` on a one-element tensor: the host's dispatch and the launch, the
-    least any eager operator costs. The third is the same kernel inside a captured graph, what a step
-    with ``execution.capture_steps`` pays per kernel beyond its arithmetic and memory traffic."""
+    least any eager operator costs (:func:`graph_kernel_us` gives the same kernel replayed from a graph)."""
     import time
 
     import torch
@@ -74,31 +72,54 @@ def calibrate(device: str) -> tuple[float, float, float | None]:
         a @ b
     torch.cuda.synchronize(device)
     tflops = 2 * 4096**3 * repeats / (time.perf_counter() - start) / 1e12
-    graph_us = None
-    try:
-        side = torch.cuda.Stream(device)  # a capture wants its warm-up on a side stream
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(10):
-                x.add_(1)
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph, kernels = torch.cuda.CUDAGraph(), 2000
-        with torch.cuda.graph(graph):
-            for _ in range(kernels):
-                x.add_(1)
+    return launch_us, tflops
+
+
+def _graph_kernel_us(device: str) -> float:
+    """Microseconds per kernel of a chain of 2,000 one-element ``add_`` kernels replayed from a CUDA graph
+    (a lower bound for real kernels: what a step with ``execution.capture_steps`` pays per kernel beyond
+    its arithmetic and memory traffic)."""
+    import time
+
+    import torch
+
+    x = torch.zeros(1, device=device)
+    side = torch.cuda.Stream(device)  # a capture wants its warm-up on a side stream
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(10):
+            x.add_(1)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph, kernels = torch.cuda.CUDAGraph(), 2000
+    with torch.cuda.graph(graph):
+        for _ in range(kernels):
+            x.add_(1)
+    graph.replay()
+    torch.cuda.synchronize(device)
+    start, replays = time.perf_counter(), 20
+    for _ in range(replays):
         graph.replay()
-        torch.cuda.synchronize(device)
-        start, replays = time.perf_counter(), 20
-        for _ in range(replays):
-            graph.replay()
-        torch.cuda.synchronize(device)
-        graph_us = (time.perf_counter() - start) / (replays * kernels) * 1e6
-    except RuntimeError as error:  # e.g. a device or driver without graphs: the eager figures stand
-        print(f"calibrate: no CUDA graph replay measured ({error})")
-    return launch_us, tflops, graph_us
+    torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / (replays * kernels) * 1e6
+
+
+def graph_kernel_us(device: str) -> float | None:
+    """:func:`_graph_kernel_us` in a fresh process (a failed capture can leave a CUDA context unusable, and
+    the dispatch counts run in this one), or None with a line saying why."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "_graph_kernel", device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        print(f"calibrate: no CUDA graph replay measured ({proc.stderr.strip().splitlines()[-1:]})")
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (argv if argv is not None else sys.argv[1:])[:1] == ["_graph_kernel"]:
+        print(_graph_kernel_us((argv if argv is not None else sys.argv[1:])[1]))
+        return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -132,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     calibrated = None
     if args.calibrate:
-        args.launch_us, args.tflops, graph_us = calibrate(args.device)
+        graph_us = graph_kernel_us(args.device)  # first, in its own process: this one's context stays clean
+        args.launch_us, args.tflops = calibrate(args.device)
         calibrated = {"launch_us": round(args.launch_us, 3), "tflops_fp32_matmul": round(args.tflops, 2)}
         in_graph = ""
         if graph_us is not None:

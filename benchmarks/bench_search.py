@@ -102,8 +102,9 @@ def _setup(spec: dict):
     config = SearchConfig(space=SearchSpaceConfig(**space), execution=ExecutionConfig(**execution))
     device = torch.device(spec["device"])
     if spec.get("memory_cap_gib"):  # the GPU as if it had only this much: a run that fits completes
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_gib"] * GIB / total), device)
+        index = device.index if device.index is not None else torch.cuda.current_device()  # it wants one
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_gib"] * GIB / total), index)
     torch.manual_seed(0)
     model = build_supernet(config.space, spec["classes"], execution=config.execution).to(device)
     size, batch = spec["size"], spec["batch"]
@@ -177,6 +178,7 @@ def worker_time(spec: dict) -> dict:
         result["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         result["cuda_max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / GIB, 3)
         result["cuda_max_memory_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+        result["cuda_memory_reserved_end_bytes"] = torch.cuda.memory_reserved(device)  # after the timed steps
     projection = paper_projection(spec, result["weight_step_s"], result["arch_step_s"])
     if projection is not None:
         result["projected_paper_search"] = projection
@@ -417,12 +419,19 @@ def main(argv: list[str] | None = None) -> int:
             spec = {**base, "variant": variant, "size": args.size}
             spec.update(filters=args.filters[0], layers=args.layers[0])
             jobs += [("estimate", spec), ("memory", spec)] + ([] if args.no_time else [("time", spec)])
+    failed = 0
     for kind, spec in jobs:
         load_before = os.getloadavg()[0]
-        result = record(kind, spec, run_worker(kind, spec), command, args.note, load_before)
+        try:
+            measured = run_worker(kind, spec)
+        except RuntimeError as error:  # one failed measurement (e.g. out of memory under a cap): the rest run
+            failed += 1
+            print(f"FAILED: {error}", flush=True)
+            continue
+        result = record(kind, spec, measured, command, args.note, load_before)
         print(describe(kind, result), flush=True)
         append_line(args.output, json.dumps(result))  # as we go: a long run keeps what it measured
-    return 0
+    return 1 if failed else 0
 
 
 def append_line(path: Path, line: str) -> None:

@@ -35,6 +35,7 @@ REPEATS="${REPEATS:-3}"
 RESULTS=benchmarks/results_search.jsonl
 NOTE="${NOTE:-benchmarks/gpu_check.sh: paper setting on a CUDA GPU}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1  # a part killed at its limit keeps what it printed
 
 python - <<'EOF'
 import sys
@@ -76,13 +77,13 @@ part 230 "the captured time runs" python benchmarks/bench_search.py time --devic
   --note "$NOTE (captured steps)"
 # Issue 16: does the bf16 captured search fit a card of 8 GiB? (the allocator reserves far more than the
 # allocated peak when it may; capped, it must reuse or fail)
-part 90 "the bf16 captured run under an 8 GiB cap (a failure means it does NOT fit 8 GiB)" \
+part 90 "the bf16 captured run under an 8 GiB cap (an out-of-memory error above means it does NOT fit)" \
   python benchmarks/bench_search.py time --device cuda --size 321 --repeats "$REPEATS" \
   --variants bf16_captured --memory-cap-gib 8 --note "$NOTE (captured steps, 8 GiB cap)"
 # Issue 16: the pointwise backward's transposed-result matmuls launch no copy on cuBLAS (~15 s)
 part 45 "the pointwise copy check" python benchmarks/gpu_pointwise_copy.py --device cuda
 # Issue 16: operator counts on the GPU and the launch model calibrated there (about a minute)
-part 90 "the dispatch counts" python benchmarks/bench_dispatch.py --device cuda --calibrate --size 129 \
+part 110 "the dispatch counts" python benchmarks/bench_dispatch.py --device cuda --calibrate --size 129 \
   --variants exact --note "$NOTE (dispatch counts)" --output "${OUT:-benchmarks}/results_dispatch_gpu.jsonl"
 # the captured fp32 iteration at 129 too: with the one at 321, it tells the per-kernel cost (the same
 # kernels at both sizes) from the work that grows with the crop

@@ -83,20 +83,24 @@ def _step_difference(a: _Searcher, b: _Searcher, which: int, images, masks) -> t
     the change a step made to any tensor it writes — parameters, BN statistics, momentum, Adam's moments
     and counters: ‖Δa − Δb‖ / ‖Δa‖, or inf where ``b`` changed what ``a`` left alone)."""
     b.load_from(a)  # both took the same steps, so their optimizer states hold the same tensors
-    before = [t.detach().double().cpu() for t in a.tensors()]
+    before = [t.detach().to(torch.float64, copy=True) for t in a.tensors()]
     loss_a = a.steps[which](images, masks)
     loss_b = b.steps[which](images, masks)
     after_a, after_b = a.tensors(), b.tensors()
     assert len(after_a) == len(after_b)
     if len(before) != len(after_a):  # an optimizer's first step made its state: compare values from zero
-        before = [torch.zeros(()) for _ in after_a]
-    worst = 0.0
+        before = [torch.zeros((), dtype=torch.float64) for _ in after_a]
+    # the norms on the device and one read back per step (~6k tensors: one sync each would take seconds)
+    norms = []
     for t0, ta, tb in zip(before, after_a, after_b, strict=True):
-        da = ta.detach().double().cpu() - t0  # Adam's counters: on the CPU eagerly, on the GPU captured
-        db = tb.detach().double().cpu() - t0
-        if da.norm() > 0:
-            worst = max(worst, float((da - db).norm() / da.norm()))
-        elif db.norm() > 0:
+        da = ta.detach().to(torch.float64) - t0.to(ta.device)
+        db = tb.detach().to(ta.device, torch.float64) - t0.to(ta.device)  # Adam's counters: CPU eagerly
+        norms.append(torch.stack([da.norm(), (da - db).norm(), db.norm()]).to(images.device))
+    worst = 0.0
+    for na, nd, nb in torch.stack(norms).tolist():
+        if na > 0:
+            worst = max(worst, nd / na)
+        elif nb > 0:
             worst = float("inf")
     return abs(float(loss_a) - float(loss_b)), worst
 
