@@ -85,3 +85,21 @@ def test_a_grouped_convs_backward_flops_are_its_forwards_per_gradient():
                 )
             ).flops
             assert counted == factor * forward
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_dints_step_reads_nothing_back_but_adams_counters(dims):
+    """What a CUDA graph needs of a step (execution.capture_steps): no host sync inside it. A DiNTS
+    weight step has none; its architecture step only the plain Adam's step counters (CPU tensors unless
+    the optimizer is capturable, as captured steps make it)."""
+    from autodeeplab.config.settings import load_config
+    from autodeeplab.search.spaces import space_builder
+
+    overrides = ["search_space=dints", "dints.depths=2", "dints.blocks=2", "dints.channels=4"]
+    overrides += [f"space.spatial_dims={dims}", "data.crop_size=16", "batch_size=2", "device=cpu"]
+    config = load_config(SearchConfig, "cpu", overrides=overrides)
+    model = space_builder(config)(config, 3, 1 if dims == 3 else 3)
+    shape = (1, 16, 16, 16) if dims == 3 else (3, 32, 32)
+    counts = count_search_steps(model, config, torch.device("cpu"), shape, 3, flops=False)
+    assert counts["weight"]["syncs"] == 0
+    assert counts["arch"]["ops"].get("_local_scalar_dense", 0) == counts["arch"]["syncs"] == 2

@@ -52,7 +52,10 @@ class DiceCELoss(nn.Module):
         num_classes = logits.shape[1]
         valid = (target != self.ignore_index).unsqueeze(1).to(logits.dtype)
         labels = torch.where(target == self.ignore_index, torch.zeros_like(target), target)
-        one_hot = F.one_hot(labels, num_classes).movedim(-1, 1).to(logits.dtype) * valid
+        # one-hot by comparison, not F.one_hot, whose range checks read the labels back on a CPU (a host
+        # sync inside the step; out-of-range labels are refused by the cross-entropy all the same)
+        classes = torch.arange(num_classes, device=labels.device).view(1, -1, *[1] * (labels.dim() - 1))
+        one_hot = (labels.unsqueeze(1) == classes).to(logits.dtype) * valid
         probs = logits.softmax(dim=1) * valid
         dims = tuple(range(2, logits.ndim))
         dice = (2 * (probs * one_hot).sum(dims) + SMOOTH) / (probs.sum(dims) + one_hot.sum(dims) + SMOOTH)
