@@ -121,8 +121,9 @@ def graph_kernel_us(device: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if (argv if argv is not None else sys.argv[1:])[:1] == ["_graph_kernel"]:
-        print(_graph_kernel_us((argv if argv is not None else sys.argv[1:])[1]))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_graph_kernel"]:  # graph_kernel_us's child process
+        print(_graph_kernel_us(argv[1]))
         return 0
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             f"calibrated on {args.device}: {args.launch_us:.2f} us per eager launch{in_graph}, "
             f"{args.tflops:.1f} TFLOP/s"
         )
-    command = "python " + " ".join(
-        shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]
-    )
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *argv])
     print(
         "| variant | weight step: dispatches / kernels / syncs | arch step: dispatches / kernels / syncs "
         "| iteration kernels | GFLOP | GPU floor per iteration |"

@@ -51,36 +51,32 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, flags, strict=True):
         group.update(own)
-    _place_step_counters(optimizer)
-    _lay_out_like_parameters(optimizer)
+    _fit_loaded_state(optimizer)
 
 
-def _place_step_counters(optimizer: torch.optim.Optimizer) -> None:
-    """Put each ``step`` counter (Adam's) where this optimizer reads it: on the parameter's device as
-    float32 when the group is ``capturable`` or ``fused``, else on the CPU — torch's own placement,
-    which ``load_state_dict`` applies with the checkpoint's flags, not this optimizer's (a capturable
-    GPU run resumed on a CPU stopped with an assertion at its first architecture step)."""
+def _fit_loaded_state(optimizer: torch.optim.Optimizer) -> None:
+    """Put each loaded state tensor where and how this optimizer's step reads it.
+
+    - Adam's ``step`` counters: on the parameter's device as float32 when the group is ``capturable`` or
+      ``fused``, else on the CPU. That is torch's own placement, but ``load_state_dict`` applies it with
+      the checkpoint's flags, not this optimizer's (a capturable GPU run resumed on a CPU stopped with an
+      assertion at its first architecture step).
+    - Per-element tensors (momentum, Adam's moments): their parameter's memory layout. The fused kernels
+      read a parameter, its gradient and its state as flat arrays, so a buffer laid out otherwise than its
+      parameter is updated element against the wrong element, silently (seen on the CPU: a channels-last
+      parameter with a contiguous buffer moved by up to 0.7 in one step). A gradient always has its
+      parameter's layout (``AccumulateGrad`` makes it so) and a buffer the optimizer makes copies the
+      gradient's, but a loaded buffer keeps the layout it was saved in: a 3D network trains channels-last
+      on a CPU and contiguous on a GPU, and a run may resume on the other.
+    """
     for group in optimizer.param_groups:
         on_device = group.get("capturable", False) or group.get("fused", False)
         for p in group["params"]:
             state = optimizer.state.get(p, {})
-            step = state.get("step")
-            if torch.is_tensor(step):
-                state["step"] = step.to(dtype=torch.float32, device=p.device) if on_device else step.cpu()
-
-
-def _lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-element state tensor (momentum, Adam's moments) its parameter's memory layout.
-
-    Why: the fused kernels read a parameter, its gradient and its state as flat arrays, so a momentum
-    buffer laid out otherwise than its parameter is updated element against the wrong element, silently
-    (seen on the CPU: a channels-last parameter with a contiguous buffer moved by up to 0.7 in one step).
-    A gradient always has its parameter's layout (``AccumulateGrad`` makes it so) and a buffer made by
-    the optimizer copies the gradient's, but a loaded buffer keeps the layout it was saved in: a 3D
-    network trains channels-last on a CPU and contiguous on a GPU, and a run may resume on the other."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
             for key, value in state.items():
-                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                if not torch.is_tensor(value):
+                    continue
+                if key == "step":
+                    state[key] = value.to(dtype=torch.float32, device=p.device) if on_device else value.cpu()
+                elif value.shape == p.shape and value.stride() != p.stride():
                     state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
