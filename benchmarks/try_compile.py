@@ -1,6 +1,7 @@
 """Does ``torch.compile`` work on the search supernet's weight step? (a check: it records nothing)
 
     python benchmarks/try_compile.py --size 97 --steps 3
+    python benchmarks/try_compile.py --size 65 --steps 4 --static --plain-flags --recompile-limit 64
 
 Compiles the default supernet (F=8, L=12, exact execution switches), runs ``--steps`` weight steps (α, β
 frozen, SGD as in the search) on one random batch, prints each step's loss and seconds (the first includes
@@ -22,12 +23,48 @@ from autodeeplab.search.loop import frozen, make_optimizers
 from autodeeplab.space.autodeeplab.supernet import SearchSpaceConfig
 
 
+class _PlainVar:
+    """What the fast path uses of a ``contextvars.ContextVar`` (get, set, reset), as a plain attribute."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def get(self):
+        return self.value
+
+    def set(self, value):
+        old, self.value = self.value, value
+        return old
+
+    def reset(self, token) -> None:
+        self.value = token
+
+
+def _plain_flags() -> None:
+    from autodeeplab.fast import grouped_bn, running_stats
+
+    grouped_bn._FROZEN = _PlainVar(False)
+    running_stats._PENDING = _PlainVar(None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=97, help="square crop side")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--static", action="store_true", help="torch.compile(dynamic=False)")
+    parser.add_argument("--recompile-limit", type=int, default=None, help="Dynamo's recompile_limit")
+    parser.add_argument(
+        "--plain-flags",
+        action="store_true",
+        help="replace the fast path's two context variables (frozen BN statistics, pending running-statistics"
+        " updates) by plain attributes, which Dynamo can read (ContextVar.get is a graph break)",
+    )
     args = parser.parse_args(argv)
+    if args.plain_flags:
+        _plain_flags()
+    if args.recompile_limit is not None:
+        torch._dynamo.config.recompile_limit = args.recompile_limit
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     net = build_supernet(SearchSpaceConfig(), 19).train()
@@ -35,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.randn(2, 3, args.size, args.size)
     masks = torch.randint(0, 19, (2, args.size, args.size))
     criterion = nn.CrossEntropyLoss()
-    compiled = torch.compile(net)
+    compiled = torch.compile(net, dynamic=False if args.static else None)
     for step in range(args.steps):
         start = time.perf_counter()
         with frozen(net.arch_parameters()):
