@@ -194,6 +194,35 @@ def test_corrupt_messages_name_the_file(tmp_path):
         load_checkpoint(path)
 
 
+def test_bytes_that_are_no_checkpoint_are_not_called_unsafe(tmp_path):
+    """Random bytes or a JSON file, which torch reads as a legacy pickle and its weights-only unpickler
+    refuses, are "not a checkpoint"; a real pickle that needs code execution, zip or legacy, is still
+    refused as unsafe."""
+    path = tmp_path / "c.pt"
+    for content in (bytes(range(7, 256)) * 50, b'{"version": 1, "cells": []}\n'):
+        path.write_bytes(content)
+        with pytest.raises(
+            CheckpointError, match=rf"^{path}: not a checkpoint \(neither a zip archive nor a pickle\)$"
+        ):
+            load_checkpoint(path)
+    torch.save({"obj": Path("x")}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=rf"^{path}: refused to load: it holds objects that need code"):
+        load_checkpoint(path)
+
+
+def test_long_reader_errors_end_at_a_sentence():
+    from autodeeplab.checkpoint_io import _first_line
+
+    head = "PytorchStreamReader failed reading zip archive: failed finding central directory."
+    miniz = RuntimeError(
+        f"{head} This is an internal miniz error. If you are seeing this error, there is a high ..."
+    )
+    assert _first_line(miniz) == f"{head} This is an internal miniz error"
+    assert _first_line(RuntimeError("word " * 60)).endswith("word…")
+    assert len(_first_line(RuntimeError("x" * 300))) == 160
+    assert _first_line(RuntimeError("short\nsecond")) == "short"
+
+
 def test_all_corrupt_is_an_error(tmp_path):
     manager = CheckpointManager(tmp_path)
     manager.save({"a": 1}, "a").write_bytes(b"junk")

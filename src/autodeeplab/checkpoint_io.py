@@ -79,9 +79,30 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters: cut after its last whole sentence
+    that fits (torch's zip errors run on with advice about reporting bugs), else at a word, marked "…"."""
     lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:160]
+    line = lines[0] if lines else type(exc).__name__
+    if len(line) <= limit:
+        return line
+    end = line.rfind(". ", 0, limit)
+    if end > 0:
+        return line[:end]
+    return line[: line.rfind(" ", 0, limit - 1) if " " in line[: limit - 1] else limit - 1] + "…"
+
+
+def _has_torch_header(path: Path) -> bool:
+    """Whether the file begins as torch.save writes: a zip archive, or (the legacy format) a pickle's
+    protocol opcode."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except OSError:
+        return False
+    return head.startswith(_ZIP_MAGIC) or (
+        head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    )
 
 
 def _cut_inside_zip_magic(path: Path) -> bool:
@@ -122,6 +143,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         # A zip cut off inside its first bytes is read as a legacy pickle and refused by the weights-only
         # unpickler too; that one is truncated, not foreign.
         refused = isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc)
+        if refused and not _cut_inside_zip_magic(path) and not _has_torch_header(path):
+            # torch read bytes that are no checkpoint (a JSON file, random bytes) as a legacy pickle
+            raise CheckpointError(f"{path}: not a checkpoint (neither a zip archive nor a pickle)") from None
         if refused and not _cut_inside_zip_magic(path):
             raise CheckpointError(
                 f"{path}: refused to load: it holds objects that need code execution (not an autodeeplab "
