@@ -75,8 +75,8 @@ def test_search_cli_end_to_end(tmp_path, capsys):
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2] == list(range(1, config.epochs + 1))
     assert "arch_loss" not in metrics[0] and metrics[1]["arch_loss"] > 0  # arch_start_epoch=1
-    for m in metrics:
-        cosine = (1 + math.cos(math.pi * m["epoch"] / config.epochs)) / 2
+    for m in metrics:  # the rate the epoch trained with: cosine from lr at epoch 1 (not the next epoch's)
+        cosine = (1 + math.cos(math.pi * (m["epoch"] - 1) / config.epochs)) / 2
         assert m["lr"] == pytest.approx(config.lr_min + (config.lr - config.lr_min) * cosine)
 
     # each epoch's val mIoU, recomputed from the checkpoint written at the end of that epoch

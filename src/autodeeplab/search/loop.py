@@ -287,6 +287,7 @@ def _search(
                     return SearchResult(run.path, model.decode(), interrupted=True)
             pending.flush(position, progress)
             progress.close()
+            epoch_lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with, recorded below
             scheduler.step()
             losses = {"train_loss": position.w_loss_sum / position.batch if position.batch else math.nan}
             if position.a_steps:
@@ -300,9 +301,7 @@ def _search(
             # Every rank applied the same averaged updates; a rank that drifted stops the run here.
             distributed.check_identical(model.arch_parameters(), "the architecture weights", world)
             if main:
-                genotype = record_epoch(
-                    run, model, epoch, scores, scheduler.get_last_lr()[0], losses, tensorboard
-                )
+                genotype = record_epoch(run, model, epoch, scores, epoch_lr, losses, tensorboard)
             else:
                 genotype = model.decode()
             shown = "  ".join(f"{k.replace('_', ' ')} {100 * v:.2f}%" for k, v in scores.items())
