@@ -91,6 +91,21 @@ def test_graph_interface(exported: tuple[AutoDeepLabNet, Path]) -> None:
     assert not net.training  # export left the mode as it found it
 
 
+def test_the_file_is_marked_as_ours(exported: tuple[AutoDeepLabNet, Path], tmp_path: Path) -> None:
+    """A later export may replace its own file (the metadata mark) but not another ONNX file or junk."""
+    from autodeeplab.infer.export import is_our_onnx
+
+    _, path = exported
+    assert is_our_onnx(path)
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(model, str(foreign))
+    (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
+    assert not is_our_onnx(foreign) and not is_our_onnx(tmp_path / "junk.onnx")
+    assert not is_our_onnx(tmp_path / "missing.onnx")
+
+
 def _old_torch_export(calls: list[dict]):
     """``torch.onnx.export`` as torch < 2.5 has it: no ``dynamo`` argument (passing one is a TypeError)."""
     real = torch.onnx.export

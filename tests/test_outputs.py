@@ -124,6 +124,46 @@ def test_our_own_outputs_may_be_replaced_and_overwrite_is_the_way_for_others(use
     capsys.readouterr()
 
 
+def test_decode_and_export_replace_their_own_earlier_output(user, capsys):
+    """A rerun may write over its own result: decode when the file holds what it would write (a genotype
+    carries no mark of its writer), export when the ONNX file carries the export's mark."""
+    arch, out = str(user / "search" / "arch_params.json"), user / "g.json"
+    assert main(["decode", arch, "-o", str(out)]) == 0
+    first = out.read_bytes()
+    assert main(["decode", arch, "-o", str(out)]) == 0 and out.read_bytes() == first
+    assert main(["decode", arch, "-o", str(user / "search" / "genotype.json")]) == 0  # the search's own
+    other = first.replace(
+        b'"version": 1', b'"version": 1, "note": 1'
+    )  # another content (even an invalid one)
+    out.write_bytes(other)
+    assert "exists and holds something else; give another path, or --overwrite" in refused(
+        ["decode", arch, "-o", str(out)], capsys
+    )
+    assert out.read_bytes() == other
+    pytest.importorskip("onnx", reason="the onnx extra is not installed")
+    model, onnx_file = str(user / "train" / "model.pt"), user / "m.onnx"
+    for _ in range(2):
+        assert main(["export", model, "-o", str(onnx_file), "--input-size", "32", "32", "--no-check"]) == 0
+    capsys.readouterr()
+
+
+def test_a_failed_atomic_write_names_the_file_asked_for(tmp_path, monkeypatch):
+    """Not the temporary file beside it, an internal name."""
+    import errno
+    import tempfile
+
+    from autodeeplab.fileio import atomic_write_text
+
+    def full(prefix, suffix, dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(dir) / f"{prefix}x{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", full)
+    with pytest.raises(OSError) as caught:
+        atomic_write_text(tmp_path / "out.json", "{}")
+    assert caught.value.filename == str(tmp_path / "out.json") and caught.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_png_marker_and_links(tmp_path):
     mine, theirs = tmp_path / "mine.png", tmp_path / "theirs.png"
     mine.write_bytes(png_bytes(Image.new("RGB", (3, 2))))

@@ -118,6 +118,21 @@ def check_output_file(
     return path
 
 
+def refuse_other_content(path: str | os.PathLike[str], flag: str, text: str, overwrite: bool = False) -> None:
+    """Refuse to write ``text`` to ``path`` when a file there holds something else and ``overwrite`` does not
+    allow it (one-line :class:`ConfigError` naming ``flag``). For files that carry no mark of who wrote them
+    (a genotype JSON): rewriting the same content is harmless (a rerun), anything else may be the user's."""
+    path = Path(path)
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    try:
+        same = path.is_file() and path.read_bytes() == text.encode("utf-8")
+    except OSError:
+        same = False
+    if not same:
+        raise ConfigError(f"{flag}: {path} exists and holds something else; {OVERWRITE_HINT}")
+
+
 def check_output_folder(
     folder: str | os.PathLike[str],
     flag: str,

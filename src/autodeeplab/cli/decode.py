@@ -28,13 +28,13 @@ def run(args: argparse.Namespace) -> int:
 
     from autodeeplab.errors import GenotypeError
     from autodeeplab.fileio import parse_json_document, read_document
-    from autodeeplab.outputs import check_output_file
+    from autodeeplab.outputs import check_output_file, refuse_other_content
     from autodeeplab.space.autodeeplab.budget_decode import budget_from_record, decode_within_budget
     from autodeeplab.space.autodeeplab.decode import decode, load_arch_params
     from autodeeplab.space.dints.decode import decode_record
 
-    if args.output:  # checked before reading: a refusal changes nothing
-        check_output_file(args.output, "--output", inputs=[args.arch_params], overwrite=args.overwrite)
+    if args.output:  # the place checked before reading (a refusal changes nothing), an existing file below
+        check_output_file(args.output, "--output", inputs=[args.arch_params], overwrite=True)
     path = Path(args.arch_params)
     record = parse_json_document(read_document(path, "arch_params", GenotypeError), str(path), GenotypeError)
     if isinstance(record, dict) and record.get("kind") == "dints":
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             genotype = decode_within_budget(alpha, beta, num_blocks, *budget)
     if args.output:
+        refuse_other_content(args.output, "--output", genotype.to_json(), args.overwrite)
         genotype.save(args.output)
         print(f"{args.output}: {genotype.short()}")
     else:

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if height < 1 or width < 1:
         raise ConfigError(f"--input-size: must be two positive integers, got {height} {width}")
     from autodeeplab.cli.evaluate import checkpoint_file
+    from autodeeplab.infer.export import is_our_onnx
     from autodeeplab.outputs import check_output_file
 
     output = check_output_file(
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         "--output",
         inputs=[args.checkpoint, checkpoint_file(args.checkpoint)],
         overwrite=args.overwrite,
+        ours=is_our_onnx,
     )
     from autodeeplab.infer.export import (  # ExportError says how to install onnx when missing
         export_onnx,

@@ -102,6 +102,32 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset_version: int | No
         return buffer.getvalue()
 
 
+_MARK = ("written_by", "autodeeplab")
+"""The metadata entry that tells a later export that the file is its own to replace."""
+
+
+def _mark_ours(data: bytes) -> bytes:
+    """The ONNX model ``data`` with :data:`_MARK` among its metadata."""
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = _MARK
+    return proto.SerializeToString()
+
+
+def is_our_onnx(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an ONNX file that :func:`export_onnx` wrote (False when unreadable or when
+    the ``onnx`` package is missing)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises its own errors (DecodeError, ...) for files that are not ONNX
+        return False
+    return any((p.key, p.value) == _MARK for p in proto.metadata_props)
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -138,7 +164,7 @@ def export_onnx(
         raise ExportError(f"{path}: parent {path.parent} is not a directory")
     device = next(model.parameters()).device
     example = torch.zeros(tuple(input_shape), device=device)
-    data = _onnx_bytes(model, example, opset_version, dynamo)
+    data = _mark_ours(_onnx_bytes(model, example, opset_version, dynamo))
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
