@@ -202,6 +202,31 @@ def test_an_unwritable_folder_is_one_line_and_the_table_still_prints(
     )
 
 
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_evaluation(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "notes"
+    blocker.write_text("mine\n")
+    ran = []
+    monkeypatch.setattr("autodeeplab.infer.evaluate.evaluate", lambda *a, **k: ran.append(1))
+    assert main(["eval", str(checkpoint), "--max-images", "1", "--json", str(blocker / "e.json")]) == 2
+    assert (
+        one_line_error(capsys)
+        == f"--json: {blocker} is a file, not a folder, so {blocker / 'e.json'} cannot be written"
+    )
+
+    def refuse(*args, **kwargs):  # what a read-only folder does (tests may run as root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.TemporaryFile", refuse)
+    target = tmp_path / "new" / "e.json"
+    assert main(["eval", str(checkpoint), "--max-images", "1", "--json", str(target)]) == 2
+    assert one_line_error(capsys) == (
+        f"--json: cannot write {target}: no file can be made in {tmp_path} (Permission denied)"
+    )
+    assert ran == [] and blocker.read_text() == "mine\n" and not (tmp_path / "new").exists()
+
+
 def test_no_json_writes_nothing(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (checkpoint.parent / "eval-val.json").unlink(missing_ok=True)
     assert main(["eval", str(checkpoint), "--max-images", "1", "-q", "--no-json"]) == 0

@@ -80,7 +80,7 @@ CASES = [
     (["show", "{root}/search", "-o", "{root}/figures"], "--overwrite"),
     (["show", "paper", "-o", "{root}/notes.txt"], "not a folder"),
     (["predict", "{root}/train/model.pt", "{root}/images", "-o", "{root}/images"], "read back"),
-    (["predict", "{root}/train/model.pt", "{root}/images/a.png", "-o", "{root}/images"], "--overwrite"),
+    (["predict", "{root}/train/model.pt", "{root}/images/a.png", "-o", "{root}/images"], "read back"),
     (["predict", "{root}/train/model.pt", "{root}/images/a.png", "-o", "{root}/preds"], "--overwrite"),
     (["predict", "{root}/train/model.pt", "{root}/images/a.png", "-o", "{root}/notes.txt"], "not a folder"),
     (["run", "-q", "-o", "{root}/figures"], "not empty"),

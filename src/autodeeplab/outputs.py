@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,24 @@ def check_output_file(
     return path
 
 
+def check_writable(path: str | os.PathLike[str], flag: str) -> None:
+    """Refuse, before any work, a file ``path`` that could not be written at the end: one under a file, or
+    in a folder where no file can be made (tried with a temporary file, removed at once; the folders
+    missing are not made)."""
+    path = Path(path)
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"{flag}: {blocking} is a file, not a folder, so {path} cannot be written")
+    folder = next((p for p in path.parents if p.exists()), Path("."))
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag}: cannot write {path}: no file can be made in {folder} ({exc.strerror})"
+        ) from None
+
+
 def refuse_other_content(path: str | os.PathLike[str], flag: str, text: str, overwrite: bool = False) -> None:
     """Refuse to write ``text`` to ``path`` when a file there holds something else and ``overwrite`` does not
     allow it (one-line :class:`ConfigError` naming ``flag``). For files that carry no mark of who wrote them
@@ -162,6 +181,6 @@ def refuse_reading_back(folder: str | os.PathLike[str], flag: str, input_folders
     for source in input_folders:
         if same_place(folder, source):
             raise ConfigError(
-                f"{flag}: {folder} is also an input folder; outputs there would be read back as inputs "
+                f"{flag}: {folder} holds this command's inputs; outputs there would be read back as inputs "
                 "next time; give another folder"
             )

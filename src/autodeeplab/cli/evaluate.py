@@ -154,6 +154,7 @@ def json_target(args: argparse.Namespace, split: str) -> tuple[Path | None, str 
     runs; the default location is skipped with a note instead, since nobody asked for it.
     """
     from autodeeplab.infer.evaluate import is_eval_json
+    from autodeeplab.outputs import check_writable
 
     if args.no_json:
         if args.json:
@@ -167,6 +168,7 @@ def json_target(args: argparse.Namespace, split: str) -> tuple[Path | None, str 
             raise ConfigError(
                 f"--json: {args.json} exists and is not an autodeeplab eval result; not overwriting it"
             )
+        check_writable(path, "--json")  # now, not after the evaluation
         return path, None
     path = default_json_path(args.checkpoint, split)
     if path.exists() and not is_eval_json(path):

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     settings = inference_settings(args)
     images = expand_images(args.images)
     output = Path(args.output)
-    refuse_reading_back(output, "--output", [Path(p) for p in args.images if Path(p).is_dir()])
+    refuse_reading_back(output, "--output", input_folders(args.images))
     names = [f"{name}_{kind}.png" for name in output_names(images) for kind in ("label", "overlay")]
     check_output_folder(output, "--output", names, inputs=images, overwrite=args.overwrite)
     written = predict_files(model, images, output, info.palette, settings, args.alpha, device)
@@ -108,6 +108,12 @@ def expand_volumes(paths: list[str]) -> list[Path]:
     return found
 
 
+def input_folders(inputs: list[str]) -> list[Path]:
+    """The folders ``predict`` reads from: those given, and those of the files given (a later run on that
+    folder would read the outputs back as images)."""
+    return [Path(p) if Path(p).is_dir() else Path(p).parent for p in inputs]
+
+
 def run_volumes(args: argparse.Namespace, model, info) -> int:
     """``predict`` with a volumetric model: NAME_label.nii.gz and NAME_slices.png per input volume."""
     from autodeeplab.infer.predict_volumes import (
@@ -122,7 +128,7 @@ def run_volumes(args: argparse.Namespace, model, info) -> int:
         raise ConfigError("--scales: multi-scale inference is for images, not volumes")
     volumes = expand_volumes(args.images)
     output = Path(args.output)
-    refuse_reading_back(output, "--output", [Path(p) for p in args.images if Path(p).is_dir()])
+    refuse_reading_back(output, "--output", input_folders(args.images))
     names = [n + suffix for n in volume_output_names(volumes) for suffix in (LABEL_SUFFIX, SLICES_SUFFIX)]
     check_output_folder(output, "--output", names, inputs=volumes, overwrite=args.overwrite, ours=is_ours)
     spacing = info.dataset_options.get("target_spacing")
