@@ -98,6 +98,23 @@ def assert_nothing_written(out: Path) -> None:
     assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.rglob("*"))
 
 
+# -- a broken label in the split a run evaluates on ---------------------------------------------------
+def test_a_broken_validation_label_stops_a_run_before_its_first_step(camvid, tmp_path, capsys):
+    """Met at the first evaluation, it cost the epoch (search) or the steps (train) before it."""
+    label = build_dataset("camvid", camvid, "val").label_path(1)  # the second image the evaluation reads
+    save(label, np.full((SIDE, SIDE), 40, np.uint8))
+    expected = f"{label}: label values 40 are outside the class set (expected 0..10, or 11 (ignore))"
+    for argv in (
+        search_args(camvid, tmp_path / "s"),
+        train_args(camvid, tmp_path / "t", "data.eval_split=val"),
+    ):
+        assert one_line_error(argv, capsys) == expected
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
+    # only the images the evaluation reads are read: the first one is fine
+    assert main(search_args(camvid, tmp_path / "s1", "data.max_val_images=1")) == 0
+    capsys.readouterr()
+
+
 # -- a split that does not exist ----------------------------------------------------------------------
 def test_search_with_a_split_that_does_not_exist(camvid, tmp_path, capsys):
     message = one_line_error(search_args(camvid, tmp_path / "run", "data.val_split=dev"), capsys)

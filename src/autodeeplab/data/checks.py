@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from autodeeplab.data.labels import IGNORE_INDEX
-from autodeeplab.data.problems import DataProblem, DataProblemError, problem
+from autodeeplab.data.problems import DataProblem, DataProblemError, problem, refuse_problems
 from autodeeplab.data.registry import build_dataset, dataset_class
 
 IGNORE_WARNING_FRACTION = 0.5
@@ -98,6 +98,21 @@ def check_dataset_report(
     if last is not None and pixels:
         _check_label_balance(last, pixels, report, add)
     return report
+
+
+def refuse_broken_images(dataset: Any, count: int | None = None) -> None:
+    """Read the first ``count`` samples (all: None) of an image split once before a run starts: the first
+    problem (a label value outside the classes, an image and a label of different sizes, an unreadable
+    file; with the count of the others) as a :class:`DataProblemError`. For the split a run evaluates on:
+    met at its first evaluation instead, a broken file cost the epoch or the steps before it."""
+    total = len(dataset) if count is None else min(len(dataset), count)
+    found: list[DataProblem] = []
+    for index in range(total):
+        try:
+            dataset.load_raw(index)
+        except DataProblemError as exc:
+            found.append(exc.problem)
+    refuse_problems(found)
 
 
 FIRST_MASKS = 8

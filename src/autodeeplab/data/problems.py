@@ -51,6 +51,18 @@ class DataProblemError(DataError):
         super().__init__(str(found))
 
 
+def refuse_problems(found: list[DataProblem]) -> None:
+    """Raise the first of ``found`` (if any) as a :class:`DataProblemError`, with the count of the others
+    and where to list them all."""
+    if not found:
+        return
+    first, more = found[0], len(found) - 1
+    if more:
+        hint = f" (and {more} more problems; run 'autodeeplab data check' to list them)"
+        first = DataProblem(first.path, first.message + hint)
+    raise DataProblemError(first)
+
+
 def _original_message(text: str) -> str:
     """The one-line message inside a re-raised worker traceback, or ``text`` itself."""
     if _WORKER_TRACEBACK_MARKER not in text:

@@ -17,7 +17,7 @@ import numpy as np
 
 from autodeeplab.data.labels import IGNORE_INDEX, LabelMap
 from autodeeplab.data.nifti import LabelSummary, check_pair, label_summary
-from autodeeplab.data.problems import DataProblem, DataProblemError
+from autodeeplab.data.problems import DataProblem, DataProblemError, refuse_problems
 from autodeeplab.data.registry import build_dataset, dataset_class
 
 PairResult = tuple[list[DataProblem], np.ndarray | None]
@@ -116,9 +116,4 @@ def refuse_broken_volumes(dataset: Any) -> None:
     found: list[DataProblem] = []
     for image_path, label_path in dataset.samples:
         found += check_pair_files(dataset, image_path, label_path)[0]
-    if found:
-        first, more = found[0], len(found) - 1
-        if more:
-            hint = f" (and {more} more problems; run 'autodeeplab data check' to list them)"
-            first = DataProblem(first.path, first.message + hint)
-        raise DataProblemError(first)
+    refuse_problems(found)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from autodeeplab.data.checks import refuse_hidden_class
+from autodeeplab.data.checks import refuse_broken_images, refuse_hidden_class
 from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.transforms import CentreCropTransform, EvalTransform, TrainTransform, check_crop_size
 from autodeeplab.data.volume_checks import is_volume_dataset, refuse_broken_volumes
@@ -61,6 +61,8 @@ def build_search_data(config: SearchConfig):
     if volumes:  # every pair read once now, not first met at step N
         refuse_broken_volumes(train_a)
         refuse_broken_volumes(val)
+    else:  # the images the first validation will read, now rather than after the first epoch
+        refuse_broken_images(val, d.max_val_images)
     if len(train_a) < 2 * config.batch_size:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "

@@ -32,7 +32,7 @@ from torch import nn
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
-from autodeeplab.data.checks import refuse_hidden_class
+from autodeeplab.data.checks import refuse_broken_images, refuse_hidden_class
 from autodeeplab.data.splits import record_split
 from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.data.volumes import VOLUME_DATASETS
@@ -143,6 +143,8 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     )
     if volumes:
         refuse_broken_volumes(val)
+    else:  # the images the first evaluation will read, now rather than after the steps before it
+        refuse_broken_images(val, d.eval_max_images)
     return train, val
 
 
