@@ -269,3 +269,32 @@ def test_crop_larger_than_the_images(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert message.startswith("crop_size: 100x100 is larger than allowed: the images are")
     assert message.endswith("64x64 (HxW), 80x80 at the largest scale 1.25")
     assert not out.exists()  # nothing left behind: the same -o works once the crop is fixed
+
+
+def test_an_architecture_of_an_unfinished_search_is_noted(tmp_path: Path, capsys) -> None:
+    """From the run's metrics.jsonl and config.yaml; nothing for a finished search, a built-in name, a
+    file outside a run, or a folder whose records cannot be read."""
+    from autodeeplab.cli.train import note_unfinished_search, searched_epochs
+    from autodeeplab.space.autodeeplab.genotype import PAPER
+
+    run = tmp_path / "search"
+    run.mkdir()
+    PAPER.save(run / "genotype.json")
+    (run / "config.yaml").write_text("epochs: 3\nbatch_size: 2\n")
+    rows = [{"phase": "search", "epoch": e, "train_loss": 1.0} for e in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for spec in (str(run), str(run / "genotype.json")):
+        assert searched_epochs(spec) == (2, 3)
+        note_unfinished_search(spec)
+        assert capsys.readouterr().err == (
+            f"note: {spec}: from a search stopped after epoch 2 of 3; its architecture is that epoch's "
+            "decoding (autodeeplab search --resume finishes the search)\n"
+        )
+    (run / "config.yaml").write_text("epochs: 2\n")  # finished
+    note_unfinished_search(str(run))
+    assert capsys.readouterr().err == ""
+    (run / "config.yaml").write_text("- not a mapping\n")
+    assert searched_epochs(str(run)) is None
+    assert searched_epochs("paper") is None
+    PAPER.save(tmp_path / "g.json")
+    assert searched_epochs(str(tmp_path / "g.json")) is None

@@ -227,6 +227,24 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_evaluation(
     assert ran == [] and blocker.read_text() == "mine\n" and not (tmp_path / "new").exists()
 
 
+def test_a_model_of_an_unfinished_training_is_noted_and_its_step_recorded(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autodeeplab.nets.model_file import load_model, save_trained
+
+    model, info = load_model(checkpoint)
+    for step, noted in ((24, True), (60, False)):
+        info.step, info.iterations = step, 60
+        path = tmp_path / f"model-{step}.pt"
+        save_trained(path, model, info)
+        out = tmp_path / f"eval-{step}.json"
+        assert main(["eval", str(path), "--max-images", "1", "-q", "--json", str(out)]) == 0
+        note = f"note: {path}: from a training stopped at step 24 of 60; these results are that step's"
+        assert (note in capsys.readouterr().err) is noted
+        data = json.loads(out.read_text())
+        assert (data["step"], data["iterations"]) == (step, 60)
+
+
 def test_no_json_writes_nothing(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (checkpoint.parent / "eval-val.json").unlink(missing_ok=True)
     assert main(["eval", str(checkpoint), "--max-images", "1", "-q", "--no-json"]) == 0

@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     json_path, skipped = json_target(args, config.split)
     device = resolve_device(config.device)
     model, info = load_model(args.checkpoint, device=device)
+    note_unfinished_training(args.checkpoint, info)
     name = config.dataset or info.dataset
     same = name == info.dataset
     root = config.data_root or (info.data_root if same else None)
@@ -218,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         )
     result.extra = {
         "checkpoint": str(checkpoint_file(args.checkpoint).resolve()),
+        **training_steps(info),
         "dataset": name,
         "data_root": str(Path(root).resolve()) if root else None,
         "split": config.split,
@@ -229,6 +231,22 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.metrics.format_table())
     return write_results(args, json_path, skipped, lambda path: write_eval_json(path, result, config))
+
+
+def training_steps(info) -> dict[str, int]:
+    """The training step the model is from and the steps its training was to run, for the results JSON."""
+    return {"step": info.step, "iterations": info.iterations}
+
+
+def note_unfinished_training(checkpoint: str, info) -> None:
+    """A one-line note on stderr when the model is from a training that stopped before its last step (an
+    interrupted run, or a training-state checkpoint): its results are not those of the finished network."""
+    if info.iterations and info.step < info.iterations:
+        print(
+            f"note: {checkpoint}: from a training stopped at step {info.step} of {info.iterations}; "
+            "these results are that step's",
+            file=sys.stderr,
+        )
 
 
 def write_results(args: argparse.Namespace, json_path: Path | None, skipped: str | None, write) -> int:

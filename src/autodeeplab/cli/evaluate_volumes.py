@@ -42,7 +42,7 @@ def evaluate_volume_split(
 ) -> int:
     """Evaluate ``dataset`` (a volume split) with ``model``; print the table, write the JSON; exit code."""
     from autodeeplab import __version__
-    from autodeeplab.cli.evaluate import checkpoint_file, write_results
+    from autodeeplab.cli.evaluate import checkpoint_file, training_steps, write_results
     from autodeeplab.config.settings import config_to_dict
     from autodeeplab.fileio import atomic_write_json
     from autodeeplab.infer.evaluate import DEFAULT_WINDOW_OVERLAP, EVAL_JSON_KIND
@@ -94,6 +94,7 @@ def evaluate_volume_split(
         "kind": EVAL_JSON_KIND,
         "autodeeplab_version": __version__,
         "checkpoint": str(checkpoint_file(args.checkpoint).resolve()),
+        **training_steps(info),
         "dataset": name,
         "data_root": str(Path(root).resolve()) if root else None,
         "split": split,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,44 @@ from autodeeplab.cli.common import add_run_arguments, resolve_run_config
 from autodeeplab.errors import ConfigError
 
 DEFAULT_PRESET = "cpu"
+
+
+def searched_epochs(spec: str) -> tuple[int, int] | None:
+    """(epochs finished, epochs planned) of the search run that ``spec`` names (its folder, or an architecture
+    file in it), from its ``metrics.jsonl`` and ``config.yaml``; None for anything else or what cannot be
+    read (the architecture itself was read and checked already)."""
+    import yaml
+
+    from autodeeplab.errors import AutoDeepLabError
+    from autodeeplab.runs.rundir import read_jsonl
+    from autodeeplab.space.autodeeplab.genotype import BUILTIN
+
+    if spec in BUILTIN:  # a name, not a path: the current folder is no run of it
+        return None
+    path = Path(spec)
+    folder = path if path.is_dir() else path.parent
+    try:
+        planned = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")).get("epochs")
+        rows = read_jsonl(folder / "metrics.jsonl")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, AutoDeepLabError):
+        return None
+    done = [r.get("epoch") for r in rows if isinstance(r, dict) and r.get("phase") == "search"]
+    done = [e for e in done if isinstance(e, int)]
+    if not isinstance(planned, int) or not done:
+        return None
+    return max(done), planned
+
+
+def note_unfinished_search(spec: str) -> None:
+    """A one-line note on stderr when the architecture comes from a search that stopped before its last
+    epoch: it is that epoch's decoding, not the search's result (``search --resume`` finishes it)."""
+    epochs = searched_epochs(spec)
+    if epochs is not None and epochs[0] < epochs[1]:
+        print(
+            f"note: {spec}: from a search stopped after epoch {epochs[0]} of {epochs[1]}; its architecture"
+            " is that epoch's decoding (autodeeplab search --resume finishes the search)",
+            file=sys.stderr,
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         )
     config = resolve_config(args)
     genotype = resolve_architecture(args.resume or args.genotype)
+    if not args.resume:
+        note_unfinished_search(args.genotype)
     op_set = getattr(genotype, "op_set", None)
     if op_set is not None and not op_set.endswith(f"-{config.model.spatial_dims}d"):
         raise ConfigError(
