@@ -213,13 +213,30 @@ def test_search_with_a_negative_batch_size(camvid, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("--search-set", "batch_size: must be at least 1, got -1"),
-        ("--train-set", "batch_size: must be at least 1, got -1"),
+        ("--search-set", "search settings: batch_size: must be at least 1, got -1"),
+        ("--train-set", "train settings: batch_size: must be at least 1, got -1"),
     ],
 )
 def test_run_with_a_negative_batch_size(tmp_path, capsys, flag, message):
     out = tmp_path / "pipe"
     assert one_line_error(run_args(None, out, flag, "batch_size=-1"), capsys) == message
+    assert not out.exists()
+
+
+def test_hints_name_the_flags_of_the_command_at_hand(tmp_path, capsys):
+    """run has no --set: its hints say --search-set; an unknown flag points at the command's own help."""
+    out = tmp_path / "pipe"
+    message = one_line_error(["run", "-q", "-o", str(out), "--search-set", "epochs=2"], capsys)
+    assert message.startswith("search settings: arch_start_epoch: must be less than epochs (2)")
+    assert message.endswith("(e.g. --search-set arch_start_epoch=1)")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--epochs", "3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "autodeeplab search: error: unrecognized arguments: --epochs 3 (see 'autodeeplab search --help')\n"
+    )
+    message = one_line_error(["search", "-o", str(out), "--set", "flip"], capsys)
+    assert message == "override 'flip': expected KEY=VALUE, e.g. lr=0.01 or data.flip=false"
     assert not out.exists()
 
 

@@ -44,7 +44,11 @@ class OneLineParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (plus where to look), not a usage dump."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.subcommand_error(self.prog, message)
+
+    @staticmethod
+    def subcommand_error(prog: str, message: str) -> None:
+        sys.stderr.write(f"{prog}: error: {message} (see '{prog} --help')\n")
         raise SystemExit(EXIT_USER_ERROR)
 
 
@@ -91,8 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Building the parser imports torch (seconds): a Ctrl-C then is an interrupt, not a traceback.
         with interrupts_held():
             parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
         command = f"autodeeplab {args.command}"
+        if extra:  # the command's flags are what the user needs to see, not the top level's
+            parser.subcommand_error(command, f"unrecognized arguments: {' '.join(extra)}")
         status = int(args.func(args) or 0)
         leave_process_group(together=True)
         return status

@@ -56,12 +56,22 @@ def run(args: argparse.Namespace) -> int:
         shared.append(f"data.dataset={args.dataset}")
     if args.data_root:
         shared.append(f"data.root={args.data_root}")
-    search_config = load_config(
-        SearchConfig, preset=args.search_preset, overrides=[*shared, *args.search_set]
-    )
-    train_config = load_config(TrainConfig, preset=args.train_preset, overrides=[*shared, *args.train_set])
+    search_config = _phase_config(SearchConfig, "search", args.search_preset, [*shared, *args.search_set])
+    train_config = _phase_config(TrainConfig, "train", args.train_preset, [*shared, *args.train_set])
     out = Path(args.output or Path("runs") / time.strftime("pipeline-%Y%m%d-%H%M%S"))
     return _finish(out, search_config, train_config, args.eval_split, args.quiet, resume=False)
+
+
+def _phase_config(cls: type, phase: str, preset: str, overrides: list[str]):
+    """The settings of one phase; an error says which phase, and its hints name that phase's flag
+    (``--search-set``, ``--train-set``: ``run`` has no ``--set``)."""
+    from autodeeplab.errors import ConfigError
+
+    try:
+        return load_config(cls, preset=preset, overrides=overrides)
+    except ConfigError as exc:
+        message = str(exc).replace("--set ", f"--{phase}-set ")
+        raise ConfigError(f"{phase} settings: {message}") from None
 
 
 def _finish(out: Path, search_config, train_config, eval_split: str, quiet: bool, resume: bool) -> int:

@@ -162,7 +162,7 @@ def _parse_override(cls: type, item: str) -> dict[str, Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. lr=0.01 or data.crop=[64,64]")
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. lr=0.01 or data.flip=false")
     try:
         value = loads_yaml(raw) if raw.strip() else raw
     except yaml.YAMLError:
