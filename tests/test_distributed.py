@@ -244,8 +244,9 @@ def _sync_worker(rank: int, world: int, port: int, out: str, results) -> None:
 def test_a_two_process_search_with_sync_bn_matches_one_process_closely(tmp_path):
     """With the supernet's batch norms over the global batch (reference path) and each rank's loss its
     share of the global batch's, two processes compute what one does with batches of 4, up to float
-    rounding: losses within 1e-4 relative (without sync_bn: a few percent). α within one Adam step
-    (arch_lr): Adam's first steps move each α by about arch_lr · sign(g), so a gradient near zero that
+    rounding: losses within 1e-4 relative until the architecture steps start, 1e-2 after (without sync_bn:
+    a few percent). α within the Adam steps taken (2 × arch_lr each): Adam's first steps move each α by
+    about arch_lr · sign(g), so a gradient near zero that
     rounds to the other sign moves it the other way. The genotypes are compared through that bound: after
     two tiny epochs every α is within 0.002 of uniform, so rounding may decide an argmax, and the
     two-process genotype must be one that α/β within the measured difference decode to."""
@@ -266,10 +267,17 @@ def test_a_two_process_search_with_sync_bn_matches_one_process_closely(tmp_path)
     two = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(two, one, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        # Before the first architecture step, only float rounding separates them. From then on α may
+        # differ by up to an Adam step (below), which moves the weight step's loss: 0.24% in epoch 2 on a
+        # 2.0 GHz AVX2 host where epoch 1 agreed to 3e-8 (without sync_bn: a few percent).
+        rel = 1e-4 if "arch_loss" not in a else 1e-2
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
     alpha_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["alpha"])
     alpha_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["alpha"])
-    step = _reference_config(4, False).arch_lr
+    # Each of epoch 2's two architecture steps (trainB's 8 images in batches of 4) may move a weight by
+    # arch_lr the other way where a gradient near zero rounds to the other sign: at most 2 · arch_lr apart
+    # per step. One step's worth sufficed on the earlier hosts; a 2.0 GHz AVX2 host measured β 0.0041 apart.
+    step = 2 * 2 * _reference_config(4, False).arch_lr
     assert (alpha_two - alpha_one).abs().max() < step
     beta_two = torch.tensor(json.loads((out / "arch_params.json").read_text())["beta"])
     beta_one = torch.tensor(json.loads((tmp_path / "one" / "arch_params.json").read_text())["beta"])
