@@ -99,10 +99,20 @@ def assert_nothing_written(out: Path) -> None:
 
 
 # -- a broken label in the split a run evaluates on ---------------------------------------------------
-def test_a_broken_validation_label_stops_a_run_before_its_first_step(camvid, tmp_path, capsys):
+def test_a_broken_validation_label_stops_a_run_before_its_first_step(camvid, tmp_path, capsys, monkeypatch):
     """Met at the first evaluation, it cost the epoch (search) or the steps (train) before it."""
     label = build_dataset("camvid", camvid, "val").label_path(1)  # the second image the evaluation reads
     save(label, np.full((SIDE, SIDE), 40, np.uint8))
+    # only the images the evaluation reads are read: with the first one alone, both runs go through
+    assert main(search_args(camvid, tmp_path / "s1", "data.max_val_images=1")) == 0
+    assert main(train_args(camvid, tmp_path / "t1", "data.eval_split=val", "data.eval_max_images=1")) == 0
+    capsys.readouterr()
+
+    def evaluation_reached(*args, **kwargs):
+        raise AssertionError("the run reached its first evaluation: the images were not read before")
+
+    monkeypatch.setattr("autodeeplab.search.loop.validation_score", evaluation_reached)
+    monkeypatch.setattr("autodeeplab.train.loop.evaluate_during_training", evaluation_reached)
     expected = f"{label}: label values 40 are outside the class set (expected 0..10, or 11 (ignore))"
     for argv in (
         search_args(camvid, tmp_path / "s"),
@@ -110,9 +120,6 @@ def test_a_broken_validation_label_stops_a_run_before_its_first_step(camvid, tmp
     ):
         assert one_line_error(argv, capsys) == expected
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
-    # only the images the evaluation reads are read: the first one is fine
-    assert main(search_args(camvid, tmp_path / "s1", "data.max_val_images=1")) == 0
-    capsys.readouterr()
 
 
 # -- a split that does not exist ----------------------------------------------------------------------
