@@ -236,11 +236,23 @@ def test_hints_name_the_flags_of_the_command_at_hand(tmp_path, capsys):
     message = one_line_error(["run", "-q", "-o", str(out), "--search-set", "epochs=2"], capsys)
     assert message.startswith("search settings: arch_start_epoch: must be less than epochs (2)")
     assert message.endswith("(e.g. --search-set arch_start_epoch=1)")
+    for phase, key in (
+        ("search", "space.spatial_dims"),
+        ("train", "model.spatial_dims"),
+    ):  # met with the data
+        message = one_line_error(["run", "-q", "-o", str(out), f"--{phase}-set", f"{key}=3"], capsys)
+        hint = f"use --{phase}-set {key}=2"
+        assert message == f"{phase} settings: {key}: 3 (volumes) but synthetic train holds images; {hint}"
     with pytest.raises(SystemExit) as exit_info:
         main(["search", "--epochs", "3"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == (
         "autodeeplab search: error: unrecognized arguments: --epochs 3 (see 'autodeeplab search --help')\n"
+    )
+    with pytest.raises(SystemExit):  # before the command word: the top level's flag
+        main(["--bogus", "search"])
+    assert capsys.readouterr().err.startswith(
+        "autodeeplab: error: unrecognized arguments: --bogus (see 'autodeeplab"
     )
     message = one_line_error(["search", "-o", str(out), "--set", "flip"], capsys)
     assert message == "override 'flip': expected KEY=VALUE, e.g. lr=0.01 or data.flip=false"

@@ -290,6 +290,10 @@ def test_an_architecture_of_an_unfinished_search_is_noted(tmp_path: Path, capsys
             f"note: {spec}: from a search stopped after epoch 2 of 3; its architecture is that epoch's "
             "decoding (autodeeplab search --resume finishes the search)\n"
         )
+    # through the CLI: noted before the training starts (here it then stops at a split that does not exist)
+    out = tmp_path / "t"
+    assert main(["train", "-q", "--genotype", str(run), "-o", str(out), "--set", "data.train_split=dev"]) == 2
+    assert capsys.readouterr().err.startswith(f"note: {run}: from a search stopped after epoch 2 of 3;")
     (run / "config.yaml").write_text("epochs: 2\n")  # finished
     note_unfinished_search(str(run))
     assert capsys.readouterr().err == ""

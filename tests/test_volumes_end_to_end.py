@@ -115,6 +115,8 @@ def test_eval_scores_each_test_volume(trained: Path, tmp_path: Path):
     assert [row["id"] for row in data["volumes"]] == ["case_008", "case_009"]
     assert set(data["per_class_dice"]) == {"background", "class 1", "class 2"}
     assert data["window"] == [8, 8, 8]
+    info = load_model(trained / "model.pt")[1]
+    assert (data["step"], data["iterations"]) == (info.step, info.iterations) and info.step > 0
 
 
 def test_eval_refuses_image_flags_for_volumes_and_mirrors_with_flip(trained: Path, tmp_path: Path, capsys):

@@ -142,11 +142,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
         # A zip cut off inside its first bytes is read as a legacy pickle and refused by the weights-only
         # unpickler too; that one is truncated, not foreign.
+        cut = _cut_inside_zip_magic(path)
+        if not cut and not _has_torch_header(path):
+            # bytes torch.save never writes (a JSON or YAML file, random bytes), which torch tried to read
+            # as a legacy pickle: whatever that failed on says nothing useful
+            raise CheckpointError(f"{path}: not a checkpoint (not in the format torch.save writes)") from None
         refused = isinstance(exc, pickle.UnpicklingError) and "Weights only" in str(exc)
-        if refused and not _cut_inside_zip_magic(path) and not _has_torch_header(path):
-            # torch read bytes that are no checkpoint (a JSON file, random bytes) as a legacy pickle
-            raise CheckpointError(f"{path}: not a checkpoint (neither a zip archive nor a pickle)") from None
-        if refused and not _cut_inside_zip_magic(path):
+        if refused and not cut:
             raise CheckpointError(
                 f"{path}: refused to load: it holds objects that need code execution (not an autodeeplab "
                 "checkpoint)"

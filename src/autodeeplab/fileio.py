@@ -116,8 +116,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename != str(path.parent):
-            # the temporary file is an internal name: the user asked for ``path``
+        folders = {str(p) for p in path.parents}
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename not in folders:
+            # the temporary file is an internal name: the user asked for ``path`` (a folder that could not
+            # be made keeps its own name)
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 

@@ -15,7 +15,8 @@ the training, and nothing is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,15 +152,26 @@ def load_pipeline_settings(out_dir: str | Path) -> tuple[SearchConfig, TrainConf
     return search, train, str(eval_split)
 
 
+@contextlib.contextmanager
+def phase_settings(phase: str) -> Iterator[None]:
+    """A settings error inside says which phase it is of, and its hints name that phase's flag
+    (``--search-set``, ``--train-set``: ``run`` has no ``--set``)."""
+    try:
+        yield
+    except ConfigError as exc:
+        message = str(exc).replace("--set ", f"--{phase}-set ")
+        raise ConfigError(f"{phase} settings: {message}") from None
+
+
 def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig, eval_split: str) -> None:
     """Refuse, before anything runs or is written, what would otherwise fail after search and training.
 
     In order: the search settings; every split name the phases use (against the splits the dataset offers,
     naming the setting: ``search data.val_split``, ``train data.eval_split``, ``eval_split``...); then each
-    split is listed as its phase will list it (wrong layouts, missing files, too few images for a batch) and
-    the crop sizes are checked against the image sizes at the largest random scale. Listing decodes no
-    pixels (crop checks of layouts whose image sizes vary read file headers only): a small cost next to a
-    search. Broken pixels are still met lazily, with the same one-line messages as ``data check``.
+    split is listed as its phase will list it (wrong layouts, missing files, too few images for a batch),
+    the crop sizes are checked against the image sizes at the largest random scale, and the images each
+    phase validates on are read once (:func:`autodeeplab.data.checks.refuse_broken_images`). Broken
+    training images are still met lazily, with the same one-line messages as ``data check``.
     """
     search_config.validate()
     s, t = search_config.data, train_config.data
@@ -178,8 +190,10 @@ def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig
     for field, name, root, split in requests:
         if split is not None:  # train data.eval_split may be None: no evaluation during training
             check_split(name, root, split, field)
-    build_search_data(search_config)  # each lists its splits and checks its crop size
-    build_train_data(train_config)
+    with phase_settings("search"):  # each lists its splits and checks its crop size
+        build_search_data(search_config)
+    with phase_settings("train"):
+        build_train_data(train_config)
     build_dataset(t.dataset, t.root, eval_split, EvalTransform(), **train_dataset_options(train_config))
 
 

@@ -14,8 +14,12 @@ import dataclasses
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autodeeplab.errors import ConfigError
+
+if TYPE_CHECKING:  # the model file module imports torch: not at the CLI's start
+    from autodeeplab.nets.model_file import TrainedInfo
 
 # Shortcut flags and the EvalConfig field each one sets (flags win over preset, file and --set).
 FLAG_FIELDS: dict[str, str] = {
@@ -233,12 +237,12 @@ def run(args: argparse.Namespace) -> int:
     return write_results(args, json_path, skipped, lambda path: write_eval_json(path, result, config))
 
 
-def training_steps(info) -> dict[str, int]:
+def training_steps(info: TrainedInfo) -> dict[str, int]:
     """The training step the model is from and the steps its training was to run, for the results JSON."""
     return {"step": info.step, "iterations": info.iterations}
 
 
-def note_unfinished_training(checkpoint: str, info) -> None:
+def note_unfinished_training(checkpoint: str, info: TrainedInfo) -> None:
     """A one-line note on stderr when the model is from a training that stopped before its last step (an
     interrupted run, or a training-state checkpoint): its results are not those of the finished network."""
     if info.iterations and info.step < info.iterations:

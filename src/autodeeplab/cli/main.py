@@ -97,8 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser()
         args, extra = parser.parse_known_args(argv)
         command = f"autodeeplab {args.command}"
-        if extra:  # the command's flags are what the user needs to see, not the top level's
-            parser.subcommand_error(command, f"unrecognized arguments: {' '.join(extra)}")
+        if extra:  # after the command word: the command's flags are what the user needs to see
+            where = {w: i for i, w in reversed(list(enumerate(words)))}  # first position of each word
+            after = where.get(args.command, -1) < where.get(extra[0], len(words))
+            parser.subcommand_error(
+                command if after else "autodeeplab", f"unrecognized arguments: {' '.join(extra)}"
+            )
         status = int(args.func(args) or 0)
         leave_process_group(together=True)
         return status

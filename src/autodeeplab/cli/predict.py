@@ -111,7 +111,7 @@ def expand_volumes(paths: list[str]) -> list[Path]:
 def input_folders(inputs: list[str]) -> list[Path]:
     """The folders ``predict`` reads from: those given, and those of the files given (a later run on that
     folder would read the outputs back as images)."""
-    return [Path(p) if Path(p).is_dir() else Path(p).parent for p in inputs]
+    return [Path(p) if Path(p).is_dir() else Path(p).parent for p in inputs if Path(p).exists()]
 
 
 def run_volumes(args: argparse.Namespace, model, info) -> int:

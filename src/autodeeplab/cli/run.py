@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from autodeeplab.config.settings import load_config
 
@@ -62,16 +63,13 @@ def run(args: argparse.Namespace) -> int:
     return _finish(out, search_config, train_config, args.eval_split, args.quiet, resume=False)
 
 
-def _phase_config(cls: type, phase: str, preset: str, overrides: list[str]):
+def _phase_config(cls: type, phase: str, preset: str, overrides: list[str]) -> Any:
     """The settings of one phase; an error says which phase, and its hints name that phase's flag
     (``--search-set``, ``--train-set``: ``run`` has no ``--set``)."""
-    from autodeeplab.errors import ConfigError
+    from autodeeplab.pipeline import phase_settings
 
-    try:
+    with phase_settings(phase):
         return load_config(cls, preset=preset, overrides=overrides)
-    except ConfigError as exc:
-        message = str(exc).replace("--set ", f"--{phase}-set ")
-        raise ConfigError(f"{phase} settings: {message}") from None
 
 
 def _finish(out: Path, search_config, train_config, eval_split: str, quiet: bool, resume: bool) -> int:

@@ -43,6 +43,8 @@ def searched_epochs(spec: str) -> tuple[int, int] | None:
 def note_unfinished_search(spec: str) -> None:
     """A one-line note on stderr when the architecture comes from a search that stopped before its last
     epoch: it is that epoch's decoding, not the search's result (``search --resume`` finishes it)."""
+    if os.environ.get("RANK", "0") != "0":
+        return  # rank 0 says it
     epochs = searched_epochs(spec)
     if epochs is not None and epochs[0] < epochs[1]:
         print(
