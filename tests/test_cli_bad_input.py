@@ -203,7 +203,7 @@ def test_train_with_a_crop_larger_than_the_images(camvid, tmp_path, capsys, monk
 def test_run_refuses_a_crop_larger_than_the_images_before_anything_runs(camvid, tmp_path, capsys):
     out = tmp_path / "pipe"
     message = one_line_error(run_args(camvid, out, "--train-set", f"data.crop_size={TOO_LARGE_CROP}"), capsys)
-    assert message == f"{CROP_MESSAGE}, 450x600 at the largest scale 1.25"  # the tiny preset's scale range
+    assert message == f"train settings: {CROP_MESSAGE}, 450x600 at the largest scale 1.25"  # the tiny preset
     assert not out.exists()
 
 
