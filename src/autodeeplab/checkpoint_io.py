@@ -89,30 +89,31 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
     end = line.rfind(". ", 0, limit)
     if end > 0:
         return line[:end]
-    return line[: line.rfind(" ", 0, limit - 1) if " " in line[: limit - 1] else limit - 1] + "…"
+    space = line.rfind(" ", 0, limit - 1)
+    return line[: space if space > 0 else limit - 1] + "…"
 
 
-def _has_torch_header(path: Path) -> bool:
-    """Whether the file begins as torch.save writes: a zip archive, or (the legacy format) a pickle's
-    protocol opcode."""
+def _head(path: Path) -> bytes:
+    """The file's first bytes, as many as torch.save's zip signature has (fewer for a shorter file; none
+    when it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(len(_ZIP_MAGIC))
+            return f.read(len(_ZIP_MAGIC))
     except OSError:
-        return False
+        return b""
+
+
+def _cut_inside_zip_magic(head: bytes) -> bool:
+    """1-3 bytes that begin like a zip (what torch.save writes): a checkpoint cut off at once."""
+    return 0 < len(head) < len(_ZIP_MAGIC) and _ZIP_MAGIC.startswith(head)
+
+
+def _has_torch_header(head: bytes) -> bool:
+    """Whether a file beginning with ``head`` begins as torch.save writes: a zip archive, or (the legacy
+    format) a pickle's protocol opcode for protocols 2-5."""
     return head.startswith(_ZIP_MAGIC) or (
         head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
     )
-
-
-def _cut_inside_zip_magic(path: Path) -> bool:
-    """A file of 1-3 bytes that begins like a zip (what torch.save writes): a checkpoint cut off at once."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_ZIP_MAGIC))
-    except OSError:
-        return False
-    return 0 < len(head) < len(_ZIP_MAGIC) and _ZIP_MAGIC.startswith(head)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -142,8 +143,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad bytes
         # A zip cut off inside its first bytes is read as a legacy pickle and refused by the weights-only
         # unpickler too; that one is truncated, not foreign.
-        cut = _cut_inside_zip_magic(path)
-        if not cut and not _has_torch_header(path):
+        head = _head(path)
+        cut = _cut_inside_zip_magic(head)
+        if not cut and not _has_torch_header(head):
             # bytes torch.save never writes (a JSON or YAML file, random bytes), which torch tried to read
             # as a legacy pickle: whatever that failed on says nothing useful
             raise CheckpointError(f"{path}: not a checkpoint (not in the format torch.save writes)") from None

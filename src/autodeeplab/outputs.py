@@ -94,6 +94,13 @@ def same_place(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return a.resolve() == b.resolve()
 
 
+def _refuse_a_file_in_the_way(path: Path, flag: str) -> None:
+    """A file where one of ``path``'s folders should be: nothing can be written there."""
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"{flag}: {blocking} is a file, not a folder, so {path} cannot be written")
+
+
 def check_output_file(
     path: str | os.PathLike[str],
     flag: str,
@@ -111,9 +118,7 @@ def check_output_file(
             raise ConfigError(f"{flag}: {path} is one of this command's inputs; write the result elsewhere")
     if path.is_dir():
         raise ConfigError(f"{flag}: {path} is a folder; give a file name")
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(f"{flag}: {blocking} is a file, not a folder, so {path} cannot be written")
+    _refuse_a_file_in_the_way(path, flag)
     if (path.exists() or path.is_symlink()) and not overwrite and not (ours is not None and ours(path)):
         raise ConfigError(f"{flag}: {path} exists and was not written by autodeeplab; {OVERWRITE_HINT}")
     return path
@@ -124,9 +129,7 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
     in a folder where no file can be made (tried with a temporary file, removed at once; the folders
     missing are not made)."""
     path = Path(path)
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(f"{flag}: {blocking} is a file, not a folder, so {path} cannot be written")
+    _refuse_a_file_in_the_way(path, flag)
     folder = next((p for p in path.parents if p.exists()), Path("."))
     try:
         with tempfile.TemporaryFile(dir=folder):

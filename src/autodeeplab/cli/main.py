@@ -98,10 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         command = f"autodeeplab {args.command}"
         if extra:  # after the command word: the command's flags are what the user needs to see
-            where = {w: i for i, w in reversed(list(enumerate(words)))}  # first position of each word
-            after = where.get(args.command, -1) < where.get(extra[0], len(words))
+            before = {args.command, extra[0]} <= set(words) and words.index(extra[0]) < words.index(
+                args.command
+            )
             parser.subcommand_error(
-                command if after else "autodeeplab", f"unrecognized arguments: {' '.join(extra)}"
+                "autodeeplab" if before else command, f"unrecognized arguments: {' '.join(extra)}"
             )
         status = int(args.func(args) or 0)
         leave_process_group(together=True)

@@ -18,8 +18,7 @@ def searched_epochs(spec: str) -> tuple[int, int] | None:
     """(epochs finished, epochs planned) of the search run that ``spec`` names (its folder, or an architecture
     file in it), from its ``metrics.jsonl`` and ``config.yaml``; None for anything else or what cannot be
     read (the architecture itself was read and checked already)."""
-    import yaml
-
+    from autodeeplab.config.settings import read_settings_yaml
     from autodeeplab.errors import AutoDeepLabError
     from autodeeplab.runs.rundir import read_jsonl
     from autodeeplab.space.autodeeplab.genotype import BUILTIN
@@ -29,9 +28,9 @@ def searched_epochs(spec: str) -> tuple[int, int] | None:
     path = Path(spec)
     folder = path if path.is_dir() else path.parent
     try:
-        planned = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")).get("epochs")
+        planned = read_settings_yaml(folder / "config.yaml").get("epochs")
         rows = read_jsonl(folder / "metrics.jsonl")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, AutoDeepLabError):
+    except (OSError, AutoDeepLabError):
         return None
     done = [r.get("epoch") for r in rows if isinstance(r, dict) and r.get("phase") == "search"]
     done = [e for e in done if isinstance(e, int)]

@@ -137,7 +137,9 @@ def preset_names(cls: type) -> list[str]:
     return list(_PRESETS.get(cls, {}))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_settings_yaml(path: Path) -> dict[str, Any]:
+    """The mapping at the top of a settings YAML file; any failure (missing, unreadable, not YAML, not a
+    mapping) is a one-line :class:`ConfigError` naming the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -199,7 +201,7 @@ def load_config(
             raise ConfigError(f"preset {preset!r}: unknown preset ({hint}available: {available})")
         layers.append((f"preset {preset!r}", table[preset]))
     if yaml_path is not None:
-        content = _read_yaml(Path(yaml_path))
+        content = read_settings_yaml(Path(yaml_path))
         content.pop(RUN_INFO_KEY, None)
         layers.append((str(yaml_path), content))
     for item in overrides:
@@ -226,7 +228,7 @@ def dump_config_yaml(cfg: Any, path: str | Path, extra: Mapping[str, Any] | None
 
 def read_run_info(path: str | Path) -> dict[str, Any]:
     """The ``run_info`` section of a ``config.yaml`` from :func:`dump_config_yaml` (``{}`` if absent)."""
-    info = _read_yaml(Path(path)).get(RUN_INFO_KEY) or {}
+    info = read_settings_yaml(Path(path)).get(RUN_INFO_KEY) or {}
     if not isinstance(info, dict):
         raise ConfigError(f"{path}: {RUN_INFO_KEY}: expected a mapping, got {type(info).__name__}")
     return info
