@@ -49,3 +49,38 @@ def test_a_pipeline_stopped_after_its_search_is_finished_by_run_resume(tmp_path:
     assert "drop --dataset" in capsys.readouterr().err
     assert main(["run", "--resume", str(out / "search")]) == 2
     assert "not a pipeline run of 'autodeeplab run' (no search_settings.yaml)" in capsys.readouterr().err
+
+
+def test_run_resume_of_a_finished_pipeline_reports_it_without_evaluating_again(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    out = tmp_path / "p"
+    assert (
+        main(["run", "-q", "-o", str(out), *sets("--search-set", SEARCH), *sets("--train-set", TRAIN)]) == 0
+    )
+    written = (out / "eval.json").read_bytes()
+    recorded = json.loads(written)
+    assert recorded["predictions"] == [
+        f"sample{i:03d}_panel.png" for i in range(len(recorded["predictions"]))
+    ]
+    capsys.readouterr()
+
+    import autodeeplab.pipeline as pipeline
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a finished pipeline was evaluated again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "evaluate", no_evaluation)
+        assert main(["run", "--resume", str(out), "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "3/4 and 4/4 done already" in said
+    assert f"test mIoU {100 * recorded['miou']:.2f}%" in said
+    assert (out / "eval.json").read_bytes() == written
+
+    # a panel gone (as if stopped while writing them): evaluated and drawn again
+    (out / "predictions" / recorded["predictions"][-1]).unlink()
+    assert main(["run", "--resume", str(out), "-q"]) == 0
+    assert "3/4 and 4/4 done already" not in capsys.readouterr().out
+    assert (out / "predictions" / recorded["predictions"][-1]).is_file()
+    assert json.loads((out / "eval.json").read_text())["miou"] == pytest.approx(recorded["miou"])

@@ -4,7 +4,8 @@ Each phase writes its own run directory under the pipeline's folder::
 
     OUT/search/      the search run (genotype.json, arch_params.json, plots/, ...)
     OUT/train/       the retraining run (model.pt and its checkpoints)
-    OUT/eval.json    metrics of the trained model on the evaluation split
+    OUT/eval.json    metrics of the trained model on the evaluation split (written last: `run --resume`
+                     of a finished pipeline only reports it)
     OUT/predictions/ for a few samples: sampleNNN_label.png (palette PNG of the predicted classes),
                      sampleNNN_overlay.png and sampleNNN_panel.png (image | truth | prediction)
 
@@ -29,8 +30,8 @@ from autodeeplab.data.registry import build_dataset, check_split
 from autodeeplab.data.transforms import EvalTransform
 from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import ConfigError
-from autodeeplab.fileio import atomic_write_bytes
-from autodeeplab.infer.evaluate import EvalConfig, evaluate, write_eval_json
+from autodeeplab.fileio import atomic_write_bytes, loads_json
+from autodeeplab.infer.evaluate import EvalConfig, evaluate, is_eval_json, write_eval_json
 from autodeeplab.infer.predict import (
     DEFAULT_OVERLAY_ALPHA,
     label_image,
@@ -112,19 +113,51 @@ def run_pipeline(
     if trained.interrupted:
         return PipelineResult(out, found.genotype, trained.model_path, {}, [], interrupted=True)
 
+    done = _finished_evaluation(out, trained.model_path, eval_split) if resume else None
+    if done is not None:
+        metrics, pictures = done
+        echo(f"== 3/4 and 4/4 done already: {out / EVAL_JSON} and {out / 'predictions'} ==")
+        return PipelineResult(out, found.genotype, trained.model_path, metrics, pictures)
+
     echo(f"== 3/4 evaluate on the {eval_split} split ==")
     model, info = load_model(trained.model_path)
     dataset = build_dataset(info.dataset, info.data_root, eval_split, EvalTransform(), **info.dataset_options)
     result = evaluate(model, dataset, dataset.num_classes, dataset.class_names, dataset.ignore_index)
     result.extra = {"checkpoint": str(trained.model_path), "dataset": info.dataset, "split": eval_split}
-    eval_config = EvalConfig(split=eval_split, dataset=info.dataset, data_root=info.data_root or None)
-    write_eval_json(out / "eval.json", result, eval_config)
     echo(result.metrics.format_table())
 
     echo("== 4/4 predictions ==")
     pictures = write_predictions(model, dataset, out / "predictions", num_predictions)
     echo(f"{len(pictures)} prediction panels in {out / 'predictions'}")
+    # Written last, so that its presence says the pipeline finished (what `run --resume` looks for).
+    result.extra["predictions"] = [p.name for p in pictures]
+    eval_config = EvalConfig(split=eval_split, dataset=info.dataset, data_root=info.data_root or None)
+    write_eval_json(out / EVAL_JSON, result, eval_config)
     return PipelineResult(out, found.genotype, trained.model_path, result.metrics.to_dict(), pictures)
+
+
+EVAL_JSON = "eval.json"
+
+
+def _finished_evaluation(
+    out: Path, model_path: Path, eval_split: str
+) -> tuple[dict[str, Any], list[Path]] | None:
+    """``(metrics, prediction panels)`` of a pipeline that finished already: its eval JSON (written after
+    the predictions) is ours, of this model and split, and every panel it lists is there; else None (the
+    evaluation and predictions run again, replacing what an interrupted run left)."""
+    path = out / EVAL_JSON
+    if not is_eval_json(path):
+        return None
+    data = loads_json(path.read_text(encoding="utf-8"))
+    if data.get("checkpoint") != str(model_path) or data.get("split") != eval_split:
+        return None
+    panels = data.get("predictions")
+    if not isinstance(panels, list) or not all(isinstance(p, str) for p in panels):
+        return None
+    pictures = [out / "predictions" / name for name in panels]
+    if not all(p.is_file() for p in pictures) or "miou" not in data:
+        return None
+    return data, pictures
 
 
 SEARCH_SETTINGS, TRAIN_SETTINGS = "search_settings.yaml", "train_settings.yaml"

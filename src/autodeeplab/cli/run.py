@@ -85,6 +85,8 @@ def _finish(out: Path, search_config, train_config, eval_split: str, quiet: bool
     print(f"\nfound architecture ({out / 'search' / 'genotype.json'}):")
     print(describe_genotype(result.genotype))
     print(f"trained model: {result.model_path}")
-    print(f"{eval_split} mIoU {100 * result.metrics['miou']:.2f}%; predictions: {out / 'predictions'}")
+    miou = result.metrics["miou"]
+    shown = "undefined (no class present)" if miou is None else f"{100 * miou:.2f}%"
+    print(f"{eval_split} mIoU {shown}; predictions: {out / 'predictions'}")
     print(f"done in {time.perf_counter() - start:.0f} s; everything is in {out}")
     return 0
