@@ -76,7 +76,7 @@ def run_pipeline(
     Bad settings, split names, crop sizes or dataset layouts raise before anything is written (see
     :func:`check_pipeline_inputs`).
     """
-    check_pipeline_inputs(search_config, train_config, eval_split)
+    check_pipeline_inputs(search_config, train_config, eval_split, quiet)
     out = Path(out_dir)
     if not resume:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -196,15 +196,18 @@ def phase_settings(phase: str) -> Iterator[None]:
         raise ConfigError(f"{phase} settings: {message}") from None
 
 
-def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig, eval_split: str) -> None:
+def check_pipeline_inputs(
+    search_config: SearchConfig, train_config: TrainConfig, eval_split: str, quiet: bool = False
+) -> None:
     """Refuse, before anything runs or is written, what would otherwise fail after search and training.
 
     In order: the search settings; every split name the phases use (against the splits the dataset offers,
     naming the setting: ``search data.val_split``, ``train data.eval_split``, ``eval_split``...); then each
     split is listed as its phase will list it (wrong layouts, missing files, too few images for a batch),
     the crop sizes are checked against the image sizes at the largest random scale, and the images each
-    phase validates on are read once (:func:`autodeeplab.data.checks.refuse_broken_images`). Broken
-    training images are still met lazily, with the same one-line messages as ``data check``.
+    phase validates on are read once (:func:`autodeeplab.data.checks.refuse_broken_files`; a bar when that
+    takes more than a few seconds, unless ``quiet``). Broken training images are still met lazily, with the
+    same one-line messages as ``data check``.
     """
     search_config.validate()
     s, t = search_config.data, train_config.data
@@ -224,9 +227,9 @@ def check_pipeline_inputs(search_config: SearchConfig, train_config: TrainConfig
         if split is not None:  # train data.eval_split may be None: no evaluation during training
             check_split(name, root, split, field)
     with phase_settings("search"):  # each lists its splits and checks its crop size
-        build_search_data(search_config)
+        build_search_data(search_config, quiet)
     with phase_settings("train"):
-        build_train_data(train_config)
+        build_train_data(train_config, quiet)
     build_dataset(t.dataset, t.root, eval_split, EvalTransform(), **train_dataset_options(train_config))
 
 

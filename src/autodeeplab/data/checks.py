@@ -100,19 +100,47 @@ def check_dataset_report(
     return report
 
 
-def refuse_broken_images(dataset: Any, count: int | None = None) -> None:
+def refuse_broken_images(
+    dataset: Any, count: int | None = None, progress: Callable[[], None] | None = None
+) -> None:
     """Read the first ``count`` samples (all: None) of an image split once before a run starts: the first
     problem (a label value outside the classes, an image and a label of different sizes, an unreadable
     file; with the count of the others) as a :class:`DataProblemError`. For the split a run evaluates on:
-    met at its first evaluation instead, a broken file cost the epoch or the steps before it."""
-    total = len(dataset) if count is None else min(len(dataset), count)
+    met at its first evaluation instead, a broken file cost the epoch or the steps before it.
+    ``progress`` is called after each sample."""
     found: list[DataProblem] = []
-    for index in range(total):
+    for index in range(len(dataset) if count is None else min(len(dataset), count)):
         try:
             dataset.load_raw(index)
         except DataProblemError as exc:
             found.append(exc.problem)
+        if progress is not None:
+            progress()
     refuse_problems(found)
+
+
+def refuse_broken_files(
+    dataset: Any, count: int | None = None, progress: Callable[[], None] | None = None
+) -> None:
+    """Before a run's first step: every pair of a volume split
+    (:func:`~autodeeplab.data.volume_checks.refuse_broken_volumes`), or the first ``count`` images (all:
+    None; :func:`refuse_broken_images`). ``progress`` is called after each of :func:`files_to_read`."""
+    from autodeeplab.data.volume_checks import is_volume_dataset, refuse_broken_volumes
+
+    if is_volume_dataset(dataset):
+        refuse_broken_volumes(dataset, progress)
+    else:
+        refuse_broken_images(dataset, count, progress)
+
+
+def files_to_read(dataset: Any, count: int | None = None) -> tuple[int, str]:
+    """``(how many, what)`` :func:`refuse_broken_files` reads, e.g. ``(101, "reading the val images")``."""
+    from autodeeplab.data.volume_checks import is_volume_dataset
+
+    if is_volume_dataset(dataset):
+        return len(dataset.samples), f"reading the {dataset.split} volumes"
+    total = len(dataset) if count is None else min(len(dataset), count)
+    return total, f"reading the {dataset.split} images"
 
 
 FIRST_MASKS = 8

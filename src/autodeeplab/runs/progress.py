@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+READ_BAR_DELAY_S = 3.0
+"""Reading a split's files once before a run starts shows a bar only when it takes longer than this."""
+
 
 def format_duration(seconds: float) -> str:
     """``H:MM:SS`` (with a ``Nd`` prefix past a day), e.g. ``0:01:02``; ``?`` when unknown."""

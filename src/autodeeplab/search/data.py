@@ -9,26 +9,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from autodeeplab.data.checks import refuse_broken_images, refuse_hidden_class
+from autodeeplab.data.checks import files_to_read, refuse_broken_files, refuse_hidden_class
 from autodeeplab.data.registry import build_dataset
 from autodeeplab.data.transforms import CentreCropTransform, EvalTransform, TrainTransform, check_crop_size
-from autodeeplab.data.volume_checks import is_volume_dataset, refuse_broken_volumes
+from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.data.volume_transforms import CentrePatchTransform, PatchTransform
 from autodeeplab.data.volumes import VOLUME_DATASETS
 from autodeeplab.errors import ConfigError, DataError
 from autodeeplab.infer.evaluate import evaluate
-from autodeeplab.runs.progress import Progress
+from autodeeplab.runs.progress import READ_BAR_DELAY_S, Progress
 from autodeeplab.search.config import SearchConfig
 
 VALIDATION_BAR_DELAY_S = 3.0
 """A validation shorter than this shows no bar."""
 
 
-def build_search_data(config: SearchConfig):
+def build_search_data(config: SearchConfig, quiet: bool = False):
     """trainA and trainB views (each with its own epoch counter for augmentation) and the val split.
 
     Images are cropped (``data.crop_size``); volumes are sampled as patches (``data.volumes``) and validated
-    whole, by sliding window.
+    whole, by sliding window. Files are read once first (:func:`~autodeeplab.data.checks.refuse_broken_files`;
+    a bar unless ``quiet``).
     """
     d = config.data
     volumes = d.dataset in VOLUME_DATASETS
@@ -58,11 +59,11 @@ def build_search_data(config: SearchConfig):
     else:
         val_transform = CentreCropTransform(d.crop_size) if d.val_crop else EvalTransform()
     val = open_split(d.val_split, val_transform, d.synthetic_val_samples)
-    if volumes:  # every pair read once now, not first met at step N
-        refuse_broken_volumes(train_a)
-        refuse_broken_volumes(val)
-    else:  # the images the first validation will read, now rather than after the first epoch
-        refuse_broken_images(val, d.max_val_images)
+    # volumes: every pair, not first met at step N; images: those the first validation will read, now
+    # rather than after the first epoch
+    for split, count in ([(train_a, None)] if volumes else []) + [(val, d.max_val_images)]:
+        with Progress(*files_to_read(split, count), quiet=quiet, delay_s=READ_BAR_DELAY_S) as bar:
+            refuse_broken_files(split, count, bar.update)
     if len(train_a) < 2 * config.batch_size:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train_a)} images cannot fill one batch of "

@@ -174,7 +174,7 @@ def _search(
         loaded[0].pop(PENDING_CHANGES, None)  # rank 0 records the accepted changes in config.yaml
     device = distributed.rank_device(resolve_device(config.device), ranks)
     config.execution.check_device(device.type)  # the rest was validated with the settings
-    train_a, train_b, val = build_search_data(config)
+    train_a, train_b, val = build_search_data(config, quiet)
     if main:
         record_split(run.path, train_a)  # a split made by the reader: written, or checked on resume
     if config.data.dataset == "cityscapes" and tuple(train_a.image_size or ()) == CITYSCAPES_FULL_SIZE:

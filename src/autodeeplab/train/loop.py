@@ -32,7 +32,7 @@ from torch import nn
 
 from autodeeplab import __version__
 from autodeeplab.config.settings import dump_config_yaml
-from autodeeplab.data.checks import refuse_broken_images, refuse_hidden_class
+from autodeeplab.data.checks import files_to_read, refuse_broken_files, refuse_hidden_class
 from autodeeplab.data.splits import record_split
 from autodeeplab.data.volume_checks import is_volume_dataset
 from autodeeplab.data.volumes import VOLUME_DATASETS
@@ -46,7 +46,7 @@ from autodeeplab.optim import sgd
 from autodeeplab.runs import distributed
 from autodeeplab.runs.device import preferred_memory_format, resolve_device
 from autodeeplab.runs.follower import open_rank_run, rank0_first
-from autodeeplab.runs.progress import Progress
+from autodeeplab.runs.progress import READ_BAR_DELAY_S, Progress
 from autodeeplab.runs.resume import PENDING_CHANGES
 from autodeeplab.runs.rundir import RunDir, maybe_tensorboard
 from autodeeplab.runs.sampling import batches_per_epoch, epoch_loader
@@ -105,11 +105,12 @@ def train_dataset_options(config: TrainConfig) -> dict[str, Any]:
     return {}
 
 
-def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
-    """The augmented training split and the evaluation split (or None)."""
+def build_train_data(config: TrainConfig, quiet: bool = False) -> tuple[Any, Any | None]:
+    """The augmented training split and the evaluation split (or None); their files read once first where
+    the run would meet them late (:func:`~autodeeplab.data.checks.refuse_broken_files`; a bar unless
+    ``quiet``)."""
     from autodeeplab.data.registry import build_dataset
     from autodeeplab.data.transforms import EvalTransform, TrainTransform, check_crop_size
-    from autodeeplab.data.volume_checks import refuse_broken_volumes
     from autodeeplab.data.volume_transforms import PatchTransform
 
     d = config.data
@@ -129,8 +130,9 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     if not volumes:
         check_crop_size(d.crop_size, train.image_size, d.scale_range[1])
         refuse_hidden_class(train)  # 0/255 masks read with ignore 255 would lose their foreground
-    if volumes:
-        refuse_broken_volumes(train)  # every pair read once now, not first met at step N
+    if volumes:  # every pair read once now, not first met at step N
+        with Progress(*files_to_read(train), quiet=quiet, delay_s=READ_BAR_DELAY_S) as bar:
+            refuse_broken_files(train, None, bar.update)
     if batches_per_epoch(len(train), config.batch_size) == 0:
         raise DataError(
             f"{d.dataset} {d.train_split}: {len(train)} images cannot fill one batch of {config.batch_size}"
@@ -141,10 +143,10 @@ def build_train_data(config: TrainConfig) -> tuple[Any, Any | None]:
     val = build_dataset(
         d.dataset, d.root, d.eval_split, transform=None if volumes else EvalTransform(), **options, **n_eval
     )
-    if volumes:
-        refuse_broken_volumes(val)
-    else:  # the images the first evaluation will read, now rather than after the steps before it
-        refuse_broken_images(val, d.eval_max_images)
+    # volumes: every pair; images: those the first evaluation will read, now rather than after the steps
+    # before it
+    with Progress(*files_to_read(val, d.eval_max_images), quiet=quiet, delay_s=READ_BAR_DELAY_S) as bar:
+        refuse_broken_files(val, d.eval_max_images, bar.update)
     return train, val
 
 
@@ -245,7 +247,7 @@ def _train(
     if loaded is not None and not main:
         loaded[0].pop(PENDING_CHANGES, None)  # rank 0 records the accepted changes in config.yaml
     device = distributed.rank_device(resolve_device(config.device), ranks)
-    train, val = build_train_data(config)
+    train, val = build_train_data(config, quiet)
     if main:
         record_split(run.path, train)  # a split made by the reader: written, or checked on resume
     dims, channels = getattr(train, "spatial_dims", 2), getattr(train, "in_channels", 3)
