@@ -200,7 +200,8 @@ class PairedFilesDataset(SegmentationDataset):
         image_path, label_path = self.samples[index]
         image = read_rgb(image_path)
         label_map = self.label_map_for(label_path)
-        raw = read_label(label_path, allow_colour=self.colour_labels is not None, hint=self.colour_hint)
+        colours = self.colour_labels
+        raw = read_label(label_path, colours is not None, self.colour_hint, colours)
         if raw.ndim == 3 and self.colour_labels is not None:
             raw = decode_colours(raw, self.colour_labels, label_path, label_map.expected)
         try:

@@ -9,6 +9,7 @@ changes PIL's global settings: a truncated file stays an error instead of being 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,65 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.Decompression
 
 
 def _open_decoded(path: Path, kind: str) -> Image.Image:
-    """Open and fully decode ``path`` (so that truncation shows up now, not in the middle of training)."""
+    """Open and fully decode ``path`` (so that truncation shows up now, not in the middle of training).
+
+    Refused, since reading them as they are would misread the data silently: pixels stored with 16 bits
+    per colour channel (PIL keeps their high byte), files of several pages or frames (PIL reads the first),
+    and pictures with an EXIF orientation (viewers show them turned, so which way the mask was drawn cannot
+    be told)."""
     if not path.is_file():
         raise DataProblemError(problem(path, f"{kind} file not found"))
     try:
         image = Image.open(path)
+        why = wide_colour_problem(image) or several_frames_problem(image, kind) or orientation_problem(image)
         image.load()
     except DECODE_ERRORS as exc:
         raise _unreadable(path, kind, exc) from None
+    if why:
+        raise DataProblemError(problem(path, why))
     return image
+
+
+def wide_colour_problem(image: Image.Image) -> str | None:
+    """Why a colour file stored with 16 bits per channel is refused (read before ``load``, from the decoder's
+    raw mode: PIL opens such a PNG as 8-bit ``RGB``, keeping the high byte of every value)."""
+    raw = image.tile[0][3] if image.tile else None
+    raw = raw[0] if isinstance(raw, tuple) and raw else raw
+    if image.mode in _COLOUR_MODES and isinstance(raw, str) and ";16" in raw:
+        return (
+            f"file has 16 bits per colour channel (stored as {raw!r}); reading it as 8-bit would keep only "
+            "the high byte of each value, so convert it to 8-bit yourself with the scaling your data needs"
+        )
+    return None
+
+
+def several_frames_problem(image: Image.Image, kind: str) -> str | None:
+    """Why a file of several pages or frames (a TIFF stack, an animated GIF or PNG) is refused: PIL reads
+    the first alone. A camera's MPO JPEG is its main picture plus previews, and is read as that picture."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        return (
+            f"{kind} file holds {frames} pages or frames and only the first would be read; save one per file"
+        )
+    return None
+
+
+ORIENTATION_TAG = 0x0112
+"""EXIF's orientation tag: 1 is upright; 2-8 ask viewers to turn or mirror the stored pixels."""
+
+
+def orientation_problem(image: Image.Image) -> str | None:
+    """Why a picture with an EXIF orientation other than upright is refused in a dataset: a viewer shows it
+    turned or mirrored, and its mask may have been drawn on either picture."""
+    orientation = image.getexif().get(ORIENTATION_TAG, 1)
+    if orientation in (None, 0, 1):
+        return None
+    return (
+        f"EXIF orientation {orientation}: viewers show this picture turned or mirrored, its pixels are "
+        "stored otherwise, and whether its mask was drawn on the one or the other cannot be told; if the "
+        "mask matches what viewers show, store the picture upright (PIL.ImageOps.exif_transpose), else drop "
+        "the tag"
+    )
 
 
 def _unreadable(path: Path, kind: str, exc: Exception) -> DataProblemError:
@@ -86,27 +137,64 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def read_label(path: str | Path, allow_colour: bool = False, hint: str = "") -> np.ndarray:
+def read_label(
+    path: str | Path,
+    allow_colour: bool = False,
+    hint: str = "",
+    colours: Mapping[tuple[int, int, int], int] | None = None,
+) -> np.ndarray:
     """Decode a label file without interpreting it.
 
-    Returns ``[H, W]`` integers (``uint8`` for 8-bit/palette files, ``int32`` for 16-bit ones) as stored; with
-    ``allow_colour`` an RGB(A) label comes back as ``uint8 [H, W, 3]`` for colour decoding, otherwise it is a
-    problem, since reading an RGB picture as class indices would train on nonsense (``hint`` ends its
-    message: how this dataset could read colour-coded labels).
+    Returns ``[H, W]`` integers (``uint8`` for 8-bit/palette files, ``int32`` for 16-bit ones) as stored;
+    with ``allow_colour`` an opaque RGB(A) label comes back as ``uint8 [H, W, 3]`` for colour decoding,
+    otherwise it is a problem, since reading an RGB picture as class indices would train on nonsense
+    (``hint`` ends its message: how this dataset could read colour-coded labels). ``colours`` (colour ->
+    stored value, the dataset's class colours): a palette file whose palette draws a value in another
+    colour is refused.
     """
     path = Path(path)
     image = _open_decoded(path, "label")
     if image.mode in _INDEX_MODES:
         # Palette ('P') files give palette indices here, which is exactly the class index (VOC).
         dtype = np.uint8 if image.mode in ("L", "P", "1") else np.int32
-        return np.asarray(image, dtype=dtype)
+        values = np.asarray(image, dtype=dtype)
+        why = palette_problem(image, values, colours) if image.mode == "P" and colours else None
+        if why:
+            raise DataProblemError(problem(path, why))
+        return values
     if image.mode in _COLOUR_MODES and allow_colour:
+        if image.mode == "RGBA" and int(np.asarray(image.getchannel("A")).min()) < 255:
+            message = (
+                "label file has transparent pixels, and colour decoding reads only R, G and B; make every "
+                "pixel opaque (unlabelled ones in the ignore colour)"
+            )
+            raise DataProblemError(problem(path, message))
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     expected = (
         "single-channel class indices or RGB colours" if allow_colour else "single-channel class indices"
     )
     message = f"label file has PIL mode {image.mode!r}; expected {expected}"
     raise DataProblemError(problem(path, message + (hint if image.mode in _COLOUR_MODES else "")))
+
+
+def palette_problem(
+    image: Image.Image, values: np.ndarray, colours: Mapping[tuple[int, int, int], int]
+) -> str | None:
+    """Why a palette label is refused: its palette draws a value it uses in the colour the dataset gives
+    another value (``colours``: colour -> stored value), so that the picture shows other classes than
+    reading it by index, as palette labels are read, gives. A palette of other colours (a tool's default,
+    grey levels) says nothing about the classes and is not a problem."""
+    palette = image.getpalette() or []
+    for value in np.unique(values).tolist():
+        drawn = tuple(palette[3 * value : 3 * value + 3])
+        meant = colours.get(drawn, value) if len(drawn) == 3 else value
+        if meant != value:
+            return (
+                f"palette label draws value {value} in the colour {list(drawn)} of value {meant}; palette "
+                f"labels are read by index, so these pixels would be value {value}: make the palette agree "
+                "with the class colours, or save the label as RGB to be decoded by colour"
+            )
+    return None
 
 
 def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:

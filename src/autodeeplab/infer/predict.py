@@ -18,10 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from autodeeplab.data.imageio import DECODE_ERRORS, high_depth_problem
+from autodeeplab.data.imageio import (
+    DECODE_ERRORS,
+    high_depth_problem,
+    several_frames_problem,
+    wide_colour_problem,
+)
 from autodeeplab.errors import DataError
 from autodeeplab.fileio import atomic_write_bytes
 from autodeeplab.infer.evaluate import InferenceSettings, predict_labels
@@ -34,7 +39,8 @@ Palette = Sequence[Sequence[int]]
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as ``uint8 [H, W, 3]`` RGB.
+    """Read an image file as ``uint8 [H, W, 3]`` RGB, turned as its EXIF orientation asks (the picture as
+    viewers show it: predictions then lie over what the user sees; there is no mask to match here).
 
     Raises:
         DataError: the file is missing or is not an image PIL can decode (one line naming the file).
@@ -42,10 +48,12 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
-            why = high_depth_problem(im.mode)
+            why = high_depth_problem(im.mode) or wide_colour_problem(im)
+            why = why or several_frames_problem(im, "image")
             if why:
                 raise DataError(f"{path}: {why}")
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            upright = ImageOps.exif_transpose(im)
+            return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
     except DECODE_ERRORS as exc:
