@@ -242,6 +242,23 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(
         assert torch.isfinite(w.float()).all() and torch.equal(w, w4), name
 
 
+def test_a_nan_loss_before_the_first_checkpoint_says_none_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autodeeplab.runs.state import NonFiniteError
+
+    real_forward = AutoDeepLabNet.forward
+    monkeypatch.setattr(AutoDeepLabNet, "forward", lambda self, x: real_forward(self, x) * float("nan"))
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteError) as caught:
+        run_training(tiny_config("data.eval_split=null"), SMALL, run, echo=quiet)
+    assert str(caught.value) == (
+        "training loss became nan at step 1; no checkpoint was written before it; lower the learning rate or "
+        "check the data; nothing of this run was kept; run the same command again"
+    )
+    assert not run.exists()
+
+
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

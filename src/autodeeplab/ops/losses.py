@@ -31,8 +31,7 @@ class DiceCELoss(nn.Module):
         self.include_background = include_background
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
-        return (1 - self._dice(logits, target)).mean() + ce
+        return split_loss(self, logits, target, self.counts(target))
 
     def counts(self, target: torch.Tensor) -> torch.Tensor:
         """``[2]``: the samples (what the Dice term averages over) and the voxels not ignored (the
@@ -63,7 +62,11 @@ class DiceCELoss(nn.Module):
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
-    """torch's cross-entropy (mean over the pixels not ignored), splittable (:func:`split_loss`)."""
+    """torch's cross-entropy (mean over the pixels not ignored), splittable (:func:`split_loss`); a batch
+    whose every pixel is ignored scores 0 (torch's mean is 0/0 = NaN there)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return split_loss(self, logits, target, self.counts(target))
 
     def counts(self, target: torch.Tensor) -> torch.Tensor:
         """``[1]``: the pixels not ignored."""
@@ -82,9 +85,10 @@ def split_loss(
     divided by ``counts``, the whole batch's :meth:`counts` (every micro-batch of every rank). The parts of
     all pieces add up to ``loss(whole batch)``: each term of these losses is a mean over samples or over
     voxels, so a batch split across processes or micro-batches is scored as if it were one (a plain mean
-    per piece would weight a piece with many ignored pixels like one without)."""
+    per piece would weight a piece with many ignored pixels like one without). A batch with every pixel
+    ignored (sparse labels) adds 0, with zero gradients, not 0/0."""
     sums = loss.sums(logits, target)
-    return (sums / counts.to(sums.device, sums.dtype)).sum()
+    return (sums / counts.to(sums.device, sums.dtype).clamp(min=1)).sum()
 
 
 def make_loss(name: str, ignore_index: int) -> nn.Module:

@@ -168,7 +168,7 @@ def check_finite(
     what: str,
     epoch: int | None = None,
     step: int | None = None,
-    hint: str = "the last good checkpoint is kept; lower the learning rate or check the data, then resume",
+    hint: str | None = None,
 ) -> None:
     """Raise :class:`NonFiniteError` if ``value`` is NaN or ±inf: ``loss became nan at epoch 3 step 41; ...``.
 
@@ -179,7 +179,12 @@ def check_finite(
         return
     parts = [f"{k} {v}" for k, v in (("epoch", epoch), ("step", step)) if v is not None]
     where = f" at {' '.join(parts)}" if parts else ""
-    raise NonFiniteError(f"{what} became {number}{where}; {hint}")
+    raise NonFiniteError(f"{what} became {number}{where}; {hint or NONFINITE_HINT}")
+
+
+NONFINITE_HINT = "the last good checkpoint is kept; lower the learning rate or check the data, then resume"
+"""What :func:`check_finite` tells by default (a run directory rewrites it when no checkpoint was written,
+:meth:`~autodeeplab.runs.rundir.RunDir.kept_resumable`)."""
 
 
 _SINGLE_VALUE_BN = "Expected more than 1 value per channel when training"
