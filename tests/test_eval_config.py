@@ -302,3 +302,27 @@ def test_written_files_get_the_umask_mode_and_rewrites_keep_theirs(tmp_path: Pat
         assert sorted(p.name for p in tmp_path.iterdir()) == ["new.bin", "other.bin"]  # no temp files left
     finally:
         os.umask(old)
+
+
+def test_eval_refuses_data_whose_classes_are_the_models_in_another_order(checkpoint, tmp_path, capsys):
+    from test_data_layouts import rgb, save
+
+    def folder(names: list[str]) -> Path:
+        root = tmp_path / "-".join(names[:2])
+        root.mkdir()
+        (root / "classes.yaml").write_text(json.dumps({"names": names}))
+        for i in range(2):
+            save(root / "images" / f"a{i}.png", rgb(i, 24, 24))
+            save(root / "masks" / f"a{i}.png", (rgb(i, 24, 24)[..., 0] % len(names)).astype("uint8"))
+        return root
+
+    swapped = [CLASS_NAMES[1], CLASS_NAMES[0], *CLASS_NAMES[2:]]
+    args = ["eval", str(checkpoint), "--dataset", "folder", "--split", "all", "--quiet"]
+    assert main([*args, "--data-root", str(folder(swapped)), "--json", str(tmp_path / "x.json")]) == 2
+    assert one_line_error(capsys) == (
+        f"{checkpoint}: the checkpoint's classes {list(CLASS_NAMES)} are not folder all's {swapped} (in this "
+        "order): its class i would be scored as the data's class i"
+    )
+    assert not (tmp_path / "x.json").exists()
+    same = folder(list(CLASS_NAMES))
+    assert main([*args, "--data-root", str(same), "--json", str(tmp_path / "y.json")]) == 0

@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     volumes = info.patch_size is not None
     transform = None if volumes else EvalTransform()
     dataset = build_dataset(name, root, config.split, transform=transform, **options)
-    check_classes(args.checkpoint, info, dataset.num_classes, f"{name} {config.split}")
+    check_classes(args.checkpoint, info, dataset.num_classes, f"{name} {config.split}", dataset.class_names)
     if config.largest_component and not (volumes or getattr(dataset, "spatial_dims", 2) == 3):
         raise ConfigError("--largest-component: a post-processing of volumes, not of images")
     if volumes or getattr(dataset, "spatial_dims", 2) == 3:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,25 @@ def check_model_format(path: str | os.PathLike[str], record: dict[str, Any]) -> 
     )
 
 
-def check_classes(path: str | os.PathLike[str], info: TrainedInfo, num_classes: int, what: str) -> None:
-    """Raise :class:`CheckpointError` when ``what`` has another class count than the checkpoint."""
+def check_classes(
+    path: str | os.PathLike[str],
+    info: TrainedInfo,
+    num_classes: int,
+    what: str,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """Raise :class:`CheckpointError` when ``what`` has another class count than the checkpoint, or (given
+    its ``class_names``) other classes or the same in another order: the model's class i would be scored
+    as the data's class i."""
     if num_classes != info.num_classes:
         raise CheckpointError(
             f"{path}: the checkpoint predicts {info.num_classes} classes ({info.dataset}) but {what} has "
             f"{num_classes}"
+        )
+    if class_names is not None and list(class_names) != list(info.class_names):
+        raise CheckpointError(
+            f"{path}: the checkpoint's classes {list(info.class_names)} are not {what}'s "
+            f"{list(class_names)} (in this order): its class i would be scored as the data's class i"
         )
 
 
