@@ -264,3 +264,35 @@ def test_data_stats_never_writes_into_the_dataset(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "inside the data root" in err, err
     assert sorted(p.name for p in root.rglob("*")) == before
+
+
+def test_files_the_split_folder_layout_would_not_read_are_problems_not_dropped(tmp_path, capsys):
+    root = write_folder(tmp_path / "d", count=4, nested=True)
+    assert build_dataset("folder", root, "train").problems == []
+    save(root / "images" / "train" / "aachen" / "x.png", rgb(7, 3, 4))  # a city level: not read
+    save(root / "masks" / "train" / "aachen" / "x.png", np.zeros((3, 4), np.uint8))
+    save(root / "images" / "stray.png", rgb(8, 3, 4))  # beside the split folders
+    (root / "images" / "empty").mkdir()  # an empty folder is one more (empty) split, nothing unread
+    problems = {
+        (Path(p.path).relative_to(root).as_posix(), p.message)
+        for p in build_dataset("folder", root, "train", strict=False).problems
+    }
+    assert problems == {
+        (
+            "images",
+            "1 image files beside the split folders belong to no split and are not read (stray.png): "
+            "move them into a split folder",
+        ),
+        (
+            "images/train/aachen",
+            "1 image files in a sub-folder of a split folder are not read (samples are "
+            "matched by name within the split folder): move them up",
+        ),
+        (
+            "masks/train/aachen",
+            "1 image files in a sub-folder of a split folder are not read (samples are "
+            "matched by name within the split folder): move them up",
+        ),
+    }
+    code, out, err = check(root, capsys)
+    assert code == 2 and "stray.png" in out + err

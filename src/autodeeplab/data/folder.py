@@ -24,7 +24,9 @@ not part of the data anywhere.
 Masks are single-channel PNGs of class values (8 or 16 bit), or RGB pictures when ``colours`` is given;
 JPEG (and WebP) masks are refused: lossy compression changes class values where nobody can see it.
 Image sizes may vary: crop sizes are checked against the largest image of the split (from the file headers).
-A stem in a split list with neither an image nor a mask is a problem (list file and line), never skipped.
+A stem in a split list with neither an image nor a mask is a problem (list file and line), never skipped;
+so are image files the split-folder layout would not read (beside the split folders, or in a sub-folder of
+one: :func:`unread_files`).
 """
 
 from __future__ import annotations
@@ -125,6 +127,9 @@ class FolderDataset(PairedFilesDataset):
             return [], [self.wrong_layout(mask_dir)]
         images, problems = files_by_key(image_dir, IMAGE_SUFFIXES, stem_key)
         masks, more = files_by_key(mask_dir, IMAGE_SUFFIXES, stem_key)
+        if nested:  # files no split would read: never dropped silently
+            problems += unread_files(image_root) + unread_files(mask_root)
+            problems += unread_files(image_dir, folders=True) + unread_files(mask_dir, folders=True)
         for stem, mask in sorted(masks.items()):
             if mask.suffix.lower() in LOSSY_MASK_SUFFIXES:
                 del masks[stem]  # reported here, not again as an image without a mask
@@ -184,6 +189,30 @@ class FolderDataset(PairedFilesDataset):
             return set(on_disk)
         self.split_record = seeded_split(on_disk, self.split_fractions, self.split_seed)
         return set(self.split_record[self.split])
+
+
+def unread_files(folder: Path, folders: bool = False) -> list[DataProblem]:
+    """A problem for image files the split-folder layout does not read: those directly in ``images/`` or
+    ``masks/`` beside the split folders, or (``folders``) those in sub-folders of a split folder (files are
+    matched by stem within one folder; a Cityscapes-like city level is not read)."""
+    entries = sorted(p for p in folder.iterdir() if visible(Path(p.name)))
+    if not folders:
+        loose = [p.name for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        why = f"{len(loose)} image files beside the split folders belong to no split and are not read"
+        return (
+            [problem(folder, f"{why} ({_examples(loose)}): move them into a split folder")] if loose else []
+        )
+    found = []
+    for sub in (p for p in entries if p.is_dir()):
+        inside = [
+            f for f in sub.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and visible(f.relative_to(sub))
+        ]
+        if inside:
+            why = f"{len(inside)} image files in a sub-folder of a split folder are not read"
+            found.append(
+                problem(sub, f"{why} (samples are matched by name within the split folder): move them up")
+            )
+    return found
 
 
 def seeded_split(stems: set[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
