@@ -296,3 +296,26 @@ def test_files_the_split_folder_layout_would_not_read_are_problems_not_dropped(t
     }
     code, out, err = check(root, capsys)
     assert code == 2 and "stray.png" in out + err
+
+
+def test_data_stats_of_a_folder_with_nothing_to_count_says_why_in_one_line(tmp_path, capsys):
+    def stats(root: Path) -> str:
+        assert main(["data", "stats", "--dataset", "folder", "--data-root", str(root), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert not out.exists()
+        return err
+
+    out = tmp_path / "stats"
+    root = write_folder(tmp_path / "d", count=2)
+    (root / "classes.yaml").unlink()
+    assert "classes.yaml: wrong folder layout: not found" in stats(root)
+    assert "data root not found" in stats(tmp_path / "nowhere")
+    for name in ("a", "b"):  # Cityscapes-like suffixes: images and masks never pair
+        save(root / "images" / f"{name}_leftImg8bit.png", rgb(0, 3, 4))
+        save(root / "masks" / f"{name}_gtFine_labelIds.png", np.zeros((3, 4), np.uint8))
+    (root / "classes.yaml").write_text(json.dumps({"names": ["ground", "tree", "house"], "ignore": 9}))
+    for folder in ("images", "masks"):
+        for stray in (root / folder).glob("img*"):
+            stray.unlink()
+    assert "image without label: expected label file" in stats(root)

@@ -137,3 +137,16 @@ def test_16_bit_and_float_images_are_refused_not_clipped(tmp_path: Path) -> None
             read_rgb(path)
     write_image(tmp_path / "ok.png")
     assert load_image(tmp_path / "ok.png").dtype == np.uint8
+
+
+def test_a_folder_of_inputs_leaves_out_hidden_files(tmp_path: Path) -> None:
+    from autodeeplab.cli.predict import expand_images, expand_volumes
+
+    for name in ("b.png", "a.jpg", "._a.jpg", ".hidden.png"):
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")  # macOS's ._ files: metadata, never pictures
+    assert [p.name for p in expand_images([str(tmp_path / "in")])] == ["a.jpg", "b.png"]
+    for name in ("v.nii.gz", "._v.nii.gz", "w.nii"):
+        (tmp_path / "vol" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "vol" / name).write_bytes(b"")
+    assert [p.name for p in expand_volumes([str(tmp_path / "vol")])] == ["v.nii.gz", "w.nii"]

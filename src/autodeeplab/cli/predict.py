@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from autodeeplab.cli.evaluate import inference_settings
+from autodeeplab.data.scan import visible
 from autodeeplab.errors import ConfigError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -45,12 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def expand_images(paths: list[str]) -> list[Path]:
-    """Files as given; a folder stands for its image files (sorted). A missing path is an error."""
+    """Files as given; a folder stands for its image files (sorted; hidden ones such as macOS's ``._x.jpg``
+    are never data, as for the dataset readers). A missing path is an error."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            inside = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and visible(Path(p.name))
+            )
             if not inside:
                 raise ConfigError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
             found.extend(inside)
@@ -90,14 +94,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def expand_volumes(paths: list[str]) -> list[Path]:
-    """NIfTI files as given; a folder stands for its ``.nii``/``.nii.gz`` files (sorted)."""
+    """NIfTI files as given; a folder stands for its ``.nii``/``.nii.gz`` files (sorted, hidden ones left
+    out)."""
     from autodeeplab.data.nifti import nifti_stem
 
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_file() and nifti_stem(p) is not None)
+            volumes = (p for p in path.iterdir() if p.is_file() and nifti_stem(p) is not None)
+            inside = sorted(p for p in volumes if visible(Path(p.name)))
             if not inside:
                 raise ConfigError(f"{path}: folder holds no NIfTI volumes (.nii.gz, .nii)")
             found.extend(inside)

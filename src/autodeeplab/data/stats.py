@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from autodeeplab.data.labels import IGNORE_INDEX
-from autodeeplab.data.problems import DataProblemError
+from autodeeplab.data.problems import DataProblemError, problem, refuse_problems
 from autodeeplab.data.registry import build_dataset, dataset_class
 
 STATS_FORMAT = "autodeeplab-data-stats"
@@ -150,8 +150,10 @@ def dataset_stats(
     if getattr(reader, "spatial_dims", 2) == 3:
         return volume_dataset_stats(name, root, chosen, progress, **options)
     stats: DatasetStats | None = None
+    problems: list = []  # the first split's with any: why nothing could be counted, if so
     for split in chosen:
         data = build_dataset(name, root, split, strict=False, **options)
+        problems = problems or data.problems
         if stats is None:
             stats = DatasetStats(name, None if root is None else str(root), list(data.class_names))
         classes = len(stats.class_names)
@@ -180,6 +182,7 @@ def dataset_stats(
             len(data), unreadable, sizes, pixels.tolist(), images.tolist(), ignored
         )
     assert stats is not None, "a dataset offers at least one split"
+    refuse_nothing_counted(stats, problems, root)
     return stats
 
 
@@ -195,8 +198,10 @@ def volume_dataset_stats(
     from autodeeplab.data.volume_checks import class_voxels
 
     stats: DatasetStats | None = None
+    problems: list = []  # the first split's with any: why nothing could be counted, if so
     for split in splits:
         data = build_dataset(name, root, split, strict=False, **options)
+        problems = problems or data.problems
         if not data.class_names:  # no classes to count: the reason is the answer
             found = data.class_problem or (data.problems[0] if data.problems else None)
             if found is not None:
@@ -243,7 +248,15 @@ def volume_dataset_stats(
             {str(v): values[v] for v in sorted(values)},
         )
     assert stats is not None, "a dataset offers at least one split"
+    refuse_nothing_counted(stats, problems, root)
     return stats
+
+
+def refuse_nothing_counted(stats: DatasetStats, problems: list, root: str | Path | None) -> None:
+    """Refuse, with its first problem (no classes file, no pairs, no root...), a dataset of which no split
+    has a sample: its tables would be empty, and the reason is the answer."""
+    if not any(split.samples for split in stats.splits.values()):
+        refuse_problems(problems or [problem(str(root), "no samples in any split")])
 
 
 def _axes(values: Sequence[float]) -> str:
