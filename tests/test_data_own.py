@@ -319,3 +319,14 @@ def test_data_stats_of_a_folder_with_nothing_to_count_says_why_in_one_line(tmp_p
         for stray in (root / folder).glob("img*"):
             stray.unlink()
     assert "image without label: expected label file" in stats(root)
+
+
+def test_a_split_list_and_classes_file_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    root = write_folder(tmp_path / "d", count=4)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("\ufeffimg0\nimg1\n", encoding="utf-8")  # Windows editors
+    (root / "splits" / "val.txt").write_text("img2\nimg3\n", encoding="utf-8")
+    spec = (root / "classes.yaml").read_text()
+    (root / "classes.yaml").write_text("\ufeff" + spec, encoding="utf-8")
+    data = build_dataset("folder", root, "train")
+    assert [p.stem for p, _ in data.samples] == ["img0", "img1"] and data.class_names[0] == "ground"

@@ -345,3 +345,19 @@ def test_real_hippocampus_sorted_split_and_one_sample():
     assert tuple(mask.shape) == tuple(pixels.shape[1:]) and str(mask.dtype) == "torch.int64"
     assert 31 <= mask.shape[0] <= 43 and 40 <= mask.shape[1] <= 59 and 24 <= mask.shape[2] <= 47
     assert set(np.unique(mask.numpy())) <= {0, 1, 2}
+
+
+def test_a_negative_stored_value_can_be_the_ignore_value_of_signed_labels(tmp_path: Path) -> None:
+    root = tmp_path / "signed"
+    for i in range(2):
+        save(root / "images" / f"c{i}.nii.gz", image(i))
+        signed = label(i).astype(np.int16)
+        signed[-1] = -1  # the last slab unlabelled
+        save(root / "labels" / f"c{i}.nii.gz", signed)
+    (root / "classes.yaml").write_text(json.dumps({"names": ["bg", "a", "b"], "ignore": -1}))
+    data = build_dataset("nifti", root, "all")
+    _, labels = data.load_volume(0)
+    assert (labels[-1] == IGNORE_INDEX).all() and set(np.unique(labels[:-1]).tolist()) == {0, 1, 2}
+    (root / "classes.yaml").write_text(json.dumps({"names": ["bg", "a", "b"]}))
+    with pytest.raises(DataProblemError, match="-1"):  # without the line: a stray value, refused
+        build_dataset("nifti", root, "all").load_volume(0)

@@ -93,7 +93,7 @@ class CamVidDataset(PairedFilesDataset):
     def _read_list(self, list_file: Path) -> tuple[list[Sample], list[DataProblem]]:
         samples: list[Sample] = []
         problems: list[DataProblem] = []
-        for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
             fields = line.split()
             if not fields:
                 continue

@@ -33,7 +33,8 @@ from autodeeplab.fileio import loads_json, loads_yaml
 
 CLASSES_FILES = ("classes.yaml", "classes.yml", "classes.json")
 MAX_CLASSES = IGNORE_INDEX  # train ids must stay below the ignore label
-MAX_STORED_VALUE = 65535  # 16-bit masks
+MIN_STORED_VALUE, MAX_STORED_VALUE = -32768, 65535  # 16-bit masks; a signed volume's -1 for "unlabelled"
+STORED_RANGE = f"{MIN_STORED_VALUE}..{MAX_STORED_VALUE}"
 FIELDS = ("names", "values", "ignore", "colours", "ignore_colour")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _NO_IGNORE = ("null", "none", "~", "")
@@ -91,7 +92,7 @@ def find_classes_file(root: Path) -> Path | None:
 def read_classes_file(path: Path) -> ClassesSpec:
     """Read and validate a classes file; a :class:`DataProblemError` naming the file and field otherwise."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is no data
         spec = loads_json(text) if path.suffix == ".json" else loads_yaml(text, plain=True)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -157,8 +158,8 @@ def _values(raw: Any, names: list[str] | None, bad) -> tuple[list[str], dict[int
     pairs = []
     for key, name in raw.items():
         value = _integer(key, f"values[{key}]", bad)
-        if not 0 <= value <= MAX_STORED_VALUE:
-            raise bad(f"values[{key}]", f"stored values are 0..{MAX_STORED_VALUE}, got {value}")
+        if not MIN_STORED_VALUE <= value <= MAX_STORED_VALUE:
+            raise bad(f"values[{key}]", f"stored values are {STORED_RANGE}, got {value}")
         if not isinstance(name, str) or not name.strip():
             raise bad(f"values[{key}]", f"must be a class name, got {json.dumps(name)}")
         pairs.append((value, name))
@@ -184,8 +185,8 @@ def _ignore(spec: dict, values: dict[int, int], names: list[str], bad) -> tuple[
     ignore = []
     for item in items:
         value = _integer(item, "ignore", bad)
-        if not 0 <= value <= MAX_STORED_VALUE:
-            raise bad("ignore", f"stored values are 0..{MAX_STORED_VALUE}, got {value}")
+        if not MIN_STORED_VALUE <= value <= MAX_STORED_VALUE:
+            raise bad("ignore", f"stored values are {STORED_RANGE}, got {value}")
         if value in values:
             owner = names[values[value]]
             hint = "" if "values" in spec else "; say which stored value is which class with 'values:'"

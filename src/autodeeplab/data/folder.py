@@ -253,7 +253,7 @@ def read_split_list(path: Path, on_disk: set[str]) -> tuple[dict[str, int], list
     neither side, with a hint when the line looks like a file name or a path."""
     stems: dict[str, int] = {}
     problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         stem = line.split("#", 1)[0].strip()
         if not stem:
             continue

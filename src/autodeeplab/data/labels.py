@@ -32,13 +32,17 @@ class LabelMap:
     """
 
     def __init__(self, table: Mapping[int, int], expected: str) -> None:
-        size = 256 if max(table, default=0) < 256 else 65536
-        lut = np.full(size, _INVALID, dtype=np.int16)
+        # Stored values may be negative (a volume's -1 for "unlabelled"): the table then starts at the
+        # lowest of them, and a value v is looked up at v - low.
+        low = min(0, min(table, default=0))
+        high = max(table, default=0)
+        size = 256 if high < 256 else 65536 if high < 65536 else high + 1
+        lut = np.full(size - low, _INVALID, dtype=np.int16)
         for raw, train_id in table.items():
-            if not (0 <= raw < size and (0 <= train_id < IGNORE_INDEX or train_id == IGNORE_INDEX)):
+            if not (low <= raw < size and (0 <= train_id < IGNORE_INDEX or train_id == IGNORE_INDEX)):
                 raise ValueError(f"bad label map entry {raw} -> {train_id}")
-            lut[raw] = train_id
-        self.lut = lut
+            lut[raw - low] = train_id
+        self.lut, self.low = lut, low
         self.expected = expected
 
     @classmethod
@@ -50,9 +54,10 @@ class LabelMap:
 
     def apply(self, raw: np.ndarray, path: str | Path) -> np.ndarray:
         """Stored values ``[H, W]`` → train ids ``uint8 [H, W]``; bad values raise a problem naming it."""
-        if raw.dtype != np.uint8 and (raw.min(initial=0) < 0 or raw.max(initial=0) >= len(self.lut)):
-            self._raise_bad(np.unique(raw[(raw < 0) | (raw >= len(self.lut))]), path)
-        mapped = self.lut[raw]
+        low, high = self.low, self.low + len(self.lut)
+        if raw.dtype != np.uint8 and (raw.min(initial=0) < low or raw.max(initial=0) >= high):
+            self._raise_bad(np.unique(raw[(raw < low) | (raw >= high)]), path)
+        mapped = self.lut[raw] if low == 0 else self.lut[raw.astype(np.int64) - low]
         bad = mapped == _INVALID
         if bad.any():
             self._raise_bad(np.unique(raw[bad]), path)

@@ -175,7 +175,7 @@ def read_label_volume(path: str | Path) -> VolumeFile:
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
             odd = np.unique(data[rounded != data])[:3]
-            shown = ", ".join(f"{v:g}" for v in odd)
+            shown = ", ".join(str(v) for v in odd)  # numpy's shortest form of the stored dtype: 0.9999999
             raise DataProblemError(
                 problem(
                     path, f"label values {shown} are not whole numbers (a label volume holds class values)"

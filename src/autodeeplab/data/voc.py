@@ -112,7 +112,7 @@ class VOCDataset(PairedFilesDataset):
                 return [], [self.wrong_layout(path)]
         samples: list[Sample] = []
         problems: list[DataProblem] = []
-        for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(list_file.read_text(encoding="utf-8-sig").splitlines(), start=1):
             sample_id = line.strip()
             if not sample_id:
                 continue

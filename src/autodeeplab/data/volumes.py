@@ -344,7 +344,7 @@ class MSDDataset(VolumeDataset):
         if not path.is_file():
             raise DataProblemError(problem(path, f"wrong folder layout: not found; expected {self.layout}"))
         try:
-            spec = loads_json(path.read_text(encoding="utf-8"))
+            spec = loads_json(path.read_text(encoding="utf-8-sig"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataProblemError(problem(path, f"unreadable dataset.json ({exc})")) from None
         if not isinstance(spec, dict) or not isinstance(spec.get("training"), list):
