@@ -81,3 +81,35 @@ def test_missing_file_and_bad_json(tmp_path):
 
 def test_short_form():
     assert PAPER.short().startswith("path 0-0-0-1-2-1-2-2-3-3-2-1 | cell atr5(0)+sep3(1)")
+
+
+def test_a_genotype_of_a_space_with_other_than_four_levels_keeps_its_levels_through_its_file(tmp_path):
+    import torch
+
+    from autodeeplab.cli.main import main
+    from autodeeplab.space.autodeeplab.decode import decode
+    from autodeeplab.space.autodeeplab.random_arch import random_genotype
+
+    deep = random_genotype(12, 5, 5, torch.Generator().manual_seed(3))
+    assert deep.num_levels == 5
+    path = tmp_path / "g5.json"
+    deep.save(path)
+    assert json.loads(path.read_text())["num_levels"] == 5
+    assert Genotype.load(path) == deep
+    # the paper's 4 levels: files as they always were, without the key
+    assert "num_levels" not in PAPER.to_dict() and Genotype.from_json(PAPER.to_json()) == PAPER
+    assert main(["info", "--genotype", str(path)]) == 0
+    # a path that reaches level 4 is a 5-level genotype: refused as a 4-level one, or against a 4-level space
+    five = {**deep.to_dict(), "network_path": [0, 1, 2, 3, 4, 4, 3, 2, 1, 0, 0, 0]}
+    assert Genotype.from_dict(five).network_path[4] == 4
+    with pytest.raises(GenotypeError, match=r"network_path\[4\]: level must be an integer in 0..3, got 4"):
+        Genotype.from_dict({k: v for k, v in five.items() if k != "num_levels"})
+    with pytest.raises(GenotypeError, match="num_levels: 5, but the search space has 4"):
+        Genotype.from_dict(five, num_levels=4)
+    with pytest.raises(GenotypeError, match="num_levels: expected an integer in 1..8, got 9"):
+        Genotype.from_dict({**five, "num_levels": 9})
+    # decoding a 5-level β gives a 5-level genotype
+    generator = torch.Generator().manual_seed(0)
+    beta, alpha = torch.rand(12, 5, 3, generator=generator), torch.rand(20, 8, generator=generator)  # weights
+    found = decode(alpha, beta, num_blocks=5)
+    assert found.num_levels == 5 and Genotype.from_json(found.to_json()) == found

@@ -89,7 +89,8 @@ def figure_network_path(
     """The figure of :func:`plot_network_path`: edges have gid ``beta-edge``, the path ``network-path``."""
     path = list(genotype_or_path.network_path if isinstance(genotype_or_path, Genotype) else genotype_or_path)
     num_layers = len(path)
-    levels = DEFAULT_NUM_LEVELS
+    levels = genotype_or_path.num_levels if isinstance(genotype_or_path, Genotype) else DEFAULT_NUM_LEVELS
+    levels = max(levels, max(path) + 1)  # a bare path of a deeper space: draw every level it visits
     if beta is not None:
         beta = np.asarray(beta, dtype=np.float64)
         if beta.ndim != 3 or beta.shape[0] != num_layers or beta.shape[2] != 3:
@@ -332,7 +333,8 @@ def render_run(
     if (run_dir / "arch_params.json").exists():
         alpha, beta, num_blocks = load_arch_params(run_dir / "arch_params.json")
         if genotype is None:
-            genotype = Genotype(network_path=viterbi_path(beta), cell=decode_cell(alpha, num_blocks))
+            levels = beta.shape[1]
+            genotype = Genotype(viterbi_path(beta), decode_cell(alpha, num_blocks), levels)
         elif beta.shape[0] != genotype.num_layers:
             beta = None  # a genotype from elsewhere: draw its path alone
     # Every input is read and checked before the first picture is written: a broken file is a one-line

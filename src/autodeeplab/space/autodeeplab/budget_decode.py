@@ -99,7 +99,7 @@ def decode_within_budget(
 
     # The first λ weighs the target like the log β of a whole path.
     path, _ = fit_by_lagrangian(solve, target, beta.shape[0] / target)
-    genotype = Genotype(network_path=path, cell=cell)
+    genotype = Genotype(network_path=path, cell=cell, num_levels=beta.shape[1])
     return Genotype.from_dict(genotype.to_dict(), "decoded genotype", num_levels=beta.shape[1])
 
 

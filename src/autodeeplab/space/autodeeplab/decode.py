@@ -97,8 +97,9 @@ def path_score(beta: np.ndarray, path: Sequence[int]) -> float:
 
 def decode(alpha: np.ndarray, beta: np.ndarray, num_blocks: int) -> Genotype:
     """α weights ``[E, P]`` and β weights ``[L, levels, 3]`` → a validated :class:`Genotype`."""
-    genotype = Genotype(network_path=viterbi_path(beta), cell=decode_cell(alpha, num_blocks))
-    return Genotype.from_dict(genotype.to_dict(), "decoded genotype", num_levels=np.shape(beta)[1])
+    levels = np.shape(beta)[1]
+    genotype = Genotype(viterbi_path(beta), decode_cell(alpha, num_blocks), levels)
+    return Genotype.from_dict(genotype.to_dict(), "decoded genotype", num_levels=levels)
 
 
 # -- arch_params.json ---------------------------------------------------------------------------------

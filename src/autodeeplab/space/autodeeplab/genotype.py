@@ -26,6 +26,8 @@ from autodeeplab.ops.primitives import PRIMITIVES
 
 FORMAT_VERSION = 1
 DEFAULT_NUM_LEVELS = 4
+MAX_NUM_LEVELS = 8
+"""Output strides up to 4·2^7 = 512: the deepest a genotype file may name."""
 
 Pair = tuple[str, int]
 Block = tuple[Pair, Pair]
@@ -41,6 +43,10 @@ class Genotype:
 
     network_path: tuple[int, ...]
     cell: tuple[Block, ...]
+    num_levels: int = DEFAULT_NUM_LEVELS
+    """The levels of the space it was found in (output strides 4·2^l): what its path is checked against.
+    Written to JSON only when it is not the paper's 4, so that the files of 4-level spaces stay as they
+    were."""
     FILE_NAME: ClassVar[str] = "genotype.json"
     """The file a run directory holds it in."""
 
@@ -53,18 +59,21 @@ class Genotype:
         return len(self.cell)
 
     def to_dict(self) -> dict[str, Any]:
+        levels = {} if self.num_levels == DEFAULT_NUM_LEVELS else {"num_levels": self.num_levels}
         return {
             "version": FORMAT_VERSION,
             "network_path": list(self.network_path),
+            **levels,
             "cell": [[[op, idx] for op, idx in block] for block in self.cell],
         }
 
     def to_json(self) -> str:
         """Compact JSON: one line for the path, one line per block (diff-friendly)."""
         blocks = ",\n          ".join(json.dumps([[op, i] for op, i in b]) for b in self.cell)
+        levels = "" if self.num_levels == DEFAULT_NUM_LEVELS else f' "num_levels": {self.num_levels},\n'
         return (
             f'{{"version": {FORMAT_VERSION},\n "network_path": {json.dumps(list(self.network_path))},\n'
-            f' "cell": [{blocks}]}}\n'
+            f'{levels} "cell": [{blocks}]}}\n'
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -86,23 +95,33 @@ class Genotype:
         return f"path {'-'.join(map(str, self.network_path))} | cell {cell}"
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "genotype", num_levels: int = DEFAULT_NUM_LEVELS) -> Genotype:
-        """Validate a parsed ``genotype.json`` object; errors name ``source`` and the field."""
+    def from_dict(cls, data: Any, source: str = "genotype", num_levels: int | None = None) -> Genotype:
+        """Validate a parsed ``genotype.json`` object; errors name ``source`` and the field.
+
+        The levels are the object's ``num_levels`` (default 4); ``num_levels`` given: the space's, which an
+        object's own must equal."""
         if not isinstance(data, dict):
             raise GenotypeError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"version", "network_path", "cell"})
+        unknown = sorted(set(data) - {"version", "network_path", "num_levels", "cell"})
         if unknown:
             raise GenotypeError(
-                f"{source}: unknown key {unknown[0]!r} (allowed: version, network_path, cell)"
+                f"{source}: unknown key {unknown[0]!r} (allowed: version, network_path, num_levels, cell)"
             )
         for key in ("version", "network_path", "cell"):
             if key not in data:
                 raise GenotypeError(f"{source}: missing key {key!r}")
         if type(data["version"]) is not int or data["version"] != FORMAT_VERSION:  # true == 1 in Python
             raise GenotypeError(f"{source}: version: expected {FORMAT_VERSION}, got {data['version']!r}")
-        path = _validate_path(data["network_path"], source, num_levels)
+        levels = data.get("num_levels", DEFAULT_NUM_LEVELS if num_levels is None else num_levels)
+        if not _is_int(levels) or not 1 <= levels <= MAX_NUM_LEVELS:
+            raise GenotypeError(
+                f"{source}: num_levels: expected an integer in 1..{MAX_NUM_LEVELS}, got {levels!r}"
+            )
+        if num_levels is not None and levels != num_levels:
+            raise GenotypeError(f"{source}: num_levels: {levels}, but the search space has {num_levels}")
+        path = _validate_path(data["network_path"], source, levels)
         cell = _validate_cell(data["cell"], source)
-        return cls(network_path=path, cell=cell)
+        return cls(network_path=path, cell=cell, num_levels=levels)
 
     @classmethod
     def from_json(cls, text: str, source: str = "genotype") -> Genotype:

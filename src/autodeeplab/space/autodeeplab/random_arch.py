@@ -77,5 +77,6 @@ def random_genotype(
     genotype = Genotype(
         network_path=random_path(num_layers, num_levels, generator),
         cell=random_cell(num_blocks, generator),
+        num_levels=num_levels,
     )
     return Genotype.from_dict(genotype.to_dict(), "random genotype", num_levels=num_levels)

@@ -36,7 +36,7 @@ from autodeeplab.space.autodeeplab.budget import MacTables, decoded_multiply_add
 from autodeeplab.space.autodeeplab.budget_decode import RECORD_KEY, budget_record, decode_within_budget
 from autodeeplab.space.autodeeplab.cell import SearchCell
 from autodeeplab.space.autodeeplab.decode import arch_params_to_dict, decode
-from autodeeplab.space.autodeeplab.genotype import Genotype
+from autodeeplab.space.autodeeplab.genotype import MAX_NUM_LEVELS, Genotype
 from autodeeplab.space.autodeeplab.random_arch import random_genotype
 from autodeeplab.space.autodeeplab.topology import (
     beta_mask,
@@ -82,6 +82,12 @@ class SearchSpaceConfig:
         """Raise :class:`ConfigError` naming ``{where}.{field}`` for the first value that cannot work."""
         for name in ("filter_multiplier", "num_layers", "num_blocks", "num_levels", "aspp_rate_base"):
             at_least(dotted(where, name), getattr(self, name), 1)
+        if self.num_levels > MAX_NUM_LEVELS:  # what a genotype file may name
+            stride = 4 * 2 ** (MAX_NUM_LEVELS - 1)
+            raise ConfigError(
+                f"{dotted(where, 'num_levels')}: at most {MAX_NUM_LEVELS} (output stride {stride}), "
+                f"got {self.num_levels}"
+            )
         if len(self.stem_channels) != 3 or min(self.stem_channels) < 1:
             raise ConfigError(
                 f"{dotted(where, 'stem_channels')}: must be 3 positive widths, got {list(self.stem_channels)}"
