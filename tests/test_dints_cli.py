@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,9 +156,12 @@ def test_a_broken_dints_record_is_one_line_naming_the_key(searched: Path, tmp_pa
         ("edge_logits", [[0.0] * 5], "edge_logits: expected"),
         ("op_set", "dints-4d", "op_set: unknown"),
         ("edge_probabilities", [[2.0] * 4] * 2, "edge_probabilities: expected"),
+        ("op_logits", [[[10**400]]], "are not arrays of numbers"),  # an integer beyond any float
+        ("memory_cost", np.zeros(np.shape(record["op_logits"])[1:]).tolist(), "not all 0"),
     ):
         broken = tmp_path / f"{key}.json"
-        broken.write_text(json.dumps({**record, key: value}))
+        within = {"decode_within_budget": True, "memory_budget": 0.5} if key == "memory_cost" else {}
+        broken.write_text(json.dumps({**record, **within, key: value}))
         with pytest.raises(GenotypeError, match=message):
             decode_record(json.loads(broken.read_text()), str(broken))
         assert main(["decode", str(broken)]) == 2

@@ -54,6 +54,7 @@ IMAGES = {
 
 DEEP = "[" * 100_000 + "]" * 100_000
 LONG_INT = "9" * 5000
+BEYOND_FLOAT = "9" * 400  # within Python's int parsing limit, beyond float64's range
 
 
 def arch_params(user: Path, **change) -> str:  # noqa: F811
@@ -82,10 +83,15 @@ def hostile_json(user: Path) -> dict[str, str]:  # noqa: F811
         "negative": arch_params(user, alpha=[[-1.0] * len(alpha[0])] * len(alpha)),
         "strings": arch_params(user, alpha=[["x"] * len(alpha[0])] * len(alpha)),
         "utf16": arch_params(user).encode("utf-16").decode("latin-1"),
+        "beyond_float": arch_params(user).replace('"alpha": [', f'"alpha": [[{BEYOND_FLOAT}], ', 1),
+        "primitives": arch_params(user, primitives=5),
     }
 
 
-@pytest.mark.parametrize("case", ["deep", "long_int", "nan", "infinity", "negative", "strings", "utf16"])
+CASES = ["deep", "long_int", "nan", "infinity", "negative", "strings", "utf16", "beyond_float", "primitives"]
+
+
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("command", ["decode", "show"])
 def test_hostile_arch_params_are_one_line(user, case, command, capsys):  # noqa: F811
     path = user / f"{case}.json"
@@ -124,6 +130,7 @@ def test_hostile_genotypes_are_one_line_and_write_nothing(user, case, capsys):  
         (f"seed: {2**32}", "seed: must be an integer in [0, 2**32)"),
         ("lr: .inf", "lr: must be positive"),
         ("lr: .nan", "lr"),
+        (f"lr: {BEYOND_FLOAT}", "lr: expected float"),
         ("epochs: 4\narch_start_epoch: 4", "arch_start_epoch: must be less than epochs (4)"),
         ("data:\n  max_val_images: 0", "data.max_val_images: must be at least 1 or null"),
     ],

@@ -198,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
     root = config.data_root or (info.data_root if same else None)
     options = info.dataset_options if same else {}
     volumes = info.patch_size is not None
+    if not volumes and config.window is not None and len(config.window) != 2:
+        raise ConfigError(
+            f"window: images take two sizes (H W), got {list(config.window)} (three are for volumes)"
+        )
     transform = None if volumes else EvalTransform()
     dataset = build_dataset(name, root, config.split, transform=transform, **options)
     check_classes(args.checkpoint, info, dataset.num_classes, f"{name} {config.split}", dataset.class_names)

@@ -43,12 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import yaml
-
     from autodeeplab.config.settings import load_config
     from autodeeplab.errors import ConfigError
     from autodeeplab.search.config import SearchConfig
-    from autodeeplab.study.members import PLAN_FILE, StudyPlan, run_member, run_study
+    from autodeeplab.study.members import PLAN_FILE, StudyPlan, read_plan, run_member, run_study
     from autodeeplab.study.report import markdown, write_report
     from autodeeplab.train.config import TrainConfig
 
@@ -64,10 +62,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.resume)
         if not (out / PLAN_FILE).exists():
             raise ConfigError(f"--resume: {out} is not a study folder (no {PLAN_FILE})")
-        try:
-            plan = StudyPlan(**yaml.safe_load((out / PLAN_FILE).read_text(encoding="utf-8")))
-        except (TypeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{out / PLAN_FILE}: not a study plan ({exc})") from None
+        plan = read_plan(out)
         search = load_config(SearchConfig, yaml_path=out / "search_settings.yaml")
         train = load_config(TrainConfig, yaml_path=out / "train_settings.yaml")
     else:

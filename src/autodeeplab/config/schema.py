@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any, Literal, Union
 from autodeeplab.errors import ConfigError
 
 # A float written as 1e-3 is a string to PyYAML (YAML 1.1 wants a dot); accept such strings for floats.
+_LARGEST_FLOAT = sys.float_info.max
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
 
 
@@ -124,6 +126,8 @@ def _coerce(value: Any, tp: Any) -> Any:
         raise _Mismatch
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > _LARGEST_FLOAT:  # float() would overflow
+                raise _Mismatch
             return float(value)
         if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()):
             return float(value)

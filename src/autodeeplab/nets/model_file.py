@@ -72,6 +72,52 @@ class TrainedInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @classmethod
+    def from_record(cls, data: Any, source: str) -> TrainedInfo:
+        """The ``"info"`` entry of a saved model, each field of its type (a one-line
+        :class:`CheckpointError` naming ``source`` and the field otherwise): a file edited or written by
+        other code must not fail later, in the middle of an evaluation or a prediction."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: info: expected an object")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise CheckpointError(f"{source}: info: unknown field {unknown[0]!r}")
+        try:
+            info = cls(**data)
+        except TypeError:  # a required field missing
+            raise CheckpointError(f"{source}: info: missing one of dataset, class_names, palette") from None
+        names, palette = info.class_names, info.palette
+        checks = {
+            "dataset": isinstance(info.dataset, str),
+            "class_names": isinstance(names, list) and bool(names) and all(isinstance(n, str) for n in names),
+            "palette": isinstance(palette, list)
+            and len(palette) >= len(names)
+            and all(_is_colour(c) for c in palette),
+            "ignore_index": _is_int(info.ignore_index),
+            "step": _is_int(info.step),
+            "iterations": _is_int(info.iterations),
+            "metrics": info.metrics is None or isinstance(info.metrics, dict),
+            "dataset_options": isinstance(info.dataset_options, dict),
+            "data_root": info.data_root is None or isinstance(info.data_root, str),
+            "patch_size": info.patch_size is None
+            or (isinstance(info.patch_size, list) and all(_is_int(v) and v > 0 for v in info.patch_size)),
+            "window_overlap": info.window_overlap is None
+            or (isinstance(info.window_overlap, (int, float)) and 0 <= info.window_overlap < 1),
+            "autodeeplab_version": isinstance(info.autodeeplab_version, str),
+        }
+        wrong = [name for name, fine in checks.items() if not fine]
+        if wrong:
+            raise CheckpointError(f"{source}: info.{wrong[0]}: not what this package writes there")
+        return info
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_colour(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in value)
+
 
 def trained_record(model: TrainedNet, info: TrainedInfo) -> dict[str, Any]:
     """The weights-only-safe record of a trained model (see the module docstring)."""
@@ -112,7 +158,7 @@ def load_model(
     check_model_format(path, state)
     try:
         model = network_from_record(state["model"], source=str(path))
-        info = TrainedInfo(**state["info"])
+        info = TrainedInfo.from_record(state["info"], str(path))
         model.load_state_dict(state["weights"])
     except AutoDeepLabError as exc:
         raise CheckpointError(str(exc)) from None

@@ -300,7 +300,8 @@ class RunDir:
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Records of a JSON-lines file; ``[]`` if it is absent. A torn final line (killed mid-write) is skipped;
-    a bad line elsewhere is a :class:`RunDirError` naming the file and line."""
+    a bad line elsewhere (not JSON, not an object, an ``epoch`` or ``step`` that is not an integer: what
+    resuming and plotting count by) is a :class:`RunDirError` naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
@@ -315,11 +316,17 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(loads_json(line))
+            record = loads_json(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 break
             raise RunDirError(f"{path}: line {number} is not valid JSON") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path}: line {number} is not a JSON object")
+        for key in ("epoch", "step"):
+            if key in record and (type(record[key]) is not int):
+                raise RunDirError(f"{path}: line {number}: {key} is not an integer ({record[key]!r})")
+        records.append(record)
     return records
 
 

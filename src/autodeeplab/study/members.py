@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -78,6 +78,29 @@ class StudyPlan:
     def members(self) -> list[str]:
         names = [f"search-{s}" for s in range(self.seeds)] + [f"random-{k}" for k in range(self.random)]
         return names + (["paper"] if self.paper else [])
+
+
+def read_plan(out: Path) -> StudyPlan:
+    """The plan of the study folder ``out`` (its ``study.yaml``), checked as a new plan is; any failure
+    (missing, unreadable, not YAML, unknown or wrong fields) is a one-line :class:`ConfigError`."""
+    from autodeeplab.config.settings import read_settings_yaml
+
+    path = out / PLAN_FILE
+    if not path.is_file():
+        raise ConfigError(f"{out} is not a study folder (no {PLAN_FILE})")
+    data = read_settings_yaml(path)
+    unknown = sorted(set(data) - {f.name for f in fields(StudyPlan)})
+    if unknown:
+        raise ConfigError(f"{path}: not a study plan (unknown key {unknown[0]!r})")
+    plan = StudyPlan(**data)
+    try:
+        plan.validate()
+        checked = [int(s) for s in plan.retrain_seeds] == plan.retrain_seeds and isinstance(plan.paper, bool)
+    except (TypeError, ValueError):
+        checked = False
+    if not checked or not isinstance(plan.eval_split, str) or not isinstance(plan.random_seed, int):
+        raise ConfigError(f"{path}: not a study plan (a field of the wrong type)")
+    return plan
 
 
 def group_of(member: str) -> str:

@@ -21,14 +21,18 @@ import json
 import math
 import statistics
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from autodeeplab.fileio import atomic_write_text
+from autodeeplab.errors import ConfigError
+from autodeeplab.fileio import atomic_write_text, loads_json
+from autodeeplab.runs.rundir import read_jsonl
 from autodeeplab.space.architectures import load_architecture, run_architecture_file
 from autodeeplab.space.autodeeplab.genotype import Genotype
 from autodeeplab.study.inherited import kendall_tau
-from autodeeplab.study.members import INHERITED_FILE, StudyPlan, group_of, training_name
+from autodeeplab.study.members import INHERITED_FILE, StudyPlan, group_of, read_plan, training_name
+from autodeeplab.viz.common import new_figure, save_png
 
 GROUPS = ("searched", "random", "paper")
 
@@ -42,15 +46,27 @@ def member_scores(out: Path, plan: dict[str, Any]) -> dict[str, dict[str, float]
             for seed in plan["retrain_seeds"]:
                 path = out / member / training_name(budget, seed) / "eval.json"
                 if path.exists():
-                    values.append(score_of(json.loads(path.read_text(encoding="utf-8"))))
+                    values.append(score_of(_read_json(path), path))
             if values and len(values) == len(plan["retrain_seeds"]):
                 scores.setdefault(member, {})[f"{budget:g}"] = sum(values) / len(values)
     return scores
 
 
-def score_of(result: dict[str, Any]) -> float:
-    """The score of an eval.json: mIoU for images, the mean foreground Dice for volumes."""
-    return float(result["mean_dice"] if "mean_dice" in result else result["miou"])
+def score_of(result: Any, path: Path | str = "eval.json") -> float:
+    """The score of an eval.json: mIoU for images, the mean foreground Dice for volumes (a file without
+    either number is a one-line :class:`ConfigError` naming ``path``)."""
+    value = result.get("mean_dice", result.get("miou")) if isinstance(result, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}: not an evaluation of the study (no number 'miou' or 'mean_dice')")
+    return float(value)
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of the study folder; unreadable or not JSON: a one-line :class:`ConfigError`."""
+    try:
+        return loads_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the study's JSON ({str(exc).splitlines()[0]})") from None
 
 
 def group_stats(values: list[float]) -> dict[str, float | int]:
@@ -79,12 +95,12 @@ def agreement(genotypes: list[Genotype]) -> dict[str, float]:
 
 def build_report(out: Path) -> dict[str, Any]:
     """Collect the figures of a study folder (any part may still be missing)."""
-    import yaml
-
-    plan = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8"))
+    plan = asdict(read_plan(out))
     scores = member_scores(out, plan)
     path = out / INHERITED_FILE
-    inherited = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    inherited = _read_json(path) if path.exists() else {}
+    if not isinstance(inherited, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
     budgets: dict[str, Any] = {}
     for budget in (f"{b:g}" for b in plan["budgets"]):
         groups = {
@@ -174,33 +190,25 @@ def markdown(report: dict[str, Any]) -> str:
 
 def curves_picture(out: Path, plan: dict[str, Any], target: Path) -> Path | None:
     """Validation mIoU of every search over its epochs in one plot (the paper's Fig. 4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure((6, 4))  # its own canvas: the caller's matplotlib backend is left alone
+    ax = fig.add_subplot()
     drawn = 0
     for s in range(plan["seeds"]):
         path = out / f"search-{s}" / "search" / "metrics.jsonl"
-        if not path.exists():
-            continue
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_jsonl(path)  # a torn last line (a search killed mid-write) is left out
         key = "val_dice" if any("val_dice" in r for r in rows) else "val_miou"
-        rows = [r for r in rows if key in r]
+        rows = [r for r in rows if isinstance(r.get(key), (int, float)) and "epoch" in r]
+        if not rows:
+            continue
         ax.plot([r["epoch"] for r in rows], [100 * r[key] for r in rows], marker="o", label=f"seed {s}")
         drawn += 1
     if not drawn:
-        plt.close(fig)
         return None
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation score (%): mIoU, or Dice for volumes")
     ax.set_title("searches of the study")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(target, dpi=100)
-    plt.close(fig)
-    return target
+    return save_png(fig, target)
 
 
 def write_report(out: str | Path) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def restore_training_state(
     """
     state, path = loaded
     try:
-        saved = TrainedInfo(**state["trained"]["info"])
+        saved = TrainedInfo.from_record(state["trained"]["info"], str(path))
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: malformed training checkpoint ({exc})") from None
     check_classes(path, saved, info.num_classes, f"{info.dataset} {_train_split(state)}")

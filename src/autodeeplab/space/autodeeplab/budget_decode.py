@@ -141,13 +141,13 @@ def budget_from_record(
     for key, shape in shapes.items():
         try:
             arrays[key] = torch.tensor(entry[key], dtype=torch.float64)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError, RuntimeError):  # Overflow: int beyond float64
             raise GenotypeError(f"{where}.{key}: expected an array of numbers {list(shape)}") from None
         if tuple(arrays[key].shape) != shape or not torch.isfinite(arrays[key]).all():
             raise GenotypeError(f"{where}.{key}: expected finite numbers of shape {list(shape)}")
     for key in ("target", "stem"):
         value = entry.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
             raise GenotypeError(f"{where}.{key}: expected a positive number, got {value!r}")
     tables = MacTables(float(entry["stem"]), arrays["op"], arrays["pre"], arrays["aspp"], arrays["decoder"])
     return tables, float(entry["target"])

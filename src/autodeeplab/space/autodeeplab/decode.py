@@ -140,12 +140,12 @@ def validate_arch_params(data: Any, source: str) -> tuple[np.ndarray, np.ndarray
             raise GenotypeError(f"{source}: missing key {key!r}")
     if type(data["version"]) is not int or data["version"] != ARCH_PARAMS_VERSION:  # true == 1 in Python
         raise GenotypeError(f"{source}: version: expected {ARCH_PARAMS_VERSION}, got {data['version']!r}")
-    if list(data["primitives"]) != list(PRIMITIVES):
+    if not isinstance(data["primitives"], list) or data["primitives"] != list(PRIMITIVES):
         raise GenotypeError(f"{source}: primitives: expected {list(PRIMITIVES)}")
     try:
         alpha = np.asarray(data["alpha"], dtype=np.float64)
         beta = np.asarray(data["beta"], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         raise GenotypeError(f"{source}: alpha/beta must be rectangular arrays of numbers") from None
     if alpha.ndim != 2 or alpha.shape[1] != len(PRIMITIVES):
         raise GenotypeError(f"{source}: alpha: expected [edges x {len(PRIMITIVES)}], got {list(alpha.shape)}")

@@ -152,7 +152,7 @@ def decode_record(record: Any, source: str = "arch_params.json") -> DintsArch:
         w = torch.tensor(record["op_logits"], dtype=torch.float64)
     except KeyError as exc:
         raise GenotypeError(f"{source}: missing key {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:  # Overflow: an int beyond float64
         raise GenotypeError(f"{source}: edge_logits/op_logits are not arrays of numbers ({exc})") from None
     k = len(OP_SETS[op_set])
     if a.dim() != 2 or a.shape[0] < 1 or Topology.depths_for_edges(a.shape[1]) is None:
@@ -168,7 +168,7 @@ def decode_record(record: Any, source: str = "arch_params.json") -> DintsArch:
         raise GenotypeError(f"{source}: edges: expected the {topology.depths}-depth edges in topology order")
     try:
         probs = torch.tensor(record["edge_probabilities"], dtype=torch.float64)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError):
         probs = None
     if probs is None or probs.shape != a.shape or not ((probs >= 0) & (probs <= 1)).all():
         raise GenotypeError(f"{source}: edge_probabilities: expected {list(a.shape)} numbers in [0, 1]")
@@ -185,14 +185,16 @@ def decode_record(record: Any, source: str = "arch_params.json") -> DintsArch:
         return decode_arch(a, w, op_set)
     try:
         cost = torch.tensor(record["memory_cost"], dtype=torch.float64)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError, RuntimeError):
         cost = None
     if (
         cost is None
         or cost.shape not in (w.shape[1:], w.shape)
         or not (torch.isfinite(cost) & (cost >= 0)).all()
+        or not (cost > 0).any()  # the budget is a fraction of the total
     ):
         raise GenotypeError(
-            f"{source}: memory_cost: expected {list(w.shape[1:])} numbers >= 0 (bytes per edge and op)"
+            f"{source}: memory_cost: expected {list(w.shape[1:])} numbers >= 0, not all 0 (bytes per edge "
+            "and op)"
         )
     return decode_arch(a, w, op_set, cost, float(record["memory_budget"]))
