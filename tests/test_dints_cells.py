@@ -74,26 +74,32 @@ def test_factorized_reduce_equals_two_offset_stride_2_convolutions(size):
 
 
 @pytest.mark.parametrize(
-    "norm,recompute,op_set",
+    "norm,recompute,op_set,dims",
     [
-        ("instance", True, "dints"),
-        ("batch", True, "dints"),
-        ("instance", False, "dints"),
-        ("batch", True, "autodeeplab"),
+        ("instance", True, "dints", 3),
+        ("batch", True, "dints", 3),
+        ("instance", False, "dints", 3),
+        ("batch", True, "autodeeplab", 3),
+        ("batch", False, "autodeeplab", 3),
+        # images (search --space dints on 2D data): each op set and norm, both recompute settings
+        ("instance", True, "dints", 2),
+        ("batch", False, "dints", 2),
+        ("batch", True, "autodeeplab", 2),
+        ("instance", False, "autodeeplab", 2),
     ],
 )
-def test_the_lean_supernet_equals_the_reference(norm, recompute, op_set):
+def test_the_lean_supernet_equals_the_reference(norm, recompute, op_set, dims):
     """Shared ReLU and weights folded into the norms: outputs, gradients of weights and architecture
     logits, and batch-norm running statistics as the reference Σ_k η·w_k·op_k(x), in float64."""
     from autodeeplab.search.spaces import measured_op_memory
     from autodeeplab.space.dints.network import DintsShape
     from autodeeplab.space.dints.supernet import DintsSupernet
 
-    shape = DintsShape(3, 2, 4, spatial_dims=3, norm=norm, in_channels=1, num_classes=3)
+    shape = DintsShape(3, 2, 4, spatial_dims=dims, norm=norm, in_channels=1, num_classes=3)
     nets = []
     for lean in (True, False):
         torch.manual_seed(0)
-        extra = measured_op_memory(OP_SETS[f"{op_set}-3d"], 3)
+        extra = measured_op_memory(OP_SETS[f"{op_set}-{dims}d"], dims)
         net = DintsSupernet(shape, lean=lean, recompute=recompute, op_set=op_set, op_memory=extra).double()
         with torch.no_grad():
             net.edge_logits.normal_()
@@ -101,6 +107,7 @@ def test_the_lean_supernet_equals_the_reference(norm, recompute, op_set):
         nets.append(net)
     # Not smaller: instance norm over the 2×2×1 maps of 1/8 would make the comparison ill-conditioned.
     x = torch.randn(2, 1, 24, 20, 16, dtype=torch.float64)
+    x = x[..., 0] if dims == 2 else x
     outs = []
     for net in nets:
         out = net(x)
