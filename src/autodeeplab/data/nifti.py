@@ -212,19 +212,20 @@ def summarise_label_volume(path: str | Path) -> LabelSummary:
     return LabelSummary(label.shape, label.affine, label.spacing, values, counts.astype(np.int64))
 
 
-_summaries: dict[tuple[str, int, int, int], LabelSummary | DataProblem] = {}
+_summaries: dict[tuple[str, int, int, int, int], LabelSummary | DataProblem] = {}
 
 
 def label_summary(path: Path) -> LabelSummary:
     """The :class:`LabelSummary` of a label file, read once per process and file version (path, inode, size,
-    modification time): naming the classes from the label values, ``data check`` and ``data stats`` then
+    modification and change times, so that a file made readable by a change of permissions is read
+    again): naming the classes from the label values, ``data check`` and ``data stats`` then
     read each label volume once between them. A file that cannot be read raises its problem each time
     without being read again."""
     try:
         stat = path.stat()
     except OSError:
         raise DataProblemError(problem(path, "file not found")) from None
-    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if key not in _summaries:
         try:
             _summaries[key] = summarise_label_volume(path)

@@ -189,7 +189,7 @@ def multi_batch_norm(
 
 def shared_batch_norm(
     x: torch.Tensor, bns: Sequence[nn.Module], groups: int = 1, repeats: int = 1, channel_groups: int = 1
-):
+) -> torch.Tensor:
     """E affine-free BatchNorm modules applied to the same input ``x`` ``[G·N, C, *S]`` (or, with
     ``channel_groups`` K, ``[N, K·C, *S]`` as in :func:`multi_batch_norm`).
 

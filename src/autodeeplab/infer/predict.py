@@ -212,7 +212,7 @@ TENSORBOARD_PANELS = 2
 
 
 def log_prediction_panels(
-    tensorboard: Any, tag: str, model: nn.Module, dataset: Any, step: int, device
+    tensorboard: Any, tag: str, model: nn.Module, dataset: Any, step: int, device: torch.device | str
 ) -> None:
     """Image | truth | prediction strips of the first samples of ``dataset`` as TensorBoard images."""
     for index, panel in enumerate(prediction_panels(model, dataset, TENSORBOARD_PANELS, device)):

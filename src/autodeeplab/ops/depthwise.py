@@ -40,7 +40,17 @@ from autodeeplab.ops.primitives import (
 )
 
 
-def library_backward(grad, x, w, stride, padding, dilation, depthwise, needs_x, needs_w):
+def library_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    depthwise: bool,
+    needs_x: bool,
+    needs_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The convolution library's input and filter gradients (None where not needed) of a convolution of
     ``x`` with ``w`` (one group, or ``depthwise``: a group per input channel)."""
     grad_in, grad_w, _ = torch.ops.aten.convolution_backward(

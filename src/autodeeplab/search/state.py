@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,12 @@ def load_or_make_split(run: RunDir, num_samples: int, config: SearchConfig) -> d
 
 
 def restore_split(
-    run: RunDir, saved: dict | None, checkpoint: Path, num_samples: int, config: SearchConfig, echo
+    run: RunDir,
+    saved: dict | None,
+    checkpoint: Path,
+    num_samples: int,
+    config: SearchConfig,
+    echo: Callable[[str], None],
 ) -> dict:
     """The trainA/trainB split of a resumed run: the checkpoint's, checked against ``split.json``.
 
@@ -177,16 +183,19 @@ def _log_tensorboard(tensorboard, metrics: dict[str, Any], record: dict[str, Any
 
 
 def save_search_checkpoint(
-    run,
-    model,
-    weight_opt,
-    arch_opt,
-    scheduler,
+    run: RunDir,
+    model: SearchSpace,
+    weight_opt: torch.optim.Optimizer,
+    arch_opt: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     position: SearchPosition,
-    config,
+    config: SearchConfig,
     split: dict,
     num_classes: int,
 ) -> None:
+    """Write the search's resumable state after an epoch or on an interrupt (``position``: where it
+    stopped): weights, α/β, both optimizers, the scheduler, the data split and RNG states, with the
+    settings they belong to; an atomic checkpoint file in ``run``."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "autodeeplab_version": __version__,
@@ -204,7 +213,9 @@ def save_search_checkpoint(
     run.checkpoints.save(state, f"epoch{position.epoch:04d}-step{position.global_step:08d}")
 
 
-def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dict, Path] | None:
+def load_resume_checkpoint(
+    run: RunDir, config: SearchConfig, echo: Callable[[str], None]
+) -> tuple[dict, Path] | None:
     """The newest good search checkpoint, once ``config`` is known to fit it (before any data is read);
     None when the run stopped before its first checkpoint (it starts again from the beginning).
 
@@ -228,7 +239,13 @@ def load_resume_checkpoint(run: RunDir, config: SearchConfig, echo) -> tuple[dic
 
 
 def restore_checkpoint(
-    run, loaded: tuple[dict, Path], model, optimizers, num_classes: int, config: SearchConfig, echo
+    run: RunDir,
+    loaded: tuple[dict, Path],
+    model: SearchSpace,
+    optimizers: tuple[Any, Any, Any],
+    num_classes: int,
+    config: SearchConfig,
+    echo: Callable[[str], None],
 ) -> SearchPosition:
     """Put the checkpoint's weights, ``optimizers`` (weight, arch, scheduler) and RNG states back; returns
     the position. Raises :class:`CheckpointError` (one line) when the checkpoint does not fit."""
