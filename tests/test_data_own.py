@@ -128,6 +128,27 @@ def test_lossy_masks_are_refused(tmp_path):
     ]
 
 
+def test_gif_images_are_read_and_gif_masks_refused(tmp_path):
+    from PIL import Image
+
+    from autodeeplab.cli.predict import IMAGE_SUFFIXES as PREDICT_SUFFIXES
+    from autodeeplab.data.imageio import IMAGE_SUFFIXES
+
+    assert PREDICT_SUFFIXES == IMAGE_SUFFIXES and ".gif" in IMAGE_SUFFIXES
+    root = write_folder(tmp_path, count=2)
+    picture = np.asarray(Image.open(root / "images" / "img0.png").convert("RGB"))
+    (root / "images" / "img0.png").unlink()
+    Image.fromarray(picture).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "images" / "img0.gif")
+    assert build_dataset("folder", root, "all").load_raw(0)[0].shape == picture.shape
+    (root / "masks" / "img1.png").unlink()
+    Image.fromarray(np.zeros((3, 4), np.uint8)).save(root / "masks" / "img1.gif")
+    report = check_dataset_report("folder", root, ["all"])
+    assert [str(p) for p in report.problems] == [
+        f"{root / 'masks' / 'img1.gif'}: GIF mask: GIF writers may reorder the palette, so its indices need "
+        "not be the class values; save masks as PNG"
+    ]
+
+
 def test_rgb_masks_get_the_hint_to_add_colours(tmp_path):
     root = write_folder(tmp_path, count=1)
     save(root / "masks" / "img0.png", rgb(5, 3, 4))

@@ -145,6 +145,16 @@ def test_predict_writes_labels_on_the_input_grid(trained: Path, volumes: Path, t
     assert main(["predict", str(trained), str(source), "-o", str(out)]) == 0  # ours: replaced
 
 
+def test_predict_tells_a_one_channel_model_that_a_4d_volume_has_too_many_channels(
+    trained: Path, volumes: Path, tmp_path: Path, capsys
+):
+    two = np.stack([np.asarray(nib.load(volumes / "images" / "case_001.nii.gz").dataobj)] * 2, axis=-1)
+    path = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(two.astype(np.float32), AFFINE), str(path))
+    assert main(["predict", str(trained), str(path), "-o", str(tmp_path / "out")]) == 2
+    assert f"{path}: 2 channels, but the model takes 1" in capsys.readouterr().err
+
+
 def test_predict_keeps_a_file_it_did_not_write(trained: Path, volumes: Path, tmp_path: Path, capsys):
     out = tmp_path / "pred"
     out.mkdir()

@@ -9,7 +9,7 @@ from autodeeplab.cli.evaluate import inference_settings
 from autodeeplab.data.scan import visible
 from autodeeplab.errors import ConfigError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # as data.imageio
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -54,6 +54,11 @@ DEFAULT_SPLIT_FRACTIONS = (0.15, 0.15)
 HELD_OUT = ("train", "val", "test")
 """Split lists that must not share a stem."""
 LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg", ".webp")
+REFUSED_MASKS = {
+    **dict.fromkeys(LOSSY_MASK_SUFFIXES, "lossy mask: JPEG/WebP compression changes class values"),
+    ".gif": "GIF mask: GIF writers may reorder the palette, so its indices need not be the class values",
+}
+"""Image formats read as pictures but refused as masks, and why."""
 _SHOWN = 3  # examples named in a message
 
 
@@ -131,15 +136,11 @@ class FolderDataset(PairedFilesDataset):
             problems += unread_files(image_root) + unread_files(mask_root)
             problems += unread_files(image_dir, folders=True) + unread_files(mask_dir, folders=True)
         for stem, mask in sorted(masks.items()):
-            if mask.suffix.lower() in LOSSY_MASK_SUFFIXES:
+            why = REFUSED_MASKS.get(mask.suffix.lower())
+            if why:
                 del masks[stem]  # reported here, not again as an image without a mask
                 images.pop(stem, None)
-                more.append(
-                    problem(
-                        mask,
-                        "lossy mask: JPEG/WebP compression changes class values; save masks as PNG",
-                    )
-                )
+                more.append(problem(mask, f"{why}; save masks as PNG"))
         missing: list[DataProblem] = []
         if not nested:
             keep, missing = self._flat_split_stems(images.keys() | masks.keys())

@@ -17,7 +17,7 @@ from PIL import Image
 
 from autodeeplab.data.problems import DataProblemError, problem
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 """File endings read as images by the layouts that scan folders."""
 
 # Single-channel PIL modes whose pixel values are class values as they are.

@@ -86,7 +86,9 @@ def predict_volume_files(
     ``mirror`` and ``largest_component``: as :func:`predict_volume`."""
     from autodeeplab.viz.volumes import plot_orthogonal_slices
 
-    volumes = [read_image_volume(p, channels=in_channels > 1) for p in paths]  # all read before writing
+    # All read before anything is written; a 4th axis is channels, so that a 4D image given to a
+    # one-channel model is told it has too many channels rather than pointed at a dataset layout.
+    volumes = [read_image_volume(p, channels=True) for p in paths]
     for path, volume in zip(paths, volumes, strict=True):
         if volume.data.shape[0] != in_channels:
             from autodeeplab.data.problems import DataProblemError, problem
