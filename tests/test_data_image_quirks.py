@@ -4,6 +4,8 @@ reason: EXIF-turned photos, 16 bits per colour channel, stacks of pages, transpa
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import struct
 import zlib
@@ -89,15 +91,17 @@ def test_colour_masks_must_be_opaque(tmp_path):
     assert "transparent pixels" in refused(lambda p: read_label(p, allow_colour=True), tmp_path / "holes.png")
 
 
-def palette_folder(root: Path, palette: list[list[int]]) -> Path:
-    """A folder whose palette masks hold the values 0, 1 and 2, drawn with ``palette``; class colours are
-    ``COLOURS`` (0 black, 1 red, 2 green)."""
+def palette_folder(
+    root: Path, palette: list[list[int]], pad: list[int] | None = None, spec: dict | None = None
+) -> Path:
+    """A folder whose palette masks hold the values 0, 1, 2 and 255, drawn with ``palette`` (then ``pad``);
+    class colours are ``COLOURS`` (0 black, 1 red, 2 green), 255 is ignored."""
     root.mkdir(parents=True)
-    spec = {"names": ["background", "red", "green"], "colours": COLOURS, "ignore": 255}
+    spec = spec or {"names": ["background", "red", "green"], "colours": COLOURS, "ignore": 255}
     (root / "classes.yaml").write_text(json.dumps(spec))
     mask = np.array([[0, 1, 2, 255]] * 3, dtype=np.uint8)
     save(root / "images" / "a.png", rgb(0, 3, 4))
-    save(root / "masks" / "a.png", mask, "L", palette + [[224, 224, 192]] * (256 - len(palette)))
+    save(root / "masks" / "a.png", mask, "L", palette + [pad or [224, 224, 192]] * (256 - len(palette)))
     return root
 
 
@@ -111,3 +115,55 @@ def test_palette_masks_are_read_by_index_only_when_their_palette_agrees_with_the
     # a palette of other colours (a tool's default, grey levels) says nothing about the classes
     grey = build_dataset("folder", palette_folder(tmp_path / "grey", [[i, i, i] for i in range(3)]), "all")
     assert grey.load_raw(0)[1].tolist() == [[0, 1, 2, 255]] * 3
+
+
+def test_palette_masks_drawn_by_class_are_read_whatever_the_values_and_ignore_colours(tmp_path):
+    # two stored values of one class, both drawn in its colour
+    spec = {"names": ["background", "road"], "values": {0: "background", 1: "road", 2: "road"}}
+    spec |= {"colours": [[0, 0, 0], [255, 0, 0]], "ignore": 255}
+    two = palette_folder(tmp_path / "two", [[0, 0, 0], [255, 0, 0], [255, 0, 0]], spec=spec)
+    assert build_dataset("folder", two, "all").load_raw(0)[1].tolist() == [[0, 1, 1, 255]] * 3
+    # a palette padded with black draws the ignored 255 border in the first class's colour
+    padded = palette_folder(tmp_path / "padded", COLOURS, pad=[0, 0, 0])
+    assert build_dataset("folder", padded, "all").load_raw(0)[1].tolist() == [[0, 1, 2, 255]] * 3
+
+
+def test_upright_turns_as_pillows_exif_transpose_does_and_ignores_invalid_orientations(tmp_path):
+    from PIL import ImageOps
+
+    from autodeeplab.data.imageio import upright
+
+    pixels = rgb(3, 5, 7)
+    for orientation in range(1, 10):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(pixels).save(tmp_path / "o.png", exif=exif)
+        with Image.open(tmp_path / "o.png") as image:
+            expected = pixels if orientation == 9 else np.asarray(ImageOps.exif_transpose(image))
+            assert np.array_equal(np.asarray(upright(image)), expected), orientation
+    assert read_rgb(tmp_path / "o.png").shape == pixels.shape  # 9 is no orientation: read as stored
+
+
+def test_corrupt_exif_blocks_never_escape_as_tracebacks(tmp_path):
+    import random
+    import warnings
+
+    buffer = io.BytesIO()
+    Image.fromarray(rgb(0, 8, 8)).save(buffer, "JPEG")
+    base = buffer.getvalue()
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 3, "camera"
+    good = exif.tobytes()
+    rng = random.Random(0)
+    path = tmp_path / "f.jpg"
+    for _ in range(1500):
+        payload = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            payload[rng.randrange(6, len(payload))] = rng.randrange(256)
+        segment = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + bytes(payload)
+        path.write_bytes(base[:2] + segment + base[2:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about the corrupt block it skips
+            for read, refusal in ((read_rgb, DataProblemError), (load_image, DataError)):
+                with contextlib.suppress(refusal):  # refused in one line, or read: anything else fails
+                    read(path)

@@ -273,3 +273,15 @@ def test_folder_colour_masks_with_colours_in_classes_file(tmp_path):
     data = build_dataset("folder", root, "all")
     assert data.palette == [(0, 0, 0), (255, 0, 0)]
     assert np.array_equal(data.load_raw(0)[1][0], [0, 1, 255, 0])
+
+
+def test_list_files_saved_with_a_byte_order_mark_read_as_without(tmp_path):
+    """Windows editors start a text file with a BOM: it is no part of the first name."""
+    camvid = write_camvid(tmp_path / "camvid")
+    voc = write_voc(tmp_path / "voc")
+    lists = [camvid / "train.txt", voc / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt"]
+    before = [build_dataset(name, root, "train").samples for name, root in (("camvid", camvid), ("voc", voc))]
+    for path in lists:
+        path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    after = [build_dataset(name, root, "train").samples for name, root in (("camvid", camvid), ("voc", voc))]
+    assert after == before

@@ -361,3 +361,11 @@ def test_a_negative_stored_value_can_be_the_ignore_value_of_signed_labels(tmp_pa
     (root / "classes.yaml").write_text(json.dumps({"names": ["bg", "a", "b"]}))
     with pytest.raises(DataProblemError, match="-1"):  # without the line: a stray value, refused
         build_dataset("nifti", root, "all").load_volume(0)
+
+
+def test_a_dataset_json_saved_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    root = write_msd(tmp_path / "task")
+    before = build_dataset("msd", root, "all").samples
+    spec = root / "dataset.json"
+    spec.write_text("\ufeff" + spec.read_text(encoding="utf-8"), encoding="utf-8")
+    assert build_dataset("msd", root, "all").samples == before

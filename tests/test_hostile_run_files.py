@@ -69,6 +69,8 @@ def test_metrics_lines_that_are_not_objects_or_count_steps_otherwise_are_refused
         (b"- 1\n", "expected a mapping"),
         (b"seeds: 1\nbudget: [1]\n", "unknown key 'budget'"),
         (b"seeds: -1\n", "study.seeds: must be a whole number"),
+        (b"budgets: [.nan]\n", "a field of the wrong type"),
+        (b"retrain_seeds: [true]\n", "a field of the wrong type"),
     ],
 )
 def test_a_broken_study_plan_is_one_line_for_report_and_resume(tmp_path, plan, words, capsys):

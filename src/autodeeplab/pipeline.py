@@ -17,6 +17,7 @@ the training, and nothing is written.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ def run_pipeline(
     dataset = build_dataset(info.dataset, info.data_root, eval_split, EvalTransform(), **info.dataset_options)
     result = evaluate(model, dataset, dataset.num_classes, dataset.class_names, dataset.ignore_index)
     result.extra = {"checkpoint": str(trained.model_path), "dataset": info.dataset, "split": eval_split}
+    result.extra["checkpoint_sha256"] = file_sha256(trained.model_path)
     echo(result.metrics.format_table())
 
     echo("== 4/4 predictions ==")
@@ -139,17 +141,27 @@ def run_pipeline(
 EVAL_JSON = "eval.json"
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
 def _finished_evaluation(
     out: Path, model_path: Path, eval_split: str
 ) -> tuple[dict[str, Any], list[Path]] | None:
     """``(metrics, prediction panels)`` of a pipeline that finished already: its eval JSON (written after
-    the predictions) is ours, of this model and split, and every panel it lists is there; else None (the
-    evaluation and predictions run again, replacing what an interrupted run left)."""
+    the predictions) is ours, of this model (its bytes' SHA-256: a retrained ``model.pt`` keeps its path)
+    and split, and every panel it lists is there; else None (the evaluation and predictions run again,
+    replacing what an interrupted run left)."""
     path = out / EVAL_JSON
     if not is_eval_json(path):
         return None
     data = loads_json(path.read_text(encoding="utf-8"))
-    if data.get("checkpoint") != str(model_path) or data.get("split") != eval_split:
+    if data.get("checkpoint_sha256") != file_sha256(model_path) or data.get("split") != eval_split:
         return None
     panels = data.get("predictions")
     if not isinstance(panels, list) or not all(isinstance(p, str) for p in panels):

@@ -104,7 +104,7 @@ def print_estimate(
         torch.set_num_threads(threads)
     try:
         echo = (lambda s: None) if quiet else print
-        estimate = estimate_search(config, device, measure_time=measure_time, echo=echo)
+        estimate = estimate_search(config, device, measure_time=measure_time, echo=echo, quiet=quiet)
     finally:
         torch.set_num_threads(before)
     print(format_estimate(estimate))

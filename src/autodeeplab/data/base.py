@@ -201,7 +201,7 @@ class PairedFilesDataset(SegmentationDataset):
         image = read_rgb(image_path)
         label_map = self.label_map_for(label_path)
         colours = self.colour_labels
-        raw = read_label(label_path, colours is not None, self.colour_hint, colours)
+        raw = read_label(label_path, colours is not None, self.colour_hint, colours, label_map)
         if raw.ndim == 3 and self.colour_labels is not None:
             raw = decode_colours(raw, self.colour_labels, label_path, label_map.expected)
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from autodeeplab.data.labels import IGNORE_INDEX, LabelMap
 from autodeeplab.data.problems import DataProblemError, problem
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -53,7 +54,9 @@ def wide_colour_problem(image: Image.Image) -> str | None:
     raw mode: PIL opens such a PNG as 8-bit ``RGB``, keeping the high byte of every value)."""
     raw = image.tile[0][3] if image.tile else None
     raw = raw[0] if isinstance(raw, tuple) and raw else raw
-    if image.mode in _COLOUR_MODES and isinstance(raw, str) and ";16" in raw:
+    # "RGB;16B", "RGBA;16L"...: 16 bits per channel; not "BGR;16", a BMP's 16 bits per pixel (5-6-5)
+    layout, _, depth = raw.partition(";") if isinstance(raw, str) else ("", "", "")
+    if image.mode in _COLOUR_MODES and layout in ("RGB", "RGBA", "RGBX") and depth.startswith("16"):
         return (
             f"file has 16 bits per colour channel (stored as {raw!r}); reading it as 8-bit would keep only "
             "the high byte of each value, so convert it to 8-bit yourself with the scaling your data needs"
@@ -74,13 +77,40 @@ def several_frames_problem(image: Image.Image, kind: str) -> str | None:
 
 ORIENTATION_TAG = 0x0112
 """EXIF's orientation tag: 1 is upright; 2-8 ask viewers to turn or mirror the stored pixels."""
+_TURNS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""What each EXIF orientation asks a viewer to do with the stored pixels."""
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation 1-8 of ``image``: 1 (upright) without one, or when it is not a valid value or
+    the EXIF block cannot be parsed (viewers then show the stored pixels too)."""
+    try:
+        orientation = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001  (Pillow's EXIF parser raises many kinds on a corrupt block)
+        return 1
+    return orientation if orientation in _TURNS else 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as viewers show it: turned or mirrored as its EXIF orientation asks (without rewriting
+    its EXIF block, which a corrupt block would fail)."""
+    turn = _TURNS.get(exif_orientation(image))
+    return image.transpose(turn) if turn is not None else image
 
 
 def orientation_problem(image: Image.Image) -> str | None:
     """Why a picture with an EXIF orientation other than upright is refused in a dataset: a viewer shows it
     turned or mirrored, and its mask may have been drawn on either picture."""
-    orientation = image.getexif().get(ORIENTATION_TAG, 1)
-    if orientation in (None, 0, 1):
+    orientation = exif_orientation(image)
+    if orientation == 1:
         return None
     return (
         f"EXIF orientation {orientation}: viewers show this picture turned or mirrored, its pixels are "
@@ -142,6 +172,7 @@ def read_label(
     allow_colour: bool = False,
     hint: str = "",
     colours: Mapping[tuple[int, int, int], int] | None = None,
+    label_map: LabelMap | None = None,
 ) -> np.ndarray:
     """Decode a label file without interpreting it.
 
@@ -149,8 +180,8 @@ def read_label(
     with ``allow_colour`` an opaque RGB(A) label comes back as ``uint8 [H, W, 3]`` for colour decoding,
     otherwise it is a problem, since reading an RGB picture as class indices would train on nonsense
     (``hint`` ends its message: how this dataset could read colour-coded labels). ``colours`` (colour ->
-    stored value, the dataset's class colours): a palette file whose palette draws a value in another
-    colour is refused.
+    stored value, the dataset's class colours) and ``label_map``: a palette file whose palette draws a
+    value in the colour of another class is refused (:func:`palette_problem`).
     """
     path = Path(path)
     image = _open_decoded(path, "label")
@@ -158,7 +189,7 @@ def read_label(
         # Palette ('P') files give palette indices here, which is exactly the class index (VOC).
         dtype = np.uint8 if image.mode in ("L", "P", "1") else np.int32
         values = np.asarray(image, dtype=dtype)
-        why = palette_problem(image, values, colours) if image.mode == "P" and colours else None
+        why = palette_problem(image, values, colours, label_map) if image.mode == "P" and colours else None
         if why:
             raise DataProblemError(problem(path, why))
         return values
@@ -178,22 +209,33 @@ def read_label(
 
 
 def palette_problem(
-    image: Image.Image, values: np.ndarray, colours: Mapping[tuple[int, int, int], int]
+    image: Image.Image,
+    values: np.ndarray,
+    colours: Mapping[tuple[int, int, int], int],
+    label_map: LabelMap | None = None,
 ) -> str | None:
     """Why a palette label is refused: its palette draws a value it uses in the colour the dataset gives
-    another value (``colours``: colour -> stored value), so that the picture shows other classes than
-    reading it by index, as palette labels are read, gives. A palette of other colours (a tool's default,
-    grey levels) says nothing about the classes and is not a problem."""
+    another class (``colours``: colour -> stored value; classes compared through ``label_map``, values
+    themselves without one), so that the picture shows other classes than reading it by index, as palette
+    labels are read, gives. Not a problem: a palette of other colours (a tool's default, grey levels),
+    which says nothing about the classes, and an ignore value drawn in any colour (a palette padded with
+    black draws the 255 border in the first class's colour)."""
     palette = image.getpalette() or []
+
+    def class_of(value: int) -> int | None:
+        return label_map.train_id(value) if label_map is not None else value
+
     for value in np.unique(values).tolist():
         drawn = tuple(palette[3 * value : 3 * value + 3])
-        meant = colours.get(drawn, value) if len(drawn) == 3 else value
-        if meant != value:
-            return (
-                f"palette label draws value {value} in the colour {list(drawn)} of value {meant}; palette "
-                f"labels are read by index, so these pixels would be value {value}: make the palette agree "
-                "with the class colours, or save the label as RGB to be decoded by colour"
-            )
+        meant = colours.get(drawn) if len(drawn) == 3 else None
+        seen = class_of(value)  # None: a value outside the class set, which the label map reports
+        if meant is None or seen is None or seen == IGNORE_INDEX or class_of(meant) == seen:
+            continue
+        return (
+            f"palette label draws value {value} in the colour {list(drawn)} of value {meant}; palette "
+            f"labels are read by index, so these pixels would be value {value}: make the palette agree "
+            "with the class colours, or save the label as RGB to be decoded by colour"
+        )
     return None
 
 

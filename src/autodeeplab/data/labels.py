@@ -52,6 +52,12 @@ class LabelMap:
         ignored = ", ".join(str(v) for v in ignore_values)
         return cls(table, f"0..{num_classes - 1}" + (f", or {ignored} (ignore)" if ignored else ""))
 
+    def train_id(self, value: int) -> int | None:
+        """The train id of one stored value (:data:`IGNORE_INDEX` for ignore), None if not allowed."""
+        index = value - self.low
+        found = int(self.lut[index]) if 0 <= index < len(self.lut) else _INVALID
+        return None if found == _INVALID else found
+
     def apply(self, raw: np.ndarray, path: str | Path) -> np.ndarray:
         """Stored values ``[H, W]`` → train ids ``uint8 [H, W]``; bad values raise a problem naming it."""
         low, high = self.low, self.low + len(self.lut)

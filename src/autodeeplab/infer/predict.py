@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from autodeeplab.data.imageio import (
     DECODE_ERRORS,
     high_depth_problem,
     several_frames_problem,
+    upright,
     wide_colour_problem,
 )
 from autodeeplab.errors import DataError
@@ -52,8 +53,7 @@ def load_image(path: str | os.PathLike[str]) -> np.ndarray:
             why = why or several_frames_problem(im, "image")
             if why:
                 raise DataError(f"{path}: {why}")
-            upright = ImageOps.exif_transpose(im)
-            return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
+            return np.asarray(upright(im).convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"{path}: no such image file") from None
     except DECODE_ERRORS as exc:

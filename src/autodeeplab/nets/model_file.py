@@ -85,7 +85,8 @@ class TrainedInfo:
         try:
             info = cls(**data)
         except TypeError:  # a required field missing
-            raise CheckpointError(f"{source}: info: missing one of dataset, class_names, palette") from None
+            required = "dataset, class_names, palette, ignore_index"
+            raise CheckpointError(f"{source}: info: missing one of {required}") from None
         names, palette = info.class_names, info.palette
         checks = {
             "dataset": isinstance(info.dataset, str),

@@ -233,17 +233,19 @@ def estimate_search(
     measure_time: bool = True,
     repeats: int = 1,
     echo: Callable[[str], None] = lambda s: None,
+    quiet: bool = False,
 ) -> SearchEstimate:
     """Predict memory and time of ``run_search(config)`` on ``device`` (see the module docstring).
 
-    The supernet's weights are random: memory and time do not depend on their values.
+    The supernet's weights are random: memory and time do not depend on their values. ``quiet``: no bar
+    while a volume search's data are read.
     """
     config.validate()  # settings changed after they were built fail here, as in run_search
     config.execution.check_device(device.type)
     if config.space.spatial_dims == 3 or config.search_space != "autodeeplab":
         from autodeeplab.search.estimate_volumes import estimate_volume_search
 
-        return estimate_volume_search(config, device, measure_time, repeats, echo)
+        return estimate_volume_search(config, device, measure_time, repeats, echo, quiet)
     classes, images, note = _dataset_facts(config)
     torch.manual_seed(config.seed)
     model = build_supernet(config.space, classes, execution=config.execution).to(device)

@@ -20,13 +20,18 @@ from autodeeplab.search.spaces import space_builder
 
 
 def estimate_volume_search(
-    config: SearchConfig, device: torch.device, measure_time: bool, repeats: int, echo: Callable[[str], None]
+    config: SearchConfig,
+    device: torch.device,
+    measure_time: bool,
+    repeats: int,
+    echo: Callable[[str], None],
+    quiet: bool = False,
 ) -> SearchEstimate:
     """:func:`estimate_search` for a volumetric space: counted and timed on the training patch itself
     (``data.volumes.patch_size``; small enough in 3D to need no extrapolation), with the data's channels;
     validation as the search does it, one centre patch per volume (``data.val_crop``)."""
     d = config.data
-    train, _, val = build_search_data(config)  # the data must be there: a volume search reads it anyway
+    train, _, val = build_search_data(config, quiet)  # the data must be there: a volume search reads it too
     volumes = config.space.spatial_dims == 3
     classes, channels = train.num_classes, getattr(train, "in_channels", 3)
     patch = tuple(d.volumes.patch_size) if volumes else (d.crop_size, d.crop_size)

@@ -177,7 +177,7 @@ def inherited_scores(
     if not checkpoints:
         return {}
     state = load_checkpoint(checkpoints[-1])
-    train_a, _, val = build_search_data(config)
+    train_a, _, val = build_search_data(config, quiet=True)  # its members' runs read them before
     target = torch.device(device)
     supernet = space_builder(config)(config, state["num_classes"], getattr(train_a, "in_channels", 3))
     supernet.load_state_dict(state["model"])

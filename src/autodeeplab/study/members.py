@@ -18,6 +18,7 @@ checkpoint. The report is :mod:`autodeeplab.study.report`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,7 +96,9 @@ def read_plan(out: Path) -> StudyPlan:
     plan = StudyPlan(**data)
     try:
         plan.validate()
-        checked = [int(s) for s in plan.retrain_seeds] == plan.retrain_seeds and isinstance(plan.paper, bool)
+        seeds, budgets = plan.retrain_seeds, plan.budgets
+        checked = isinstance(seeds, list) and all(type(s) is int for s in seeds)
+        checked = checked and isinstance(plan.paper, bool) and all(math.isfinite(b) for b in budgets)
     except (TypeError, ValueError):
         checked = False
     if not checked or not isinstance(plan.eval_split, str) or not isinstance(plan.random_seed, int):

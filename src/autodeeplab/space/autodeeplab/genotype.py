@@ -119,7 +119,14 @@ class Genotype:
             )
         if num_levels is not None and levels != num_levels:
             raise GenotypeError(f"{source}: num_levels: {levels}, but the search space has {num_levels}")
-        path = _validate_path(data["network_path"], source, levels)
+        try:
+            path = _validate_path(data["network_path"], source, levels)
+        except GenotypeError as exc:
+            if "num_levels" in data or num_levels is not None or "level must be" not in str(exc):
+                raise
+            # a file of a deeper space written before genotypes said their levels
+            hint = '; a genotype of a space of more levels says so: add "num_levels": N'
+            raise GenotypeError(f"{exc}{hint}") from None
         cell = _validate_cell(data["cell"], source)
         return cls(network_path=path, cell=cell, num_levels=levels)
 
