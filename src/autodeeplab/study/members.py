@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from autodeeplab.config.settings import dump_config_yaml
+from autodeeplab.config.settings import dump_config_yaml, read_settings_yaml
 from autodeeplab.errors import ConfigError
 from autodeeplab.fileio import atomic_write_text
 from autodeeplab.runs.device import resolve_device
@@ -84,8 +84,6 @@ class StudyPlan:
 def read_plan(out: Path) -> StudyPlan:
     """The plan of the study folder ``out`` (its ``study.yaml``), checked as a new plan is; any failure
     (missing, unreadable, not YAML, unknown or wrong fields) is a one-line :class:`ConfigError`."""
-    from autodeeplab.config.settings import read_settings_yaml
-
     path = out / PLAN_FILE
     if not path.is_file():
         raise ConfigError(f"{out} is not a study folder (no {PLAN_FILE})")
