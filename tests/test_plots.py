@@ -330,3 +330,15 @@ def test_plot_writes_atomically(tmp_path):
     assert plot_network_path(None, PAPER, out) == out
     _assert_real_png(out)
     assert [p.name for p in out.parent.iterdir()] == ["path.png"]
+
+
+def test_the_trellis_of_a_genotype_without_beta_has_the_genotypes_levels():
+    import torch
+
+    from autodeeplab.space.autodeeplab.random_arch import random_genotype
+    from autodeeplab.viz.plots import figure_network_path
+
+    for levels in (3, 5):
+        genotype = random_genotype(6, 2, levels, torch.Generator().manual_seed(0))
+        ticks = [t.get_text() for t in figure_network_path(None, genotype).axes[0].get_yticklabels()]
+        assert ticks == [str(4 * 2**level) for level in range(levels)]
