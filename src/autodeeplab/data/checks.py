@@ -109,7 +109,7 @@ def refuse_broken_images(
     met at its first evaluation instead, a broken file cost the epoch or the steps before it.
     ``progress`` is called after each sample."""
     found: list[DataProblem] = []
-    for index in range(len(dataset) if count is None else min(len(dataset), count)):
+    for index in range(files_to_read(dataset, count)[0]):
         try:
             dataset.load_raw(index)
         except DataProblemError as exc:

@@ -26,7 +26,7 @@ JPEG (and WebP) masks are refused: lossy compression changes class values where 
 Image sizes may vary: crop sizes are checked against the largest image of the split (from the file headers).
 A stem in a split list with neither an image nor a mask is a problem (list file and line), never skipped;
 so are image files the split-folder layout would not read (beside the split folders, or in a sub-folder of
-one: :func:`unread_files`).
+one: :func:`files_beside_split_folders`, :func:`files_below_split_folder`).
 """
 
 from __future__ import annotations
@@ -133,8 +133,8 @@ class FolderDataset(PairedFilesDataset):
         images, problems = files_by_key(image_dir, IMAGE_SUFFIXES, stem_key)
         masks, more = files_by_key(mask_dir, IMAGE_SUFFIXES, stem_key)
         if nested:  # files no split would read: never dropped silently
-            problems += unread_files(image_root) + unread_files(mask_root)
-            problems += unread_files(image_dir, folders=True) + unread_files(mask_dir, folders=True)
+            problems += files_beside_split_folders(image_root) + files_beside_split_folders(mask_root)
+            problems += files_below_split_folder(image_dir) + files_below_split_folder(mask_dir)
         for stem, mask in sorted(masks.items()):
             why = REFUSED_MASKS.get(mask.suffix.lower())
             if why:
@@ -192,28 +192,29 @@ class FolderDataset(PairedFilesDataset):
         return set(self.split_record[self.split])
 
 
-def unread_files(folder: Path, folders: bool = False) -> list[DataProblem]:
-    """A problem for image files the split-folder layout does not read: those directly in ``images/`` or
-    ``masks/`` beside the split folders, or (``folders``) those in sub-folders of a split folder (files are
-    matched by stem within one folder; a Cityscapes-like city level is not read)."""
-    entries = sorted(p for p in folder.iterdir() if visible(Path(p.name)))
-    if not folders:
-        loose = [p.name for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        why = f"{len(loose)} image files beside the split folders belong to no split and are not read"
-        return (
-            [problem(folder, f"{why} ({_examples(loose)}): move them into a split folder")] if loose else []
-        )
+def files_beside_split_folders(folder: Path) -> list[DataProblem]:
+    """A problem for the image files directly in ``images/`` or ``masks/`` (``folder``) beside the split
+    folders: they belong to no split."""
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    why = f"{len(loose)} image files beside the split folders belong to no split and are not read"
+    return [problem(folder, f"{why} ({_examples(loose)}): move them into a split folder")] if loose else []
+
+
+def files_below_split_folder(folder: Path) -> list[DataProblem]:
+    """A problem for each sub-folder of a split folder holding image files: samples are matched by name
+    within the split folder, so a Cityscapes-like city level is not read."""
     found = []
-    for sub in (p for p in entries if p.is_dir()):
-        inside = [
-            f for f in sub.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and visible(f.relative_to(sub))
-        ]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and visible(Path(p.name))):
+        inside = [f for f in sub.rglob("*") if is_image_file(f) and visible(f.relative_to(sub))]
         if inside:
-            why = f"{len(inside)} image files in a sub-folder of a split folder are not read"
-            found.append(
-                problem(sub, f"{why} (samples are matched by name within the split folder): move them up")
-            )
+            why = f"{len(inside)} image files in a sub-folder of a split folder are not read (samples are"
+            found.append(problem(sub, f"{why} matched by name within the split folder): move them up"))
     return found
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible file with one of the endings read as images."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and visible(Path(path.name))
 
 
 def seeded_split(stems: set[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:

@@ -59,11 +59,6 @@ class VolumeSplitStats:
     """One split of a volume dataset: ``voxels[c]`` voxels of class c, ``volumes_per_class[c]`` volumes that
     hold it."""
 
-    @property
-    def samples(self) -> int:
-        """The volumes, under the name image splits use for their count."""
-        return self.volumes
-
     volumes: int
     unreadable: int
     """Volumes whose label file cannot be read or holds values outside the class set (``data check``)."""
@@ -76,6 +71,11 @@ class VolumeSplitStats:
     ignored_voxels: int
     label_values: dict[str, int]
     """Stored label value (as text, for JSON) → its voxels, before any mapping to classes."""
+
+    @property
+    def samples(self) -> int:
+        """The volumes, under the name image splits use for their count."""
+        return self.volumes
 
     @property
     def total_voxels(self) -> int:

@@ -39,7 +39,7 @@ from typing import Any
 from autodeeplab.checkpoint_io import load_checkpoint, save_checkpoint
 from autodeeplab.errors import AutoDeepLabError, CheckpointError, describe_os_error
 from autodeeplab.fileio import atomic_write_json, atomic_write_text, loads_json
-from autodeeplab.runs.state import NONFINITE_HINT, NonFiniteError
+from autodeeplab.runs.state import NonFiniteError
 
 CHECKPOINT_SUFFIX = ".pt"
 CORRUPT_SUFFIX = ".corrupt"
@@ -232,11 +232,10 @@ class RunDir:
                 raise RunDirError(f"{describe_os_error(exc)}; once that is fixed, {then}") from None
             if isinstance(exc, KeyboardInterrupt) and not removed:
                 raise Interrupted(f"interrupted; {then}") from None
-            if isinstance(exc, NonFiniteError) and unstarted and NONFINITE_HINT in str(exc):
+            if isinstance(exc, NonFiniteError) and unstarted and exc.hint is None:
                 # there is no good checkpoint to keep: say so, and what continues
                 fix = "no checkpoint was written before it; lower the learning rate or check the data"
-                hint = f"{fix}; {then}"
-                raise NonFiniteError(str(exc).replace(NONFINITE_HINT, hint)) from None
+                raise NonFiniteError(exc.what, f"{fix}; {then}") from None
             raise
 
     def _remove_contents(self) -> None:

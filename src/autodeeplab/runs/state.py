@@ -25,7 +25,14 @@ from autodeeplab.runs.distributed import mean_over_ranks
 
 
 class NonFiniteError(AutoDeepLabError):
-    """A loss or metric became NaN or infinite; the run stops and keeps its last good checkpoint."""
+    """A loss or metric became NaN or infinite; the run stops and keeps its last good checkpoint.
+
+    ``what``: what became what, where (``loss became nan at epoch 3 step 41``); ``hint``: what to do
+    (None: :data:`NONFINITE_HINT`), kept apart so that a run directory without a checkpoint can say so."""
+
+    def __init__(self, what: str, hint: str | None = None) -> None:
+        self.what, self.hint = what, hint
+        super().__init__(f"{what}; {hint or NONFINITE_HINT}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -179,7 +186,7 @@ def check_finite(
         return
     parts = [f"{k} {v}" for k, v in (("epoch", epoch), ("step", step)) if v is not None]
     where = f" at {' '.join(parts)}" if parts else ""
-    raise NonFiniteError(f"{what} became {number}{where}; {hint or NONFINITE_HINT}")
+    raise NonFiniteError(f"{what} became {number}{where}", hint)
 
 
 NONFINITE_HINT = "the last good checkpoint is kept; lower the learning rate or check the data, then resume"

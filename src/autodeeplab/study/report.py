@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autodeeplab.errors import ConfigError
-from autodeeplab.fileio import atomic_write_text, loads_json
+from autodeeplab.fileio import atomic_write_text, parse_json_document, read_document
 from autodeeplab.runs.rundir import read_jsonl
 from autodeeplab.space.architectures import load_architecture, run_architecture_file
 from autodeeplab.space.autodeeplab.genotype import Genotype
@@ -63,10 +63,7 @@ def score_of(result: Any, path: Path | str = "eval.json") -> float:
 
 def _read_json(path: Path) -> Any:
     """A JSON file of the study folder; unreadable or not JSON: a one-line :class:`ConfigError`."""
-    try:
-        return loads_json(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the study's JSON ({str(exc).splitlines()[0]})") from None
+    return parse_json_document(read_document(path, "study JSON", ConfigError), str(path), ConfigError)
 
 
 def group_stats(values: list[float]) -> dict[str, float | int]:

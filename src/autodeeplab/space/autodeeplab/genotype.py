@@ -119,14 +119,9 @@ class Genotype:
             )
         if num_levels is not None and levels != num_levels:
             raise GenotypeError(f"{source}: num_levels: {levels}, but the search space has {num_levels}")
-        try:
-            path = _validate_path(data["network_path"], source, levels)
-        except GenotypeError as exc:
-            if "num_levels" in data or num_levels is not None or "level must be" not in str(exc):
-                raise
-            # a file of a deeper space written before genotypes said their levels
-            hint = '; a genotype of a space of more levels says so: add "num_levels": N'
-            raise GenotypeError(f"{exc}{hint}") from None
+        # levels taken by default: the file may be of a deeper space, written before genotypes said so
+        deeper = "num_levels" not in data and num_levels is None
+        path = _validate_path(data["network_path"], source, levels, deeper)
         cell = _validate_cell(data["cell"], source)
         return cls(network_path=path, cell=cell, num_levels=levels)
 
@@ -144,13 +139,16 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _validate_path(path: Any, source: str, num_levels: int) -> tuple[int, ...]:
+def _validate_path(path: Any, source: str, num_levels: int, deeper_hint: bool = False) -> tuple[int, ...]:
     if not isinstance(path, list) or not path:
         raise GenotypeError(f"{source}: network_path: expected a non-empty list of levels")
+    hint = '; a genotype of a space of more levels says so: add "num_levels": N' if deeper_hint else ""
     for layer, level in enumerate(path):
         where = f"{source}: network_path[{layer}]"
         if not _is_int(level) or not 0 <= level < num_levels:
-            raise GenotypeError(f"{where}: level must be an integer in 0..{num_levels - 1}, got {level!r}")
+            raise GenotypeError(
+                f"{where}: level must be an integer in 0..{num_levels - 1}, got {level!r}{hint}"
+            )
         previous = 0 if layer == 0 else path[layer - 1]  # the stem sits at level 0
         if abs(level - previous) > 1:
             what = "the stem's level 0" if layer == 0 else f"level {previous} of the layer before"
